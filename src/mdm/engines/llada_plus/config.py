@@ -1,0 +1,82 @@
+"""The LLaDA+ engine's config sections: `train` (the seed's keys), `model` and `sampler`.
+
+`train.PPOTS: true` turns on importance sampling over t: before training, `w(t)` is measured on
+`num_samples_t` grid points from `num_samples_x0` sequences x `num_samples_xt` masks, a density of family
+`p_model` is fitted, mixed with uniform by `mix_uniform`, and each sampled t is weighted by 1/p(t)
+(capped at `max_is_weight`). `p_model` is ignored when PPOTS is off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from mdm.platform.config import choice, registry_choice
+from mdm.platform.engine_api import BaseTrainConfig
+
+
+@dataclass
+class TrainConfig(BaseTrainConfig):
+    train_mode: str = choice("Normal", ("Normal", "MIRROR"))
+    PPOTS: bool = False
+    p_model: str = registry_choice("EPR", "p_models")
+    num_samples_x0: int = 32
+    num_samples_t: int = 16
+    num_samples_xt: int = 4
+    n_starts: int = 8
+    max_is_weight: float = 10.0
+    mix_uniform: float = 0.1
+    max_tokens_per_forward: int = 16384
+    mask_eps: float = 1e-3
+    ppots_reestimate_steps: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.mix_uniform <= 1.0:
+            raise ValueError(f"train.mix_uniform must be in [0, 1], got {self.mix_uniform}")
+        if self.max_is_weight <= 0:
+            raise ValueError(f"train.max_is_weight must be > 0, got {self.max_is_weight}")
+        for key in ("num_samples_x0", "num_samples_t", "num_samples_xt", "n_starts", "max_tokens_per_forward"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of `train.model: tiny` (ignored for a checkpoint, whose config.json wins).
+
+    `vocab_size`, `mask_token_id`, `eos_token_id`, `pad_token_id`: -1 takes them from the tokenizer.
+    `trust_remote_code`: off by default; turn on only for other diffusion LMs from a hub whose code you
+    trust (their forward must return logits). LLaDA checkpoints load without it.
+    """
+
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    mlp_hidden_size: int = 384
+    vocab_size: int = -1
+    max_sequence_length: int = 2048
+    rope_theta: float = 500000.0
+    mask_token_id: int = -1
+    eos_token_id: int = -1
+    pad_token_id: int = -1
+    dtype: str = choice("float32", ("float32", "bfloat16", "float16"))
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+
+
+@dataclass
+class SamplerConfig:
+    """`name`: llada (reference) or fast (KV cache + threshold parallel decoding). `steps` is the total over
+    all blocks. `cache` (fast only): prefix or dual. `threshold`: None commits a fixed count per step."""
+
+    name: str = registry_choice("llada", "samplers")
+    gen_length: int = 128
+    block_length: int = 32
+    steps: int = 128
+    temperature: float = 0.0
+    remasking: str = choice("low_confidence", ("low_confidence", "random"))
+    cfg_scale: float = 0.0
+    threshold: Optional[float] = None
+    cache: str = choice("dual", ("prefix", "dual"))
+    suppress_eos_until_last_block: bool = False

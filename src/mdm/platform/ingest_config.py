@@ -1,0 +1,23 @@
+"""`data` section: how processed JSONL is read, validated and split (read by `mdm.platform.ingest`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from mdm.platform.config import choice
+
+
+@dataclass
+class DataConfig:
+    """`eval_data_path`: a separate held-out processed JSONL; when unset, `train.train_ratio` splits the
+    training data with `train.seed`. `bad_rows: skip` drops invalid rows (and reports the count) instead of
+    failing; `overlong: truncate|drop` handles rows longer than `train.max_len` (counted either way).
+    `tokenizer`: id or path of the tokenizer (None: the one saved with `train.model`). `task_data_dir`: a local
+    copy of the task's raw data (e.g. a directory with GSM8K's train.jsonl/test.jsonl) instead of the hub."""
+
+    eval_data_path: Optional[str] = None
+    bad_rows: str = choice("error", ("error", "skip"))
+    overlong: str = choice("truncate", ("truncate", "drop"))
+    tokenizer: Optional[str] = None
+    task_data_dir: Optional[str] = None

@@ -1,0 +1,32 @@
+"""`ray` section: where to run and how big the Train worker group is (read by the trainer and tune)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass
+class RayConfig:
+    """`address`: None starts an embedded local Ray unless RAY_ADDRESS is set; "auto" or "ray://..." joins.
+    `cpus_per_worker`: keep the workers' CPUs below the cluster's so Ray Data's read tasks always get a CPU
+    (two 1-CPU workers on a 2-CPU machine starve the reader and hang); fractions are fine.
+    `storage_path`: checkpoints and run state; a local directory or any pyarrow/fsspec URI (s3://, gs://).
+    `run_name`: fixed name => re-running the same command resumes; None derives it from the config."""
+
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5
+    gpus_per_worker: float = 1.0
+    storage_path: str = "ray_results"
+    run_name: Optional[str] = None
+    max_failures: int = 0
+    num_to_keep: int = 2
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ValueError(f"ray.num_workers must be >= 1, got {self.num_workers}")
+        if self.cpus_per_worker <= 0:
+            raise ValueError(f"ray.cpus_per_worker must be > 0, got {self.cpus_per_worker}")

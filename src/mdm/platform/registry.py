@@ -1,0 +1,99 @@
+"""Named registries for the choices that are swept or plugged in: tasks, engines, p_models, samplers.
+
+A component registers itself by name at import time; configs pick it by that name:
+
+    from mdm.platform.registry import get_registry
+    P_MODELS = get_registry("p_models")
+
+    @P_MODELS.register("EPR")
+    class EPR: ...
+
+    P_MODELS.get("EPR")        # -> the class
+    P_MODELS.get("EPX")        # KeyError: unknown p_models 'EPX'; did you mean 'EPR'? valid: AP, EPR
+
+`mdm list <kind>` prints `get_registry(kind).names()`. The builtin engines and tasks are imported by
+name (`load_builtins`), so this module imports nothing from them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Any, Callable, Iterator
+
+# The kinds the CLI knows about; get_registry creates any other kind on demand (for user plugins).
+KINDS = ("tasks", "engines", "p_models", "samplers")
+BUILTIN_MODULES = ("mdm.tasks", "mdm.engines.llada_plus")
+
+
+class UnknownNameError(KeyError):
+    """An unknown registry name; str() is the human-readable message."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want the plain message
+        return str(self.args[0])
+
+
+class Registry:
+    """A name -> object mapping that refuses duplicates and explains unknown names."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Any] = {}
+
+    def register(self, name: str, obj: Any = None) -> Any:
+        """Register `obj` under `name`; without `obj`, return a decorator."""
+        if obj is None:
+            return lambda o: self.register(name, o)
+        if name in self._entries and self._entries[name] is not obj:
+            raise ValueError(f"{self.kind} name {name!r} is already registered (by {self._entries[name]!r})")
+        self._entries[name] = obj
+        return obj
+
+    def get(self, name: str) -> Any:
+        if name not in self._entries:
+            raise UnknownNameError(self.unknown_message(name))
+        return self._entries[name]
+
+    def unknown_message(self, name: str) -> str:
+        valid = self.names()
+        hint = difflib.get_close_matches(str(name), valid, n=1)
+        did = f"; did you mean {hint[0]!r}?" if hint else ""
+        return f"unknown {self.kind} {name!r}{did} valid: {', '.join(valid) or '(none registered)'}"
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+_REGISTRIES: dict[str, Registry] = {}
+
+
+def get_registry(kind: str) -> Registry:
+    """The process-wide registry of `kind`, created on first use."""
+    if kind not in _REGISTRIES:
+        _REGISTRIES[kind] = Registry(kind)
+    return _REGISTRIES[kind]
+
+
+def auto_import(modules: list[str] | tuple[str, ...]) -> None:
+    """Import modules by name so that they register themselves (`--auto_import`)."""
+    for mod in modules:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            raise ModuleNotFoundError(f"--auto_import {mod}: cannot import it ({e})") from e
+
+
+def load_builtins() -> None:
+    """Register the builtin tasks, engines, p_models and samplers."""
+    auto_import(BUILTIN_MODULES)
+
+
+def registered(kind: str) -> Callable[[str], Any]:
+    """Shortcut: `registered("tasks")("gsm8k")` == `get_registry("tasks").get("gsm8k")`."""
+    return get_registry(kind).get

@@ -1,0 +1,1 @@
+"""Task registry and task packs (gsm8k, hitab, openscience, arithmetic)."""
