@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, List
@@ -60,7 +61,12 @@ def _platform_sections() -> list[tuple[str, type]]:
 
 def schema_for(engine: str) -> type:
     """The root dataclass for `engine`: engine name, auto imports, engine sections, platform sections."""
-    spec = get_registry("engines").get(engine)
+    return _schema(engine, get_registry("engines").get(engine))
+
+
+@functools.lru_cache(maxsize=None)
+def _schema(engine: str, spec: Any) -> type:
+    # Cached so that two configs of one engine share a class (and compare equal, and pickle).
     fields: list[tuple[str, Any, Any]] = [
         ("engine", str, field(default=engine)),
         ("auto_import", List[str], field(default_factory=list)),
@@ -210,8 +216,9 @@ def load_config(files: Iterable[str] = (), overrides: Iterable[str] = (), auto_i
             raise _merge_error(e, OmegaConf.structured(schema_for(engine)), s) from None
         for key in _flatten(OmegaConf.to_container(s.data, resolve=False)):
             origin[key] = s.label
-    if extra:
-        merged.auto_import = sorted(set(merged.auto_import) | set(extra))
+    cli_imports = [m for m in auto_import if m not in merged.auto_import]
+    if cli_imports:  # recorded so that a dumped config re-imports them
+        merged.auto_import = list(merged.auto_import) + cli_imports
     try:
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:

@@ -59,7 +59,7 @@ class BaseTrainConfig:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EngineSpec:
     """An engine's sections and hooks.
 
