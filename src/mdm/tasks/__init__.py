@@ -1,1 +1,15 @@
-"""Task registry and task packs (gsm8k, hitab, openscience, arithmetic)."""
+"""Task registry and task packs (gsm8k, hitab, openscience, arithmetic).
+
+Importing this package registers the builtin packs in `get_registry("tasks")`:
+
+    from mdm.platform.registry import get_registry
+    task = get_registry("tasks").get("gsm8k")(data_dir="../shared/data/gsm8k")
+
+See `mdm.tasks.base` for the Task contract, `mdm.tasks.data` for the processed-JSONL schema,
+`mdm.tasks.preprocess` (`mdm preprocess`) and `mdm.tasks.harness` (`mdm score`).
+"""
+
+from mdm.tasks.base import Example, Task, register_task  # noqa: F401
+from mdm.tasks import arithmetic, gsm8k  # noqa: F401  (registers the packs)
+
+__all__ = ["Example", "Task", "register_task"]

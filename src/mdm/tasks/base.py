@@ -1,0 +1,120 @@
+"""The Task contract every task pack implements, and the `Example` it produces.
+
+A task pack is a `Task` subclass registered by name in the `tasks` registry:
+
+    from mdm.tasks.base import Task, Example, register_task
+
+    @register_task
+    class MyTask(Task):
+        name = "my_task"
+        splits = ("train", "test")
+        def load_split(self, split): ...          # raw dicts, streamed
+        def to_example(self, raw, index): ...     # -> Example(prompt, response, gold_raw, id)
+        def extract(self, text): ...              # answer string or None
+
+    task = get_registry("tasks").get("my_task")(data_dir="...")
+    for ex in task.examples("test"): ...
+
+`score` compares extracted answers with `answers_match` (numbers numerically, strings normalised);
+`aggregate` turns per-example scores into {"accuracy", "n", "correct"}. Users' own packs register the same
+way and are imported with `--auto_import my_module`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+from mdm.platform.registry import get_registry
+from mdm.tasks import answers
+
+TASKS = get_registry("tasks")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One task example: the prompt shown to the model, the target response trained on, the raw gold
+    answer text the scorer reads (`task.gold(gold_raw)` extracts the answer) and a stable id."""
+
+    prompt: str
+    response: str
+    gold_raw: str
+    id: str
+
+
+class UnknownSplitError(ValueError):
+    """A split the task does not have; the message lists the ones it has."""
+
+
+class Task:
+    """Base class of task packs. Subclasses set `name`, `splits` and implement `load_split`,
+    `to_example` and (unless the numeric default fits) `extract`."""
+
+    name: str = ""
+    splits: tuple[str, ...] = ("train", "test")
+
+    def __init__(self, data_dir: Optional[str] = None) -> None:
+        self.data_dir = data_dir
+
+    # ------------------------------------------------------------------ data
+    def check_split(self, split: str) -> None:
+        """Raise UnknownSplitError unless `split` is one of `self.splits`."""
+        if split not in self.splits:
+            raise UnknownSplitError(f"task {self.name!r} has no split {split!r}; its splits: "
+                                    f"{', '.join(self.splits)}")
+
+    def load_split(self, split: str) -> Iterator[dict[str, Any]]:
+        """Stream the raw examples of `split` (dicts in the task's source format)."""
+        raise NotImplementedError
+
+    def to_example(self, raw: dict[str, Any], index: int) -> Example:
+        """Turn raw example number `index` of a split into an `Example`."""
+        raise NotImplementedError
+
+    def examples(self, split: str, limit: Optional[int] = None) -> Iterator[Example]:
+        """`to_example` over `load_split(split)`, stopping after `limit` examples when set."""
+        for i, raw in enumerate(self.load_split(split)):
+            if limit is not None and i >= limit:
+                return
+            yield self.to_example(raw, i)
+
+    # ------------------------------------------------------------------ tokenization
+    def encode_prompt(self, tokenizer: Any, prompt: str) -> list[int]:
+        """Prompt token ids exactly as preprocessing lays them out for training (chat template when the
+        tokenizer has one), so that inference conditions on what training saw."""
+        from mdm.tasks.tokenize import encode_prompt
+
+        return encode_prompt(tokenizer, prompt)
+
+    # ------------------------------------------------------------------ scoring
+    def extract(self, text: str) -> Optional[str]:
+        """The answer in generated `text` (normalised), or None when there is none."""
+        return answers.extract_numeric(text)
+
+    def gold(self, gold_raw: str) -> Optional[str]:
+        """The gold answer in `gold_raw` (by default extracted the same way as predictions)."""
+        return self.extract(gold_raw)
+
+    def score(self, prediction_text: str, gold_raw: str) -> float:
+        """1.0 when the answer extracted from `prediction_text` matches the gold answer, else 0.0."""
+        pred = self.extract(prediction_text)
+        gold = self.gold(gold_raw)
+        if pred is None or gold is None:
+            return 0.0
+        return 1.0 if answers.answers_match(pred, gold) else 0.0
+
+    def aggregate(self, scores: list[float]) -> dict[str, float]:
+        """{"accuracy": mean score (0.0 when empty), "n": count, "correct": sum}."""
+        n = len(scores)
+        correct = float(sum(scores))
+        return {"accuracy": correct / n if n else 0.0, "n": n, "correct": correct}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(data_dir={self.data_dir!r})"
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: register `cls` in the `tasks` registry under `cls.name`."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} must set a non-empty `name` to be registered")
+    return TASKS.register(cls.name, cls)

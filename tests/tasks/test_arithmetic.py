@@ -1,0 +1,63 @@
+"""Arithmetic generator: deterministic under a seed, train/test disjoint, answers correct."""
+
+import itertools
+import operator
+import re
+
+import pytest
+
+from mdm.tasks.arithmetic import Arithmetic
+
+OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
+
+
+def _problems(task, split):
+    return [(r["question"], r["answer"]) for r in task.load_split(split)]
+
+
+def test_deterministic_under_seed():
+    a, b = Arithmetic(seed=3), Arithmetic(seed=3)
+    assert _problems(a, "train") == _problems(b, "train")
+    assert _problems(a, "test") == _problems(b, "test")
+    assert _problems(Arithmetic(seed=4), "test") != _problems(a, "test")
+    # The test split does not depend on the train size.
+    assert _problems(Arithmetic(seed=3, n_train=50), "test") == _problems(a, "test")
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(max_operand=99, ops=("+", "-", "*"), n_train=5000, n_test=500),
+                                dict(max_operand=5, n_train=80, n_test=20)])
+def test_no_overlap_and_sizes(kw):
+    task = Arithmetic(**kw)
+    train, test = _problems(task, "train"), _problems(task, "test")
+    assert len(train) == task.n_train and len(test) == task.n_test
+    assert len(set(train)) == len(train) and len(set(test)) == len(test)
+    assert not {q for q, _ in train} & {q for q, _ in test}
+
+
+def test_answers_correct_and_gsm8k_style():
+    task = Arithmetic(max_operand=30, ops=("+", "-", "*"), n_train=1000, n_test=300)
+    for q, ans in itertools.chain(_problems(task, "train"), _problems(task, "test")):
+        a, b = (int(x) for x in re.findall(r"\d+", q))  # independent parse of the question
+        op = re.search(r"plus|Add|more|\+|minus|Subtract|eats|-|times|Multiply|boxes|\*", q).group(0)
+        op = {"plus": "+", "Add": "+", "more": "+", "minus": "-", "Subtract": "-", "eats": "-",
+              "times": "*", "Multiply": "*", "boxes": "*"}.get(op, op)
+        if op == "-" and q.startswith("Subtract"):
+            b, a = a, b  # "Subtract {b} from {a}"
+        expected = OPS[op](a, b)
+        assert expected >= 0
+        assert ans == f"{a} {op} {b} = {expected}\n#### {expected}"
+        assert task.gold(ans) == str(expected)
+        assert task.score(ans, ans) == 1.0
+
+
+def test_space_is_enumerated_exactly():
+    task = Arithmetic(max_operand=6, ops=("+", "-", "*"), n_train=0, n_test=0)
+    questions = [task.problem(i)[0] for i in range(task.space_size())]
+    assert len(set(questions)) == len(questions) == 4 * (49 + 28 + 49)
+
+
+def test_too_large_request_is_a_clear_error():
+    with pytest.raises(ValueError, match="exceeds the .* distinct problems"):
+        Arithmetic(max_operand=3, n_train=1000)
+    with pytest.raises(ValueError, match="ops"):
+        Arithmetic(ops=("/",))
