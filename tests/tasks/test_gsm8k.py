@@ -15,7 +15,7 @@ GSM8K_DIR = SHARED / "data" / "gsm8k"
 def test_builtins_registered():
     load_builtins()
     names = get_registry("tasks").names()
-    for name in ("gsm8k", "arithmetic"):
+    for name in ("gsm8k", "arithmetic", "hitab", "openscience"):
         assert name in names
 
 

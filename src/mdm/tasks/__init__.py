@@ -10,6 +10,6 @@ See `mdm.tasks.base` for the Task contract, `mdm.tasks.data` for the processed-J
 """
 
 from mdm.tasks.base import Example, Task, register_task  # noqa: F401
-from mdm.tasks import arithmetic, gsm8k  # noqa: F401  (registers the packs)
+from mdm.tasks import arithmetic, gsm8k, hitab, openscience  # noqa: F401  (registers the packs)
 
 __all__ = ["Example", "Task", "register_task"]

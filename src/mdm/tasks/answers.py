@@ -96,3 +96,44 @@ def answers_match(pred: str, gold: str, rel_tol: float = 1e-6) -> bool:
 def _is_number(text: str) -> bool:
     """True when `text` is just a number (with optional $, %, commas, surrounding spaces/period)."""
     return re.fullmatch(r"\s*-?\$?\s?(\d[\d,]*(\.\d+)?|\.\d+)\s*%?\s*\.?\s*", text) is not None
+
+
+_ANSWER_IS = re.compile(r"(?:final answer|answer)\s*(?:is|:)\s*:?\s*(.+)", re.IGNORECASE)
+
+
+def extract_freeform(text: str) -> Optional[str]:
+    """A free-form answer: the last `\\boxed{}`, else the `####` answer, else the text after the last
+    "answer is"/"Answer:", else the last non-empty line; surrounding `**`, quotes and the final period
+    stripped. None when the text is empty."""
+    if not text or not text.strip():
+        return None
+    found = last_boxed(text) or hash_answer(text)
+    if not found:
+        hits = _ANSWER_IS.findall(text)
+        found = hits[-1] if hits else text.strip().splitlines()[-1]
+    found = re.sub(r"\\text\{([^}]*)\}", r"\1", found).strip().strip("*").strip("\"'").strip()
+    found = found[:-1].strip() if found.endswith(".") else found
+    return found or None
+
+
+_CHOICE_PATTERNS = (
+    r"\\boxed\{\s*(?:\\text\{)?\(?([A-Z])\)?\}?\s*\}",          # \boxed{C}, \boxed{\text{C}}, \boxed{(C)}
+    r"(?i:answer)\s*(?i:is|:)\s*:?\s*\**\s*(?:option\s*)?\(?([A-Z])\)?(?![A-Za-z])",  # answer is (C) / Answer: C
+    r"####\s*\(?([A-Z])\)?(?![A-Za-z])",
+)
+
+
+def extract_choice(text: str, letters: str = "ABCDEFGHIJ") -> Optional[str]:
+    """A multiple-choice letter: the last `\\boxed{X}`, else the last "answer is X"/"Answer: X", else a
+    `#### X`, else a line that is just the letter ("C", "(C)", "C."). None when there is none."""
+    if not text:
+        return None
+    for pattern in _CHOICE_PATTERNS:
+        hits = [h for h in re.findall(pattern, text) if h in letters]
+        if hits:
+            return hits[-1]
+    for line in reversed(text.strip().splitlines()):
+        m = re.fullmatch(r"\s*\**\(?([A-Z])\)?[.:]?\**\s*", line)
+        if m and m.group(1) in letters:
+            return m.group(1)
+    return None

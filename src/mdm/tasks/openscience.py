@@ -1,0 +1,69 @@
+"""`openscience`: science reasoning from `nvidia/OpenScienceReasoning-2` (`input` / `output` fields).
+
+    task = OpenScience()                           # hub: the dataset's train split, a fixed 1% held out as test
+    task = OpenScience(data_dir="data/osr")        # local train.jsonl / test.jsonl of {"input", "output"}
+    ex = next(task.examples("test"))               # prompt = input, response = output, gold_raw = output
+    task.score("... so the answer is \\boxed{C}", ex.gold_raw)
+
+Multiple-choice answers are letters: extraction reads the last `\\boxed{X}`, else "answer is X" /
+"Answer: X", else a line that is just the letter. When the gold has no letter (an open question), the
+free-form rule of `hitab` applies to both sides.
+
+On the hub the dataset has only a train split; `test` is the rows whose input hashes into the held-out
+fraction (`test_fraction`, stable across runs and machines), `train` the others, so they never overlap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Iterator, Optional
+
+from mdm.tasks import answers
+from mdm.tasks.base import Example, Task, register_task
+from mdm.tasks.gsm8k import iter_local_split
+
+
+def in_holdout(text: str, fraction: float) -> bool:
+    """Stable membership of `text` in a held-out fraction (blake2b of the text, not Python's hash)."""
+    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+    return h / 2**64 < fraction
+
+
+@register_task
+class OpenScience(Task):
+    name = "openscience"
+    splits = ("train", "test")
+    hub_id = "nvidia/OpenScienceReasoning-2"
+
+    def __init__(self, data_dir: Optional[str] = None, test_fraction: float = 0.01) -> None:
+        super().__init__(data_dir)
+        if not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"openscience test_fraction must be in (0, 1), got {test_fraction}")
+        self.test_fraction = test_fraction
+
+    def load_split(self, split: str) -> Iterator[dict[str, Any]]:
+        self.check_split(split)
+        if self.data_dir:
+            yield from iter_local_split(self, split, ("input", "output"))
+            return
+        from datasets import load_dataset
+
+        want_test = split == "test"
+        for row in load_dataset(self.hub_id, split="train", streaming=True):
+            if in_holdout(str(row["input"]), self.test_fraction) == want_test:
+                yield row
+
+    def to_example(self, raw: dict[str, Any], index: int) -> Example:
+        output = str(raw["output"])
+        return Example(prompt=str(raw["input"]), response=output, gold_raw=output,
+                       id=str(raw.get("id", f"{self.name}-{index}")))
+
+    def extract(self, text: str) -> Optional[str]:
+        return answers.extract_choice(text) or answers.extract_freeform(text)
+
+    def score(self, prediction_text: str, gold_raw: str) -> float:
+        gold_letter = answers.extract_choice(gold_raw)
+        if gold_letter is not None:  # multiple choice: compare letters only
+            return 1.0 if answers.extract_choice(prediction_text) == gold_letter else 0.0
+        pred, gold = answers.extract_freeform(prediction_text), answers.extract_freeform(gold_raw)
+        return 1.0 if pred is not None and gold is not None and answers.answers_match(pred, gold) else 0.0
