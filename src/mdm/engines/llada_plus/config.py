@@ -68,7 +68,12 @@ class ModelConfig:
 @dataclass
 class SamplerConfig:
     """`name`: llada (reference) or fast (KV cache + threshold parallel decoding). `steps` is the total over
-    all blocks. `cache` (fast only): prefix or dual. `threshold`: None commits a fixed count per step."""
+    all blocks. `cache` (fast only): prefix or dual. `threshold`: None commits a fixed count per step.
+    `suppress_eos_until_last_block`: EOS (and `eot_token_id`) get -inf logits outside the last block, so they
+    are neither predicted nor committed early. `eot_token_id`: a second end token (LLaDA-Instruct's
+    <|eot_id|> is 126348), -1 for none. `early_exit` (fast only): stop when every row has an end token with
+    only end tokens after it (its text, cut at the first end token, can no longer change). `batch_size`:
+    prompts per batched call in `generate`."""
 
     name: str = registry_choice("llada", "samplers")
     gen_length: int = 128
@@ -80,3 +85,6 @@ class SamplerConfig:
     threshold: Optional[float] = None
     cache: str = choice("dual", ("prefix", "dual"))
     suppress_eos_until_last_block: bool = False
+    eot_token_id: int = -1
+    early_exit: bool = True
+    batch_size: int = 16
