@@ -1,21 +1,74 @@
-"""`eval` section: batch inference and scoring (read by `mdm.platform.batch_infer`)."""
+"""`eval` section: batch inference and scoring (read by `mdm.platform.batch_infer`).
+
+    eval:
+      task: gsm8k            # or --task
+      split: test
+      batch_size: 16         # rows per sampler call (one Ray Data batch)
+      min_actors: 1          # the autoscaling sampler actor pool: ActorPoolStrategy(min, max, initial)
+      max_actors: 4
+      gpus_per_actor: null   # null: 1 when the cluster has GPUs, else 0 (CPU actors)
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
+from mdm.platform.config import choice, registry_choice
+
 
 @dataclass
 class EvalConfig:
-    """`min_actors`/`max_actors`: the autoscaling sampler actor pool; `gpus_per_actor` 0 runs on CPU."""
+    """Batch inference settings.
 
-    task: Optional[str] = None
+    `model`: HF directory, Ray Train run/checkpoint directory (its HF export is found inside), hub id,
+    `mlflow:<run_id>` or `runs:/<run_id>/<path>` (`--model` wins). `prompts`: a JSONL of
+    {"prompt", "gold_raw"?, "id"?} rows to use instead of the task's split.
+    `min_actors`/`max_actors`/`initial_actors`: the autoscaling sampler actor pool (initial defaults to min;
+    on an autoscaling cluster, initial = max asks for all GPU nodes at once instead of one at a time).
+    `gpus_per_actor`: null = 1 when the cluster has GPUs now, else 0; set it explicitly on a cluster whose
+    GPU nodes the autoscaler adds on demand (it starts with none). `cpus_per_actor`: fractions are fine
+    (keep a CPU free for Ray Data's own tasks on small machines). `max_restarts`/`max_task_retries`: a dead
+    actor is restarted and its batches retried (-1 = forever), so every row is still scored exactly once.
+    `seed`: the sampler's generator for a batch is seeded with seed + the batch's first row index.
+    `metrics_out`: default `<out>.metrics.json`. `log_mlflow`: log metrics + predictions (also needs
+    tracking.enabled) to the training run when the model came from one, else to a new run `eval_run_name`.
+    """
+
+    task: Optional[str] = registry_choice(None, "tasks")
     split: str = "test"
     limit: Optional[int] = None
+    data_dir: Optional[str] = None
+    prompts: Optional[str] = None
+    model: Optional[str] = None
+    out: Optional[str] = None
+    metrics_out: Optional[str] = None
     batch_size: int = 16
     min_actors: int = 1
     max_actors: int = 1
-    gpus_per_actor: float = 0.0
+    initial_actors: Optional[int] = None
+    gpus_per_actor: Optional[float] = None
     cpus_per_actor: float = 1.0
-    out: Optional[str] = None
+    max_tasks_in_flight_per_actor: Optional[int] = None
+    max_restarts: int = -1
+    max_task_retries: int = -1
+    score_cpus: float = 0.25
+    device: str = choice("auto", ("auto", "cpu", "cuda"))
+    seed: int = 0
+    log_mlflow: bool = True
+    eval_run_name: Optional[str] = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"eval.batch_size must be >= 1, got {self.batch_size}")
+        if self.min_actors < 1 or self.max_actors < self.min_actors:
+            raise ValueError(f"eval.min_actors must be >= 1 and <= eval.max_actors, got "
+                             f"{self.min_actors}, {self.max_actors}")
+        if self.initial_actors is not None and not self.min_actors <= self.initial_actors <= self.max_actors:
+            raise ValueError(f"eval.initial_actors must be within [min_actors, max_actors], got "
+                             f"{self.initial_actors}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"eval.limit must be >= 1 or null, got {self.limit}")
+        if self.cpus_per_actor < 0 or (self.gpus_per_actor is not None and self.gpus_per_actor < 0):
+            raise ValueError("eval.cpus_per_actor / eval.gpus_per_actor must be >= 0")

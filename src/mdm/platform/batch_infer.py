@@ -1,0 +1,305 @@
+"""Batch inference + scoring on Ray Data with an autoscaling sampler actor pool (`mdm infer`).
+
+    mdm infer --task gsm8k --model outputs/gsm8k-ab12/final --out preds.jsonl [--split test] [--limit N]
+              [--sampler llada|fast] [--config eval.yaml] [--set sampler.steps=64 --set eval.max_actors=8]
+
+    from mdm.platform.batch_infer import run_inference
+    metrics = run_inference(cfg, model="mlflow:<run_id>", task="arithmetic", out="preds.jsonl", limit=32)
+
+Pipeline: the driver resolves the model (model_source), loads the tokenizer, reads the task's split (or a
+prompts JSONL) and encodes each prompt with `task.encode_prompt` -- so every mistake (missing model, no such
+split, bad JSONL line) fails before any actor starts. Then Ray Data: one block per batch ->
+`map_batches(SamplerActor, compute=ActorPoolStrategy(min, max), num_gpus=...)` (model loaded once per
+actor; dead actors restart and their batches are retried) -> CPU `map_batches(Scorer)` -> streamed back
+to the driver, checked (every index exactly once), sorted by index and written as the seed's predictions
+JSONL `{"task","prompt","gold_raw","prediction","meta":{"index",...},"id"}` plus `<out>.metrics.json`,
+and logged to MLflow (the training run when the model came from one, else an eval run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from mdm.platform.model_source import ModelSource, ModelSourceError, resolve_model
+from mdm.platform.registry import UnknownNameError, auto_import, get_registry, load_builtins
+
+
+class InferenceError(ValueError):
+    """A batch-inference input problem found before any actor starts (model, task, split, prompts)."""
+
+
+# ----------------------------------------------------------------------------- inputs (driver side)
+
+def _load_task(name: Optional[str], split: str, data_dir: Optional[str], need_split: bool) -> Any:
+    if not name:
+        raise InferenceError("no task: pass --task NAME or set eval.task (`mdm list tasks` lists them)")
+    task = get_registry("tasks").get(name)(data_dir=data_dir)
+    splits = tuple(getattr(task, "splits", ()))
+    if need_split and split not in splits:
+        raise InferenceError(f"task {name!r} has no split {split!r} to evaluate on; its splits: "
+                             f"{', '.join(splits) or '(none)'} (choose one with --split, or pass --prompts FILE)")
+    return task
+
+
+def _task_rows(task: Any, split: str, limit: Optional[int]) -> list[dict[str, Any]]:
+    rows = []
+    for i, raw in enumerate(task.load_split(split)):
+        if limit is not None and i >= limit:
+            break
+        ex = task.to_example(raw, i)
+        rows.append({"index": i, "id": ex.id, "prompt": ex.prompt, "gold_raw": ex.gold_raw})
+    return rows
+
+
+def _prompt_rows(path: str, limit: Optional[int], task_name: str) -> list[dict[str, Any]]:
+    p = Path(path)
+    if not p.is_file():
+        raise InferenceError(f"--prompts {path}: no such file")
+    rows = []
+    with p.open() as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if limit is not None and len(rows) >= limit:
+                break
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InferenceError(f"{path}:{lineno}: not JSON ({e.msg})") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
+                raise InferenceError(f"{path}:{lineno}: expected an object with a string \"prompt\"")
+            i = len(rows)
+            gold = rec.get("gold_raw", rec.get("answer", ""))
+            rows.append({"index": i, "id": str(rec.get("id", f"{task_name}-prompts-{i}")), "prompt": rec["prompt"],
+                         "gold_raw": "" if gold is None else str(gold)})
+    return rows
+
+
+def _load_tokenizer(src: ModelSource) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(src.path)
+    except (OSError, ValueError) as e:
+        where = "hub id" if src.kind == "hub" else "model directory"
+        raise InferenceError(f"--model {src.spec}: cannot load a tokenizer from the {where} {src.path} ({e}); "
+                             f"the tokenizer must be saved alongside the model (save_pretrained)") from None
+
+
+# ----------------------------------------------------------------------------- the Ray Data job
+
+def _gpus_per_actor(eval_cfg: Any) -> float:
+    import ray
+
+    if eval_cfg.gpus_per_actor is not None:
+        return float(eval_cfg.gpus_per_actor)
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def _restart_args(eval_cfg: Any) -> dict[str, int]:
+    """Actor fault tolerance. Ray Data's actor pools already restart dead actors and retry their batches
+    forever (-1, -1); pass the knobs only when changed (Ray 2.60 deprecates passing remote args)."""
+    args = {"max_restarts": eval_cfg.max_restarts, "max_task_retries": eval_cfg.max_task_retries}
+    return {} if args == {"max_restarts": -1, "max_task_retries": -1} else args
+
+
+def _build_dataset(rows: list[dict], cfg: Any, model_path: str, task: str) -> Any:
+    import ray
+    import ray.data
+
+    from mdm.platform.infer_actor import SamplerActor, Scorer
+
+    ev = cfg.eval
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = bool(ev.progress)
+    # One block per batch: a block is the unit Ray Data hands to an actor, so blocks bigger than a batch
+    # would serialise several batches on one actor while others idle.
+    n_blocks = max(1, math.ceil(len(rows) / ev.batch_size))
+    ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
+    gpus = _gpus_per_actor(ev)
+    compute = ray.data.ActorPoolStrategy(min_size=ev.min_actors, max_size=ev.max_actors,
+                                         initial_size=ev.initial_actors,
+                                         max_tasks_in_flight_per_actor=ev.max_tasks_in_flight_per_actor)
+    device = ev.device if gpus > 0 or ev.device != "auto" else "cpu"
+    ds = ds.map_batches(
+        SamplerActor, batch_size=ev.batch_size, batch_format="numpy", compute=compute,
+        fn_constructor_kwargs={"model_path": model_path, "engine": cfg.engine, "model_cfg": cfg.model,
+                               "sampler_cfg": cfg.sampler, "device": device, "seed": ev.seed,
+                               "auto_import": tuple(cfg.auto_import)},
+        num_gpus=gpus or None, num_cpus=ev.cpus_per_actor, **_restart_args(ev))
+    return ds.map_batches(Scorer, batch_format="numpy", num_cpus=ev.score_cpus, compute=ray.data.ActorPoolStrategy(size=1),
+                          fn_constructor_kwargs={"task": task, "data_dir": ev.data_dir,
+                                                 "auto_import": tuple(cfg.auto_import)}, **_restart_args(ev))
+
+
+def _collect(ds: Any, total: int, progress_callback: Optional[Callable[[int, int], None]]) -> list[dict]:
+    out: list[dict] = []
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        keys = list(batch)
+        for j in range(len(batch["index"])):
+            out.append({k: batch[k][j] for k in keys})
+        if progress_callback is not None:
+            progress_callback(len(out), total)
+    return out
+
+
+def _check_complete(results: list[dict], n: int) -> list[dict]:
+    """Sort by index; raise when any index is missing or repeated (never silently drop or dedupe)."""
+    seen: dict[int, int] = {}
+    for r in results:
+        seen[int(r["index"])] = seen.get(int(r["index"]), 0) + 1
+    missing = [i for i in range(n) if i not in seen]
+    repeated = sorted(i for i, c in seen.items() if c > 1)
+    if missing or repeated or len(seen) != n:
+        raise RuntimeError(f"batch inference output is not one row per input: {len(results)} rows for {n} inputs; "
+                           f"missing indices {missing[:20]}, repeated {repeated[:20]}")
+    return sorted(results, key=lambda r: int(r["index"]))
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def _record(task: str, r: dict) -> dict:
+    score = float(r["score"])
+    return {"task": task, "prompt": str(r["prompt"]), "gold_raw": str(r["gold_raw"]),
+            "prediction": str(r["prediction"]),
+            "meta": {"index": int(r["index"]), "extracted": str(r["extracted"]) or None,
+                     "score": None if math.isnan(score) else score, "gen_tokens": int(r["gen_tokens"]),
+                     "actor": str(r["actor"])},
+            "id": str(r["id"])}
+
+
+def _log_mlflow(cfg: Any, src: ModelSource, task: str, split: str, metrics: dict, files: list[str]) -> Optional[str]:
+    from mdm.platform.config import dump_config, flatten
+    from mdm.platform.tracking import RunLogger, Tracker
+
+    tracker = Tracker.open(cfg.tracking)
+    run_id = src.run_id
+    if run_id is None and src.kind in ("hf_dir", "run_dir") and Path(src.path).name == "final":
+        run_id = tracker.find_run(Path(src.path).parent.name)  # the trainer's <output_dir>/<run_name>/final
+    new_run = run_id is None
+    if new_run:
+        digest = hashlib.sha1(f"{src.spec}|{task}|{split}".encode()).hexdigest()[:8]
+        name = cfg.eval.eval_run_name or f"eval-{task}-{split}-{digest}"
+        params = {k: v for k, v in flatten(cfg).items() if k.split(".")[0] in ("eval", "sampler")}
+        run_id = tracker.start_run(name, params={**params, "model": src.spec}, config_yaml=dump_config(cfg),
+                                   tags={"mdm.kind": "eval"})
+    log = RunLogger(tracker.uri, run_id)
+    log.metrics({f"infer/{task}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=0)
+    for f in files:
+        log.artifact(f, f"infer/{task}")
+    if new_run:
+        tracker.end_run(run_id)
+    return run_id
+
+
+def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = None, out: Optional[str] = None,
+                  split: Optional[str] = None, limit: Optional[int] = None, *, sampler: Optional[str] = None,
+                  prompts: Optional[str] = None,
+                  progress_callback: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
+    """Sample, score and write predictions for `task`'s `split` (arguments override `cfg.eval.*`).
+
+    Returns the metrics dict (the task's aggregate, e.g. accuracy/n/correct, plus rows, gen_tokens,
+    tokens_per_s, rows_per_s, wall_s, actors, predictions/metrics paths, mlflow_run_id).
+    `progress_callback(done_rows, total_rows)` is called as scored batches arrive.
+    """
+    import ray
+
+    from mdm.platform.ray_runtime import ensure_ray
+
+    t0 = time.perf_counter()
+    ev = cfg.eval
+    task_name, split = task or ev.task, split or ev.split
+    limit = limit if limit is not None else ev.limit
+    prompts = prompts or ev.prompts
+    out = out or ev.out or f"predictions_{task_name}_{split}.jsonl"
+    load_builtins()
+    auto_import(list(cfg.auto_import))
+    if sampler:
+        from mdm.platform.config import with_overrides
+
+        cfg = with_overrides(cfg, {"sampler.name": sampler})  # validates the name against the registry
+        ev = cfg.eval
+    the_task = _load_task(task_name, split, ev.data_dir, need_split=prompts is None)
+    src = resolve_model(model or ev.model or "", tracking_uri=cfg.tracking.tracking_uri)
+    tokenizer = _load_tokenizer(src)
+    rows = _prompt_rows(prompts, limit, task_name) if prompts else _task_rows(the_task, split, limit)
+    if not rows:
+        raise InferenceError(f"nothing to evaluate: {prompts or f'task {task_name!r} split {split!r}'} has no rows")
+    for r in rows:
+        r["prompt_ids"] = [int(t) for t in the_task.encode_prompt(tokenizer, r["prompt"])]
+
+    started = ensure_ray(cfg.ray)
+    try:
+        ds = _build_dataset(rows, cfg, src.path, task_name)
+        t_job = time.perf_counter()
+        results = _check_complete(_collect(ds, len(rows), progress_callback), len(rows))
+        job_s = time.perf_counter() - t_job
+    finally:
+        if started:
+            ray.shutdown()
+
+    records = [_record(task_name, r) for r in results]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        for rec in records:
+            f.write(json.dumps(rec) + "\n")
+    scores = [rec["meta"]["score"] for rec in records if rec["meta"]["score"] is not None]
+    gen_tokens = sum(rec["meta"]["gen_tokens"] for rec in records)
+    wall = time.perf_counter() - t0
+    metrics: dict[str, Any] = dict(the_task.aggregate(scores)) if scores else {"n": 0}
+    metrics.update(rows=len(records), scored=len(scores), gen_tokens=gen_tokens, nfe=int(sum(int(r["nfe"]) for r in results)),
+                   tokens_per_s=gen_tokens / job_s if job_s > 0 else 0.0, rows_per_s=len(records) / job_s,
+                   job_s=job_s, wall_s=wall, actors=len({rec["meta"]["actor"] for rec in records}),
+                   task=task_name, split=split if not prompts else f"prompts:{prompts}", model=src.spec,
+                   sampler=cfg.sampler.name, predictions=str(Path(out).resolve()))
+    metrics_out = ev.metrics_out or str(Path(out).with_suffix("")) + ".metrics.json"
+    metrics["metrics_file"] = str(Path(metrics_out).resolve())
+    metrics["mlflow_run_id"] = None
+    if ev.log_mlflow and cfg.tracking.enabled:
+        Path(metrics_out).write_text(json.dumps(metrics, indent=2) + "\n")
+        metrics["mlflow_run_id"] = _log_mlflow(cfg, src, task_name, split, metrics, [out, metrics_out])
+    Path(metrics_out).write_text(json.dumps(metrics, indent=2) + "\n")
+    acc = metrics.get("accuracy")
+    print(f"mdm infer: {len(records)} rows, accuracy {acc if acc is None else f'{acc:.4f}'}, "
+          f"{metrics['tokens_per_s']:.1f} tokens/s, {metrics['rows_per_s']:.2f} rows/s, {metrics['actors']} actor(s), "
+          f"wall {wall:.1f}s -> {out}", flush=True)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from mdm.platform.config import ConfigError, add_config_args, config_from_args, dump_config
+
+    p = argparse.ArgumentParser(prog="mdm infer", description=__doc__.split("\n")[0])
+    p.add_argument("--task", help="task name (`mdm list tasks`); default eval.task")
+    p.add_argument("--model", help="HF dir | run/checkpoint dir | hub id | mlflow:<run_id> | runs:/<id>/<path>")
+    p.add_argument("--out", help="predictions JSONL (default eval.out, else predictions_<task>_<split>.jsonl)")
+    p.add_argument("--split", help="split to evaluate (default eval.split = test)")
+    p.add_argument("--limit", type=int, help="first N examples only")
+    p.add_argument("--sampler", help="sampler name (`mdm list samplers`), e.g. llada or fast")
+    p.add_argument("--prompts", help="JSONL of {prompt, gold_raw?, id?} instead of the task's split")
+    add_config_args(p)
+    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        cfg = config_from_args(args)
+        if args.dump_config:
+            sys.stdout.write(dump_config(cfg))
+            return 0
+        run_inference(cfg, model=args.model, task=args.task, out=args.out, split=args.split, limit=args.limit,
+                      sampler=args.sampler, prompts=args.prompts)
+    except (ConfigError, UnknownNameError, InferenceError, ModelSourceError) as e:
+        print(f"mdm infer: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The two Ray Data stages of batch inference: a sampler actor class (GPU or CPU) and a CPU scoring function.
+
+    ds.map_batches(SamplerActor, fn_constructor_kwargs=sampler_actor_args(...), batch_size=16,
+                   compute=ray.data.ActorPoolStrategy(min_size=1, max_size=4), num_gpus=1)
+      .map_batches(Scorer, fn_constructor_kwargs={"task": "gsm8k"}, compute=ActorPoolStrategy(size=1),
+                   num_cpus=0.25)
+
+`SamplerActor` loads tokenizer and model once per actor (through the engine's `build_model`, found in the
+`engines` registry) and calls the sampler registered under `sampler.name` on each batch of prompt ids.
+Batches are dicts of numpy arrays (Ray Data's "numpy" format); `prompt_ids` is an object array of int
+lists. The actor adds `prediction` (decoded text, cut at the first EOS), `gen_tokens` (tokens generated up
+to EOS), `nfe` (model calls for the batch, on its first row) and `actor` ("<node id>:<pid>", so a run can
+show which actors served it). `Scorer` adds `extracted` and `score` with the task pack.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Optional
+
+import numpy as np
+
+
+def _pick_device(device: str) -> str:
+    import torch
+
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("eval.device is cuda but this actor sees no CUDA device "
+                               f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+        return "cuda"
+    return "cpu"
+
+
+class SamplerActor:
+    """Callable class for `map_batches`: one model per actor, one sampler call per batch."""
+
+    def __init__(self, model_path: str, engine: str, model_cfg: Any, sampler_cfg: Any, device: str = "auto",
+                 seed: int = 0, auto_import: tuple[str, ...] = ()) -> None:
+        import ray
+        import torch
+        from transformers import AutoTokenizer
+
+        from mdm.platform.registry import auto_import as _auto_import
+        from mdm.platform.registry import get_registry, load_builtins
+
+        load_builtins()
+        _auto_import(list(auto_import))
+        t0 = time.perf_counter()
+        self.device = _pick_device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        model = get_registry("engines").get(engine).build_model(model_cfg, model_path, self.tokenizer)
+        self.model = model.to(self.device).eval()
+        self.sample = get_registry("samplers").get(sampler_cfg.name)
+        self.sampler_cfg = sampler_cfg
+        self.seed = seed
+        self.mask_id = int(self.model.config.mask_token_id)
+        eos = getattr(self.model.config, "eos_token_id", None)
+        self.eos_id: Optional[int] = int(eos) if eos is not None else None
+        self.load_s = time.perf_counter() - t0
+        ctx = ray.get_runtime_context()
+        self.actor_name = f"{ctx.get_node_id()}:{os.getpid()}"
+        self._torch = torch
+
+    def _decode(self, tokens: list[int]) -> tuple[str, int]:
+        if self.eos_id is not None and self.eos_id in tokens:
+            tokens = tokens[: tokens.index(self.eos_id)]
+        return self.tokenizer.decode(tokens, skip_special_tokens=True), len(tokens)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        prompts = [[int(t) for t in ids] for ids in batch["prompt_ids"]]
+        first = int(np.min(batch["index"]))
+        gen = self._torch.Generator(device=self.device).manual_seed(self.seed + first)
+        with self._torch.inference_mode():
+            out = self.sample(self.model, prompts, self.sampler_cfg, mask_id=self.mask_id, eos_id=self.eos_id,
+                              generator=gen)
+        if len(out.tokens) != len(prompts):
+            raise RuntimeError(f"sampler {self.sampler_cfg.name!r} returned {len(out.tokens)} outputs for "
+                               f"{len(prompts)} prompts")
+        decoded = [self._decode([int(t) for t in toks]) for toks in out.tokens]
+        n = len(prompts)
+        batch["prediction"] = np.array([d[0] for d in decoded], dtype=object)
+        batch["gen_tokens"] = np.array([d[1] for d in decoded], dtype=np.int64)
+        batch["nfe"] = np.array([int(out.nfe)] + [0] * (n - 1), dtype=np.int64)
+        batch["actor"] = np.array([self.actor_name] * n, dtype=object)
+        return batch
+
+
+class Scorer:
+    """Callable class for the CPU scoring stage: one task pack instance per (small) actor.
+
+    Adds `extracted` (the task's answer in the prediction, "" when none) and `score` (1.0 = correct; NaN
+    when the row has no gold answer). An actor rather than tasks: each fresh task worker would pay the
+    Python start-up again for a few microseconds of regex work."""
+
+    def __init__(self, task: str, data_dir: Optional[str] = None, auto_import: tuple[str, ...] = ()) -> None:
+        from mdm.platform.registry import auto_import as _auto_import
+        from mdm.platform.registry import get_registry
+
+        # Only the task packs (not the engines, which would import torch) -- by module name, as
+        # load_builtins does, so the platform still imports no task module directly.
+        _auto_import(["mdm.tasks", *auto_import])
+        self.task = get_registry("tasks").get(task)(data_dir=data_dir)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t = self.task
+        preds = [str(p) for p in batch["prediction"]]
+        golds = [str(g) for g in batch["gold_raw"]]
+        batch["extracted"] = np.array([t.extract(p) or "" for p in preds], dtype=object)
+        batch["score"] = np.array([float(t.score(p, g)) if g else float("nan") for p, g in zip(preds, golds)],
+                                  dtype=np.float64)
+        return batch

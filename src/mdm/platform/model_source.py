@@ -1,0 +1,149 @@
+"""Where `mdm infer --model X` finds the model: a local HF directory, a training run/checkpoint directory,
+a hub id, or an MLflow run.
+
+    src = resolve_model("outputs/gsm8k-ab12/final")      # ModelSource(path=".../final", kind="hf_dir")
+    src = resolve_model("ray_results/gsm8k-ab12")        # its HF export, found inside (kind="run_dir")
+    src = resolve_model("GSAI-ML/LLaDA-8B-Instruct")     # kind="hub": from_pretrained resolves it
+    src = resolve_model("mlflow:0123abcd...")            # the run's logged HF model, downloaded
+    src = resolve_model("runs:/0123abcd.../final")        # that artifact path of the run, downloaded
+
+An HF directory is one with `config.json` and weights (`*.safetensors` or `pytorch_model*.bin`); the
+tokenizer is expected alongside (`save_pretrained` of both, as the trainer's final export writes it to
+`<train.output_dir>/<run_name>/final`). A run or Ray Train checkpoint directory holds DeepSpeed shards, not
+an HF model, so inside it we look (up to 3 levels deep) for HF directories and take the newest; none is an
+error that says what was looked for. Everything is resolved on the driver, before any actor starts, so a
+wrong `--model` fails fast.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
+# Names the trainer and people give the HF export inside a run directory, most preferred first.
+EXPORT_NAMES = ("final", "hf", "export", "model", "hf_model")
+
+
+class ModelSourceError(ValueError):
+    """`--model` cannot be resolved; the message says what was tried and what was expected."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """`path`: what `from_pretrained` gets (a local dir, or a hub id when kind == "hub").
+    `run_id`: the MLflow run the model came from (metrics are logged there), if any."""
+
+    spec: str
+    path: str
+    kind: str  # hf_dir | run_dir | hub | mlflow
+    run_id: Optional[str] = None
+
+
+def is_hf_dir(path: Path) -> bool:
+    """True when `path` holds config.json and model weights."""
+    return (path / "config.json").is_file() and any(any(path.glob(g)) for g in WEIGHT_GLOBS)
+
+
+def find_hf_dirs(root: Path, max_depth: int = 3) -> list[Path]:
+    """HF model directories under `root` (itself included), breadth first, at most `max_depth` deep."""
+    found: list[Path] = []
+    level = [root]
+    for _ in range(max_depth + 1):
+        nxt: list[Path] = []
+        for d in level:
+            if is_hf_dir(d):
+                found.append(d)
+                continue  # an HF dir's subfolders are not other models
+            try:
+                nxt += sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+            except OSError:
+                pass
+        level = nxt
+    return found
+
+
+def _pick_export(root: Path) -> Path:
+    candidates = find_hf_dirs(root)
+    if not candidates:
+        raise ModelSourceError(
+            f"--model {root}: no HF model inside (looked up to 3 levels deep for a directory with config.json "
+            f"and *.safetensors / pytorch_model*.bin). Point --model at the training run's export "
+            f"(<train.output_dir>/<run_name>/final, written with save_pretrained with the tokenizer), "
+            f"or at such a directory")
+    # Prefer the conventional export names, then the newest (checkpoint_* names sort by time too).
+    named = [c for c in candidates if c.name in EXPORT_NAMES]
+    pool = named or candidates
+    return max(pool, key=lambda p: (p.stat().st_mtime, str(p)))
+
+
+def _mlflow_download(run_id: str, artifact_path: Optional[str], tracking_uri: Optional[str],
+                     dst: Optional[str]) -> Path:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from mdm.platform.tracking import resolve_uri
+
+    uri = resolve_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.get_run(run_id)
+    except Exception as e:  # MlflowException: RESOURCE_DOES_NOT_EXIST
+        raise ModelSourceError(f"--model: MLflow run {run_id!r} not found at {uri} ({str(e).splitlines()[0]})") from None
+    if artifact_path is None:
+        artifact_path = _find_model_artifact(client, run_id)
+        if artifact_path is None:
+            raise ModelSourceError(f"--model mlflow:{run_id}: the run has no logged HF model (an artifact folder "
+                                   f"with config.json) at {uri}; log the export with RunLogger.artifact(dir, 'final') "
+                                   f"or pass runs:/{run_id}/<path>")
+    dst = dst or tempfile.mkdtemp(prefix="mdm_model_")
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=dst,
+                                                tracking_uri=uri)
+    return Path(local)
+
+
+def _find_model_artifact(client: Any, run_id: str, max_depth: int = 3) -> Optional[str]:
+    """The shallowest artifact folder of the run that holds config.json ("" for the root)."""
+    level: list[Optional[str]] = [None]
+    for _ in range(max_depth + 1):
+        nxt: list[Optional[str]] = []
+        for folder in level:
+            entries = client.list_artifacts(run_id, folder)
+            names = {os.path.basename(e.path) for e in entries if not e.is_dir}
+            if "config.json" in names:
+                return folder or ""
+            nxt += [e.path for e in entries if e.is_dir]
+        level = nxt
+    return None
+
+
+def resolve_model(spec: str, *, tracking_uri: Optional[str] = None, download_dir: Optional[str] = None) -> ModelSource:
+    """Resolve `--model` to something `from_pretrained` loads; raises ModelSourceError when it cannot."""
+    if not spec:
+        raise ModelSourceError("--model is required (an HF directory, a run directory, a hub id or mlflow:<run_id>)")
+    if spec.startswith("mlflow:") or spec.startswith("runs:/"):
+        if spec.startswith("mlflow:"):
+            run_id, artifact = spec[len("mlflow:"):].strip("/"), None
+        else:
+            run_id, _, artifact = spec[len("runs:/"):].partition("/")
+            artifact = artifact.strip("/") or None
+        if not run_id:
+            raise ModelSourceError(f"--model {spec}: no run id (expected mlflow:<run_id> or runs:/<run_id>/<path>)")
+        local = _mlflow_download(run_id, artifact, tracking_uri, download_dir)
+        return ModelSource(spec, str(_pick_export(local)), "mlflow", run_id)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if is_hf_dir(path):
+            return ModelSource(spec, str(path.resolve()), "hf_dir")
+        return ModelSource(spec, str(_pick_export(path).resolve()), "run_dir")
+    if path.exists():
+        raise ModelSourceError(f"--model {spec}: is a file; expected a model directory (config.json + weights)")
+    looks_local = spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or not HUB_ID.match(spec)
+    if looks_local:
+        raise ModelSourceError(f"--model {spec}: no such directory (resolved to {path.resolve()})")
+    return ModelSource(spec, spec, "hub")

@@ -1,0 +1,180 @@
+"""Batch inference on real Ray (CPU): `mdm infer` end to end on a tiny random LLaDA, an actor killed mid-job,
+and the errors that must come before any actor starts.
+
+The model is random, so accuracy is ~0; correctness is checked against independent computations instead:
+the task's own examples (ids, prompts, gold), the sampler called directly in this process on the same
+prompt ids (temperature 0 => identical text), the task's scorer and the eval harness re-scoring the file.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import json  # noqa: E402
+import signal  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import psutil  # noqa: E402
+import pytest  # noqa: E402
+import ray  # noqa: E402
+
+from mdm.platform.batch_infer import InferenceError, main, run_inference  # noqa: E402
+from mdm.platform.config import load_config  # noqa: E402
+from mdm.platform.model_source import ModelSourceError  # noqa: E402
+from mdm.platform.registry import get_registry, load_builtins  # noqa: E402
+
+SAMPLER = ["sampler.gen_length=16", "sampler.block_length=16", "sampler.steps=8"]
+
+
+def make_tiny_model(out_dir: str) -> str:
+    """A random 1-layer LLaDA + a BPE trained on arithmetic text, saved with save_pretrained (HF dir)."""
+    from transformers import AutoTokenizer
+
+    from mdm.tasks.tokenize import train_bpe
+
+    load_builtins()
+    task = get_registry("tasks").get("arithmetic")()
+    train_bpe([ex.prompt + " " + ex.response for ex in task.examples("train", 300)], out_dir, vocab_size=200)
+    tok = AutoTokenizer.from_pretrained(out_dir)
+    cfg = load_config([], ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.mlp_hidden_size=64"])
+    model = get_registry("engines").get("llada_plus").build_model(cfg.model, "tiny", tok)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    return make_tiny_model(str(tmp_path_factory.mktemp("tiny_llada")))
+
+
+def _cfg(tmp_path: Path, *extra: str):
+    return load_config([], SAMPLER + [f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db", *extra])
+
+
+# ----------------------------------------------------------------------------- errors before any actor
+
+def test_missing_model_path_fails_before_ray(tmp_path):
+    ray.shutdown()
+    cfg = _cfg(tmp_path)
+    missing = tmp_path / "no_such_run" / "final"
+    with pytest.raises(ModelSourceError, match="no such directory"):
+        run_inference(cfg, model=str(missing), task="arithmetic", out=str(tmp_path / "p.jsonl"), limit=4)
+    assert not ray.is_initialized(), "Ray was started although the model path does not exist"
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_task_without_eval_split_fails_before_ray(tmp_path, model_dir, capsys):
+    ray.shutdown()
+    load_builtins()
+    base = get_registry("tasks").get("arithmetic")
+    tasks = get_registry("tasks")
+    if "arith_train_only" not in tasks:  # a user plugin task that only has a train split
+        tasks.register("arith_train_only", type("ArithTrainOnly", (base,), {"name": "arith_train_only",
+                                                                              "splits": ("train",)}))
+    with pytest.raises(InferenceError, match=r"no split 'test'.*its splits: train"):
+        run_inference(_cfg(tmp_path), model=model_dir, task="arith_train_only", out=str(tmp_path / "p.jsonl"))
+    assert not ray.is_initialized()
+    # The CLI turns it into exit code 2 and a one-line message.
+    rc = main(["--task", "arith_train_only", "--model", model_dir, "--out", str(tmp_path / "p.jsonl")])
+    assert rc == 2 and "no split 'test'" in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
+# ----------------------------------------------------------------------------- real runs
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_cli_infers_and_scores_32_arithmetic_problems(tmp_path, model_dir, local_ray):
+    from mlflow.tracking import MlflowClient
+
+    from mdm.tasks.harness import score_files
+
+    out = tmp_path / "preds.jsonl"
+    sets = SAMPLER + [f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db", "eval.batch_size=4",
+                      "eval.max_actors=2", "eval.cpus_per_actor=0.5", "eval.progress=false"]
+    argv = ["--task", "arithmetic", "--model", model_dir, "--out", str(out), "--limit", "32", "--sampler", "llada"]
+    assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
+
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    task = get_registry("tasks").get("arithmetic")()
+    examples = list(task.examples("test", 32))
+    assert [r["meta"]["index"] for r in records] == list(range(32))           # complete, once, in order
+    assert [r["id"] for r in records] == [e.id for e in examples]
+    assert [r["prompt"] for r in records] == [e.prompt for e in examples]
+    assert [r["gold_raw"] for r in records] == [e.gold_raw for e in examples]
+    assert all(r["task"] == "arithmetic" for r in records)
+    assert [r["meta"]["score"] for r in records] == [task.score(r["prediction"], r["gold_raw"]) for r in records]
+
+    # The actors' text equals the sampler run here, alone, on the same prompt (temperature 0).
+    import torch
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    cfg = load_config([], SAMPLER)
+    model = get_registry("engines").get("llada_plus").build_model(cfg.model, model_dir, tok).eval()
+    sample = get_registry("samplers").get("llada")
+    for r in records[:3]:
+        with torch.inference_mode():
+            toks = sample(model, [task.encode_prompt(tok, r["prompt"])], cfg.sampler,
+                          mask_id=model.config.mask_token_id, eos_id=model.config.eos_token_id).tokens[0]
+        eos = model.config.eos_token_id
+        toks = toks[: toks.index(eos)] if eos in toks else toks
+        assert r["prediction"] == tok.decode(toks, skip_special_tokens=True)
+
+    metrics = json.loads((tmp_path / "preds.metrics.json").read_text())
+    assert metrics["rows"] == 32 and metrics["n"] == 32
+    assert metrics["gen_tokens"] == sum(r["meta"]["gen_tokens"] for r in records)
+    # The harness accepts the file and agrees on the accuracy.
+    h = score_files("arithmetic", str(out))
+    assert h["n"] == 32 and h["accuracy"] == pytest.approx(metrics["accuracy"])
+    # Metrics and predictions reached MLflow (a new eval run: the model is not from a training run).
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns.db")
+    run = client.get_run(metrics["mlflow_run_id"])
+    assert run.data.metrics["infer/arithmetic/accuracy"] == pytest.approx(metrics["accuracy"])
+    assert {"preds.jsonl", "preds.metrics.json"} <= {Path(a.path).name for a in
+                                                      client.list_artifacts(run.info.run_id, "infer/arithmetic")}
+
+
+def _sampler_actor_pids() -> list[int]:
+    """Our own sampler actor processes (descendants of this test process; Ray sets their title)."""
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "SamplerActor" in " ".join(p.cmdline()):
+                out.append(p.pid)
+        except psutil.Error:
+            pass
+    return out
+
+
+def test_actor_killed_mid_job_every_row_exactly_once(tmp_path, model_dir, local_ray):
+    n = 24
+    cfg = _cfg(tmp_path, "eval.batch_size=2", "eval.max_actors=1", "eval.cpus_per_actor=0.5",
+               "eval.log_mlflow=false", "eval.progress=false")
+    killed: list[int] = []
+
+    def kill_once(done: int, total: int) -> None:
+        if not killed and 4 <= done < total:
+            pids = _sampler_actor_pids()
+            assert pids, "no sampler actor process found to kill"
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+
+    m = run_inference(cfg, model=model_dir, task="arithmetic", out=str(tmp_path / "p.jsonl"), limit=n,
+                      progress_callback=kill_once)
+    records = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert killed, "the job finished before an actor could be killed"
+    assert [r["meta"]["index"] for r in records] == list(range(n))
+    pids = {r["meta"]["actor"].rsplit(":", 1)[1] for r in records}
+    assert str(killed[0]) in pids and len(pids) >= 2, f"expected the killed actor and its replacement, got {pids}"
+    assert m["rows"] == n
