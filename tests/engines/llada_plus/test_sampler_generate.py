@@ -1,0 +1,61 @@
+"""The `generate` API and the `mdm generate` CLI on the reference model saved with a local tokenizer.
+
+Run: pytest tests/engines/llada_plus/test_sampler_generate.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from mdm.engines.llada_plus.config import SamplerConfig
+from mdm.engines.llada_plus.generate_cli import main
+from mdm.engines.llada_plus.model import LLaDAModelLM
+from mdm.engines.llada_plus.sampler import generate, sample_llada
+from mdm.platform.cli import main as mdm_main
+
+FIXTURE = Path(__file__).resolve().parents[3] / ".." / "shared" / "fixtures" / "llada_reference"
+CFG = dict(gen_length=16, block_length=8, steps=8)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, LLaDAModelLM, PreTrainedTokenizerFast]:
+    """The oracle model plus a word-level tokenizer over its 256 ids (t0..t253, <eos> 254, <mask> 255)."""
+    vocab = {f"t{i}": i for i in range(254)} | {"<eos>": 254, "<mask>": 255}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>",
+                                        mask_token="<mask>")
+    out = tmp_path_factory.mktemp("model")
+    model = LLaDAModelLM.from_pretrained(str(FIXTURE)).eval()
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out, model, tokenizer
+
+
+def test_generate_ids_and_text(saved: tuple) -> None:
+    _, model, tokenizer = saved
+    prompts = [[112, 92, 159, 119], [5, 6], [7, 8, 9, 10, 11, 12]]
+    one_by_one = generate(model, prompts, SamplerConfig(batch_size=1, **CFG))
+    assert one_by_one == generate(model, prompts, SamplerConfig(batch_size=2, **CFG))
+    direct = sample_llada(model, [prompts[1]], SamplerConfig(**CFG), mask_id=255, eos_id=254).tokens[0]
+    assert one_by_one[1] == direct and len(direct) == 16
+    texts = generate(model, tokenizer, SamplerConfig(**CFG), ["t112 t92 t159 t119", "t5 t6"])
+    assert texts == [" ".join(f"t{i}" for i in ids) for ids in one_by_one[:2]]
+
+
+def test_cli_prints_the_generated_texts(saved: tuple, capsys: pytest.CaptureFixture) -> None:
+    path, model, tokenizer = saved
+    args = ["--model", str(path), "--prompt", "t5 t6", "--prompt", "t112 t92", "--json"]
+    sets = [f"--set=sampler.{k}={v}" for k, v in CFG.items()] + ["--set=sampler.name=fast",
+                                                                  "--set=sampler.threshold=0.5"]
+    assert mdm_main(["generate", *args, *sets]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    want = generate(model, tokenizer, SamplerConfig(name="fast", threshold=0.5, **CFG), ["t5 t6", "t112 t92"])
+    assert [r["text"] for r in lines] == want and [r["prompt"] for r in lines] == ["t5 t6", "t112 t92"]
+    assert main(["--model", str(path / "missing"), "--prompt", "x"]) == 2
