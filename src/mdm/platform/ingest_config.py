@@ -14,10 +14,13 @@ class DataConfig:
     training data with `train.seed`. `bad_rows: skip` drops invalid rows (and reports the count) instead of
     failing; `overlong: truncate|drop` handles rows longer than `train.max_len` (counted either way).
     `tokenizer`: id or path of the tokenizer (None: the one saved with `train.model`). `task_data_dir`: a local
-    copy of the task's raw data (e.g. a directory with GSM8K's train.jsonl/test.jsonl) instead of the hub."""
+    copy of the task's raw data (e.g. a directory with GSM8K's train.jsonl/test.jsonl) instead of the hub.
+    `schema_module`: the module owning the processed-JSONL schema (its `validate_row(row, vocab_size)` and
+    `collate(rows, pad_id)` are used by the ingest); imported by name, like registry plugins."""
 
     eval_data_path: Optional[str] = None
     bad_rows: str = choice("error", ("error", "skip"))
     overlong: str = choice("truncate", ("truncate", "drop"))
     tokenizer: Optional[str] = None
     task_data_dir: Optional[str] = None
+    schema_module: str = "mdm.tasks.data"

@@ -1,0 +1,114 @@
+"""Training checkpoints (every rank, through its engine) reported to Ray Train, and the final HF export.
+
+    state = TrainState(step=120, microbatches=240, epoch=1, generator=gen)
+    ckpt = save_checkpoint(engine, objective, state, rank=r)        # -> ray.train.Checkpoint (a temp dir)
+    ray.train.report(metrics, checkpoint=ckpt)                       # Ray merges all ranks' files in storage
+    state = restore_checkpoint(ray.train.get_checkpoint(), engine, objective, rank=r, generator=gen)
+    export_hf(engine, tokenizer, "outputs/run/final", zero_stage=2, rank=r)   # save_pretrained
+
+A checkpoint directory holds the engine's files (DeepSpeed's `ds/` shards, or `plain_engine.pt`), the
+objective's state (P-POTS fit) and one `worker_<rank>.pt` per rank with its step counter, data position and
+RNG states (torch, numpy, random, and the objective's generator), so the steps after a resume replay an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class TrainState:
+    """Where a worker is: optimizer steps done, micro-batches of its shard consumed, current data epoch."""
+
+    step: int = 0
+    microbatches: int = 0
+    epoch: int = 0
+    eval_loss: Optional[float] = None
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate(),
+            "generator": generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["random"])
+    generator.set_state(state["generator"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(engine: Any, objective: Any, state: TrainState, *, rank: int,
+                    generator: torch.Generator) -> Any:
+    """Write this rank's part of a checkpoint to a fresh temp dir; returns it as a ray.train.Checkpoint.
+
+    Collective: every rank must call it at the same step. The caller reports the checkpoint and then
+    deletes the directory (`cleanup`)."""
+    from ray.train import Checkpoint
+
+    directory = tempfile.mkdtemp(prefix=f"mdm_ckpt_r{rank}_")
+    engine.save(directory, rank)
+    torch.save({"state": state.__dict__, "rng": _rng_state(generator)}, os.path.join(directory, f"worker_{rank}.pt"))
+    if rank == 0 and hasattr(objective, "state_dict"):
+        torch.save(objective.state_dict(), os.path.join(directory, "objective.pt"))
+    return Checkpoint.from_directory(directory)
+
+
+def cleanup(checkpoint: Any) -> None:
+    shutil.rmtree(checkpoint.path, ignore_errors=True)
+
+
+def restore_checkpoint(checkpoint: Any, engine: Any, objective: Any, *, rank: int,
+                       generator: torch.Generator) -> TrainState:
+    """Load engine, objective, counters and RNG states from a reported checkpoint (every rank calls it)."""
+    with checkpoint.as_directory() as directory:
+        engine.load(directory)
+        objective_path = os.path.join(directory, "objective.pt")
+        if os.path.exists(objective_path) and hasattr(objective, "load_state_dict"):
+            objective.load_state_dict(torch.load(objective_path, map_location="cpu", weights_only=False))
+        own = os.path.join(directory, f"worker_{rank}.pt")
+        if not os.path.exists(own):
+            # The group was resized since the checkpoint: counters are shared, per-rank RNG is not.
+            own = os.path.join(directory, "worker_0.pt")
+        saved = torch.load(own, map_location="cpu", weights_only=False)
+    if saved is not None and own.endswith(f"worker_{rank}.pt"):
+        _set_rng_state(saved["rng"], generator)
+    return TrainState(**saved["state"])
+
+
+def export_hf(engine: Any, tokenizer: Any, out_dir: str, *, zero_stage: int, rank: int) -> str:
+    """`save_pretrained` the full model (+ tokenizer) into `out_dir` on rank 0; collective under ZeRO-3."""
+    module = engine.module
+    if zero_stage == 3 and getattr(engine, "engine", None) is not None:
+        import deepspeed
+
+        # ZeRO-3 partitions every parameter: gather them on all ranks, rank 0 writes.
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            if rank == 0:
+                _save(module, tokenizer, out_dir)
+    elif rank == 0:
+        _save(module, tokenizer, out_dir)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    return out_dir
+
+
+def _save(module: Any, tokenizer: Any, out_dir: str) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+    module.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)

@@ -1,0 +1,58 @@
+"""A progress bar on the driver: step, loss, tokens/s and ETA, fed by the workers' `ray.train.report`s.
+
+    TorchTrainer(..., run_config=RunConfig(callbacks=[ProgressCallback()]))
+
+The callback runs in Ray Train's controller; `ray.experimental.tqdm_ray` draws its bar in the driver's
+terminal (plain `tqdm` would only print into the controller's log). The ETA is tqdm's, from the step rate.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ray.train.v2.api.callback import UserCallback
+
+
+def describe(metrics: dict[str, Any]) -> str:
+    """The postfix shown beside the bar, e.g. 'loss 2.314 eval 2.401 tok/s 5.1k lr 1.0e-04 epoch 0'."""
+    parts = []
+    if "train/loss" in metrics:
+        parts.append(f"loss {metrics['train/loss']:.4f}")
+    if "eval/loss" in metrics:
+        parts.append(f"eval {metrics['eval/loss']:.4f}")
+    if "train/tokens_per_s" in metrics:
+        parts.append(f"tok/s {metrics['train/tokens_per_s'] / 1000:.1f}k")
+    if "train/lr" in metrics:
+        parts.append(f"lr {metrics['train/lr']:.1e}")
+    if "epoch" in metrics:
+        parts.append(f"epoch {metrics['epoch']}")
+    return " ".join(parts)
+
+
+class ProgressCallback(UserCallback):
+    """Advance a bar to each reported `step` (of `total_steps`) with the rank-0 metrics as its postfix."""
+
+    def __init__(self, desc: str = "train") -> None:
+        self.desc = desc
+        self._bar: Optional[Any] = None
+        self._step = 0
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        m = metrics[0] if metrics else {}
+        if "step" not in m:
+            return
+        step = int(m["step"])
+        if self._bar is not None and step < self._step:  # the group restarted from an earlier checkpoint
+            self._bar.close()
+            self._bar = None
+        if self._bar is None:
+            from ray.experimental.tqdm_ray import tqdm
+
+            self._bar = tqdm(total=int(m.get("total_steps", 0)) or None, desc=self.desc, unit="step")
+            self._step = 0
+        self._bar.update(step - self._step)
+        self._step = step
+        self._bar.set_description(f"{self.desc} {describe(m)}")
+        if m.get("export_dir"):
+            self._bar.close()
+            self._bar = None

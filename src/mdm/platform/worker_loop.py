@@ -1,0 +1,231 @@
+"""The per-worker training function of the Ray Train worker group (`train_fn_per_worker`).
+
+Built by `mdm.platform.trainer.train_driver`, which passes `{"sections": WorkerSections, "run": RunInfo}` as the
+TorchTrainer's `train_loop_config`. Each worker: imports the registries' plugins, builds the model through the
+engine spec, wraps it (ds_setup), restores the latest checkpoint or runs the objective's `prepare` (P-POTS),
+then streams its shard of ready micro-batches and steps until `run.total_steps`. Every `train.logging_steps`
+it reports metrics (averaged over ranks) to Ray Train and, on rank 0, to MLflow; evals and checkpoints follow
+`train.eval_strategy` / `train.save_strategy`; at the end rank 0 exports the model in Hugging Face format.
+All ranks report at the same steps (`ray.train.report` is a barrier).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+
+from mdm.platform.checkpointing import TrainState, cleanup, export_hf, restore_checkpoint, save_checkpoint
+
+
+@dataclass
+class WorkerSections:
+    """The config sections a worker reads (never the whole root config)."""
+
+    engine: str
+    auto_import: list
+    train: Any
+    model: Any
+    deepspeed: Any
+
+
+@dataclass
+class RunInfo:
+    """What the driver decided: names, paths, and the step plan."""
+
+    run_name: str
+    tokenizer: str
+    export_dir: str
+    total_steps: int
+    steps_per_epoch: int
+    has_eval: bool
+    tracking_uri: Optional[str] = None
+    mlflow_run_id: Optional[str] = None
+
+
+class _Shard:
+    """Lazy iterable of micro-batches (dicts of tensors on `device`) over one dataset shard."""
+
+    def __init__(self, name: str, device: torch.device, prefetch: int = 4) -> None:
+        import ray.train
+
+        from mdm.platform.ingest import MicroBatchCollate
+
+        self.it, self.device, self.prefetch, self.collate = ray.train.get_dataset_shard(name), device, prefetch, \
+            MicroBatchCollate()
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for mb in self.it.iter_torch_batches(batch_size=1, collate_fn=self.collate, prefetch_batches=self.prefetch):
+            yield {k: v.to(self.device, non_blocking=True) for k, v in mb.items()}
+
+
+def _due(strategy: str, step: int, every: int, steps_per_epoch: int) -> bool:
+    if strategy == "steps":
+        return step % every == 0
+    if strategy == "epoch":
+        return step % max(1, steps_per_epoch) == 0
+    return False
+
+
+def _mean_over_ranks(values: list[float], world: int) -> list[float]:
+    if world == 1 or not dist.is_initialized():
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return (t / world).tolist()
+
+
+def _evaluate(objective: Any, model: torch.nn.Module, device: torch.device, seed: int, rank: int,
+              world: int) -> float:
+    """Mean eval loss over this rank's eval shard, averaged over ranks (fixed noise: comparable evals)."""
+    gen = torch.Generator(device=device).manual_seed(seed + 7 + 1_000_003 * rank)
+    total, n = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for mb in _Shard("eval", device):
+            mb.pop("epoch"), mb.pop("n_tokens")
+            total += float(objective.eval_loss(model, mb, gen)[0])
+            n += 1
+    model.train()
+    if world > 1 and dist.is_initialized():
+        t = torch.tensor([total, n], dtype=torch.float64)
+        dist.all_reduce(t)
+        total, n = float(t[0]), int(t[1])
+    return total / max(n, 1)
+
+
+def train_fn_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from mdm.platform.ds_setup import setup_engine
+    from mdm.platform.registry import auto_import, get_registry, load_builtins
+    from mdm.platform.tracking import RunLogger
+    from transformers import AutoTokenizer
+
+    sec: WorkerSections = config["sections"]
+    run: RunInfo = config["run"]
+    load_builtins()
+    auto_import(sec.auto_import)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    tcfg = sec.train
+
+    spec = get_registry("engines").get(sec.engine)
+    tokenizer = AutoTokenizer.from_pretrained(run.tokenizer)
+    torch.manual_seed(tcfg.seed)  # the same initial weights on every rank
+    model = spec.build_model(sec.model, tcfg.model, tokenizer).to(device)
+    model.train()
+    engine = setup_engine(model, sec.deepspeed, tcfg, total_steps=run.total_steps, world_size=world,
+                          on_gpu=device.type == "cuda")
+    objective = spec.build_objective(tcfg)
+    gen = torch.Generator(device=device).manual_seed(tcfg.seed + 1_000_003 * rank)
+    logger = RunLogger(run.tracking_uri, run.mlflow_run_id) if rank == 0 and run.mlflow_run_id else None
+    prepare_batches = _Shard("prepare", device, prefetch=1)
+
+    state = TrainState()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        state = restore_checkpoint(checkpoint, engine, objective, rank=rank, generator=gen)
+    else:
+        ppots = objective.prepare(engine.module, prepare_batches, device) or {}
+        if logger and ppots:
+            logger.metrics(ppots, step=0)
+
+    def report(metrics: dict[str, Any], with_checkpoint: bool, light: bool = False) -> None:
+        if not with_checkpoint:
+            ray.train.report(metrics)
+            return
+        if light:  # save_strategy "no": a marker so Result.metrics is filled (Ray only keeps metrics with one)
+            import tempfile
+
+            ckpt_dir = tempfile.mkdtemp(prefix="mdm_final_")
+            with open(os.path.join(ckpt_dir, f"final_{rank}.txt"), "w") as f:
+                f.write(run.export_dir)
+            ckpt = ray.train.Checkpoint.from_directory(ckpt_dir)
+        else:
+            ckpt = save_checkpoint(engine, objective, state, rank=rank, generator=gen)
+        try:
+            ray.train.report(metrics, checkpoint=ckpt)
+        finally:
+            cleanup(ckpt)
+
+    stream = iter(_Shard("train", device))
+    for _ in range(state.microbatches):  # data position: skip what the restored steps consumed
+        next(stream)
+    window = {"loss": 0.0, "n": 0, "tokens": 0, "wait": 0.0, "time": 0.0}
+    last_eval: Optional[float] = state.eval_loss
+    last_train: dict[str, float] = {}
+    while state.step < run.total_steps:
+        t0 = time.perf_counter()
+        for _ in range(tcfg.grad_accum):
+            tw = time.perf_counter()
+            mb = next(stream, None)
+            window["wait"] += time.perf_counter() - tw
+            if mb is None:
+                raise RuntimeError(f"rank {rank}: the training stream ended at step {state.step} of "
+                                   f"{run.total_steps} (micro-batch {state.microbatches})")
+            state.epoch = int(mb.pop("epoch"))
+            window["tokens"] += int(mb.pop("n_tokens"))
+            state.microbatches += 1
+            loss, _ = objective.loss(engine.module, mb, gen)
+            engine.backward(loss)
+            engine.step()
+            window["loss"] += float(loss.detach())
+            window["n"] += 1
+        state.step += 1
+        window["time"] += time.perf_counter() - t0
+        re = objective.maybe_reestimate(state.step, engine.module, prepare_batches, device)
+        if logger and re:
+            logger.metrics(re, step=state.step)
+
+        final = state.step == run.total_steps
+        do_eval = run.has_eval and tcfg.eval_strategy != "no" and (
+            final or _due(tcfg.eval_strategy, state.step, tcfg.eval_steps, run.steps_per_epoch))
+        do_save = tcfg.save_strategy != "no" and not final and _due(
+            tcfg.save_strategy, state.step, tcfg.save_steps, run.steps_per_epoch)
+        do_log = final or do_eval or do_save or state.step % tcfg.logging_steps == 0
+        if not do_log:
+            continue
+        loss_mean, tokens, wait, dt = _mean_over_ranks(
+            [window["loss"] / max(window["n"], 1), window["tokens"], window["wait"], window["time"]], world)
+        metrics: dict[str, Any] = {
+            "step": state.step, "epoch": state.epoch, "total_steps": run.total_steps,
+            "train/loss": loss_mean, "train/lr": engine.lr, "train/grad_norm": engine.grad_norm,
+            "train/tokens_per_s": tokens * world / max(dt, 1e-9), "train/data_wait_fraction": wait / max(dt, 1e-9)}
+        window = {k: 0 * v for k, v in window.items()}
+        last_train = {k: v for k, v in metrics.items() if k.startswith("train/")}
+        if do_eval:
+            last_eval = state.eval_loss = _evaluate(objective, engine.module, device, tcfg.seed, rank, world)
+            metrics["eval/loss"] = last_eval
+        if do_save and run.has_eval and tcfg.eval_strategy != "no":
+            if last_eval is None:  # the checkpoint score needs an eval loss
+                last_eval = state.eval_loss = _evaluate(objective, engine.module, device, tcfg.seed, rank, world)
+            metrics["eval/loss"] = last_eval
+        if logger:
+            logger.metrics({k: v for k, v in metrics.items() if "/" in k}, step=state.step)
+        if not final:
+            report(metrics, with_checkpoint=do_save)
+
+    # Final: export, artifacts, and one report with a checkpoint so Result.metrics carries it all.
+    export_hf(engine, tokenizer, run.export_dir, zero_stage=sec.deepspeed.zero_stage if sec.deepspeed.enabled else 0,
+              rank=rank)
+    if logger:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            plot = objective.save_plot(os.path.join(tmp, "ppots.png")) if hasattr(objective, "save_plot") else None
+            if plot:
+                logger.artifact(plot)
+        logger.artifact(run.export_dir, "final_model")
+    final_metrics = {"step": state.step, "epoch": state.epoch, "total_steps": run.total_steps,
+                     "export_dir": run.export_dir}
+    if last_eval is not None:
+        final_metrics["eval/loss"] = last_eval
+    final_metrics.update(last_train)
+    report(final_metrics, with_checkpoint=True, light=tcfg.save_strategy == "no")
