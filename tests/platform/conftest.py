@@ -1,0 +1,42 @@
+"""Fixtures for the platform's Ray tests: a small local Ray per module, and tiny processed training data.
+
+`ray_local` is module-scoped (not session) so that modules which start Ray their own way still can.
+`arithmetic_data` writes the arithmetic task's train split as processed JSONL with a BPE tokenizer trained
+on it (the real `mdm.tasks.preprocess` path), once per session.
+"""
+
+from __future__ import annotations
+
+import os
+import pytest
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def arithmetic_data(tmp_path_factory) -> dict[str, str]:
+    """{"train": processed JSONL path, "tokenizer": tokenizer dir} for 400 arithmetic problems."""
+    from mdm.tasks.arithmetic import Arithmetic
+    from mdm.tasks.preprocess import preprocess
+    from mdm.tasks.tokenize import train_bpe
+
+    root = tmp_path_factory.mktemp("arith")
+    task = Arithmetic(seed=0, n_train=400, n_test=20)
+    texts = [e.prompt + "\n" + e.response for e in task.examples("train")]
+    tok = train_bpe(texts, str(root / "tok"), vocab_size=300)
+    out = root / "train.jsonl"
+    preprocess(task, "train", tok, out, progress=False)
+    return {"train": str(out), "tokenizer": tok, "root": str(root)}
+
