@@ -1,0 +1,131 @@
+"""MLflow bookkeeping of a sweep: one parent run, one child run per trial, the result table, the best config.
+
+    tracker = Tracker.open(cfg.tracking)
+    parent = open_parent(tracker, "sweep-ab12cd34", params={"space.train.lr": "loguniform[1e-05, 0.001]", ...})
+    # each trial: train_driver(..., run_name=child_run_name(sweep, trial_id), mlflow_tags=child_tags(parent, ...))
+    close_children(tracker, parent, {"sweep-ab12cd34-1a2b3_00000": "FINISHED", ...})   # after tuner.fit()
+    print(format_table(rows, metric="eval/loss"))
+    finish_parent(tracker, parent, rows, metric="eval/loss", mode="min", artifacts=[best_yaml])
+
+The children are created by the trainer's rank-0 logging (`Tracker.start_run` resumes a run of the same name,
+so a retried or resumed trial keeps its one run). A trial that the scheduler stops is killed mid-function,
+and a driver that is killed leaves its trials' runs open: `close_children` ends every child still RUNNING
+with its trial's final status (FINISHED, KILLED for stopped early or interrupted, FAILED for errors), so no
+child is left RUNNING. The parent is found again by name on resume (tag `mdm.sweep`), never duplicated.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Optional
+
+from mlflow.entities import Metric, Param, RunTag
+
+from mdm.platform.tracking import MAX_PARAM_CHARS, Tracker
+
+SWEEP_TAG = "mdm.sweep"
+ROLE_TAG = "mdm.role"
+TRIAL_TAG = "mdm.trial_id"
+STATUS_TAG = "mdm.trial_status"
+
+
+def child_run_name(sweep_name: str, trial_id: str) -> str:
+    """The Train run name and MLflow child run name of a trial: stable across restarts and resumes."""
+    return f"{sweep_name}-{trial_id}"
+
+
+def child_tags(parent_id: Optional[str], sweep_name: str, trial_id: str) -> dict[str, str]:
+    tags = {SWEEP_TAG: sweep_name, ROLE_TAG: "trial", TRIAL_TAG: trial_id}
+    if parent_id:
+        tags["mlflow.parentRunId"] = parent_id
+    return tags
+
+
+def open_parent(tracker: Tracker, sweep_name: str, params: Mapping[str, Any]) -> str:
+    """Create the sweep's parent run, or reopen it (same name) when the sweep resumes; returns its id."""
+    exp = tracker.experiment_id()
+    found = tracker.client.search_runs([exp], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep_name}' and "
+                                                          f"tags.`{ROLE_TAG}` = 'parent'",
+                                       order_by=["attributes.start_time ASC"], max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        tracker.client.update_run(run_id, status="RUNNING")
+        old = found[0].data.params
+    else:
+        run_id = tracker.client.create_run(exp, run_name=sweep_name,
+                                           tags={SWEEP_TAG: sweep_name, ROLE_TAG: "parent"}).info.run_id
+        old = {}
+    # MLflow refuses to change a param: log only the ones not logged before (the space is part of the name).
+    items = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in sorted(params.items()) if k not in old]
+    for i in range(0, len(items), 100):
+        tracker.client.log_batch(run_id, params=items[i:i + 100])
+    return run_id
+
+
+def children(tracker: Tracker, parent_id: str) -> list[Any]:
+    """The child runs of `parent_id` (mlflow.entities.Run), oldest first."""
+    return tracker.client.search_runs([tracker.experiment_id()],
+                                      filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                                      order_by=["attributes.start_time ASC"], max_results=10_000)
+
+
+def close_children(tracker: Tracker, parent_id: str, statuses: Mapping[str, str]) -> dict[str, str]:
+    """End each child still RUNNING with its trial's status (by run name; KILLED when unknown) and tag every
+    child with its trial status. Returns {run name: final MLflow status}."""
+    out: dict[str, str] = {}
+    for run in children(tracker, parent_id):
+        name = run.info.run_name
+        status = statuses.get(name, "KILLED")
+        if run.info.status == "RUNNING":
+            tracker.client.set_terminated(run.info.run_id, status=status)
+            out[name] = status
+        else:
+            out[name] = run.info.status
+        tracker.client.set_tag(run.info.run_id, STATUS_TAG, status)
+    return out
+
+
+def finish_parent(tracker: Tracker, parent_id: str, rows: list[dict[str, Any]], metric: str, mode: str,
+                  artifacts: Iterable[str] = (), status: str = "FINISHED") -> None:
+    """Log the best metric, trial counts and artifacts (table, best config) to the parent; end it."""
+    scored = [r for r in rows if r.get("metric") is not None]
+    metrics = [Metric("sweep/trials", float(len(rows)), 0, 0),
+               Metric("sweep/trials_finished", float(sum(r["status"] == "FINISHED" for r in rows)), 0, 0)]
+    tags = []
+    if scored:
+        best = rank_rows(scored, mode)[0]
+        metrics.append(Metric(f"best/{metric}", float(best["metric"]), 0, 0))
+        tags.append(RunTag("mdm.best_trial", str(best["trial_id"])))
+    tracker.client.log_batch(parent_id, metrics=metrics, tags=tags)
+    for path in artifacts:
+        tracker.client.log_artifact(parent_id, path)
+    tracker.client.set_terminated(parent_id, status=status)
+
+
+def rank_rows(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    """Rows sorted best first by "metric" (mode min|max); rows without a metric (or NaN) last."""
+    def key(r: dict[str, Any]) -> tuple[int, float]:
+        v = r.get("metric")
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return (1, 0.0)
+        return (0, float(v) if mode == "min" else -float(v))
+    return sorted(rows, key=key)
+
+
+def format_table(rows: list[dict[str, Any]], metric: str, keys: list[str]) -> str:
+    """A fixed-width text table: trial, status, metric, last step, then the swept `keys`."""
+    head = ["trial", "status", metric, "step", *keys]
+    body = []
+    for r in rows:
+        m = r.get("metric")
+        body.append([str(r["trial_id"]), r["status"], "-" if m is None else f"{m:.5g}",
+                     "-" if r.get("step") is None else str(r["step"]),
+                     *[_fmt(r["params"].get(k)) for k in keys]])
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

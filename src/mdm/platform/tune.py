@@ -1,0 +1,292 @@
+"""`mdm tune`: hyperparameter sweeps with Ray Tune over the trainer, tracked as MLflow parent/child runs.
+
+    mdm tune --config base.yaml [--config overlay.yaml] --sweep sweep.yaml [--set tune.scheduler=asha ...]
+
+    from mdm.platform.tune import run_sweep
+    res = run_sweep(cfg, "sweep.yaml")        # or a dict {"train.lr": {"loguniform": [1e-5, 1e-3]}, ...}
+    res.rows[0]                               # the best trial: trial_id, status, metric, step, params, run_name
+    res.best_config_path                      # YAML for `mdm train --config`
+
+The sweep file's format, its validation and the deduplication of conditional keys (p_model when PPOTS is off)
+are described in `mdm.platform.sweep_space`. The shape is Ray Train V2's: each trial is a Tune function
+(`_trial`) that calls `trainer.train_driver`, which builds and fits its own TorchTrainer (its own worker
+group, ScalingConfig from `ray.*`); a `TuneReportCallback` forwards Train's reports to Tune. The trial
+function holds `tune.cpus_per_trial` (a fraction: Tune rejects 0); the worker groups' CPUs are accounted for
+by `max_concurrent_trials` (see `tune_config`). ASHA's time axis is the reported `step`.
+
+Names are deterministic: the sweep is `tune.name`, else `sweep-<hash of config and sweep>`; its Tune
+experiment lives in `<ray.storage_path>/<sweep>`, each trial's Train run in `<ray.storage_path>/<sweep>-<trial
+id>`, which is also its MLflow child run's name. Re-running the same command after the driver was killed
+restores the experiment (`Tuner.restore`): finished trials are kept, unfinished ones restart (resuming their
+Train checkpoint and MLflow run). At the end the driver closes child runs left open (`sweep_tracking`), prints
+the trials sorted by `tune.metric`, writes the best trial's full config to
+`<train.output_dir>/<sweep>/best_config.yaml` and prints the `mlflow ui` command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from mdm.platform.config import ConfigError, dump_config, flatten, load_config, with_overrides
+from mdm.platform.sweep_space import SweepError, SweepSpace, load_sweep
+from mdm.platform.sweep_tracking import (child_run_name, child_tags, close_children, finish_parent,
+                                         format_table, open_parent, rank_rows)
+
+# Config keys holding local paths: made absolute in the driver, since trials run in other working directories.
+PATH_KEYS = ("train.train_data_path", "train.output_dir", "train.model", "data.eval_data_path", "data.tokenizer",
+             "data.task_data_dir", "ray.storage_path", "deepspeed.config_path")
+WORST = 1e30                  # what Tune sees instead of a NaN/inf metric (MLflow keeps the real value)
+COMPLETED_KEY = "export_dir"  # only the trainer's final report carries it: the trial ran to its last step
+
+
+@dataclass
+class SweepResult:
+    """What a sweep produced. `rows` are best first: {trial_id, run_name, status, metric, step, params}."""
+
+    name: str
+    experiment_path: str
+    rows: list[dict[str, Any]]
+    best_config_path: Optional[str]
+    parent_run_id: Optional[str]
+    tracking_uri: Optional[str]
+    restored: bool = False
+    space: Optional[SweepSpace] = field(default=None, repr=False)
+
+
+def _absolute(value: str, must_exist: bool) -> str:
+    if "://" in value:
+        return value
+    parts = [p.strip() for p in value.split(",")]
+    if must_exist and not all(os.path.exists(p) for p in parts):
+        return value  # a hub id (train.model, data.tokenizer), not a path
+    return ",".join(os.path.abspath(p) for p in parts)
+
+
+def absolute_paths(cfg: Any) -> Any:
+    """`cfg` with local paths absolute and the tracking URI resolved, as seen from this working directory."""
+    from mdm.platform.tracking import resolve_uri
+
+    flat = flatten(cfg)
+    fix: dict[str, Any] = {}
+    for key in PATH_KEYS:
+        v = flat.get(key)
+        if isinstance(v, str) and v and v != "tiny":
+            fix[key] = _absolute(v, must_exist=key in ("train.model", "data.tokenizer"))
+    if cfg.tracking.enabled:
+        fix["tracking.tracking_uri"] = resolve_uri(cfg.tracking.tracking_uri)
+    return with_overrides(cfg, fix)
+
+
+def sweep_name(cfg: Any, space: SweepSpace) -> str:
+    """`tune.name`, else `sweep-<8 hex>` of the config's run-defining keys and the sweep (never a clock)."""
+    if cfg.tune.name:
+        return cfg.tune.name
+    flat = {k: v for k, v in flatten(cfg).items() if not k.startswith(("tracking.", "ray.address"))}
+    blob = json.dumps([flat, space.describe(), space.conditions], sort_keys=True, default=str)
+    return "sweep-" + hashlib.sha1(blob.encode()).hexdigest()[:8]
+
+
+def max_concurrent(cfg: Any, cluster: Mapping[str, float]) -> int:
+    """Trials that fit at once: (CPUs - reserve) / per-trial CPUs, capped by GPUs; at least 1."""
+    if cfg.tune.max_concurrent_trials:
+        return int(cfg.tune.max_concurrent_trials)
+    per_trial = cfg.tune.cpus_per_trial + cfg.ray.num_workers * cfg.ray.cpus_per_worker
+    n = math.floor((float(cluster.get("CPU", 0.0)) - cfg.tune.reserve_cpus) / per_trial + 1e-9)
+    if cfg.ray.use_gpu:
+        n = min(n, math.floor(float(cluster.get("GPU", 0.0)) / (cfg.ray.num_workers * cfg.ray.gpus_per_worker)
+                              + 1e-9))
+    return max(1, n)
+
+
+def _report_callback(metric: str, mode: str) -> Any:
+    """Train -> Tune reports, with a non-finite `metric` replaced by a very bad finite value: a diverged trial
+    reports NaN, which ASHA's comparisons (NaN < cutoff is False) would never stop."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class _Report(TuneReportCallback):
+        def after_report(self, run_context: Any, metrics: list, checkpoint: Any) -> None:
+            if metrics and metric in metrics[0]:
+                v = metrics[0][metric]
+                if isinstance(v, (int, float)) and not math.isfinite(v):
+                    metrics = [{**metrics[0], metric: WORST if mode == "min" else -WORST}, *metrics[1:]]
+            super().after_report(run_context, metrics, checkpoint)
+
+    return _Report()
+
+
+def _trial(config: dict[str, Any], *, base_yaml: str, space: SweepSpace, name: str,
+           parent_id: Optional[str]) -> None:
+    """One trial (runs in a Tune actor): the base config + this trial's overrides -> train_driver."""
+    from ray import tune
+
+    from mdm.platform.trainer import train_driver
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(base_yaml)  # the config travels as YAML: load_config re-registers plugins in this process
+    try:
+        base = load_config([f.name])
+    finally:
+        os.unlink(f.name)
+    trial_id = tune.get_context().get_trial_id()
+    run_name = child_run_name(name, trial_id)
+    cfg = with_overrides(base, {**space.overrides_for(config), "ray.run_name": run_name})
+    train_driver(cfg, run_name=run_name, callbacks=[_report_callback(cfg.tune.metric, cfg.tune.mode)],
+                 mlflow_tags=child_tags(parent_id, name, trial_id) if cfg.tracking.enabled else None)
+
+
+def _trial_dirname(trial: Any) -> str:
+    return trial.trial_id  # so a result's directory names its trial even when it never reported
+
+
+def _scheduler(cfg: Any) -> Any:
+    if cfg.tune.scheduler == "fifo":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    max_t = cfg.train.max_steps if cfg.train.max_steps > 0 else 10 ** 9
+    return ASHAScheduler(time_attr="step", grace_period=cfg.tune.grace_period,
+                         reduction_factor=cfg.tune.reduction_factor, max_t=max_t)
+
+
+def _searcher(cfg: Any) -> Any:
+    if cfg.tune.searcher == "random":
+        return None
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+        import optuna  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"tune.searcher: optuna needs the optional package optuna ({e}); "
+                          "pip install optuna, or set tune.searcher: random") from None
+    import optuna
+
+    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.train.seed))
+
+
+def _rows(results: Any, space: SweepSpace, name: str, metric: str) -> list[dict[str, Any]]:
+    rows = []
+    for r in results:
+        trial_id = Path(r.path).name
+        df = r.metrics_dataframe
+        value = step = None
+        completed = False
+        if df is not None and len(df):
+            if metric in df and df[metric].notna().any():
+                value = float(df[metric].dropna().iloc[-1])
+            if "step" in df and df["step"].notna().any():
+                step = int(df["step"].dropna().iloc[-1])
+            completed = COMPLETED_KEY in df and df[COMPLETED_KEY].notna().any()
+        status = "FAILED" if r.error is not None else "FINISHED" if completed else "KILLED"
+        rows.append({"trial_id": trial_id, "run_name": child_run_name(name, trial_id), "status": status,
+                     "metric": value, "step": step, "params": space.overrides_for(r.config or {}),
+                     "error": None if r.error is None else str(r.error).splitlines()[0][:300]})
+    return rows
+
+
+def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any]) -> SweepResult:
+    """Run (or resume) the sweep `sweep` over base config `cfg`; see the module docstring."""
+    import ray
+    from ray import tune
+
+    from mdm.platform.ray_runtime import ensure_ray
+    from mdm.platform.tracking import Tracker
+
+    space = load_sweep(sweep, cfg)  # every key and value checked before anything starts
+    cfg = absolute_paths(cfg)
+    name = sweep_name(cfg, space)
+    tcfg = cfg.tune
+    tracker = Tracker.open(cfg.tracking) if cfg.tracking.enabled else None
+    ensure_ray(cfg.ray)
+    concurrent = max_concurrent(cfg, ray.cluster_resources())
+    storage = cfg.ray.storage_path if "://" in cfg.ray.storage_path else os.path.abspath(cfg.ray.storage_path)
+    exp_path = f"{storage.rstrip('/')}/{name}"
+    print(f"mdm tune {name}: {len(space.trials)} grid trial(s) (from {space.n_grid_raw} before dedup of ignored "
+          f"keys) x {tcfg.num_samples} sample(s); {tcfg.scheduler}/{tcfg.searcher}; up to {concurrent} at once; "
+          f"experiment {exp_path}", file=sys.stderr)
+
+    parent_id = None
+    if tracker is not None:
+        parent_id = open_parent(tracker, name, {
+            **{f"space.{k}": v for k, v in space.describe().items()},
+            **{k: v for k, v in flatten(cfg).items() if k.startswith("tune.")},
+            "grid_trials": len(space.trials), "grid_before_dedup": space.n_grid_raw,
+            "max_concurrent_trials": concurrent})
+
+    # Trials report eval/loss only at eval steps; Tune's strict check would fail their first train-only report.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, base_yaml=dump_config(cfg), space=space, name=name, parent_id=parent_id),
+        {"CPU": tcfg.cpus_per_trial})
+    param_space = space.param_space(tcfg.searcher)
+    restored = tune.Tuner.can_restore(exp_path)
+    if restored:
+        print(f"mdm tune {name}: resuming the interrupted sweep in {exp_path}", file=sys.stderr)
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, param_space=param_space,
+                                   resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(metric=tcfg.metric, mode=tcfg.mode, num_samples=tcfg.num_samples,
+                                        max_concurrent_trials=concurrent, scheduler=_scheduler(cfg),
+                                        search_alg=_searcher(cfg), trial_dirname_creator=_trial_dirname),
+            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1,
+                                      failure_config=tune.FailureConfig(max_failures=tcfg.max_failures)))
+    results = tuner.fit()
+
+    rows = rank_rows(_rows(results, space, name, tcfg.metric), tcfg.mode)
+    if tracker is not None and parent_id is not None:
+        close_children(tracker, parent_id, {r["run_name"]: r["status"] for r in rows})
+    best_path = None
+    best = next((r for r in rows if r["metric"] is not None), None)
+    if best is not None:
+        best_cfg = with_overrides(cfg, {**best["params"], "ray.run_name": None, "tracking.run_name": None})
+        out = Path(cfg.train.output_dir) / name
+        out.mkdir(parents=True, exist_ok=True)
+        best_path = str(out / "best_config.yaml")
+        Path(best_path).write_text(dump_config(best_cfg))
+    keys = [d.key for d in space.dims]
+    print(f"\nmdm tune {name}: {len(rows)} trial(s), sorted by {tcfg.metric} ({tcfg.mode})")
+    print(format_table(rows, tcfg.metric, keys))
+    if best is None:
+        print(f"mdm tune {name}: no trial reported {tcfg.metric}; check tune.metric against the trainer's "
+              f"metrics (eval/loss needs eval data and train.eval_strategy other than 'no')", file=sys.stderr)
+    else:
+        print(f"best: {best['trial_id']} ({tcfg.metric} {best['metric']:.5g}); config: {best_path}\n"
+              f"  train it: mdm train --config {best_path}")
+    if tracker is not None and parent_id is not None:
+        table = Path(cfg.train.output_dir) / name / "trials.txt"
+        table.parent.mkdir(parents=True, exist_ok=True)
+        table.write_text(format_table(rows, tcfg.metric, keys) + "\n")
+        finish_parent(tracker, parent_id, rows, tcfg.metric, tcfg.mode,
+                      artifacts=[p for p in (best_path, str(table)) if p],
+                      status="FINISHED" if any(r["status"] != "FAILED" for r in rows) else "FAILED")
+        print(f"compare runs: mlflow ui --backend-store-uri {tracker.uri}")
+    return SweepResult(name, exp_path, rows, best_path, parent_id, tracker.uri if tracker else None, restored, space)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """`mdm tune`: 0 when at least one trial finished; 2 on a config/sweep mistake; 1 when all trials failed."""
+    from mdm.platform.config import add_config_args, config_from_args
+
+    parser = argparse.ArgumentParser(prog="mdm tune", description="Run a Ray Tune sweep over the trainer.")
+    add_config_args(parser)
+    parser.add_argument("--sweep", required=True, metavar="YAML", help="search space in dotted keys")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        cfg = config_from_args(args)
+        if args.dump_config:
+            sys.stdout.write(dump_config(cfg))
+            return 0
+        res = run_sweep(cfg, args.sweep)
+    except (SweepError, ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"mdm tune: error: {e}", file=sys.stderr)
+        return 2
+    return 0 if any(r["status"] == "FINISHED" for r in res.rows) else 1
