@@ -84,17 +84,9 @@ def test_task_without_eval_split_fails_before_ray(tmp_path, model_dir, capsys):
     assert not ray.is_initialized()
 
 
-# ----------------------------------------------------------------------------- real runs
+# ----------------------------------------------------------------------------- real runs (conftest's ray_local)
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-def test_cli_infers_and_scores_32_arithmetic_problems(tmp_path, model_dir, local_ray):
+def test_cli_infers_and_scores_32_arithmetic_problems(tmp_path, model_dir, ray_local):
     from mlflow.tracking import MlflowClient
 
     from mdm.tasks.harness import score_files
@@ -157,7 +149,7 @@ def _sampler_actor_pids() -> list[int]:
     return out
 
 
-def test_actor_killed_mid_job_every_row_exactly_once(tmp_path, model_dir, local_ray):
+def test_actor_killed_mid_job_every_row_exactly_once(tmp_path, model_dir, ray_local):
     n = 24
     cfg = _cfg(tmp_path, "eval.batch_size=2", "eval.max_actors=1", "eval.cpus_per_actor=0.5",
                "eval.log_mlflow=false", "eval.progress=false")

@@ -119,6 +119,8 @@ def _build_dataset(rows: list[dict], cfg: Any, model_path: str, task: str) -> An
     ev = cfg.eval
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = bool(ev.progress)
+    if ev.wait_for_actors_s > 0:
+        ctx.wait_for_min_actors_s = ev.wait_for_actors_s
     # One block per batch: a block is the unit Ray Data hands to an actor, so blocks bigger than a batch
     # would serialise several batches on one actor while others idle.
     n_blocks = max(1, math.ceil(len(rows) / ev.batch_size))
@@ -227,7 +229,8 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
         cfg = with_overrides(cfg, {"sampler.name": sampler})  # validates the name against the registry
         ev = cfg.eval
     the_task = _load_task(task_name, split, ev.data_dir, need_split=prompts is None)
-    src = resolve_model(model or ev.model or "", tracking_uri=cfg.tracking.tracking_uri)
+    src = resolve_model(model or ev.model or "", tracking_uri=cfg.tracking.tracking_uri,
+                        export_root=cfg.train.output_dir)
     tokenizer = _load_tokenizer(src)
     rows = _prompt_rows(prompts, limit, task_name) if prompts else _task_rows(the_task, split, limit)
     if not rows:
@@ -236,12 +239,17 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
         r["prompt_ids"] = [int(t) for t in the_task.encode_prompt(tokenizer, r["prompt"])]
 
     started = ensure_ray(cfg.ray)
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    saved = (ctx.enable_progress_bars, ctx.wait_for_min_actors_s)  # process-wide: put them back after
     try:
         ds = _build_dataset(rows, cfg, src.path, task_name)
         t_job = time.perf_counter()
         results = _check_complete(_collect(ds, len(rows), progress_callback), len(rows))
         job_s = time.perf_counter() - t_job
     finally:
+        ctx.enable_progress_bars, ctx.wait_for_min_actors_s = saved
         if started:
             ray.shutdown()
 

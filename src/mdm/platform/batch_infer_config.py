@@ -26,6 +26,9 @@ class EvalConfig:
     {"prompt", "gold_raw"?, "id"?} rows to use instead of the task's split.
     `min_actors`/`max_actors`/`initial_actors`: the autoscaling sampler actor pool (initial defaults to min;
     on an autoscaling cluster, initial = max asks for all GPU nodes at once instead of one at a time).
+    `wait_for_actors_s` > 0: hold the first batch until the initial actors are up (at most that long, then
+    an error); with initial = max this spreads the job over all autoscaled nodes instead of letting the
+    first actor that starts take most of it. 0 dispatches as soon as any actor is ready.
     `gpus_per_actor`: null = 1 when the cluster has GPUs now, else 0; set it explicitly on a cluster whose
     GPU nodes the autoscaler adds on demand (it starts with none). `cpus_per_actor`: fractions are fine
     (keep a CPU free for Ray Data's own tasks on small machines). `max_restarts`/`max_task_retries`: a dead
@@ -50,6 +53,7 @@ class EvalConfig:
     gpus_per_actor: Optional[float] = None
     cpus_per_actor: float = 1.0
     max_tasks_in_flight_per_actor: Optional[int] = None
+    wait_for_actors_s: int = 0
     max_restarts: int = -1
     max_task_retries: int = -1
     score_cpus: float = 0.25

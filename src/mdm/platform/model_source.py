@@ -10,8 +10,9 @@ a hub id, or an MLflow run.
 An HF directory is one with `config.json` and weights (`*.safetensors` or `pytorch_model*.bin`); the
 tokenizer is expected alongside (`save_pretrained` of both, as the trainer's final export writes it to
 `<train.output_dir>/<run_name>/final`). A run or Ray Train checkpoint directory holds DeepSpeed shards, not
-an HF model, so inside it we look (up to 3 levels deep) for HF directories and take the newest; none is an
-error that says what was looked for. Everything is resolved on the driver, before any actor starts, so a
+an HF model, so inside it we look (up to 3 levels deep) for HF directories and take the newest, else at
+`<train.output_dir>/<run name>/final`; none is an error that says what was looked for. An MLflow run's
+model is the shallowest logged folder with config.json (the trainer logs its export as `final_model`). Everything is resolved on the driver, before any actor starts, so a
 wrong `--model` fails fast.
 """
 
@@ -27,7 +28,7 @@ from typing import Any, Optional
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 # Names the trainer and people give the HF export inside a run directory, most preferred first.
-EXPORT_NAMES = ("final", "hf", "export", "model", "hf_model")
+EXPORT_NAMES = ("final", "final_model", "hf", "export", "model", "hf_model")
 
 
 class ModelSourceError(ValueError):
@@ -68,8 +69,12 @@ def find_hf_dirs(root: Path, max_depth: int = 3) -> list[Path]:
     return found
 
 
-def _pick_export(root: Path) -> Path:
+def _pick_export(root: Path, export_root: Optional[str] = None) -> Path:
     candidates = find_hf_dirs(root)
+    # A Ray Train run directory (<ray.storage_path>/<run_name>) holds only DeepSpeed checkpoints; the
+    # trainer exports the HF model of that run to <train.output_dir>/<run_name>/final.
+    if not candidates and export_root and is_hf_dir(Path(export_root) / root.name / "final"):
+        return Path(export_root) / root.name / "final"
     if not candidates:
         raise ModelSourceError(
             f"--model {root}: no HF model inside (looked up to 3 levels deep for a directory with config.json "
@@ -122,8 +127,12 @@ def _find_model_artifact(client: Any, run_id: str, max_depth: int = 3) -> Option
     return None
 
 
-def resolve_model(spec: str, *, tracking_uri: Optional[str] = None, download_dir: Optional[str] = None) -> ModelSource:
-    """Resolve `--model` to something `from_pretrained` loads; raises ModelSourceError when it cannot."""
+def resolve_model(spec: str, *, tracking_uri: Optional[str] = None, download_dir: Optional[str] = None,
+                  export_root: Optional[str] = None) -> ModelSource:
+    """Resolve `--model` to something `from_pretrained` loads; raises ModelSourceError when it cannot.
+
+    `export_root`: the trainer's `train.output_dir`; a run directory without an HF model inside falls back
+    to `<export_root>/<its name>/final` (the same run's export)."""
     if not spec:
         raise ModelSourceError("--model is required (an HF directory, a run directory, a hub id or mlflow:<run_id>)")
     if spec.startswith("mlflow:") or spec.startswith("runs:/"):
@@ -140,7 +149,7 @@ def resolve_model(spec: str, *, tracking_uri: Optional[str] = None, download_dir
     if path.is_dir():
         if is_hf_dir(path):
             return ModelSource(spec, str(path.resolve()), "hf_dir")
-        return ModelSource(spec, str(_pick_export(path).resolve()), "run_dir")
+        return ModelSource(spec, str(_pick_export(path, export_root).resolve()), "run_dir")
     if path.exists():
         raise ModelSourceError(f"--model {spec}: is a file; expected a model directory (config.json + weights)")
     looks_local = spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or not HUB_ID.match(spec)
