@@ -120,3 +120,23 @@ def test_unknown_mode_is_an_error():
     ids = torch.zeros((1, 3), dtype=torch.long)
     with pytest.raises(ValueError, match="MIRROR"):
         diffusion_loss(model, {"input_ids": ids, "labels": ids}, torch.ones(1), None, mask_id=11, mode="mirror")
+
+
+def test_no_masked_token_on_the_llada_model_gives_gradients_on_all_params():
+    from mdm.engines.llada_plus.config import ModelConfig
+    from mdm.engines.llada_plus.model_build import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(d_model=32, n_layers=2, n_heads=4, mlp_hidden_size=64, vocab_size=40,
+                                    mask_token_id=39, eos_token_id=38, pad_token_id=37), "tiny")
+    ids = torch.randint(0, 37, (2, 7))
+    batch = {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
+    for mode in ("Normal", "MIRROR"):
+        model.zero_grad(set_to_none=True)
+        loss, stats = diffusion_loss(model, batch, torch.zeros(2), None, mask_id=39, eps=1e-12, mode=mode,
+                                     generator=torch.Generator().manual_seed(0))
+        assert int(stats["n_masked"]) == 0 and torch.isfinite(loss) and loss.item() == 0.0
+        loss.backward()
+        missing = [n for n, p in model.named_parameters() if p.grad is None]
+        assert not missing, f"no gradient for {missing} ({mode})"
+        assert all(torch.all(p.grad == 0) for p in model.parameters())

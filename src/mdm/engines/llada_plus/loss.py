@@ -15,7 +15,8 @@ A sequence with no eligible token contributes 0 (|E_b| is clamped to 1). MIRROR 
 antithetic losses, (loss(M1) + loss(M2)) / 2, computed in one batched forward of 2B rows.
 
 A batch where nothing is masked yields a finite 0 that is still connected to every logit (so backward
-produces zero gradients, not None, and DeepSpeed/DDP gradient all-reduce runs on every rank).
+produces zero gradients, not None, for every parameter that feeds the logits, and DeepSpeed/DDP
+gradient all-reduce runs on every rank).
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ def masked_ce_loss(logits: torch.Tensor, labels: torch.Tensor, masked: torch.Ten
     per_seq = tok_sum / (p.to(torch.float32) * n_elig)
     if weight is not None:
         per_seq = per_seq * weight.to(torch.float32)
-    # `logits.sum() * 0` keeps the graph reaching every logit even when nothing is masked, so all
-    # parameters get (zero) gradients and distributed gradient sync never sees a missing grad.
-    loss = per_seq.mean() + logits.sum().to(torch.float32) * 0.0
+    # `+ 0 * one logit` keeps the graph reaching every parameter even when nothing is masked, so all
+    # parameters get (zero) gradients and distributed gradient sync never sees a missing grad. One
+    # element (not logits.sum()) so fp16 logits cannot overflow to inf and turn the 0 into NaN.
+    loss = per_seq.mean() + logits.reshape(-1)[0].to(torch.float32) * 0.0
     return loss, per_seq
 
 
