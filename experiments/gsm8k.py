@@ -1,0 +1,133 @@
+"""GSM8K end to end: preprocess (when needed) -> train on Ray -> batch eval on the test split -> summary.
+
+    python experiments/gsm8k.py                                   # tiny preset on this machine (minutes, CPU)
+    python experiments/gsm8k.py --data-dir ../shared/data/gsm8k --limit 256 --set train.max_steps=20
+    python experiments/gsm8k.py --preset llada-8b                 # GSAI-ML/LLaDA-8B-Instruct, DeepSpeed ZeRO-3
+    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \
+        python experiments/gsm8k.py --preset llada-8b             # on a running cluster
+
+Presets: `tiny` = experiments/configs/{base,tiny,gsm8k}.yaml (a tiny LLaDA from scratch and a byte-level
+BPE trained here on the training split); `llada-8b` = {base,llada_8b,gsm8k}.yaml (the checkpoint's own
+tokenizer and chat template). `--config` adds overlays, `--set KEY=VALUE` overrides any key last.
+
+Where things go (all relative paths against the current directory -- inside a Ray job that is the job's
+copy of the working dir, so pass absolute paths or URIs for anything that must outlive the job):
+  --work-dir (data/gsm8k)       the trained tokenizer and the processed JSONL, reused when present
+  train.output_dir (outputs)    <run_name>/final (HF export), predictions_test.jsonl, summary.json
+  ray.storage_path              Ray Train checkpoints;  tracking.tracking_uri  MLflow (default
+  sqlite:///mlruns.db, or MLFLOW_TRACKING_URI when set, as on the cluster configs in cluster/).
+Ray: RAY_ADDRESS (set inside `ray job submit`) or ray.address joins a cluster; else an embedded Ray starts.
+Re-running the same command resumes the same run (deterministic run name) instead of starting over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+PRESETS = {"tiny": ["base.yaml", "tiny.yaml", "gsm8k.yaml"],
+           "llada-8b": ["base.yaml", "llada_8b.yaml", "gsm8k.yaml"]}
+TINY_VOCAB = 1024
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    p.add_argument("--config", action="append", default=[], metavar="YAML", help="extra overlay (repeatable)")
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set train.max_steps=50 (repeatable)")
+    p.add_argument("--data-dir", default=None,
+                   help="local GSM8K copy (train.jsonl, test.jsonl); default: `datasets` (openai/gsm8k)")
+    p.add_argument("--work-dir", default="data/gsm8k", help="tokenizer + processed JSONL (default data/gsm8k)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training examples")
+    p.add_argument("--dump_config", action="store_true", help="print the merged config and exit")
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
+    """The preset's YAML files + --config overlays, then `extra` derived overrides, then --set (wins)."""
+    from mdm.platform.config import load_config
+
+    files = [str(CONFIGS / f) for f in PRESETS[args.preset]] + list(args.config)
+    data_dir = [f"data.task_data_dir={args.data_dir}", f"eval.data_dir={args.data_dir}"] if args.data_dir else []
+    return load_config(files, [*data_dir, *extra, *args.overrides])
+
+
+def prepare_data(cfg: Any, args: argparse.Namespace) -> list[str]:
+    """Tokenizer (trained locally for train.model=tiny) + processed train JSONL; returns the overrides."""
+    from mdm.tasks.preprocess import build_task, preprocess
+    from mdm.tasks.tokenize import train_bpe
+
+    task = build_task(cfg.train.task, data_dir=cfg.data.task_data_dir)
+    tag = "tiny" if cfg.train.model == "tiny" else cfg.train.model.replace("/", "--")
+    work = Path(args.work_dir).resolve() / tag
+    tok = cfg.data.tokenizer
+    if tok is None and cfg.train.model == "tiny":
+        tok_dir = work / "tokenizer"
+        if not (tok_dir / "tokenizer.json").is_file():
+            texts = (f"{ex.prompt}\n{ex.response}" for ex in task.examples("train", limit=args.limit))
+            train_bpe(texts, str(tok_dir), vocab_size=TINY_VOCAB)
+            print(f"gsm8k: trained a {TINY_VOCAB}-token BPE -> {tok_dir}", flush=True)
+        tok = str(tok_dir)
+    out = {"data.tokenizer": tok}
+    if cfg.train.train_data_path is None:
+        path = work / f"train{'' if args.limit is None else f'-first{args.limit}'}-len{cfg.train.max_len}.jsonl"
+        if not path.is_file():
+            stats = preprocess(task, "train", tok or cfg.train.model, path, max_len=cfg.train.max_len,
+                               limit=args.limit, progress=False)
+            print(f"gsm8k: preprocessed {stats['written']} rows ({stats['dropped_overlong']} over "
+                  f"train.max_len dropped) -> {path}", flush=True)
+        out["train.train_data_path"] = str(path)
+    return [f"{k}={v}" for k, v in out.items() if v is not None]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    from mdm.platform.config import dump_config
+
+    cfg = build_config(args)
+    if args.dump_config:
+        sys.stdout.write(dump_config(cfg))
+        return 0
+    t0 = time.time()
+    cfg = build_config(args, prepare_data(cfg, args))
+
+    from mdm.platform.batch_infer import run_inference
+    from mdm.platform.ray_runtime import ensure_ray
+    from mdm.platform.tracking import resolve_uri
+    from mdm.platform.trainer import derive_run_name, train_driver
+
+    ensure_ray(cfg.ray)  # joins RAY_ADDRESS / ray.address, else starts an embedded Ray
+    run_name = cfg.ray.run_name or cfg.tracking.run_name or derive_run_name(cfg)
+    result = train_driver(cfg, run_name=run_name)
+    m = result.metrics or {}
+    export = m["export_dir"]
+    run_dir = Path(export).parent
+    preds = run_dir / f"predictions_{cfg.eval.split}.jsonl"
+    ev = run_inference(cfg, model=export, task=cfg.eval.task or cfg.train.task, out=str(preds),
+                       split=cfg.eval.split)
+    uri = resolve_uri(cfg.tracking.tracking_uri)
+    summary = {
+        "run_name": run_name, "preset": args.preset, "task": ev.get("task"), "split": cfg.eval.split,
+        "accuracy": ev.get("accuracy"), "n_eval": ev.get("n"), "eval_loss": m.get("eval/loss"),
+        "train_loss": m.get("train/loss"), "steps": m.get("step"), "model": export,
+        "predictions": ev.get("predictions"), "mlflow_tracking_uri": uri if cfg.tracking.enabled else None,
+        "mlflow_experiment": cfg.tracking.experiment_name, "mlflow_run_id": ev.get("mlflow_run_id"),
+        "wall_s": round(time.time() - t0, 1),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print("\n== gsm8k summary ==\n" + json.dumps(summary, indent=2))
+    if cfg.tracking.enabled:
+        print(f"MLflow: mlflow ui --backend-store-uri {uri}   (experiment {cfg.tracking.experiment_name!r}, "
+              f"run {run_name!r})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
