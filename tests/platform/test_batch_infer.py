@@ -150,9 +150,14 @@ def _sampler_actor_pids() -> list[int]:
 
 
 def test_actor_killed_mid_job_every_row_exactly_once(tmp_path, model_dir, ray_local):
+    """Also covers the other input and sampler: a prompts JSONL instead of the split, and `fast`."""
     n = 24
+    task = get_registry("tasks").get("arithmetic")()
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": e.prompt, "gold_raw": e.gold_raw, "id": f"q{i}"}) + "\n"
+                               for i, e in enumerate(task.examples("test", n + 5))))
     cfg = _cfg(tmp_path, "eval.batch_size=2", "eval.max_actors=1", "eval.cpus_per_actor=0.5",
-               "eval.log_mlflow=false", "eval.progress=false")
+               "eval.log_mlflow=false", "eval.progress=false", f"eval.prompts={prompts}")
     killed: list[int] = []
 
     def kill_once(done: int, total: int) -> None:
@@ -163,10 +168,11 @@ def test_actor_killed_mid_job_every_row_exactly_once(tmp_path, model_dir, ray_lo
             killed.append(pids[0])
 
     m = run_inference(cfg, model=model_dir, task="arithmetic", out=str(tmp_path / "p.jsonl"), limit=n,
-                      progress_callback=kill_once)
+                      sampler="fast", progress_callback=kill_once)
     records = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert killed, "the job finished before an actor could be killed"
     assert [r["meta"]["index"] for r in records] == list(range(n))
+    assert [r["id"] for r in records] == [f"q{i}" for i in range(n)] and m["sampler"] == "fast"
     pids = {r["meta"]["actor"].rsplit(":", 1)[1] for r in records}
     assert str(killed[0]) in pids and len(pids) >= 2, f"expected the killed actor and its replacement, got {pids}"
     assert m["rows"] == n

@@ -3,8 +3,9 @@
     python tests/zz_autoscale/autoscale_job.py WORKDIR      # writes WORKDIR/report.json
 
 Starts a fake autoscaling cluster (head without GPUs; worker type with 1 logical GPU, min_workers 0,
-max_workers 2), runs `run_inference` with GPU actors (1..2, initial 2, waiting for both) on 32 arithmetic problems, records
-the worker nodes seen before, during and after the job, and shuts down only the processes it started.
+max_workers 2), runs `run_inference` with GPU actors (1..2, initial 2, waiting for both) on 32 arithmetic
+problems, records the worker nodes seen before, during and after the job, and shuts down only the
+processes it started.
 Its own process because connecting to a second cluster needs a fresh Ray driver.
 """
 

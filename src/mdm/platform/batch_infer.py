@@ -136,9 +136,10 @@ def _build_dataset(rows: list[dict], cfg: Any, model_path: str, task: str) -> An
                                "sampler_cfg": cfg.sampler, "device": device, "seed": ev.seed,
                                "auto_import": tuple(cfg.auto_import)},
         num_gpus=gpus or None, num_cpus=ev.cpus_per_actor, **_restart_args(ev))
-    return ds.map_batches(Scorer, batch_format="numpy", num_cpus=ev.score_cpus, compute=ray.data.ActorPoolStrategy(size=1),
-                          fn_constructor_kwargs={"task": task, "data_dir": ev.data_dir,
-                                                 "auto_import": tuple(cfg.auto_import)}, **_restart_args(ev))
+    return ds.map_batches(
+        Scorer, batch_format="numpy", num_cpus=ev.score_cpus, compute=ray.data.ActorPoolStrategy(size=1),
+        fn_constructor_kwargs={"task": task, "data_dir": ev.data_dir, "auto_import": tuple(cfg.auto_import)},
+        **_restart_args(ev))
 
 
 def _collect(ds: Any, total: int, progress_callback: Optional[Callable[[int, int], None]]) -> list[dict]:
@@ -262,7 +263,11 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
     gen_tokens = sum(rec["meta"]["gen_tokens"] for rec in records)
     wall = time.perf_counter() - t0
     metrics: dict[str, Any] = dict(the_task.aggregate(scores)) if scores else {"n": 0}
-    metrics.update(rows=len(records), scored=len(scores), gen_tokens=gen_tokens, nfe=int(sum(int(r["nfe"]) for r in results)),
+    # Steady state: from the first actor with its model loaded to the last batch sampled.
+    sampling_s = max(float(r["sampled_at"]) for r in results) - min(float(r["actor_ready_at"]) for r in results)
+    metrics.update(rows=len(records), scored=len(scores), gen_tokens=gen_tokens,
+                   nfe=int(sum(int(r["nfe"]) for r in results)), sampling_s=sampling_s,
+                   steady_rows_per_s=len(records) / sampling_s if sampling_s > 0 else float("nan"),
                    tokens_per_s=gen_tokens / job_s if job_s > 0 else 0.0, rows_per_s=len(records) / job_s,
                    job_s=job_s, wall_s=wall, actors=len({rec["meta"]["actor"] for rec in records}),
                    task=task_name, split=split if not prompts else f"prompts:{prompts}", model=src.spec,

@@ -8,9 +8,11 @@
 `SamplerActor` loads tokenizer and model once per actor (through the engine's `build_model`, found in the
 `engines` registry) and calls the sampler registered under `sampler.name` on each batch of prompt ids.
 Batches are dicts of numpy arrays (Ray Data's "numpy" format); `prompt_ids` is an object array of int
-lists. The actor adds `prediction` (decoded text, cut at the first EOS), `gen_tokens` (tokens generated up
-to EOS), `nfe` (model calls for the batch, on its first row) and `actor` ("<node id>:<pid>", so a run can
-show which actors served it). `Scorer` adds `extracted` and `score` with the task pack.
+lists. The actor adds `prediction` (decoded text, cut at the first end token: EOS or
+`sampler.eot_token_id`), `gen_tokens` (tokens generated before it), `nfe` (model calls for the batch, on
+its first row), `actor` ("<node id>:<pid>", so a run can show which actors served it) and
+`actor_ready_at` / `sampled_at` (wall clock: model loaded / batch done, for the steady-state throughput
+that excludes start-up). `Scorer` adds `extracted` and `score` with the task pack.
 """
 
 from __future__ import annotations
@@ -58,14 +60,19 @@ class SamplerActor:
         self.mask_id = int(self.model.config.mask_token_id)
         eos = getattr(self.model.config, "eos_token_id", None)
         self.eos_id: Optional[int] = int(eos) if eos is not None else None
+        # The text ends at the first end token: EOS, or the sampler's second end token (e.g. <|eot_id|>).
+        eot = int(getattr(sampler_cfg, "eot_token_id", -1) or -1)
+        self.end_ids = {i for i in (self.eos_id, eot if eot >= 0 else None) if i is not None}
         self.load_s = time.perf_counter() - t0
+        self.ready_at = time.time()  # wall clock: comparable across actors of one machine/cluster
         ctx = ray.get_runtime_context()
         self.actor_name = f"{ctx.get_node_id()}:{os.getpid()}"
         self._torch = torch
 
     def _decode(self, tokens: list[int]) -> tuple[str, int]:
-        if self.eos_id is not None and self.eos_id in tokens:
-            tokens = tokens[: tokens.index(self.eos_id)]
+        cut = next((k for k, t in enumerate(tokens) if t in self.end_ids), None)
+        if cut is not None:
+            tokens = tokens[:cut]
         return self.tokenizer.decode(tokens, skip_special_tokens=True), len(tokens)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -84,6 +91,8 @@ class SamplerActor:
         batch["gen_tokens"] = np.array([d[1] for d in decoded], dtype=np.int64)
         batch["nfe"] = np.array([int(out.nfe)] + [0] * (n - 1), dtype=np.int64)
         batch["actor"] = np.array([self.actor_name] * n, dtype=object)
+        batch["actor_ready_at"] = np.full(n, self.ready_at, dtype=np.float64)
+        batch["sampled_at"] = np.full(n, time.time(), dtype=np.float64)
         return batch
 
 

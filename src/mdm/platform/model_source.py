@@ -12,8 +12,8 @@ tokenizer is expected alongside (`save_pretrained` of both, as the trainer's fin
 `<train.output_dir>/<run_name>/final`). A run or Ray Train checkpoint directory holds DeepSpeed shards, not
 an HF model, so inside it we look (up to 3 levels deep) for HF directories and take the newest, else at
 `<train.output_dir>/<run name>/final`; none is an error that says what was looked for. An MLflow run's
-model is the shallowest logged folder with config.json (the trainer logs its export as `final_model`). Everything is resolved on the driver, before any actor starts, so a
-wrong `--model` fails fast.
+model is the shallowest logged folder with config.json (the trainer logs its export as `final_model`).
+Everything is resolved on the driver, before any actor starts, so a wrong `--model` fails fast.
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ def _mlflow_download(run_id: str, artifact_path: Optional[str], tracking_uri: Op
     try:
         client.get_run(run_id)
     except Exception as e:  # MlflowException: RESOURCE_DOES_NOT_EXIST
-        raise ModelSourceError(f"--model: MLflow run {run_id!r} not found at {uri} ({str(e).splitlines()[0]})") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelSourceError(f"--model: MLflow run {run_id!r} not found at {uri} ({first})") from None
     if artifact_path is None:
         artifact_path = _find_model_artifact(client, run_id)
         if artifact_path is None:
