@@ -134,3 +134,63 @@ def test_bf16_forward_and_8b_preset() -> None:
     big = llada_8b_config()
     assert (big.d_model, big.n_layers, big.n_heads, big.mlp_hidden_size) == (4096, 32, 32, 12288)
     assert (big.vocab_size, big.mask_token_id, big.eos_token_id) == (126464, 126336, 126081)
+
+
+def _word_tokenizer():  # a local tokenizer over 256 ids: t0..t253, <eos> 254, <mask> 255
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(254)} | {"<eos>": 254, "<mask>": 255}, "t0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", mask_token="<mask>")
+
+
+def test_build_model_from_tokenizer_and_checkpoint(oracle: LLaDAModelLM, tmp_path: Path) -> None:
+    tokenizer = _word_tokenizer()
+    tiny = build_model(ModelConfig(d_model=32, n_layers=1, n_heads=2, mlp_hidden_size=48), "tiny", tokenizer)
+    c = tiny.config
+    assert (c.vocab_size, c.embedding_size, c.mask_token_id, c.eos_token_id, c.pad_token_id) == (256, 256, 255, 254, 254)
+    oracle.save_pretrained(str(tmp_path))
+    loaded = build_model(ModelConfig(dtype="bfloat16"), str(tmp_path))
+    assert isinstance(loaded, LLaDAModelLM) and loaded.dtype == torch.bfloat16
+    torch.testing.assert_close(loaded.model.transformer.ff_out.weight.float(),
+                               oracle.model.transformer.ff_out.weight.bfloat16().float())
+
+
+REMOTE_CONFIG = '''
+from transformers import PretrainedConfig
+class ToyConfig(PretrainedConfig):
+    model_type = "toy_dlm"
+    vocab: int = 16
+'''
+REMOTE_MODEL = '''
+import torch
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import MaskedLMOutput
+from .configuration_toy import ToyConfig
+class ToyModel(PreTrainedModel):
+    config_class = ToyConfig
+    def __init__(self, config):
+        super().__init__(config)
+        self.emb = torch.nn.Embedding(config.vocab, config.vocab)
+        self.post_init()
+    def forward(self, input_ids, **kw):
+        return MaskedLMOutput(logits=self.emb(input_ids))
+'''
+
+
+def test_trust_remote_code_is_opt_in(tmp_path: Path) -> None:
+    # another diffusion LM shipping its own code (written here, loaded through AutoModel's real path)
+    (tmp_path / "configuration_toy.py").write_text(REMOTE_CONFIG)
+    (tmp_path / "modeling_toy.py").write_text(REMOTE_MODEL)
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "toy_dlm", "vocab": 16, "mask_token_id": 15, "eos_token_id": 14, "pad_token_id": 14,
+        "auto_map": {"AutoConfig": "configuration_toy.ToyConfig", "AutoModel": "modeling_toy.ToyModel"}}))
+    torch.manual_seed(0)
+    from safetensors.torch import save_file
+    save_file({"emb.weight": torch.randn(16, 16)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        build_model(ModelConfig(), str(tmp_path))
+    model = build_model(ModelConfig(trust_remote_code=True), str(tmp_path))
+    assert type(model).__name__ == "ToyModel" and model.config.mask_token_id == 15
+    assert model(torch.tensor([[1, 2]])).logits.shape == (1, 2, 16)

@@ -1,0 +1,128 @@
+"""Sampler speed, side by side: (a) `llada` one prompt at a time, (b) `llada` batched, (c) `fast` dual cache
+batched with a threshold. Prints tokens/s, forward passes and ratios to (a).
+
+    python bench/sampler_speed.py                                    # CPU: small LLaDA, 32 prompts
+    python bench/sampler_speed.py --device cuda --arch llada-8b --dtype bf16 --n_single 2 --gen_length 256
+
+The model is a seeded random LLaDA whose output head is scaled so predictions are confident (as a trained
+model's are; random logits alone make threshold decoding meaningless) and whose [MASK] row is zeroed, as in
+the reference fixture. The median top-1 probability on masked positions is printed as a check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from mdm.engines.llada_plus.config import SamplerConfig
+from mdm.engines.llada_plus.model import LLaDAConfig, LLaDAModelLM, llada_8b_config
+from mdm.engines.llada_plus.sampler import sample_llada
+from mdm.engines.llada_plus.sampler_fast import sample_fast
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build(arch: str, device: str, dtype: torch.dtype, head_scale: float) -> LLaDAModelLM:
+    if arch == "small":
+        cfg = LLaDAConfig(d_model=256, n_heads=8, n_kv_heads=8, n_layers=4, mlp_hidden_size=768, vocab_size=2048,
+                          embedding_size=2048, mask_token_id=2047, eos_token_id=2046, pad_token_id=2046,
+                          max_sequence_length=1024)
+    else:
+        cfg = llada_8b_config()
+    torch.manual_seed(0)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build directly in the target dtype and device: 8B fp32 would not fit
+    try:
+        with torch.device(device):
+            model = LLaDAModelLM(cfg)
+    finally:
+        torch.set_default_dtype(old)
+    with torch.no_grad():
+        head = model.get_output_embeddings().weight
+        head.mul_(head_scale)
+        head[cfg.mask_token_id] = 0
+    return model.eval()
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, prompts: list[list[int]], batch: int, device: str) -> tuple[float, float, int]:
+    """(wall seconds, process CPU seconds, forward passes) to sample all prompts, `batch` at a time.
+
+    Batches group similar prompt lengths (as `generate` does) to keep the left padding small."""
+    if batch > 1:
+        prompts = sorted(prompts, key=len)
+    sync(device)
+    t0, c0, nfe = time.perf_counter(), time.process_time(), 0
+    for i in range(0, len(prompts), batch):
+        nfe += fn(prompts[i:i + batch]).nfe
+    sync(device)
+    return time.perf_counter() - t0, time.process_time() - c0, nfe
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--arch", choices=("small", "llada-8b"), default="small")
+    ap.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    ap.add_argument("--n_prompts", type=int, default=32)
+    ap.add_argument("--n_single", type=int, default=None, help="prompts timed one at a time (default: all)")
+    ap.add_argument("--batch_size", type=int, default=16)
+    ap.add_argument("--gen_length", type=int, default=128)
+    ap.add_argument("--block_length", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=None, help="default: gen_length")
+    ap.add_argument("--threshold", type=float, default=0.9)
+    ap.add_argument("--prompt_len", type=int, nargs=2, default=(16, 64), metavar=("MIN", "MAX"))
+    ap.add_argument("--head_scale", type=float, default=40.0)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = ap.parse_args()
+    if args.threads:  # on a shared, oversubscribed CPU one thread avoids spin-waiting between ops
+        torch.set_num_threads(args.threads)
+
+    model = build(args.arch, args.device, DTYPES[args.dtype], args.head_scale)
+    c = model.config
+    g = torch.Generator().manual_seed(1)
+    lens = torch.randint(args.prompt_len[0], args.prompt_len[1] + 1, (args.n_prompts,), generator=g).tolist()
+    prompts = [torch.randint(0, c.eos_token_id, (n,), generator=g).tolist() for n in lens]
+    steps = args.steps or args.gen_length
+    base = dict(gen_length=args.gen_length, block_length=args.block_length, steps=steps)
+    llada_cfg = SamplerConfig(name="llada", **base)
+    fast_cfg = SamplerConfig(name="fast", cache="dual", threshold=args.threshold, **base)
+    kw = dict(mask_id=c.mask_token_id, eos_id=c.eos_token_id)
+
+    with torch.no_grad():  # confidence check on one prompt + masks
+        x = torch.tensor([prompts[0] + [c.mask_token_id] * args.gen_length], device=args.device)
+        p = torch.softmax(model(x).logits[0, len(prompts[0]):].float(), -1).max(-1).values
+    print(f"arch={args.arch} device={args.device} dtype={args.dtype} params={sum(t.numel() for t in model.parameters()) / 1e6:.1f}M "
+          f"prompts={args.n_prompts} len={args.prompt_len} gen={args.gen_length} block={args.block_length} "
+          f"steps={steps} threshold={args.threshold} median top-1 prob={p.median().item():.3f} "
+          f"threads={torch.get_num_threads()}", flush=True)
+    sample_fast(model, prompts[:2], fast_cfg, **kw)  # warm-up (allocator, kernels)
+
+    singles = prompts[:args.n_single] if args.n_single else prompts
+    rows = [
+        ("(a) llada, one prompt at a time", singles, 1, lambda b: sample_llada(model, b, llada_cfg, **kw)),
+        (f"(b) llada, batched at {args.batch_size}", prompts, args.batch_size,
+         lambda b: sample_llada(model, b, llada_cfg, **kw)),
+        (f"(c) fast dual cache, batched at {args.batch_size}, threshold {args.threshold}", prompts,
+         args.batch_size, lambda b: sample_fast(model, b, fast_cfg, **kw)),
+    ]
+    base = None
+    # CPU tokens/s (generated tokens per process-CPU second) is the steadier number on a shared machine
+    print(f"{'':58s} {'tokens/s':>9s} {'ratio':>6s} {'CPU tok/s':>9s} {'ratio':>6s} {'forwards':>8s} "
+          f"{'fwd/prompt':>10s} {'s/forward':>9s}", flush=True)
+    for name, ps, bs, fn in rows:
+        secs, cpu, nfe = timed(fn, ps, bs, args.device)
+        tps, ctps = len(ps) * args.gen_length / secs, len(ps) * args.gen_length / cpu
+        base = base or (tps, ctps)
+        print(f"{name:58s} {tps:9.1f} {tps / base[0]:5.1f}x {ctps:9.1f} {ctps / base[1]:5.1f}x {nfe:8d} "
+              f"{nfe * bs / len(ps):10.1f} {secs / nfe:9.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
