@@ -191,7 +191,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{name:>6}: accuracy {results[name]['accuracy']:.3f} on {results[name]['n']:.0f} held-out, "
               f"nfe {results[name]['nfe']}, {results[name]['eval_s']:.1f}s", flush=True)
     summary = {"budget": args.budget, "train_steps": last.get("step"), "train_loss": last.get("train/loss"),
-               "train_s": train_s, "total_s": time.time() - t_start, "n_params": n_params,
+               "train_s": train_s, "total_s": time.time() - t_start, "cpu_s": time.process_time(),
+               "n_params": n_params,
                "n_train": len(train_rows), "n_test": len(test_examples), "threads": torch.get_num_threads(),
                "samplers": results}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -35,9 +35,11 @@ PRESETS = {"tiny": ["base.yaml", "tiny.yaml", "gsm8k.yaml"],
 TINY_VOCAB = 1024
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+def parse_args(argv: Optional[Sequence[str]], parents: Sequence[argparse.ArgumentParser] = (),
+               doc: str = __doc__) -> argparse.Namespace:
+    """The script's flags; `parents`/`doc` let sweep_gsm8k.py reuse them with its own additions."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], parents=list(parents),
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     p.add_argument("--config", action="append", default=[], metavar="YAML", help="extra overlay (repeatable)")
     p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
