@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -80,6 +81,7 @@ class FakeAutoscalingCluster:
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
         # Short path: Ray's unix sockets live under it and sun_path is limited to 107 bytes.
+        self._own_temp_dir = temp_dir is None
         self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="mdmfc_", dir="/tmp")
         self._proc: Optional[subprocess.Popen] = None
         self._log = None
@@ -151,6 +153,8 @@ class FakeAutoscalingCluster:
         self._proc = None
         if self._log is not None:
             self._log.close()
+        if self._own_temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def __enter__(self) -> "FakeAutoscalingCluster":
         self.start()
