@@ -14,7 +14,8 @@
      PPOTS+AP      t ~ p(t) (AP),  weight 1/p(t), 2 draws per sequence      -> 2B forward rows
      PPOTS+MIRROR  t ~ p(t) (EPR), weight 1/p(t), 1 mirror pair per sequence -> 2B forward rows
    so every estimator spends the same 2B sequence-forwards per draw (a MIRROR pair counts as 2).
-   p(t) is estimated with `objective.prepare` on training sequences of the frozen model.
+   p(t) is estimated once with `objective.prepare` (EPR) on training sequences of the frozen model;
+   the AP fit and PPOTS+MIRROR reuse that measurement of w(t).
 3. Print, as ratios to Normal measured in the same run: Var[loss estimate], Var[||grad||] and
    tr Cov[grad] (the total gradient variance), with the mean loss of each (all estimate the same
    expectation; the means should agree within their standard errors).
@@ -38,6 +39,7 @@ import mdm.tasks  # noqa: E402,F401  (registers the task packs)
 from mdm.engines.llada_plus.config import ModelConfig, TrainConfig  # noqa: E402
 from mdm.engines.llada_plus.model_build import build_model  # noqa: E402
 from mdm.engines.llada_plus.objective import build_objective  # noqa: E402
+from mdm.engines.llada_plus.time_sampling import fit_density  # noqa: E402
 from mdm.platform.registry import get_registry  # noqa: E402
 from mdm.tasks.data import collate  # noqa: E402
 from mdm.tasks.tokenize import encode_batch, train_bpe  # noqa: E402
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train_batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--eval_batch", type=int, default=16, help="B: sequences in the fixed evaluation batch")
-    ap.add_argument("--draws", type=int, default=300, help="independent estimates per estimator")
+    ap.add_argument("--draws", type=int, default=200, help="independent estimates per estimator")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -136,20 +138,31 @@ def main(argv: list[str] | None = None) -> int:
 
     batch = to_torch(eval_rows, pad_id, args.max_len)
     doubled = {k: v.repeat(2, 1) for k, v in batch.items()}  # 2 independent draws per sequence
-    ppots_batches = [to_torch(train_rows[i:i + 32], pad_id, args.max_len) for i in range(0, 256, 32)]
-    common = dict(num_samples_x0=128, num_samples_t=16, num_samples_xt=4, max_tokens_per_forward=8192,
-                  seed=args.seed)
+    ppots_batches = [to_torch(train_rows[i:i + 32], pad_id, args.max_len) for i in range(0, 128, 32)]
+    common = dict(num_samples_x0=128, num_samples_t=16, num_samples_xt=2, max_tokens_per_forward=8192,
+                  seed=args.seed, n_starts=4)
+    # w(t) is measured once (objective.prepare, EPR fit); AP and PPOTS+MIRROR reuse that measurement.
+    t0 = time.perf_counter()
+    epr = build_objective(TrainConfig(PPOTS=True, p_model="EPR", **common))
+    epr.prepare(model, ppots_batches, "cpu")
+    print(f"  P-POTS estimate + EPR fit in {time.perf_counter() - t0:.0f}s; EPR params "
+          + ", ".join(f"{k}={v:.3g}" for k, v in epr.fitted.params.items()), flush=True)
+    ap_state = epr.state_dict()
+    ap_density = fit_density("AP", epr.stats.grid, epr.stats.w, mix_uniform=0.1)
+    ap_state.update(density=ap_density.state_dict(), fitted=ap_density.fitted.state_dict())
     estimators = {
-        "Normal": (TrainConfig(**common), doubled),
-        "MIRROR": (TrainConfig(train_mode="MIRROR", **common), batch),
-        "PPOTS+EPR": (TrainConfig(PPOTS=True, p_model="EPR", **common), doubled),
-        "PPOTS+AP": (TrainConfig(PPOTS=True, p_model="AP", **common), doubled),
-        "PPOTS+MIRROR": (TrainConfig(PPOTS=True, p_model="EPR", train_mode="MIRROR", **common), batch),
+        "Normal": (TrainConfig(**common), None, doubled),
+        "MIRROR": (TrainConfig(train_mode="MIRROR", **common), None, batch),
+        "PPOTS+EPR": (TrainConfig(PPOTS=True, p_model="EPR", **common), epr.state_dict(), doubled),
+        "PPOTS+AP": (TrainConfig(PPOTS=True, p_model="AP", **common), ap_state, doubled),
+        "PPOTS+MIRROR": (TrainConfig(PPOTS=True, p_model="EPR", train_mode="MIRROR", **common),
+                         epr.state_dict(), batch),
     }
     results = {}
-    for name, (cfg, b) in estimators.items():
+    for name, (cfg, state, b) in estimators.items():
         obj = build_objective(cfg)
-        obj.prepare(model, ppots_batches, "cpu")
+        if state is not None:
+            obj.load_state_dict(state)
         results[name] = measure(model, obj, b, args.draws, args.seed + 1)
         print(f"  measured {name} ({time.perf_counter() - start:.0f}s)", flush=True)
 

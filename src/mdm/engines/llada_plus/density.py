@@ -38,6 +38,8 @@ class PiecewiseLinearDensity:
         self._slope = np.diff(self.y) / dx
         self._c = np.concatenate([[0.0], np.cumsum(area / z)])
         self._c[-1] = 1.0
+        # For a mixed density: the p_model's own fit before mixing (plots and logs read it).
+        self.fitted: Any = None
 
     def pdf(self, t: Any) -> np.ndarray:
         """Density at t (array-like); 0 outside [0, 1]."""

@@ -131,7 +131,7 @@ def fit_density(p_model: str, grid: np.ndarray, w: np.ndarray, *, mix_uniform: f
     if not isinstance(density, PiecewiseLinearDensity):
         density = tabulate(density.pdf, extra_knots=grid)
     mixed = density.mix_uniform(mix_uniform)
-    mixed.fitted = fitted  # keep the unmixed fit (e.g. EPR params) for logging
+    mixed.fitted = fitted
     return mixed
 
 
