@@ -150,14 +150,24 @@ def _sampler_actor_pids() -> list[int]:
 
 
 def test_actor_killed_mid_job_every_row_exactly_once(tmp_path, model_dir, ray_local):
-    """Also covers the other input and sampler: a prompts JSONL instead of the split, and `fast`."""
+    """Also covers the other input and sampler (a prompts JSONL instead of the split, and `fast`) and logging
+    into the training run: the model sits where the trainer exports it, <output_dir>/<run_name>/final."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from mdm.platform.tracking import Tracker
+
     n = 24
+    export = tmp_path / "outputs" / "tr-run" / "final"
+    shutil.copytree(model_dir, export)
     task = get_registry("tasks").get("arithmetic")()
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": e.prompt, "gold_raw": e.gold_raw, "id": f"q{i}"}) + "\n"
                                for i, e in enumerate(task.examples("test", n + 5))))
     cfg = _cfg(tmp_path, "eval.batch_size=2", "eval.max_actors=1", "eval.cpus_per_actor=0.5",
-               "eval.log_mlflow=false", "eval.progress=false", f"eval.prompts={prompts}")
+               "eval.progress=false", f"eval.prompts={prompts}")
+    train_run = Tracker.open(cfg.tracking).start_run("tr-run", params={}, config_yaml="")
     killed: list[int] = []
 
     def kill_once(done: int, total: int) -> None:
@@ -167,7 +177,7 @@ def test_actor_killed_mid_job_every_row_exactly_once(tmp_path, model_dir, ray_lo
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
 
-    m = run_inference(cfg, model=model_dir, task="arithmetic", out=str(tmp_path / "p.jsonl"), limit=n,
+    m = run_inference(cfg, model=str(export), task="arithmetic", out=str(tmp_path / "p.jsonl"), limit=n,
                       sampler="fast", progress_callback=kill_once)
     records = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert killed, "the job finished before an actor could be killed"
@@ -176,3 +186,6 @@ def test_actor_killed_mid_job_every_row_exactly_once(tmp_path, model_dir, ray_lo
     pids = {r["meta"]["actor"].rsplit(":", 1)[1] for r in records}
     assert str(killed[0]) in pids and len(pids) >= 2, f"expected the killed actor and its replacement, got {pids}"
     assert m["rows"] == n
+    assert m["mlflow_run_id"] == train_run
+    logged = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns.db").get_run(train_run).data.metrics
+    assert logged["infer/arithmetic/rows"] == n
