@@ -44,6 +44,9 @@ from mdm.platform.sweep_tracking import (child_run_name, child_tags, close_child
 # Config keys holding local paths: made absolute in the driver, since trials run in other working directories.
 PATH_KEYS = ("train.train_data_path", "train.output_dir", "train.model", "data.eval_data_path", "data.tokenizer",
              "data.task_data_dir", "ray.storage_path", "deepspeed.config_path")
+# Keys that say where and how fast a sweep runs, not what it searches: changing them still resumes the sweep.
+NAME_EXCLUDED = ("tracking.", "ray.address", "ray.num_cpus", "tune.max_concurrent_trials", "tune.cpus_per_trial",
+                 "tune.reserve_cpus", "tune.max_failures")
 WORST = 1e30                  # what Tune sees instead of a NaN/inf metric (MLflow keeps the real value)
 COMPLETED_KEY = "export_dir"  # only the trainer's final report carries it: the trial ran to its last step
 
@@ -90,7 +93,7 @@ def sweep_name(cfg: Any, space: SweepSpace) -> str:
     """`tune.name`, else `sweep-<8 hex>` of the config's run-defining keys and the sweep (never a clock)."""
     if cfg.tune.name:
         return cfg.tune.name
-    flat = {k: v for k, v in flatten(cfg).items() if not k.startswith(("tracking.", "ray.address"))}
+    flat = {k: v for k, v in flatten(cfg).items() if not k.startswith(NAME_EXCLUDED)}
     blob = json.dumps([flat, space.describe(), space.conditions], sort_keys=True, default=str)
     return "sweep-" + hashlib.sha1(blob.encode()).hexdigest()[:8]
 
@@ -191,8 +194,10 @@ def _rows(results: Any, space: SweepSpace, name: str, metric: str) -> list[dict[
     return rows
 
 
-def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any]) -> SweepResult:
-    """Run (or resume) the sweep `sweep` over base config `cfg`; see the module docstring."""
+def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any], *, callbacks: Sequence[Any] = ()) -> SweepResult:
+    """Run (or resume) the sweep `sweep` over base config `cfg`; see the module docstring.
+
+    `callbacks`: extra `ray.tune.Callback`s for a new sweep (a restored one keeps those it was started with)."""
     import ray
     from ray import tune
 
@@ -237,7 +242,7 @@ def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any]) -> SweepResult:
             tune_config=tune.TuneConfig(metric=tcfg.metric, mode=tcfg.mode, num_samples=tcfg.num_samples,
                                         max_concurrent_trials=concurrent, scheduler=_scheduler(cfg),
                                         search_alg=_searcher(cfg), trial_dirname_creator=_trial_dirname),
-            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1,
+            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1, callbacks=list(callbacks),
                                       failure_config=tune.FailureConfig(max_failures=tcfg.max_failures)))
     results = tuner.fit()
 
