@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import minimize
 
 from mdm.engines.llada_plus.density import PiecewiseLinearDensity, tabulate
 from mdm.platform.registry import get_registry
@@ -78,6 +77,8 @@ class EPR:
     """Parametric p(t) ∝ sqrt(a t^r + b (1-t)^q + (A exp(k t^m))^2), fitted by KL(w || p) on the grid."""
 
     def fit(self, grid: np.ndarray, w: np.ndarray, *, n_starts: int = 8, seed: int = 0) -> EPRDensity:
+        from scipy.optimize import minimize  # here, not at import: the engine package imports this module
+
         grid, w = _check(grid, w)
 
         def objective(v: np.ndarray) -> float:
