@@ -123,3 +123,18 @@ def test_sweep_name_is_deterministic_and_depends_on_the_space(cfg):
     assert sweep_name(cfg, a) == sweep_name(cfg, parse_sweep({"train.lr": {"grid": [1e-4, 1e-3]}}, cfg))
     assert sweep_name(cfg, a) != sweep_name(cfg, b)
     assert sweep_name(with_overrides(cfg, {"tune.name": "mine"}), a) == "mine"
+
+
+def test_optuna_searcher_draws_from_the_space_with_grid_keys_as_categories(cfg):
+    from mdm.platform.tune import _searcher
+
+    space = parse_sweep({"train.lr": {"loguniform": [1e-5, 1e-3]}, "train.PPOTS": {"grid": [False, True]},
+                         "train.p_model": {"grid": ["EPR", "AP"]}}, cfg)
+    searcher = _searcher(with_overrides(cfg, {"tune.searcher": "optuna"}))
+    assert searcher.set_search_properties("eval/loss", "min", space.param_space("optuna"))
+    for i in range(8):
+        suggested = searcher.suggest(f"t{i}")
+        params = space.overrides_for(suggested)
+        assert 1e-5 <= params["train.lr"] <= 1e-3 and params["train.PPOTS"] in (False, True)
+        assert params["train.p_model"] == (cfg.train.p_model if not params["train.PPOTS"] else suggested["sample"]["train.p_model"])
+        with_overrides(cfg, params)
