@@ -212,3 +212,20 @@ def test_two_gloo_workers_match_single_process_over_the_union(tmp_path):
         for key in ("mean", "var", "w"):
             assert np.allclose(states[0]["stats"][key], ref["stats"][key], rtol=1e-6, atol=0), key
         assert np.allclose(states[0]["density"]["y"], ref["density"]["y"], rtol=1e-4, atol=1e-6), p_model
+
+
+def test_estimate_independent_of_forward_packing_and_packs_respect_the_token_budget():
+    from mdm.engines.llada_plus.ppots_estimate import _packs, measure_w
+    from mdm.engines.llada_plus.time_sampling import uniform_grid
+
+    torch.manual_seed(0)
+    model = TinyLM()
+    kw = dict(mask_id=MASK, grid=uniform_grid(6), num_samples_x0=10, num_samples_xt=3, seed=4)
+    one_row = measure_w(model, make_batches(12, 6), max_tokens_per_forward=1, **kw)
+    big = measure_w(model, make_batches(12, 6), max_tokens_per_forward=100_000, **kw)
+    assert np.array_equal(one_row.count, big.count) and np.all(big.count == 30)
+    assert np.allclose(one_row.mean, big.mean, rtol=1e-6) and np.allclose(one_row.var, big.var, rtol=1e-5)
+    rows = [(0, torch.zeros(n), None, None) for n in (5, 9, 3, 12, 7, 7, 2)]
+    packs = _packs(rows, 20)
+    assert sum(len(p) for p in packs) == len(rows)
+    assert all(len(p) == 1 or len(p) * max(len(r[1]) for r in p) <= 20 for p in packs)
