@@ -77,6 +77,8 @@ def cfg(**kw) -> TrainConfig:
 def test_mask_id_through_wrappers():
     model = TinyLM()
     assert mask_token_id(SimpleNamespace(module=SimpleNamespace(module=model))) == MASK
+    engine_like = SimpleNamespace(config={"train_batch_size": 8}, module=model)  # DeepSpeed has .config
+    assert mask_token_id(engine_like) == MASK
     with pytest.raises(ValueError, match="mask_token_id"):
         mask_token_id(SimpleNamespace(config=SimpleNamespace(mask_token_id=None)))
 

@@ -33,9 +33,10 @@ from mdm.engines.llada_plus.time_sampling import TimeSampler, fit_density, unifo
 def mask_token_id(model: Any) -> int:
     """`model.config.mask_token_id`, looking through DeepSpeed/DDP wrappers (`.module`)."""
     inner = model
-    while not hasattr(inner, "config") and hasattr(inner, "module"):
+    # A DeepSpeed engine has a `config` of its own (the DeepSpeed one): unwrap until one has the id.
+    while (mid := getattr(getattr(inner, "config", None), "mask_token_id", None)) is None \
+            and hasattr(inner, "module"):
         inner = inner.module
-    mid = getattr(getattr(inner, "config", None), "mask_token_id", None)
     if mid is None or int(mid) < 0:
         raise ValueError(f"{type(inner).__name__}.config.mask_token_id is not set; the diffusion objective "
                          "needs it (set model.mask_token_id or use a tokenizer with a mask token)")
