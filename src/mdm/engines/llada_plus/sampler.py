@@ -9,7 +9,8 @@
 (semi-autoregressive when block_length < gen_length); in each of a block's steps one full forward, then
 the scheduled number of most confident masked positions up to the block's end are committed (see
 schedule.py / sampler_step.py). Prompts of different lengths run as one left-padded batch whose rows
-each equal running that prompt alone (at temperature 0; random draws are shared across the batch).
+each equal running that prompt alone, random draws included (each row has its own stream, seeded from one
+draw of `generator` and the prompt: see sampler_batch.row_generators).
 Importing this module registers `llada` and `fast` (sampler_fast.py) in the `samplers` registry.
 """
 
@@ -20,7 +21,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from mdm.engines.llada_plus.sampler_batch import SampleBatch
+from mdm.engines.llada_plus.sampler_batch import SampleBatch, row_generators
 from mdm.engines.llada_plus.sampler_step import commit_step
 from mdm.engines.llada_plus.schedule import check_schedule, transfer_counts
 from mdm.platform.registry import get_registry
@@ -89,6 +90,8 @@ def sample_llada(model: torch.nn.Module, prompts: list[list[int]], cfg: Any, *, 
     batch = SampleBatch.build(prompts, cfg.gen_length, mask_id, eos_id if eos_id is not None else 0, device)
     x, g0, bl = batch.x, batch.gen_start, cfg.block_length
     ends = end_ids(cfg, eos_id)
+    sampled = cfg.temperature > 0 or cfg.remasking == "random"
+    rng = row_generators(prompts, generator, device) if sampled else None  # per-row streams: batch == alone
     nfe = 0
     for blk in range(num_blocks):
         s, e = g0 + blk * bl, g0 + (blk + 1) * bl
@@ -99,13 +102,14 @@ def sample_llada(model: torch.nn.Module, prompts: list[list[int]], cfg: Any, *, 
             logits = guided_logits(model, x, batch, cfg.cfg_scale, mask_id)
             nfe += 1
             # leftover masks of earlier blocks (possible with a threshold and few steps) stay committable
-            lo = g0 if (x[:, g0:s] == mask_id).any() else s
+            # (a sampled run always draws over all of it, so a row's draws do not depend on its batch)
+            lo = g0 if sampled or (x[:, g0:s] == mask_id).any() else s
             region = logits[:, lo:e]
             if cfg.suppress_eos_until_last_block and blk < num_blocks - 1:
                 region = suppress(region, ends)
             x[:, lo:e], _ = commit_step(region, x[:, lo:e], x[:, lo:e] == mask_id, counts[:, i],
                                         threshold=cfg.threshold, temperature=cfg.temperature,
-                                        remasking=cfg.remasking, generator=generator)
+                                        remasking=cfg.remasking, generator=rng)
     return SampleOutput(tokens=batch.generated(), nfe=nfe)
 
 

@@ -11,6 +11,7 @@ row's logits equal running it alone (padding keys are never attended to).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -61,3 +62,20 @@ def rows_finished(gen: torch.Tensor, end_ids: Sequence[int], mask_id: int) -> to
     # after the first end token everything is an end token <=> the end flags are non-decreasing along the row
     seen = is_end.long().cummax(dim=1).values.bool()
     return is_end.any(dim=1) & (seen == is_end).all(dim=1) & ~(gen == mask_id).any(dim=1)
+
+
+def row_generators(prompts: Sequence[Sequence[int]], generator: Optional[torch.Generator],
+                   device: torch.device | str) -> list[torch.Generator]:
+    """One random stream per row, seeded from one draw of `generator` (or the global RNG) and the row's
+    prompt (plus its occurrence index among equal prompts), so a row samples the same tokens alone or in any
+    batch, repeated prompts in one batch still differ, and each call advances `generator` by one draw."""
+    where = generator.device if generator is not None else "cpu"
+    base = int(torch.randint(0, 2**62, (1,), device=where, generator=generator))
+    seen: dict[tuple[int, ...], int] = {}
+    gens = []
+    for p in prompts:
+        key = tuple(int(t) for t in p)
+        seen[key] = seen.get(key, -1) + 1
+        digest = hashlib.sha256(f"{base}|{seen[key]}|{key}".encode()).digest()
+        gens.append(torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1))
+    return gens

@@ -10,7 +10,8 @@ the block; (2) until the block has no mask, forwards over
 each followed by a commit (the i-th repetition commits the schedule's i-th count, or by `threshold`).
 The kept keys/values are not refreshed within a block: an approximation that the full forward at each
 block start bounds. Unlike upstream we skip the forward that would follow an already complete block.
-With `early_exit`, decoding stops once every row's text has ended (see sampler_batch.rows_finished).
+With `early_exit`, a row whose text has ended (sampler_batch.rows_finished) is filled with end tokens at the
+block boundary, and decoding stops once every row has ended.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Optional
 import torch
 
 from mdm.engines.llada_plus.sampler import (SampleOutput, check_sampler_cfg, end_ids, model_device, suppress)
-from mdm.engines.llada_plus.sampler_batch import SampleBatch, rows_finished
+from mdm.engines.llada_plus.sampler_batch import SampleBatch, row_generators, rows_finished
 from mdm.engines.llada_plus.sampler_step import commit_step
 from mdm.engines.llada_plus.schedule import transfer_counts
 from mdm.platform.registry import get_registry
@@ -45,39 +46,61 @@ def sample_fast(model: torch.nn.Module, prompts: list[list[int]], cfg: Any, *, m
     x, g0, bl, am, pos = batch.x, batch.gen_start, cfg.block_length, batch.attention_mask, batch.position_ids
     total = x.shape[1]
     ends = end_ids(cfg, eos_id)
+    sampled = cfg.temperature > 0 or cfg.remasking == "random"
+    rng = row_generators(prompts, generator, device) if sampled else None  # per-row streams: batch == alone
     nfe = 0
 
-    def commit(logits: torch.Tensor, s: int, e: int, counts: torch.Tensor, blk: int) -> None:
+    def commit(logits: torch.Tensor, rows: torch.Tensor, s: int, e: int, counts: torch.Tensor, blk: int) -> None:
+        """Commit into the block [s, e) of the batch rows `rows` (logits [R, e - s, V])."""
         if cfg.suppress_eos_until_last_block and blk < num_blocks - 1:
             logits = suppress(logits, ends)
-        x[:, s:e], _ = commit_step(logits, x[:, s:e], x[:, s:e] == mask_id, counts, threshold=cfg.threshold,
-                                   temperature=cfg.temperature, remasking=cfg.remasking, generator=generator)
+        xs = x[rows, s:e]
+        gens = None if rng is None else [rng[r] for r in rows.tolist()]
+        x[rows, s:e], _ = commit_step(logits, xs, xs == mask_id, counts, threshold=cfg.threshold,
+                                      temperature=cfg.temperature, remasking=cfg.remasking, generator=gens)
 
     for blk in range(num_blocks):
         s, e = g0 + blk * bl, g0 + (blk + 1) * bl
-        counts = transfer_counts((x[:, s:e] == mask_id).sum(dim=1), spb)
-        out = model(x, attention_mask=am, position_ids=pos, use_cache=True)
+        hi = total if cfg.cache == "prefix" else e
+        # only rows with masks in the block run: rows that finished (early exit) or wait for slower rows
+        # cost nothing, and a row's results never depend on the others
+        rows = (x[:, s:e] == mask_id).any(dim=1).nonzero().flatten()
+        if not len(rows):
+            continue
+        counts = transfer_counts((x[rows, s:e] == mask_id).sum(dim=1), spb)
+        am_r = None if am is None or bool(am[rows].all()) else am[rows]
+        out = model(x[rows], attention_mask=am_r, position_ids=pos[rows], use_cache=True)
         nfe += 1
-        commit(out.logits[:, s:e], s, e, counts[:, 0], blk)
+        commit(out.logits[:, s:e], rows, s, e, counts[:, 0], blk)
         if cfg.cache == "prefix":
-            past, past_mask = _take(out.past_key_values, slice(0, s)), None if am is None else am[:, :s]
+            cols: torch.Tensor | slice = slice(0, s)
         else:
-            other = torch.cat((torch.arange(0, s, device=device), torch.arange(e, total, device=device)))
-            past, past_mask = _take(out.past_key_values, other), None if am is None else am[:, other]
+            cols = torch.cat((torch.arange(0, s, device=device), torch.arange(e, total, device=device)))
+        past, past_mask = _take(out.past_key_values, cols), None if am_r is None else am_r[:, cols]
         del out
         i = 1
-        while (x[:, s:e] == mask_id).any():
-            hi = total if cfg.cache == "prefix" else e
-            logits = model(x[:, s:hi], position_ids=pos[:, s:hi], past_key_values=past,
+        while True:
+            keep = (x[rows, s:e] == mask_id).any(dim=1)
+            if not keep.any():
+                break
+            if not keep.all():  # drop rows whose block is complete (their cache rows too)
+                rows, counts = rows[keep], counts[keep]
+                past = tuple((k[keep], v[keep]) for k, v in past)
+                past_mask = None if past_mask is None else past_mask[keep]
+            logits = model(x[rows, s:hi], position_ids=pos[rows, s:hi], past_key_values=past,
                            past_attention_mask=past_mask).logits[:, :bl]
             nfe += 1
             # past the schedule (only if a step committed fewer than scheduled): commit what is left
-            k = counts[:, i] if i < spb else (x[:, s:e] == mask_id).sum(dim=1)
-            commit(logits, s, e, k, blk)
+            k = counts[:, i] if i < spb else (x[rows, s:e] == mask_id).sum(dim=1)
+            commit(logits, rows, s, e, k, blk)
             i += 1
-        if cfg.early_exit and ends and e < total and bool(rows_finished(x[:, g0:e], ends, mask_id).all()):
-            x[:, e:] = ends[0]  # every row's text ended: what follows is cut off anyway
-            break
+        if cfg.early_exit and ends and e < total:
+            # a row whose text ended gets end tokens for the rest, as it would alone (what follows the end
+            # is cut off anyway); once every row has ended, stop
+            done = rows_finished(x[:, g0:e], ends, mask_id)
+            x[done, e:] = ends[0]
+            if bool(done.all()):
+                break
     return SampleOutput(tokens=batch.generated(), nfe=nfe)
 
 
