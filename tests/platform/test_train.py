@@ -1,8 +1,8 @@
 """End-to-end training on a real local Ray with real DeepSpeed (gloo) and a real MLflow sqlite store.
 
-One uninterrupted reference run (2 workers, ZeRO-2, P-POTS on) is compared with a run stopped mid-way and
-re-run under the same name, and with a run whose worker process is killed (Ray restarts the group from
-the latest checkpoint): the per-step losses after the resume must equal the reference's (CPU fp32).
+One uninterrupted reference run (2 workers, ZeRO-2, P-POTS on) is compared with a run whose worker process
+is killed (Ray restarts the group from the latest checkpoint), killed again until it fails, then re-run
+under the same name (it resumes): every step's loss must equal the reference's (CPU fp32).
 """
 
 from __future__ import annotations
@@ -26,27 +26,28 @@ from ray.train.v2.api.callback import UserCallback  # noqa: E402
 from mdm.platform.config import load_config  # noqa: E402
 from mdm.platform.trainer import train_driver  # noqa: E402
 
-STEPS, SAVE_EVERY, KILL_AT = 12, 4, 6
+STEPS, SAVE_EVERY = 12, 4
 # The callback below runs in Ray Train's controller, which cannot import this test module: ship it by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 class StepLog(UserCallback):
-    """Appends every reported step to a file; at `kill_at` (once) SIGKILLs one Train worker process."""
+    """Appends every reported step to a file; SIGKILLs one Train worker process at the first report of
+    each step in `kill_at`."""
 
-    def __init__(self, path: str, kill_at: int | None = None) -> None:
-        self.path, self.kill_at, self.killed = path, kill_at, False
+    def __init__(self, path: str, kill_at: tuple[int, ...] = ()) -> None:
+        self.path, self.kill_at = path, list(kill_at)
 
     def after_report(self, run_context, metrics, checkpoint):
         step = metrics[0].get("step")
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, "checkpoint": checkpoint is not None}) + "\n")
-        if self.kill_at is not None and step == self.kill_at and not self.killed:
+        if self.kill_at and step == self.kill_at[0]:
             import ray._private.state
 
+            self.kill_at.pop(0)
             pids = sorted(a["Pid"] for a in ray._private.state.actors().values()
                           if a["ActorClassName"] == "RayTrainWorker" and a["State"] == "ALIVE")
-            self.killed = True
             os.kill(pids[-1], signal.SIGKILL)
 
 
@@ -121,39 +122,26 @@ def test_export_loads_with_from_pretrained(reference, arithmetic_data):
     assert model(input_ids=ids).logits.shape == (1, ids.shape[1], model.config.vocab_size)
 
 
-def test_stopped_run_resumes_with_identical_losses(reference, arithmetic_data, tmp_path):
-    root = reference[0]
-    log = tmp_path / "steps.jsonl"
-    cfg = _cfg(root, arithmetic_data)
-    with pytest.raises(TrainingFailedError):  # max_failures 0: the killed worker ends the run
-        train_driver(cfg, run_name="resumed", callbacks=[StepLog(str(log), kill_at=KILL_AT)])
-    first = _steps(log)
-    assert max(r["step"] for r in first) == KILL_AT
-    result = train_driver(cfg, run_name="resumed", callbacks=[StepLog(str(log))])  # the same command again
-    assert result.metrics["step"] == STEPS
-    second = _steps(log)[len(first):]
-    last_ckpt = max(r["step"] for r in first if r["checkpoint"])
-    assert [r["step"] for r in second] == list(range(last_ckpt + 1, STEPS + 1))
-    ref = dict(_history(root, "reference", "train/loss"))
-    got = _history(root, "resumed", "train/loss")
-    assert {s for s, _ in got} == set(range(1, STEPS + 1))
-    for step, value in got:
-        assert value == pytest.approx(ref[step], abs=1e-6), step
-    assert dict(_history(root, "resumed", "eval/loss"))[STEPS] == pytest.approx(
-        dict(_history(root, "reference", "eval/loss"))[STEPS], abs=1e-6)
-
-
-def test_killed_worker_restarts_from_checkpoint(reference, arithmetic_data, tmp_path):
+def test_killed_worker_restarts_and_rerun_resumes_with_identical_losses(reference, arithmetic_data, tmp_path):
+    """Kill a worker at step 6 (max_failures 1: Ray restarts the group from the step-4 checkpoint), kill one
+    again at step 10 (failures exhausted: the run fails), then re-run the same command: it resumes from the
+    step-8 checkpoint. Every step's loss equals the uninterrupted reference's."""
     root = reference[0]
     log = tmp_path / "steps.jsonl"
     cfg = _cfg(root, arithmetic_data, **{"ray.max_failures": 1})
-    result = train_driver(cfg, run_name="faulty", callbacks=[StepLog(str(log), kill_at=KILL_AT)])
+    with pytest.raises(TrainingFailedError):
+        train_driver(cfg, run_name="interrupted", callbacks=[StepLog(str(log), kill_at=(6, 10))])
+    first = _steps(log)
+    assert [r["step"] for r in first] == [1, 2, 3, 4, 5, 6] + [5, 6, 7, 8, 9, 10]
+    assert [r["step"] for r in first if r["checkpoint"]] == [4, 8]  # the restart began right after step 4
+    result = train_driver(cfg, run_name="interrupted", callbacks=[StepLog(str(log))])  # the same command again
+    assert [r["step"] for r in _steps(log)[len(first):]] == [9, 10, 11, 12]
     assert result.error is None and result.metrics["step"] == STEPS
-    steps = [r["step"] for r in _steps(log)]
-    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
-    ckpt = max(r["step"] for r in _steps(log)[:restart] if r["checkpoint"])
-    assert steps[restart] == ckpt + 1  # resumed right after the latest checkpoint ...
-    assert steps[restart:] == list(range(ckpt + 1, STEPS + 1))  # ... and never repeated a step after that
+    assert result.metrics["optimizer_steps"] == STEPS  # DeepSpeed's own counter, restored from the checkpoint
     ref = dict(_history(root, "reference", "train/loss"))
-    for step, value in _history(root, "faulty", "train/loss"):  # replayed steps match the reference too
+    got = _history(root, "interrupted", "train/loss")
+    assert {s for s, _ in got} == set(range(1, STEPS + 1))
+    for step, value in got:  # every logged value, replayed ones included
         assert value == pytest.approx(ref[step], abs=1e-6), step
+    assert dict(_history(root, "interrupted", "eval/loss"))[STEPS] == pytest.approx(
+        dict(_history(root, "reference", "eval/loss"))[STEPS], abs=1e-6)

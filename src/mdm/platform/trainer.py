@@ -26,8 +26,10 @@ from typing import Any, Optional, Sequence
 from mdm.platform.config import dump_config, flatten
 
 # Keys that do not change what is trained (where, how it is watched): left out of the derived run name.
-_NAME_EXCLUDED = ("ray.", "tracking.", "tune.", "eval.", "sampler.", "train.logging_steps", "train.output_dir",
-                  "data.task_data_dir")
+# ray.num_workers and ray.use_gpu stay in: they change the global batch and the numerics.
+_NAME_EXCLUDED = ("ray.address", "ray.num_cpus", "ray.cpus_per_worker", "ray.gpus_per_worker", "ray.storage_path",
+                  "ray.run_name", "ray.max_failures", "ray.num_to_keep", "tracking.", "tune.", "eval.", "sampler.",
+                  "train.logging_steps", "train.output_dir", "data.task_data_dir")
 
 
 def derive_run_name(cfg: Any) -> str:

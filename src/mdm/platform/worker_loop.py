@@ -224,7 +224,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                 logger.artifact(plot)
         logger.artifact(run.export_dir, "final_model")
     final_metrics = {"step": state.step, "epoch": state.epoch, "total_steps": run.total_steps,
-                     "export_dir": run.export_dir}
+                     "optimizer_steps": engine.global_step, "export_dir": run.export_dir}
     if last_eval is not None:
         final_metrics["eval/loss"] = last_eval
     final_metrics.update(last_train)
