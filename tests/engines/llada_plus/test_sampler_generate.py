@@ -59,3 +59,16 @@ def test_cli_prints_the_generated_texts(saved: tuple, capsys: pytest.CaptureFixt
     want = generate(model, tokenizer, SamplerConfig(name="fast", threshold=0.5, **CFG), ["t5 t6", "t112 t92"])
     assert [r["text"] for r in lines] == want and [r["prompt"] for r in lines] == ["t5 t6", "t112 t92"]
     assert main(["--model", str(path / "missing"), "--prompt", "x"]) == 2
+
+
+def test_generate_applies_the_chat_template(saved: tuple) -> None:
+    _, model, tokenizer = saved
+    templated = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, eos_token="<eos>",
+                                        mask_token="<mask>")
+    templated.chat_template = ("{% for m in messages %}t1 {{ m['content'] }} t2{% endfor %}"
+                               "{% if add_generation_prompt %} t3{% endif %}")
+    cfg = SamplerConfig(**CFG)
+    want = generate(model, [[1, 5, 6, 2, 3], [5, 6]], cfg)
+    got = [generate(model, templated, cfg, "t5 t6")[0],
+           generate(model, templated, cfg, "t5 t6", chat_template=False)[0]]
+    assert got == [" ".join(f"t{i}" for i in ids) for ids in want]
