@@ -136,5 +136,6 @@ def test_optuna_searcher_draws_from_the_space_with_grid_keys_as_categories(cfg):
         suggested = searcher.suggest(f"t{i}")
         params = space.overrides_for(suggested)
         assert 1e-5 <= params["train.lr"] <= 1e-3 and params["train.PPOTS"] in (False, True)
-        assert params["train.p_model"] == (cfg.train.p_model if not params["train.PPOTS"] else suggested["sample"]["train.p_model"])
+        drawn = suggested["sample"]["train.p_model"]
+        assert params["train.p_model"] == (drawn if params["train.PPOTS"] else cfg.train.p_model)
         with_overrides(cfg, params)

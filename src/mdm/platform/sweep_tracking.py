@@ -4,14 +4,14 @@
     parent = open_parent(tracker, "sweep-ab12cd34", params={"space.train.lr": "loguniform[1e-05, 0.001]", ...})
     # each trial: train_driver(..., run_name=child_run_name(sweep, trial_id), mlflow_tags=child_tags(parent, ...))
     close_children(tracker, parent, {"sweep-ab12cd34-1a2b3_00000": "FINISHED", ...})   # after tuner.fit()
-    print(format_table(rows, metric="eval/loss"))
+    print(format_table(rows, "eval/loss", ["train.lr"]))
     finish_parent(tracker, parent, rows, metric="eval/loss", mode="min", artifacts=[best_yaml])
 
 The children are created by the trainer's rank-0 logging (`Tracker.start_run` resumes a run of the same name,
 so a retried or resumed trial keeps its one run). A trial that the scheduler stops is killed mid-function,
-and a driver that is killed leaves its trials' runs open: `close_children` ends every child still RUNNING
-with its trial's final status (FINISHED, KILLED for stopped early or interrupted, FAILED for errors), so no
-child is left RUNNING. The parent is found again by name on resume (tag `mdm.sweep`), never duplicated.
+(train_driver then ends its run FAILED, or leaves it RUNNING when killed outright), and a killed driver leaves
+its trials' runs open: `close_children` gives every child its trial's final status (FINISHED; KILLED for
+stopped early or interrupted; FAILED for errors), so no child is left RUNNING or mislabelled. The parent is found again by name on resume (tag `mdm.sweep`), never duplicated.
 """
 
 from __future__ import annotations
@@ -70,17 +70,18 @@ def children(tracker: Tracker, parent_id: str) -> list[Any]:
 
 
 def close_children(tracker: Tracker, parent_id: str, statuses: Mapping[str, str]) -> dict[str, str]:
-    """End each child still RUNNING with its trial's status (by run name; KILLED when unknown) and tag every
-    child with its trial status. Returns {run name: final MLflow status}."""
+    """Give each child its trial's final status (by run name; KILLED when unknown: an interrupted trial), so
+    none stays RUNNING, and tag it with that status. Returns {run name: final MLflow status}."""
     out: dict[str, str] = {}
     for run in children(tracker, parent_id):
         name = run.info.run_name
         status = statuses.get(name, "KILLED")
-        if run.info.status == "RUNNING":
-            tracker.client.set_terminated(run.info.run_id, status=status)
-            out[name] = status
-        else:
-            out[name] = run.info.status
+        if run.info.status != status:
+            # The trial's outcome is the authority: a trial stopped by the scheduler sees its fit() interrupted,
+            # and train_driver ends the run FAILED; a killed one leaves it RUNNING. Keep an existing end time.
+            tracker.client.set_terminated(run.info.run_id, status=status,
+                                          end_time=run.info.end_time if run.info.status != "RUNNING" else None)
+        out[name] = status
         tracker.client.set_tag(run.info.run_id, STATUS_TAG, status)
     return out
 
