@@ -98,7 +98,8 @@ def main() -> None:
     with torch.no_grad():  # confidence check on one prompt + masks
         x = torch.tensor([prompts[0] + [c.mask_token_id] * args.gen_length], device=args.device)
         p = torch.softmax(model(x).logits[0, len(prompts[0]):].float(), -1).max(-1).values
-    print(f"arch={args.arch} device={args.device} dtype={args.dtype} params={sum(t.numel() for t in model.parameters()) / 1e6:.1f}M "
+    n_params = sum(t.numel() for t in model.parameters()) / 1e6
+    print(f"arch={args.arch} device={args.device} dtype={args.dtype} params={n_params:.1f}M "
           f"prompts={args.n_prompts} len={args.prompt_len} gen={args.gen_length} block={args.block_length} "
           f"steps={steps} threshold={args.threshold} median top-1 prob={p.median().item():.3f} "
           f"threads={torch.get_num_threads()}", flush=True)

@@ -149,7 +149,8 @@ def test_build_model_from_tokenizer_and_checkpoint(oracle: LLaDAModelLM, tmp_pat
     tokenizer = _word_tokenizer()
     tiny = build_model(ModelConfig(d_model=32, n_layers=1, n_heads=2, mlp_hidden_size=48), "tiny", tokenizer)
     c = tiny.config
-    assert (c.vocab_size, c.embedding_size, c.mask_token_id, c.eos_token_id, c.pad_token_id) == (256, 256, 255, 254, 254)
+    ids = (c.vocab_size, c.embedding_size, c.mask_token_id, c.eos_token_id, c.pad_token_id)
+    assert ids == (256, 256, 255, 254, 254)
     oracle.save_pretrained(str(tmp_path))
     loaded = build_model(ModelConfig(dtype="bfloat16"), str(tmp_path))
     assert isinstance(loaded, LLaDAModelLM) and loaded.dtype == torch.bfloat16

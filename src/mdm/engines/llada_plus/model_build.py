@@ -77,7 +77,8 @@ def build_model(model_cfg: Any, name_or_path: str = "tiny", tokenizer: Any = Non
     else:
         model_type = _model_type(name_or_path)
         if model_type is None:
-            model_type = AutoConfig.from_pretrained(name_or_path, trust_remote_code=model_cfg.trust_remote_code).model_type
+            trust = model_cfg.trust_remote_code
+            model_type = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust).model_type
         if model_type == "llada":  # our registration, never the checkpoint's remote code
             model = LLaDAModelLM.from_pretrained(name_or_path, dtype=dtype)
         elif model_cfg.trust_remote_code:
