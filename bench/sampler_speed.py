@@ -51,18 +51,23 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, prompts: list[list[int]], batch: int, device: str) -> tuple[float, float, int]:
-    """(wall seconds, process CPU seconds, forward passes) to sample all prompts, `batch` at a time.
+class Meter:
+    """Accumulated wall seconds, process CPU seconds, forward passes and prompts of one sampler setting."""
 
-    Batches group similar prompt lengths (as `generate` does) to keep the left padding small."""
-    if batch > 1:
-        prompts = sorted(prompts, key=len)
-    sync(device)
-    t0, c0, nfe = time.perf_counter(), time.process_time(), 0
-    for i in range(0, len(prompts), batch):
-        nfe += fn(prompts[i:i + batch]).nfe
-    sync(device)
-    return time.perf_counter() - t0, time.process_time() - c0, nfe
+    def __init__(self, name: str, fn, batch: int) -> None:
+        self.name, self.fn, self.batch = name, fn, batch
+        self.wall = self.cpu = 0.0
+        self.nfe = self.n = 0
+
+    def run(self, prompts: list[list[int]], device: str) -> None:
+        sync(device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for i in range(0, len(prompts), self.batch):
+            self.nfe += self.fn(prompts[i:i + self.batch]).nfe
+        sync(device)
+        self.wall += time.perf_counter() - t0
+        self.cpu += time.process_time() - c0
+        self.n += len(prompts)
 
 
 def main() -> None:
@@ -105,25 +110,33 @@ def main() -> None:
           f"threads={torch.get_num_threads()}", flush=True)
     sample_fast(model, prompts[:2], fast_cfg, **kw)  # warm-up (allocator, kernels)
 
-    singles = prompts[:args.n_single] if args.n_single else prompts
-    rows = [
-        ("(a) llada, one prompt at a time", singles, 1, lambda b: sample_llada(model, b, llada_cfg, **kw)),
-        (f"(b) llada, batched at {args.batch_size}", prompts, args.batch_size,
-         lambda b: sample_llada(model, b, llada_cfg, **kw)),
-        (f"(c) fast dual cache, batched at {args.batch_size}, threshold {args.threshold}", prompts,
-         args.batch_size, lambda b: sample_fast(model, b, fast_cfg, **kw)),
+    meters = [
+        Meter("(a) llada, one prompt at a time", lambda b: sample_llada(model, b, llada_cfg, **kw), 1),
+        Meter(f"(b) llada, batched at {args.batch_size}", lambda b: sample_llada(model, b, llada_cfg, **kw),
+              args.batch_size),
+        Meter(f"(c) fast dual cache, batched at {args.batch_size}, threshold {args.threshold}",
+              lambda b: sample_fast(model, b, fast_cfg, **kw), args.batch_size),
     ]
-    base = None
+    # Batches group similar prompt lengths (as `generate` does). The settings take turns chunk by chunk, so a
+    # shared machine's changing load hits them alike; (a) times an even share of --n_single prompts per chunk.
+    order = sorted(prompts, key=len)
+    chunks = [order[i:i + args.batch_size] for i in range(0, len(order), args.batch_size)]
+    n_single = args.n_single or len(prompts)
+    for j, chunk in enumerate(chunks):
+        take = n_single * (j + 1) // len(chunks) - n_single * j // len(chunks)
+        meters[0].run(chunk[::max(1, len(chunk) // max(1, take))][:take], args.device)
+        meters[1].run(chunk, args.device)
+        meters[2].run(chunk, args.device)
+        print(f"  chunk {j + 1}/{len(chunks)} done", flush=True)
     # CPU tokens/s (generated tokens per process-CPU second) is the steadier number on a shared machine
     print(f"{'':58s} {'tokens/s':>9s} {'ratio':>6s} {'CPU tok/s':>9s} {'ratio':>6s} {'forwards':>8s} "
-          f"{'fwd/prompt':>10s} {'s/forward':>9s}", flush=True)
-    for name, ps, bs, fn in rows:
-        secs, cpu, nfe = timed(fn, ps, bs, args.device)
-        tps, ctps = len(ps) * args.gen_length / secs, len(ps) * args.gen_length / cpu
+          f"{'fwd/prompt':>10s} {'s/forward':>9s}")
+    base = None
+    for m in meters:
+        tps, ctps = m.n * args.gen_length / m.wall, m.n * args.gen_length / m.cpu
         base = base or (tps, ctps)
-        print(f"{name:58s} {tps:9.1f} {tps / base[0]:5.1f}x {ctps:9.1f} {ctps / base[1]:5.1f}x {nfe:8d} "
-              f"{nfe * bs / len(ps):10.1f} {secs / nfe:9.4f}", flush=True)
-
+        print(f"{m.name:58s} {tps:9.1f} {tps / base[0]:5.1f}x {ctps:9.1f} {ctps / base[1]:5.1f}x {m.nfe:8d} "
+              f"{m.nfe * m.batch / m.n:10.1f} {m.wall / m.nfe:9.4f}", flush=True)
 
 if __name__ == "__main__":
     main()

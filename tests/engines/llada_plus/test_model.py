@@ -76,6 +76,8 @@ def test_padded_batch_equals_unpadded(oracle: LLaDAModelLM) -> None:
         pos = (mask.cumsum(1) - 1).clamp(min=0)
         out = oracle(ids, attention_mask=mask, position_ids=pos).logits
         torch.testing.assert_close(out[0], alone_a, **TOL)
+        part = oracle(ids, attention_mask=mask, position_ids=pos, logits_slice=slice(8, 12)).logits
+        torch.testing.assert_close(part, out[:, 8:12], atol=1e-6, rtol=1e-6)  # the head only where asked
         torch.testing.assert_close(out[1, 6:], alone_b, **TOL)
         # right padding with default positions
         ids = torch.cat((a, torch.cat((b, torch.full((1, 6), pad)), 1)))

@@ -199,6 +199,7 @@ class LLaDAModelLM(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["LLaDABlock"]
     _supports_sdpa = True
+    supports_logits_slice = True  # forward(..., logits_slice=...) (other models' samplers fall back)
 
     def __init__(self, config: LLaDAConfig) -> None:
         super().__init__(config)
@@ -217,10 +218,12 @@ class LLaDAModelLM(PreTrainedModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.Tensor] = None, past_key_values: Optional[tuple[KV, ...]] = None,
                 past_attention_mask: Optional[torch.Tensor] = None, use_cache: bool = False,
-                **kwargs: Any) -> LLaDAOutput:
+                logits_slice: Optional[slice] = None, **kwargs: Any) -> LLaDAOutput:
         """input_ids [B, L]; attention_mask [B, L] (1 = real; pad keys are never attended); position_ids [B, L]
         (default 0..L-1); past_key_values per layer (k, v) [B, H, S, Dh] of other positions, RoPE applied;
-        past_attention_mask [B, S]. Returns logits [B, L, V] (+ the current keys/values when use_cache)."""
+        past_attention_mask [B, S]. Returns logits [B, L, V] (+ the current keys/values when use_cache).
+        logits_slice: compute logits only for these positions ([B, len, V]); samplers that need one block's
+        logits skip the output head elsewhere (for an 8B model, a [16, 320, 126464] tensor)."""
         unknown = {k for k, v in kwargs.items() if v is not None and k not in ("return_dict", "output_attentions",
                                                                                 "output_hidden_states")}
         if unknown:
@@ -238,6 +241,8 @@ class LLaDAModelLM(PreTrainedModel):
             x, present = block(x, cos, sin, attn_mask, layer_past=past, use_cache=use_cache)
             if use_cache:
                 presents.append(present)
+        if logits_slice is not None:
+            x = x[:, logits_slice]
         logits = t.ff_out(t.ln_f(x))
         return LLaDAOutput(logits=logits, cache=tuple(presents) if use_cache else None)
 

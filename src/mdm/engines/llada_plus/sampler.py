@@ -67,16 +67,26 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def logits_for(model: torch.nn.Module, ids: torch.Tensor, sl: slice, **kw: Any) -> Any:
+    """The model's output with logits for positions `sl` only ([B, len, V]): computed only there by models
+    that support it (LLaDAModelLM), sliced afterwards for others."""
+    if getattr(model, "supports_logits_slice", False):
+        return model(ids, logits_slice=sl, **kw)
+    out = model(ids, **kw)
+    out.logits = out.logits[:, sl]
+    return out
+
+
 def guided_logits(model: torch.nn.Module, x: torch.Tensor, batch: SampleBatch, cfg_scale: float,
-                  mask_id: int) -> torch.Tensor:
-    """Logits [B, T, V] of one (batched) forward; with cfg_scale > 0 the unsupervised CFG mix
-    un + (cfg_scale + 1) * (cond - un), the unconditional input having its prompt replaced by masks."""
+                  mask_id: int, sl: slice) -> torch.Tensor:
+    """Logits [B, len, V] at positions `sl` of one (batched) forward; with cfg_scale > 0 the unsupervised CFG
+    mix un + (cfg_scale + 1) * (cond - un), the unconditional input having its prompt replaced by masks."""
     if cfg_scale <= 0:
-        return model(x, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits
+        return logits_for(model, x, sl, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits
     un = x.masked_fill(batch.prompt_mask, mask_id)
     am = batch.attention_mask
-    logits = model(torch.cat((x, un)), attention_mask=None if am is None else torch.cat((am, am)),
-                   position_ids=torch.cat((batch.position_ids, batch.position_ids))).logits
+    logits = logits_for(model, torch.cat((x, un)), sl, attention_mask=None if am is None else torch.cat((am, am)),
+                        position_ids=torch.cat((batch.position_ids, batch.position_ids))).logits
     cond, uncond = logits.chunk(2)
     return uncond + (cfg_scale + 1) * (cond - uncond)
 
@@ -99,12 +109,11 @@ def sample_llada(model: torch.nn.Module, prompts: list[list[int]], cfg: Any, *, 
         for i in range(spb):
             if cfg.threshold is not None and not (x[:, s:e] == mask_id).any():
                 break  # upstream stops a threshold block once it is fully committed
-            logits = guided_logits(model, x, batch, cfg.cfg_scale, mask_id)
-            nfe += 1
             # leftover masks of earlier blocks (possible with a threshold and few steps) stay committable
             # (a sampled run always draws over all of it, so a row's draws do not depend on its batch)
             lo = g0 if sampled or (x[:, g0:s] == mask_id).any() else s
-            region = logits[:, lo:e]
+            region = guided_logits(model, x, batch, cfg.cfg_scale, mask_id, slice(lo, e))
+            nfe += 1
             if cfg.suppress_eos_until_last_block and blk < num_blocks - 1:
                 region = suppress(region, ends)
             x[:, lo:e], _ = commit_step(region, x[:, lo:e], x[:, lo:e] == mask_id, counts[:, i],

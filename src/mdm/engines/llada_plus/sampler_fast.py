@@ -20,7 +20,8 @@ from typing import Any, Optional
 
 import torch
 
-from mdm.engines.llada_plus.sampler import (SampleOutput, check_sampler_cfg, end_ids, model_device, suppress)
+from mdm.engines.llada_plus.sampler import (SampleOutput, check_sampler_cfg, end_ids, logits_for, model_device,
+                                             suppress)
 from mdm.engines.llada_plus.sampler_batch import SampleBatch, row_generators, rows_finished
 from mdm.engines.llada_plus.sampler_step import commit_step
 from mdm.engines.llada_plus.schedule import transfer_counts
@@ -69,9 +70,9 @@ def sample_fast(model: torch.nn.Module, prompts: list[list[int]], cfg: Any, *, m
             continue
         counts = transfer_counts((x[rows, s:e] == mask_id).sum(dim=1), spb)
         am_r = None if am is None or bool(am[rows].all()) else am[rows]
-        out = model(x[rows], attention_mask=am_r, position_ids=pos[rows], use_cache=True)
+        out = logits_for(model, x[rows], slice(s, e), attention_mask=am_r, position_ids=pos[rows], use_cache=True)
         nfe += 1
-        commit(out.logits[:, s:e], rows, s, e, counts[:, 0], blk)
+        commit(out.logits, rows, s, e, counts[:, 0], blk)
         if cfg.cache == "prefix":
             cols: torch.Tensor | slice = slice(0, s)
         else:
@@ -87,8 +88,8 @@ def sample_fast(model: torch.nn.Module, prompts: list[list[int]], cfg: Any, *, m
                 rows, counts = rows[keep], counts[keep]
                 past = tuple((k[keep], v[keep]) for k, v in past)
                 past_mask = None if past_mask is None else past_mask[keep]
-            logits = model(x[rows, s:hi], position_ids=pos[rows, s:hi], past_key_values=past,
-                           past_attention_mask=past_mask).logits[:, :bl]
+            logits = logits_for(model, x[rows, s:hi], slice(0, bl), position_ids=pos[rows, s:hi],
+                                past_key_values=past, past_attention_mask=past_mask).logits
             nfe += 1
             # past the schedule (only if a step committed fewer than scheduled): commit what is left
             k = counts[:, i] if i < spb else (x[rows, s:e] == mask_id).sum(dim=1)
