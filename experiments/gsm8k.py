@@ -57,7 +57,9 @@ def build_config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
     from mdm.platform.config import load_config
 
     files = [str(CONFIGS / f) for f in PRESETS[args.preset]] + list(args.config)
-    data_dir = [f"data.task_data_dir={args.data_dir}", f"eval.data_dir={args.data_dir}"] if args.data_dir else []
+    # Absolute, because Ray Data readers and sampler actors do not share this process's working directory.
+    d = str(Path(args.data_dir).resolve()) if args.data_dir else None
+    data_dir = [f"data.task_data_dir={d}", f"eval.data_dir={d}"] if d else []
     return load_config(files, [*data_dir, *extra, *args.overrides])
 
 
@@ -68,7 +70,8 @@ def prepare_data(cfg: Any, args: argparse.Namespace) -> list[str]:
 
     task = build_task(cfg.train.task, data_dir=cfg.data.task_data_dir)
     tag = "tiny" if cfg.train.model == "tiny" else cfg.train.model.replace("/", "--")
-    work = Path(args.work_dir).resolve() / tag
+    # One folder per (model, --limit): a tokenizer trained on N examples and its data stay together.
+    work = Path(args.work_dir).resolve() / tag / ("all" if args.limit is None else f"first{args.limit}")
     tok = cfg.data.tokenizer
     if tok is None and cfg.train.model == "tiny":
         tok_dir = work / "tokenizer"
@@ -79,7 +82,7 @@ def prepare_data(cfg: Any, args: argparse.Namespace) -> list[str]:
         tok = str(tok_dir)
     out = {"data.tokenizer": tok}
     if cfg.train.train_data_path is None:
-        path = work / f"train{'' if args.limit is None else f'-first{args.limit}'}-len{cfg.train.max_len}.jsonl"
+        path = work / f"train-len{cfg.train.max_len}.jsonl"
         if not path.is_file():
             stats = preprocess(task, "train", tok or cfg.train.model, path, max_len=cfg.train.max_len,
                                limit=args.limit, progress=False)
