@@ -69,11 +69,12 @@ PROMPTS = [CASES["prompt"], CASES["prompt"][:3], [7, 9, 11, 13, 200, 3, 4, 5, 6,
 @pytest.mark.parametrize("kw", [
     dict(name="llada", gen_length=32, block_length=8, steps=16),
     dict(name="llada", gen_length=32, block_length=8, steps=32, threshold=0.5),
+    dict(name="llada", gen_length=32, block_length=8, steps=8, threshold=0.5),  # rows wait, leftovers
     dict(name="fast", cache="prefix", gen_length=32, block_length=8, steps=16),
     dict(name="fast", cache="dual", gen_length=32, block_length=8, steps=32, threshold=0.5),
     dict(name="llada", gen_length=16, block_length=8, steps=8, temperature=1.0, remasking="random"),
     dict(name="fast", cache="dual", gen_length=16, block_length=8, steps=16, temperature=0.7, threshold=0.5),
-], ids=["llada", "llada-threshold", "fast-prefix", "fast-dual-threshold", "llada-sampled", "fast-sampled"])
+], ids=["llada", "llada-threshold", "llada-threshold-leftover", "fast-prefix", "fast-dual-threshold", "llada-sampled", "fast-sampled"])
 def test_batch_equals_single(oracle: LLaDAModelLM, kw: dict) -> None:
     seeded = kw.get("temperature", 0) > 0  # each row draws from its own stream: batching changes nothing
     batched = run(oracle, PROMPTS, generator=torch.Generator().manual_seed(3) if seeded else None, **kw).tokens

@@ -116,7 +116,10 @@ def sample_llada(model: torch.nn.Module, prompts: list[list[int]], cfg: Any, *, 
             nfe += 1
             if cfg.suppress_eos_until_last_block and blk < num_blocks - 1:
                 region = suppress(region, ends)
-            x[:, lo:e], _ = commit_step(region, x[:, lo:e], x[:, lo:e] == mask_id, counts[:, i],
+            allowed = x[:, lo:e] == mask_id
+            if cfg.threshold is not None:  # a row whose block is complete waits, as it would have stopped alone
+                allowed &= (x[:, s:e] == mask_id).any(dim=1, keepdim=True)
+            x[:, lo:e], _ = commit_step(region, x[:, lo:e], allowed, counts[:, i],
                                         threshold=cfg.threshold, temperature=cfg.temperature,
                                         remasking=cfg.remasking, generator=rng)
     return SampleOutput(tokens=batch.generated(), nfe=nfe)
