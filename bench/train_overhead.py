@@ -125,7 +125,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gpu", action="store_true", help="the 1.34B config in bf16 on one GPU")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per arm (default 80 CPU, 40 GPU)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads in every arm (CPU)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads in every arm (CPU; more threads than free cores thrash)")
     args = parser.parse_args(argv)
     steps = args.steps or (40 if args.gpu else 80)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # Ray workers inherit it instead of their CPU share
@@ -137,7 +138,7 @@ def main(argv=None) -> int:
     root = Path(tempfile.mkdtemp(prefix="mdm_bench_"))
     data, tok = make_data(root, args.gpu, n_rows=400 if args.gpu else 3000)
     base = {"train.train_data_path": data, "data.tokenizer": tok, "train.max_steps": steps,
-            "train.logging_steps": max(1, steps // 4), "train.save_strategy": "no", "train.eval_strategy": "no",
+            "train.logging_steps": max(1, steps // 4), "train.save_strategy": "'no'", "train.eval_strategy": "'no'",
             "train.train_ratio": 1.0, "train.lr": 1e-3, "train.lr_scheduler_type": "constant",
             "tracking.tracking_uri": f"sqlite:///{root}/mlruns.db", "tracking.experiment_name": "bench",
             "ray.storage_path": root / "ray", "train.output_dir": root / "out", **model_sets(args.gpu)}
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
         base.update({"ray.use_gpu": True, "ray.gpus_per_worker": 1, "ray.cpus_per_worker": 4,
                      "deepspeed.precision": "bf16"})
     else:
-        base["ray.cpus_per_worker"] = 1.5
+        base["ray.cpus_per_worker"] = 1.0  # + 1 CPU for Ray Data's tasks on the 2-CPU Ray
 
     def cfg(**extra):
         return load_config([], [f"{k}={v}" for k, v in {**base, **extra}.items()])

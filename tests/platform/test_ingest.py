@@ -1,5 +1,5 @@
 """Ray Data ingest of processed JSONL: validation errors with file and line, skip/overlong counts, a stable
-split by `train.train_ratio`, and the padded micro-batch stream (each epoch a permutation of the train rows)."""
+split by `train.train_ratio`, the padded micro-batch stream and its per-epoch reordering."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 import pytest  # noqa: E402
 
 from mdm.platform.config import load_config  # noqa: E402
-from mdm.platform.ingest import DataError, build_datasets  # noqa: E402
+from mdm.platform.ingest import DataError, build_datasets, epoch_batches  # noqa: E402
 
 VOCAB = 300
 
@@ -66,7 +66,7 @@ def test_skip_and_overlong_are_counted(ray_local, data_dir):
     assert drop.n_train + drop.n_eval == 258 - n_long
     trunc = _build(load_config([], ["data.bad_rows=skip"]).data, str(data_dir), max_len=max_len)
     assert trunc.n_overlong == n_long and trunc.n_train + trunc.n_eval == 258
-    lengths = [mb["input_ids"].shape[1] for mb in trunc.datasets(1)["train"].iter_rows()]
+    lengths = [mb["input_ids"].shape[1] for mb in trunc.datasets()["train"].iter_rows()]
     assert max(lengths) == max_len
 
 
@@ -88,13 +88,11 @@ def test_split_and_epoch_stream(ray_local, arithmetic_data):
     assert data.n_train + data.n_eval == n and data.n_bad == 0
     # A Bernoulli(0.25) hash split: the eval count lies within 4 standard deviations of n/4.
     assert abs(data.n_eval - n / 4) < 4 * math.sqrt(n * 0.25 * 0.75)
-    ds = data.datasets(epochs=2)
+    ds = data.datasets()
 
-    def sequences(micro_batches, epoch=None):
+    def sequences(micro_batches):
         seqs = []
         for mb in micro_batches:
-            if epoch is not None and mb["epoch"] != epoch:
-                continue
             for ids, mask, labels in zip(mb["input_ids"], mb["attention_mask"], mb["labels"]):
                 k = int(mask.sum())
                 assert (mask[:k] == 1).all() and (mask[k:] == 0).all() and (labels[k:] == -100).all()
@@ -103,11 +101,22 @@ def test_split_and_epoch_stream(ray_local, arithmetic_data):
 
     train = list(ds["train"].iter_rows())
     assert all(mb["input_ids"].shape[0] <= 8 for mb in train)
-    e0, e1 = sequences(train, 0), sequences(train, 1)
-    ev = sequences(ds["eval"].iter_rows())
-    assert sorted(e0) == sorted(e1) and len(e0) == data.n_train and len(ev) == data.n_eval
-    assert e0 != e1  # reshuffled per epoch (seed + epoch)
+    e0, ev = sequences(train), sequences(ds["eval"].iter_rows())
+    assert len(e0) == data.n_train and len(ev) == data.n_eval
     assert sorted(e0 + ev) == sorted(tuple(r["input_ids"]) for r in rows)
+    in_file_order = [s for s in (tuple(r["input_ids"]) for r in rows) if s in set(e0)]
+    assert e0 != in_file_order  # shuffled
     # The same seed gives the same split and the same order.
-    again = _build(cfg.data, arithmetic_data["train"], train_ratio=0.75).datasets(epochs=1)
+    again = _build(cfg.data, arithmetic_data["train"], train_ratio=0.75).datasets()
     assert sequences(again["train"].iter_rows()) == e0
+    # Per epoch, a worker reorders its micro-batches with a local shuffle seeded by (seed, epoch).
+    shard = ds["train"].iterator()
+    orders = [[tuple(mb["input_ids"][0].tolist()) for mb in epoch_batches(shard, e, seed=3)] for e in (0, 1, 0)]
+    assert sorted(orders[0]) == sorted(orders[1]) and orders[0] != orders[1] and orders[0] == orders[2]
+
+def test_worker_sizing_leaves_a_cpu_for_ray_data(ray_local):
+    from mdm.platform.ray_runtime import check_worker_fit
+
+    check_worker_fit(load_config([], ["ray.num_workers=2", "ray.cpus_per_worker=0.5"]).ray)  # 1 + 1 <= 2
+    with pytest.raises(ValueError, match=r"ray.num_workers \(2\) x ray.cpus_per_worker \(1.0\) = 2 CPUs"):
+        check_worker_fit(load_config([], ["ray.num_workers=2", "ray.cpus_per_worker=1.0"]).ray)

@@ -55,6 +55,8 @@ def _cfg(root: Path, data: dict, **extra: str):
     sets = {
         "train.train_data_path": data["train"], "data.tokenizer": data["tokenizer"],
         "model.d_model": 32, "model.n_layers": 2, "model.n_heads": 2, "model.mlp_hidden_size": 64,
+        # ~200 training rows: 12 micro-batches per worker an epoch, 2 accumulated per step -> 2 epochs.
+        "train.train_ratio": 0.5, "train.grad_accum": 2,
         "train.batch_size_per_gpu": 8, "train.max_len": 64, "train.lr": 3e-3, "train.warmup_steps": 2,
         "train.max_steps": STEPS, "train.logging_steps": 1, "train.save_strategy": "steps",
         "train.save_steps": SAVE_EVERY, "train.eval_strategy": "steps", "train.eval_steps": SAVE_EVERY,
@@ -91,6 +93,7 @@ def test_two_workers_zero2_loss_falls_and_mlflow_holds_the_run(reference):
     root, result = reference
     assert result.error is None
     assert result.metrics["step"] == STEPS and result.metrics["export_dir"] == str(root / "out/reference/final")
+    assert result.metrics["epoch"] == 1  # the run crossed into a second pass over the data
     losses = dict(_history(root, "reference", "train/loss"))
     assert sorted(losses) == list(range(1, STEPS + 1))
     evals = _history(root, "reference", "eval/loss")

@@ -13,10 +13,11 @@ from mdm.platform.trainer import derive_run_name, plan_steps, run
 
 def test_plan_steps_epochs_and_max_steps():
     cfg = load_config([], ["train.batch_size_per_gpu=8", "train.grad_accum=2", "train.epochs=3"])
-    # 100 rows -> 13 micro-batches an epoch; 2 workers x 2 accumulation -> 3 steps an epoch, 39 // 4 = 9 in all.
+    # 100 rows -> 13 micro-batches an epoch, 6 per worker (equal split); 2 accumulated -> 3 steps an epoch.
     assert plan_steps(100, cfg.train, world=2) == (9, 3, 3)
+    assert plan_steps(100, cfg.train, world=3) == (6, 2, 3)  # 4 per worker per epoch, 12 // 2
     capped = load_config([], ["train.batch_size_per_gpu=8", "train.grad_accum=2", "train.max_steps=20"])
-    assert plan_steps(100, capped.train, world=2) == (20, 3, math.ceil(20 * 4 / 13))
+    assert plan_steps(100, capped.train, world=2) == (20, 3, math.ceil(20 * 2 / 6))
     with pytest.raises(ValueError, match="fewer than one step"):
         plan_steps(5, cfg.train, world=2)
 

@@ -1,6 +1,6 @@
 """Training checkpoints (every rank, through its engine) reported to Ray Train, and the final HF export.
 
-    state = TrainState(step=120, microbatches=240, epoch=1, generator=gen)
+    state = TrainState(step=120, microbatches=40, epoch=1)
     ckpt = save_checkpoint(engine, objective, state, rank=r)        # -> ray.train.Checkpoint (a temp dir)
     ray.train.report(metrics, checkpoint=ckpt)                       # Ray merges all ranks' files in storage
     state = restore_checkpoint(ray.train.get_checkpoint(), engine, objective, rank=r, generator=gen)
@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 @dataclass
 class TrainState:
-    """Where a worker is: optimizer steps done, micro-batches of its shard consumed, current data epoch."""
+    """Where a worker is: optimizer steps done, the data epoch, micro-batches of its shard consumed in it."""
 
     step: int = 0
     microbatches: int = 0
@@ -80,11 +80,12 @@ def restore_checkpoint(checkpoint: Any, engine: Any, objective: Any, *, rank: in
         if os.path.exists(objective_path) and hasattr(objective, "load_state_dict"):
             objective.load_state_dict(torch.load(objective_path, map_location="cpu", weights_only=False))
         own = os.path.join(directory, f"worker_{rank}.pt")
-        if not os.path.exists(own):
-            # The group was resized since the checkpoint: counters are shared, per-rank RNG is not.
-            own = os.path.join(directory, "worker_0.pt")
-        saved = torch.load(own, map_location="cpu", weights_only=False)
-    if saved is not None and own.endswith(f"worker_{rank}.pt"):
+        same_rank = os.path.exists(own)
+        # A group grown since the checkpoint: take rank 0's counters, keep this rank's fresh RNG (the data
+        # position is then approximate: shards are re-cut for the new world size).
+        saved = torch.load(own if same_rank else os.path.join(directory, "worker_0.pt"), map_location="cpu",
+                           weights_only=False)
+    if same_rank:
         _set_rng_state(saved["rng"], generator)
     return TrainState(**saved["state"])
 

@@ -3,9 +3,9 @@
     data = build_datasets(cfg.data, train_path="data/train/", seed=42, train_ratio=0.95, max_len=1024,
                           batch_size=8, pad_id=1, vocab_size=1027)   # DataError on a bad row
     data.n_train, data.n_bad, data.n_overlong
-    ds = data.datasets(epochs=3)
-    ds["train"]    # one row per micro-batch: input_ids/labels/attention_mask [B, L], epoch, n_tokens
-    ds["eval"]     # the held-out split, same layout (epoch -1)
+    ds = data.datasets()
+    ds["train"]    # one row per micro-batch: input_ids/labels/attention_mask [B, L], n_tokens
+    ds["eval"]     # the held-out split, same layout
     ds["prepare"]  # training rows in file order, for P-POTS estimation (not split across workers)
 
 Paths: a file, a directory (its *.jsonl/*.json files) or a list of them (`train.train_data_path` may hold
@@ -16,11 +16,13 @@ imported by name so the platform stays free of task code). A driver-side validat
 worker starts: a bad row raises DataError naming file and line unless `data.bad_rows: skip`, then counted.
 Rows longer than `train.max_len` are truncated or dropped (`data.overlong`), and counted.
 
-The split is by a hash of (seed, file name, line): stable, streaming, no materialisation. Each epoch is
-shuffled by `random_shuffle(seed + epoch)` and the epochs are concatenated into one stream; padding and
-labels (the schema module's `collate`) happen in `map_batches`, one output row per micro-batch, so the
-worker only moves ready tensors. With order preserved (see `ingest_options`) the stream, its split across
-workers, and hence the data position after a resume are deterministic.
+The split is by a hash of (seed, file name, line): stable, streaming, no materialisation. The training rows
+are shuffled once by `random_shuffle(seed)`; padding and labels (the schema module's `collate`) happen in
+`map_batches`, one output row per micro-batch, so the worker only moves ready tensors. A worker iterates
+its shard once per epoch, reordering micro-batches with a local shuffle seeded by seed + epoch
+(`epoch_batches`). (Concatenating per-epoch `random_shuffle(seed + e)` pipelines with `union` runs their
+reads concurrently and deadlocks a 2-CPU Ray.) With order preserved (see `ingest_options`) the stream, its
+split across workers, and hence the data position after a resume are deterministic.
 """
 
 from __future__ import annotations
@@ -126,18 +128,17 @@ def _select(batch: pa.Table, *, want_train: Optional[bool], overlong: str) -> pa
     return batch.filter(mask).select(["input_ids", "prompt_length"])
 
 
-def _collate(batch: dict[str, np.ndarray], *, schema_module: str, pad_id: int, epoch: int) -> dict[str, np.ndarray]:
-    """Rows -> one micro-batch row: int64 input_ids/labels/attention_mask [1, B, L], epoch [1], n_tokens [1]."""
+def _collate(batch: dict[str, np.ndarray], *, schema_module: str, pad_id: int) -> dict[str, np.ndarray]:
+    """Rows -> one micro-batch row: int64 input_ids/labels/attention_mask [1, B, L], n_tokens [1]."""
     out = importlib.import_module(schema_module).collate(batch, pad_id=pad_id)
     mb = {k: v[None] for k, v in out.items()}
-    mb["epoch"] = np.array([epoch], dtype=np.int64)
     mb["n_tokens"] = np.array([int(out["attention_mask"].sum())], dtype=np.int64)
     return mb
 
 
 class MicroBatchCollate(NumpyBatchCollateFn):
     """`iter_torch_batches(batch_size=1, collate_fn=MicroBatchCollate())`: the micro-batch row as [B, L]
-    int64 tensors (plus scalar `epoch`, `n_tokens`); no padding work is left for the worker."""
+    int64 tensors (plus scalar `n_tokens`); no padding work is left for the worker."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         import torch
@@ -156,7 +157,7 @@ def ingest_options() -> Any:
 
 @dataclass
 class Ingest:
-    """Validated data: counts, and `datasets(epochs)` building the lazy train/eval/prepare datasets."""
+    """Validated data: counts, and `datasets()` building the lazy train/eval/prepare datasets."""
 
     n_rows: int
     n_train: int
@@ -174,18 +175,25 @@ class Ingest:
         return (f"{self.n_rows} rows: {self.n_train} train, {self.n_eval} eval, {self.n_bad} invalid skipped, "
                 f"{self.n_overlong} longer than max_len")
 
-    def datasets(self, epochs: int) -> dict[str, Any]:
-        """{"train": `epochs` shuffled epochs as one micro-batch stream, "eval" (when any), "prepare"}."""
-        def batched(rows: Any, epoch: int) -> Any:
-            return rows.map_batches(partial(self.collate, epoch=epoch), batch_size=self.batch_size,
-                                    batch_format="numpy")
+    def datasets(self) -> dict[str, Any]:
+        """{"train": shuffled micro-batches, "eval" (when any), "prepare": train rows in file order}."""
+        def batched(rows: Any) -> Any:
+            return rows.map_batches(self.collate, batch_size=self.batch_size, batch_format="numpy")
 
-        per_epoch = [batched(self.train_rows.random_shuffle(seed=self.seed + e), e) for e in range(epochs)]
-        out = {"train": per_epoch[0].union(*per_epoch[1:]) if epochs > 1 else per_epoch[0],
-               "prepare": batched(self.train_rows, 0)}
+        out = {"train": batched(self.train_rows.random_shuffle(seed=self.seed)), "prepare": batched(self.train_rows)}
         if self.n_eval:
-            out["eval"] = batched(self.eval_rows, -1)
+            out["eval"] = batched(self.eval_rows)
         return out
+
+
+EPOCH_SHUFFLE_BUFFER = 32  # micro-batches
+
+
+def epoch_batches(shard: Any, epoch: int, seed: int, prefetch: int = 4) -> Any:
+    """One epoch of a worker's shard as [B, L] tensors, micro-batch order shuffled by (seed, epoch)."""
+    return shard.iter_torch_batches(batch_size=1, collate_fn=MicroBatchCollate(), prefetch_batches=prefetch,
+                                    local_shuffle_buffer_size=EPOCH_SHUFFLE_BUFFER,
+                                    local_shuffle_seed=seed * 1000 + epoch)
 
 
 def _read(paths: list[str], parse: Any) -> Any:

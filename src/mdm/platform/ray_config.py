@@ -11,9 +11,10 @@ class RayConfig:
     """`address`: None starts an embedded local Ray unless RAY_ADDRESS is set; "auto" or "ray://..." joins.
     `cpus_per_worker`: keep the workers' CPUs below the cluster's so Ray Data's read tasks always get a CPU
     (two 1-CPU workers on a 2-CPU machine starve the reader and hang, with no error); fractions are fine.
-    The trainer checks num_workers x cpus_per_worker + 0.5 <= the cluster's CPUs before starting (e.g. on a
-    2-CPU laptop: 2 workers x 0.5 CPU, or 1 worker x 1.0). The CPU figure is a scheduling reservation, not
-    a thread limit: torch in each worker still uses the cores it finds.
+    Ray Data's tasks each ask for 1 CPU, so the trainer checks num_workers x cpus_per_worker + 1 <= the
+    cluster's CPUs before starting (e.g. on a 2-CPU laptop: 2 workers x 0.5 CPU, or 1 worker x 1.0).
+    Ray also sets each worker's OMP_NUM_THREADS (torch's thread count) to floor(cpus_per_worker), at least
+    1, unless the environment sets it.
     `storage_path`: checkpoints and run state; a local directory or any pyarrow/fsspec URI (s3://, gs://).
     `run_name`: fixed name => re-running the same command resumes; None derives it from the config."""
 

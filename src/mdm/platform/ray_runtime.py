@@ -16,8 +16,8 @@ from typing import Any, Optional
 
 import ray
 
-# Ray Data needs at least this many CPUs free beside the Train workers to read and pad batches.
-DATA_CPU_RESERVE = 0.5
+# Ray Data's read and map tasks ask for 1 CPU each: at least that much must stay free beside the workers.
+DATA_CPU_RESERVE = 1.0
 
 
 def cluster_address(ray_cfg: Any) -> Optional[str]:

@@ -53,19 +53,18 @@ def tokenizer_path(cfg: Any) -> str:
 def plan_steps(n_train: int, train_cfg: Any, world: int) -> tuple[int, int, int]:
     """(total optimizer steps, steps per epoch, epochs to stream) for `n_train` rows on `world` workers.
 
-    A worker gets at least floor(epochs * ceil(n_train / batch) / world) micro-batches (Ray Data may add a few
-    partial ones); `train.max_steps` > 0 overrides `train.epochs`, streaming as many epochs as it needs."""
+    A worker gets at least floor(ceil(n_train / batch) / world) micro-batches an epoch (Ray Data may add a few
+    partial ones); `train.max_steps` > 0 overrides `train.epochs`, iterating as many epochs as it needs."""
     per_epoch = math.ceil(n_train / train_cfg.batch_size_per_gpu)
-    steps_per_epoch = per_epoch // (world * train_cfg.grad_accum)
+    per_worker = per_epoch // world  # the equal split drops the remainder
+    steps_per_epoch = per_worker // train_cfg.grad_accum
     if steps_per_epoch < 1:
         raise ValueError(f"{n_train} training rows make {per_epoch} micro-batches of train.batch_size_per_gpu="
                          f"{train_cfg.batch_size_per_gpu}, fewer than one step of train.grad_accum="
                          f"{train_cfg.grad_accum} on {world} workers")
     if train_cfg.max_steps > 0:
-        epochs = math.ceil(train_cfg.max_steps * world * train_cfg.grad_accum / per_epoch)
-        return train_cfg.max_steps, steps_per_epoch, epochs
-    epochs = train_cfg.epochs
-    return (epochs * per_epoch) // (world * train_cfg.grad_accum), steps_per_epoch, epochs
+        return train_cfg.max_steps, steps_per_epoch, math.ceil(train_cfg.max_steps * train_cfg.grad_accum / per_worker)
+    return train_cfg.epochs * per_worker // train_cfg.grad_accum, steps_per_epoch, train_cfg.epochs
 
 
 def _storage(path: str) -> str:
@@ -103,7 +102,7 @@ def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequenc
                           max_len=tcfg.max_len, batch_size=tcfg.batch_size_per_gpu, pad_id=pad_id,
                           vocab_size=len(tokenizer))
     total, per_epoch, epochs = plan_steps(data.n_train, tcfg, rcfg.num_workers)
-    datasets = data.datasets(epochs)
+    datasets = data.datasets()
     print(f"mdm train {run_name}: {data.summary()}; {total} steps ({per_epoch}/epoch) on {rcfg.num_workers} "
           f"worker(s)", file=sys.stderr)
 
@@ -113,7 +112,7 @@ def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequenc
     has_eval = "eval" in datasets
     run = RunInfo(run_name=run_name, tokenizer=os.path.abspath(tok_path) if os.path.isdir(tok_path) else tok_path,
                   export_dir=os.path.abspath(os.path.join(tcfg.output_dir, run_name, "final")),
-                  total_steps=total, steps_per_epoch=per_epoch, has_eval=has_eval,
+                  total_steps=total, steps_per_epoch=per_epoch, epochs=epochs, has_eval=has_eval,
                   tracking_uri=tracker.uri if tracker else None, mlflow_run_id=run_id)
     sections = WorkerSections(engine=cfg.engine, auto_import=list(cfg.auto_import), train=tcfg, model=cfg.model,
                               deepspeed=cfg.deepspeed)

@@ -42,6 +42,7 @@ class RunInfo:
     export_dir: str
     total_steps: int
     steps_per_epoch: int
+    epochs: int
     has_eval: bool
     tracking_uri: Optional[str] = None
     mlflow_run_id: Optional[str] = None
@@ -58,9 +59,22 @@ class _Shard:
         self.it, self.device, self.prefetch, self.collate = ray.train.get_dataset_shard(name), device, prefetch, \
             MicroBatchCollate()
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for mb in self.it.iter_torch_batches(batch_size=1, collate_fn=self.collate, prefetch_batches=self.prefetch):
+    def _to_device(self, batches: Any) -> Iterator[dict[str, torch.Tensor]]:
+        for mb in batches:
             yield {k: v.to(self.device, non_blocking=True) for k, v in mb.items()}
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self._to_device(self.it.iter_torch_batches(batch_size=1, collate_fn=self.collate,
+                                                          prefetch_batches=self.prefetch))
+
+    def epochs(self, start_epoch: int, skip: int, epochs: int, seed: int) -> Iterator[tuple[int, dict]]:
+        """(epoch, micro-batch) from `start_epoch` on, skipping the first `skip` micro-batches of it."""
+        from mdm.platform.ingest import epoch_batches
+
+        for epoch in range(start_epoch, epochs):
+            for i, mb in enumerate(self._to_device(epoch_batches(self.it, epoch, seed, self.prefetch))):
+                if epoch > start_epoch or i >= skip:
+                    yield epoch, mb
 
 
 def _due(strategy: str, step: int, every: int, steps_per_epoch: int) -> bool:
@@ -87,7 +101,7 @@ def _evaluate(objective: Any, model: torch.nn.Module, device: torch.device, seed
     model.eval()
     with torch.no_grad():
         for mb in _Shard("eval", device):
-            mb.pop("epoch"), mb.pop("n_tokens")
+            mb.pop("n_tokens")
             total += float(objective.eval_loss(model, mb, gen)[0])
             n += 1
     model.train()
@@ -155,9 +169,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         finally:
             cleanup(ckpt)
 
-    stream = iter(_Shard("train", device))
-    for _ in range(state.microbatches):  # data position: skip what the restored steps consumed
-        next(stream)
+    # Data position: the restored epoch, minus the micro-batches of it that the restored steps consumed.
+    stream = _Shard("train", device).epochs(state.epoch, state.microbatches, run.epochs, tcfg.seed)
     window = {"loss": 0.0, "n": 0, "tokens": 0, "wait": 0.0, "time": 0.0}
     last_eval: Optional[float] = state.eval_loss
     last_train: dict[str, float] = {}
@@ -165,12 +178,14 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         t0 = time.perf_counter()
         for _ in range(tcfg.grad_accum):
             tw = time.perf_counter()
-            mb = next(stream, None)
+            item = next(stream, None)
             window["wait"] += time.perf_counter() - tw
-            if mb is None:
-                raise RuntimeError(f"rank {rank}: the training stream ended at step {state.step} of "
-                                   f"{run.total_steps} (micro-batch {state.microbatches})")
-            state.epoch = int(mb.pop("epoch"))
+            if item is None:
+                raise RuntimeError(f"rank {rank}: the training data ran out at step {state.step} of "
+                                   f"{run.total_steps} (epoch {state.epoch}, micro-batch {state.microbatches})")
+            epoch, mb = item
+            if epoch != state.epoch:
+                state.epoch, state.microbatches = epoch, 0
             window["tokens"] += int(mb.pop("n_tokens"))
             state.microbatches += 1
             loss, _ = objective.loss(engine.module, mb, gen)
