@@ -151,28 +151,30 @@ def main(argv=None) -> int:
     def cfg(**extra):
         return load_config([], [f"{k}={v}" for k, v in {**base, **extra}.items()])
 
-    plain = plain_loop(cfg(), steps, args.threads)
     ray.init(num_cpus=None if args.gpu else 2, include_dashboard=False, _node_ip_address="127.0.0.1",
              log_to_driver=False)
-    arms = [("ray-1w (no DeepSpeed)", dict(**{"deepspeed.enabled": False})),
-            ("zero0 (1 worker)", {"deepspeed.zero_stage": 0})]
+    arms = [("ray-1w (no DeepSpeed)", {"deepspeed.enabled": False}), ("zero0 (1 worker)", {"deepspeed.zero_stage": 0})]
     if args.gpu:
         arms.append(("zero2 (1 worker)", {"deepspeed.zero_stage": 2}))
     else:
         arms.append(("zero2 (2 workers)", {"deepspeed.zero_stage": 2, "ray.num_workers": 2,
                                            "ray.cpus_per_worker": 0.5}))
-    results = [(name, *mdm_run(cfg(**extra), f"arm{i}")) for i, (name, extra) in enumerate(arms)]
-    # the plain loop again, after the Ray arms, to show the machine's drift over the run
-    plain_after = plain_loop(cfg(), steps, args.threads)
+    # The plain loop runs before each arm and once after the last; each arm is compared with the mean of the
+    # plain runs on either side of it, so drift in the machine's load shows up instead of skewing ratios.
+    plains = [plain_loop(cfg(), steps, args.threads)]
+    results = []
+    for i, (name, extra) in enumerate(arms):
+        results.append((name, *mdm_run(cfg(**extra), f"arm{i}")))
+        plains.append(plain_loop(cfg(), steps, args.threads))
     ray.shutdown()
 
-    ref = (plain + plain_after) / 2
     print(f"\ntrain overhead, {'GPU bf16 1.34B' if args.gpu else 'CPU tiny'}: {steps} steps, batch "
           f"{base['train.batch_size_per_gpu']}, torch threads {args.threads}")
-    print(f"{'arm':<24}{'tokens/s':>12}{'x plain':>10}{'data wait':>11}")
-    print(f"{'plain (before/after)':<24}{plain:>12.0f}{plain / ref:>10.2f}{'-':>11}   after: {plain_after:.0f}")
-    for name, tps, wait in results:
-        print(f"{name:<24}{tps:>12.0f}{tps / ref:>10.2f}{wait:>10.1%}")
+    print("plain loop tokens/s, before each arm and after the last: " + ", ".join(f"{p:.0f}" for p in plains))
+    print(f"{'arm':<24}{'tokens/s':>12}{'plain around':>14}{'x plain':>10}{'data wait':>11}")
+    for i, (name, tps, wait) in enumerate(results):
+        ref = (plains[i] + plains[i + 1]) / 2
+        print(f"{name:<24}{tps:>12.0f}{ref:>14.0f}{tps / ref:>10.2f}{wait:>10.1%}")
     return 0
 
 
