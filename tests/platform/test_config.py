@@ -146,6 +146,16 @@ def test_seed_style_base_and_task_overlay_load(tmp_path):
     assert (t.grad_accum, t.lr, t.max_len, t.seed, t.model) == (8, 1e-5, 2048, 1234, "GSAI-ML/LLaDA-8B-Instruct")
 
 
+def test_yaml_no_is_the_choice_no(tmp_path):
+    # YAML 1.1 reads a bare `no` as false; a choice field that offers "no" takes it as that word.
+    f = write(tmp_path, "seed.yaml", "train: {eval_strategy: no, save_strategy: no}\n")
+    cfg = load_config([f], ["train.save_strategy=no"])
+    assert (cfg.train.eval_strategy, cfg.train.save_strategy) == ("no", "no")
+    assert load_config([write(tmp_path, "d.yaml", dump_config(cfg))]) == cfg
+    with pytest.raises(ConfigError, match="bad value 'True' for train.eval_strategy"):
+        load_config([], ["train.eval_strategy=yes"])
+
+
 def test_with_overrides_validates_like_set():
     cfg = load_config([])
     out = with_overrides(cfg, {"train.lr": 3e-4, "train.train_mode": "MIRROR"})

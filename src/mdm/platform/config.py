@@ -165,6 +165,9 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: node}
 
 
+_YAML_BOOLS = {"False": ("no", "off", "false"), "True": ("yes", "on", "true")}
+
+
 def _check_choices(obj: Any, prefix: str, origin: dict[str, str]) -> None:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
@@ -172,6 +175,10 @@ def _check_choices(obj: Any, prefix: str, origin: dict[str, str]) -> None:
         where = origin.get(key, "default")
         if dataclasses.is_dataclass(value):
             _check_choices(value, key, origin)
+        elif "choices" in f.metadata and str(value) in _YAML_BOOLS and value not in f.metadata["choices"] and any(
+                c in f.metadata["choices"] for c in _YAML_BOOLS[str(value)]):
+            # YAML 1.1 reads `eval_strategy: no` as false; the seed's files say exactly that.
+            setattr(obj, f.name, next(c for c in _YAML_BOOLS[str(value)] if c in f.metadata["choices"]))
         elif "choices" in f.metadata and value not in f.metadata["choices"]:
             valid = [str(c) for c in f.metadata["choices"]]
             raise ConfigError(f"bad value {value!r} for {key} (from {where}){_suggest(str(value), valid)}"
