@@ -82,7 +82,7 @@ def build_model(model_cfg: Any, name_or_path: str = "tiny", tokenizer: Any = Non
         if model_type == "llada":  # our registration, never the checkpoint's remote code
             model = LLaDAModelLM.from_pretrained(name_or_path, dtype=dtype)
         elif model_cfg.trust_remote_code:
-            model = AutoModel.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=True)
+            model = AutoModel.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code)
         else:
             raise ValueError(f"{name_or_path}: model_type {model_type!r} is not LLaDA; set "
                              "model.trust_remote_code=true to load it with its own code (only if you trust it)")
