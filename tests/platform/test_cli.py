@@ -28,6 +28,22 @@ def test_mdm_config_equals_train_dump():
     assert a == b
 
 
+def test_every_entry_point_dumps_the_same_config_and_runs_nothing(tmp_path, capsys):
+    """`--dump_config` on tune, infer and generate prints what `mdm config` prints and starts no work."""
+    from mdm.engines.llada_plus import generate_cli
+    from mdm.platform import batch_infer, cli, tune
+
+    flags = ["--set", "train.lr=3e-5", "--set", "sampler.steps=8", "--dump_config"]
+    assert cli.main(["config", *flags[:-1]]) == 0
+    want = capsys.readouterr().out
+    missing = str(tmp_path / "absent")  # a run would fail on these paths; a dump never opens them
+    for main, extra in ((tune.main, ["--sweep", missing + ".yaml"]), (batch_infer.main, ["--model", missing]),
+                        (generate_cli.main, ["--model", missing, "--prompt", "hi"]), (cli.main, None)):
+        argv = ["train", *flags] if extra is None else [*extra, *flags]
+        assert main(argv) == 0
+        assert capsys.readouterr().out == want
+
+
 def test_help_and_list():
     out = run("-m", "mdm", "--help").stdout
     for cmd in ("train", "tune", "infer", "score", "preprocess", "list", "config"):

@@ -289,7 +289,7 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
 # ----------------------------------------------------------------------------- CLI
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from mdm.platform.config import ConfigError, add_config_args, config_from_args, dump_config
+    from mdm.platform.config import ConfigError, add_config_args, config_or_dump
 
     p = argparse.ArgumentParser(prog="mdm infer", description=__doc__.split("\n")[0])
     p.add_argument("--task", help="task name (`mdm list tasks`); default eval.task")
@@ -302,9 +302,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     add_config_args(p)
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        cfg = config_from_args(args)
-        if args.dump_config:
-            sys.stdout.write(dump_config(cfg))
+        cfg = config_or_dump(args)
+        if cfg is None:
             return 0
         run_inference(cfg, model=args.model, task=args.task, out=args.out, split=args.split, limit=args.limit,
                       sampler=args.sampler, prompts=args.prompts)

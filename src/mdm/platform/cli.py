@@ -15,7 +15,7 @@ import importlib
 import sys
 from typing import Callable, Optional, Sequence
 
-from mdm.platform.config import ConfigError, add_config_args, config_from_args, dump_config
+from mdm.platform.config import ConfigError, add_config_args, config_from_args, config_or_dump, dump_config
 from mdm.platform.registry import KINDS, UnknownNameError, get_registry, load_builtins
 
 # subcommand -> (owning module, help). The module's `main(argv) -> int` parses its own arguments.
@@ -32,9 +32,8 @@ def _train(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="mdm train", description="Train on Ray (embedded or cluster).")
     add_config_args(parser)
     args = parser.parse_args(argv)
-    cfg = config_from_args(args)
-    if args.dump_config:
-        sys.stdout.write(dump_config(cfg))
+    cfg = config_or_dump(args)
+    if cfg is None:
         return 0
     return _delegate("mdm.platform.trainer", "train", cfg)
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, List
+from typing import Any, Iterable, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -283,4 +284,17 @@ def add_config_args(parser: Any) -> None:
 
 def config_from_args(args: Any) -> Any:
     return load_config(args.config, args.overrides, args.auto_import)
+
+
+def config_or_dump(args: Any) -> Optional[Any]:
+    """The merged config of `add_config_args` flags, or None after printing it when `--dump_config` was given.
+
+    Every entry point (`mdm train|tune|infer|generate`) starts with `cfg = config_or_dump(args)` and returns 0
+    when it is None, so `--dump_config` means the same everywhere: merge, validate, print, run nothing.
+    """
+    cfg = config_from_args(args)
+    if args.dump_config:
+        sys.stdout.write(dump_config(cfg))
+        return None
+    return cfg
 

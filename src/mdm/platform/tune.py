@@ -279,16 +279,15 @@ def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any], *, callbacks: Seq
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """`mdm tune`: 0 when at least one trial finished; 2 on a config/sweep mistake; 1 when all trials failed."""
-    from mdm.platform.config import add_config_args, config_from_args
+    from mdm.platform.config import add_config_args, config_or_dump
 
     parser = argparse.ArgumentParser(prog="mdm tune", description="Run a Ray Tune sweep over the trainer.")
     add_config_args(parser)
     parser.add_argument("--sweep", required=True, metavar="YAML", help="search space in dotted keys")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        cfg = config_from_args(args)
-        if args.dump_config:
-            sys.stdout.write(dump_config(cfg))
+        cfg = config_or_dump(args)
+        if cfg is None:
             return 0
         res = run_sweep(cfg, args.sweep)
     except (SweepError, ConfigError, ValueError, FileNotFoundError) as e:

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from mdm.platform.config import add_config_args, config_from_args, dump_config
+from mdm.platform.config import add_config_args, config_or_dump
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -32,9 +32,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON lines {prompt, text}")
     add_config_args(parser)
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    cfg = config_from_args(args)
-    if args.dump_config:
-        sys.stdout.write(dump_config(cfg))
+    cfg = config_or_dump(args)
+    if cfg is None:
         return 0
     if not os.path.isdir(args.model):
         print(f"mdm generate: error: --model {args.model}: not a directory", file=sys.stderr)
