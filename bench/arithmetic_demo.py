@@ -45,10 +45,12 @@ def main() -> int:
     print(f"  accuracy   llada {llada['accuracy']:.3f}   fast {fast['accuracy']:.3f}   "
           f"fast - llada {100 * (fast['accuracy'] - llada['accuracy']):+.1f} points")
     print(f"  eval time  llada {llada['eval_s']:.1f}s   fast {fast['eval_s']:.1f}s   "
-          f"speed-up x{llada['eval_s'] / max(fast['eval_s'], 1e-9):.2f}   NFE ratio x{llada['nfe'] / max(fast['nfe'], 1):.2f}")
+          f"speed-up x{llada['eval_s'] / max(fast['eval_s'], 1e-9):.2f}   "
+          f"NFE ratio x{llada['nfe'] / max(fast['nfe'], 1):.2f}")
     print(f"  wall       {wall:.0f}s (train {s['train_s']:.0f}s) = {wall / BUDGET_S:.2f} x the {BUDGET_S:.0f}s budget; "
           f"CPU {s['cpu_s']:.0f}s")
-    ok = llada["accuracy"] >= 0.9 and abs(fast["accuracy"] - llada["accuracy"]) <= 0.01 and wall <= BUDGET_S
+    gap = round(100 * abs(fast["accuracy"] - llada["accuracy"]), 6)  # points; rounding: 0.965 - 0.955 is 1
+    ok = llada["accuracy"] >= 0.9 and gap <= 1 and wall <= BUDGET_S
     print(f"  goal (llada >= 0.90, |fast - llada| <= 1 point, wall <= {BUDGET_S:.0f}s): {'met' if ok else 'NOT met'}")
     return 0
 
