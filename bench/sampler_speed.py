@@ -7,6 +7,10 @@ batched with a threshold. Prints tokens/s, forward passes and ratios to (a).
 The model is a seeded random LLaDA whose output head is scaled so predictions are confident (as a trained
 model's are; random logits alone make threshold decoding meaningless) and whose [MASK] row is zeroed, as in
 the reference fixture. The median top-1 probability on masked positions is printed as a check.
+
+Last, the batching ceiling: the same block-logits forwards (i) one sequence at a time, (ii) in padded batches.
+(b) runs exactly (a)'s forwards, only batched, so (ii)/(i) bounds what batching the exact sampler can gain on
+the device. Measured on an idle 2-core CPU (2 threads, --n_single 8): ceiling 1.3x, (b) 1.2x, (c) 8.3x.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import torch
 
 from mdm.engines.llada_plus.config import SamplerConfig
 from mdm.engines.llada_plus.model import LLaDAConfig, LLaDAModelLM, llada_8b_config
-from mdm.engines.llada_plus.sampler import sample_llada
+from mdm.engines.llada_plus.sampler import logits_for, sample_llada
+from mdm.engines.llada_plus.sampler_batch import SampleBatch
 from mdm.engines.llada_plus.sampler_fast import sample_fast
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -68,6 +73,27 @@ class Meter:
         self.wall += time.perf_counter() - t0
         self.cpu += time.process_time() - c0
         self.n += len(prompts)
+
+
+@torch.no_grad()
+def forward_ceiling(model: LLaDAModelLM, chunks: list, args: argparse.Namespace, reps: int = 3) -> tuple:
+    """CPU and wall seconds per sequence of one sampler-style forward (logits over one block) for each chunk's
+    prompts + masks, (i) one sequence at a time, (ii) the chunk as one padded batch. Their ratio is the most any
+    exact sampler can gain from batching on this device: (b) runs the same forwards, only batched."""
+    c, out = model.config, []
+    for batched in (False, True):
+        t0, c0, n = time.perf_counter(), time.process_time(), 0
+        for _ in range(reps):
+            for chunk in chunks:
+                for group in ([chunk] if batched else [[p] for p in chunk]):
+                    b = SampleBatch.build(group, args.gen_length, c.mask_token_id, c.eos_token_id, args.device)
+                    s = b.gen_start
+                    logits_for(model, b.x, slice(s, s + args.block_length), attention_mask=b.attention_mask,
+                               position_ids=b.position_ids)
+                    n += len(group)
+        sync(args.device)
+        out.append(((time.perf_counter() - t0) / n, (time.process_time() - c0) / n))
+    return out[0], out[1]
 
 
 def main() -> None:
@@ -137,6 +163,11 @@ def main() -> None:
         base = base or (tps, ctps)
         print(f"{m.name:58s} {tps:9.1f} {tps / base[0]:5.1f}x {ctps:9.1f} {ctps / base[1]:5.1f}x {m.nfe:8d} "
               f"{m.nfe * m.batch / m.n:10.1f} {m.wall / m.nfe:9.4f}", flush=True)
+    one, batched = forward_ceiling(model, chunks, args)
+    print(f"batching ceiling: one forward per sequence {one[0] * 1e3:.1f} ms wall / {one[1] * 1e3:.1f} ms CPU alone, "
+          f"{batched[0] * 1e3:.1f} / {batched[1] * 1e3:.1f} ms in batches of {args.batch_size}: "
+          f"{one[0] / batched[0]:.1f}x wall, {one[1] / batched[1]:.1f}x CPU is the most (b) can gain over (a) here",
+          flush=True)
 
 if __name__ == "__main__":
     main()
