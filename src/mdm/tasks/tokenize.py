@@ -18,11 +18,11 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from mdm.platform.prompts import PLAIN_SEPARATOR, encode_prompt, has_chat_template, render_prompt  # noqa: F401
+
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 MASK_TOKEN = "<|mdm_mask|>"  # LLaDA's mask token spelling
-PLAIN_SEPARATOR = "\n"
-
 # A minimal chat template in LLaDA's layout, for testing and for tiny runs that want one.
 SIMPLE_CHAT_TEMPLATE = (
     "{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
@@ -41,25 +41,6 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
     except (OSError, ValueError) as e:
         where = "local directory" if os.path.isdir(name_or_path) else "hub id (or path)"
         raise OSError(f"cannot load tokenizer from {where} {name_or_path!r}: {e}") from e
-
-
-def has_chat_template(tokenizer: Any) -> bool:
-    """True when the tokenizer carries a chat template."""
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def render_prompt(tokenizer: Any, prompt: str) -> str:
-    """The prompt as text: the chat template over one user turn with the generation prompt, or
-    `prompt + "\\n"` when the tokenizer has no template."""
-    if has_chat_template(tokenizer):
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-    return prompt + PLAIN_SEPARATOR
-
-
-def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
-    """Token ids of `render_prompt(tokenizer, prompt)` (special tokens come from the template text only)."""
-    return list(tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"])
 
 
 def eos_id(tokenizer: Any) -> int:

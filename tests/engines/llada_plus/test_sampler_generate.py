@@ -72,3 +72,21 @@ def test_generate_applies_the_chat_template(saved: tuple) -> None:
     got = [generate(model, templated, cfg, "t5 t6")[0],
            generate(model, templated, cfg, "t5 t6", chat_template=False)[0]]
     assert got == [" ".join(f"t{i}" for i in ids) for ids in want]
+
+
+def test_generate_lays_out_plain_prompts_as_training_does(saved: tuple) -> None:
+    """Without a chat template training sees `prompt + "\\n"` (mdm.platform.prompts); generate must too."""
+    from mdm.platform.prompts import encode_prompt
+
+    _, model, _ = saved
+    vocab = {f"t{i}": i for i in range(253)} | {"\n": 253, "<eos>": 254, "<mask>": 255}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(" ", "removed"),
+                                                 pre_tokenizers.Split("\n", "isolated")])
+    plain = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", mask_token="<mask>")
+    assert encode_prompt(plain, "t5 t6") == [5, 6, 253]
+    cfg = SamplerConfig(**CFG)
+    want = generate(model, [[5, 6, 253], [5, 6]], cfg)
+    got = [generate(model, plain, cfg, "t5 t6")[0], generate(model, plain, cfg, "t5 t6", chat_template=False)[0]]
+    assert want[0] != want[1]  # the newline changes what this model generates, so the check can fail
+    assert got == [" ".join(f"t{i}" for i in ids) for ids in want]

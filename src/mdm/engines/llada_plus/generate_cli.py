@@ -4,8 +4,9 @@
         --set sampler.name=fast --set sampler.threshold=0.9 [--config sampler.yaml] [--seed 0] [--device cuda]
 
 The model directory holds `config.json` + safetensors and a tokenizer (`save_pretrained` of both). Prompts
-go through the tokenizer's chat template when it has one (`--no_chat_template` to send them raw). Prints
-one generated text per prompt (`--json`: one JSON object per line with prompt and text).
+are laid out as training laid them out: the tokenizer's chat template when it has one, else the text and a
+newline (`--no_chat_template` sends them raw). Prints one generated text per prompt (`--json`: one JSON
+object per line with prompt and text).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable)")
     parser.add_argument("--seed", type=int, default=0, help="seed for temperature > 0 / random remasking")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
-    parser.add_argument("--no_chat_template", action="store_true", help="do not wrap prompts in the chat template")
+    parser.add_argument("--no_chat_template", action="store_true", help="send prompts raw: no chat template, no newline")
     parser.add_argument("--json", action="store_true", help="print JSON lines {prompt, text}")
     add_config_args(parser)
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))

@@ -24,6 +24,7 @@ import torch
 from mdm.engines.llada_plus.sampler_batch import SampleBatch, row_generators
 from mdm.engines.llada_plus.sampler_step import commit_step
 from mdm.engines.llada_plus.schedule import check_schedule, transfer_counts
+from mdm.platform.prompts import encode_prompt
 from mdm.platform.registry import get_registry
 
 
@@ -138,8 +139,9 @@ def generate(model: torch.nn.Module, tokenizer_or_ids: Any, sampler_cfg: Any,
     """Sample with the sampler named by `sampler_cfg.name`, `sampler_cfg.batch_size` prompts per call.
 
     `tokenizer_or_ids`: a list of prompt id lists -> returns the generated ids (gen_length each); or a
-    tokenizer, with `prompts` as text (through its chat template when it has one and chat_template) ->
-    returns the generated texts, cut at the first end token. Mask/EOS ids come from `model.config`."""
+    tokenizer, with `prompts` as text laid out as training lays them out (`mdm.platform.prompts`: the chat
+    template when it has one, else text + newline; `chat_template=False`: the raw text) -> returns the
+    generated texts, cut at the first end token. Mask/EOS ids come from `model.config`."""
     sample = get_registry("samplers").get(sampler_cfg.name)
     mask_id = getattr(model.config, "mask_token_id", None)
     if mask_id is None:
@@ -175,11 +177,11 @@ def generate(model: torch.nn.Module, tokenizer_or_ids: Any, sampler_cfg: Any,
 
 
 def _encode(tokenizer: Any, text: str, chat_template: bool) -> list[int]:
-    if chat_template and getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                            tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    """Prompt ids as training laid them out (`mdm.platform.prompts`: chat template, or text + newline);
+    `chat_template=False` sends the text raw."""
+    if chat_template:
+        return encode_prompt(tokenizer, text)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 get_registry("samplers").register("llada", sample_llada)
