@@ -15,7 +15,11 @@ prompt encoding and scoring.
 
 Each response is padded with EOS to exactly `sampler.gen_length` tokens, as LLaDA's SFT does: the model
 learns to fill the whole answer window (answer, then EOS), which is what the samplers ask of it.
-Writes `<out>/summary.json` and `<out>/predictions_<sampler>.jsonl`; prints the summary.
+Writes `<out>/summary.json`, `<out>/predictions_<sampler>.jsonl` and the trained model with its tokenizer in
+`<out>/model` (`save_pretrained`), which the platform's tools load like any other checkpoint:
+
+    mdm generate --model outputs/arithmetic/model --config experiments/configs/arithmetic.yaml \\
+        --prompt "What is 7 plus 5?"
 """
 
 from __future__ import annotations
@@ -189,6 +193,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t_train = time.time()
     last = train(model, train_rows, cfg, pad_id=tok.pad_token_id)
     train_s = time.time() - t_train
+    model.save_pretrained(out / "model")  # config.json + safetensors: `mdm generate` / `mdm infer --model`
+    tok.save_pretrained(out / "model")
 
     results: dict[str, Any] = {}
     for name in [s for s in args.samplers.split(",") if s]:

@@ -59,3 +59,13 @@ def test_reduced_budget_run_learns_arithmetic(tmp_path: Path) -> None:
             gold, pred = ANSWER.match(r["gold_raw"]), ANSWER.match(r["prediction"].strip())
             same_op += pred is not None and pred.group(2) == gold.group(2)
         assert same_op / len(rows) >= 0.9, f"{name}: only {same_op}% well-formed with the right operator"
+
+    # the saved model and tokenizer reload through `mdm generate` and answer as the demo's own evaluation did
+    rows = [json.loads(line) for line in (out / "predictions_llada.jsonl").read_text().splitlines()][:4]
+    prompts = [a for r in rows for a in ("--prompt", r["prompt"])]
+    gen = subprocess.run([sys.executable, "-m", "mdm", "generate", "--model", str(out / "model"), "--json",
+                          "--config", str(REPO / "experiments" / "configs" / "arithmetic.yaml"), *prompts],
+                         capture_output=True, text=True, timeout=300)
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    got = [json.loads(line) for line in gen.stdout.splitlines()]
+    assert [(g["prompt"], g["text"]) for g in got] == [(r["prompt"], r["prediction"]) for r in rows]
