@@ -29,7 +29,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable)")
     parser.add_argument("--seed", type=int, default=0, help="seed for temperature > 0 / random remasking")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
-    parser.add_argument("--no_chat_template", action="store_true", help="send prompts raw: no chat template, no newline")
+    parser.add_argument("--no_chat_template", action="store_true", help="send prompts raw (no template, no newline)")
     parser.add_argument("--json", action="store_true", help="print JSON lines {prompt, text}")
     add_config_args(parser)
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
