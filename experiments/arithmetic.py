@@ -175,10 +175,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     n_test = args.n_test or BUDGET_TEST_SIZE[args.budget]
     ops = tuple(args.ops.split(","))
-    n_train = args.n_train
-    if n_train is None:  # everything the held-out split leaves
-        n_train = Arithmetic(n_train=0, n_test=0, max_operand=args.max_operand, ops=ops).space_size() - n_test
-    task = Arithmetic(seed=cfg.train.seed, n_train=n_train, n_test=n_test, max_operand=args.max_operand, ops=ops)
+    task = Arithmetic(seed=cfg.train.seed, n_train=args.n_train, n_test=n_test, max_operand=args.max_operand,
+                      ops=ops)
 
     texts = [f"{ex.prompt}\n{ex.response}" for ex in task.examples("train")]
     tok = load_tokenizer(train_bpe(texts, str(out / "tokenizer"), vocab_size=320))

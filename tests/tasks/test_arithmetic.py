@@ -34,6 +34,14 @@ def test_no_overlap_and_sizes(kw):
     assert not {q for q, _ in train} & {q for q, _ in test}
 
 
+def test_n_train_none_takes_every_problem_not_held_out():
+    task = Arithmetic(max_operand=4, n_train=None, n_test=30)  # 4 phrasings x (25 sums + 15 differences)
+    train, test = _problems(task, "train"), _problems(task, "test")
+    assert task.n_train == len(train) == 160 - 30 and len(test) == 30
+    assert len(set(train) | set(test)) == 160  # together: the whole space, each problem once
+    assert test == _problems(Arithmetic(max_operand=4, n_train=5, n_test=30), "test")  # held-out split unchanged
+
+
 def test_answers_correct_and_gsm8k_style():
     task = Arithmetic(max_operand=30, ops=("+", "-", "*"), n_train=1000, n_test=300)
     for q, ans in itertools.chain(_problems(task, "train"), _problems(task, "test")):

@@ -189,11 +189,17 @@ class Ingest:
 EPOCH_SHUFFLE_BUFFER = 32  # micro-batches
 
 
+def shard_batches(shard: Any, prefetch: int = 4, shuffle_seed: Optional[int] = None) -> Any:
+    """A worker's shard as [B, L] micro-batch tensors, in stream order or, with `shuffle_seed`, locally shuffled."""
+    shuffle = {} if shuffle_seed is None else {"local_shuffle_buffer_size": EPOCH_SHUFFLE_BUFFER,
+                                               "local_shuffle_seed": shuffle_seed}
+    return shard.iter_torch_batches(batch_size=1, collate_fn=MicroBatchCollate(), prefetch_batches=prefetch,
+                                    **shuffle)
+
+
 def epoch_batches(shard: Any, epoch: int, seed: int, prefetch: int = 4) -> Any:
     """One epoch of a worker's shard as [B, L] tensors, micro-batch order shuffled by (seed, epoch)."""
-    return shard.iter_torch_batches(batch_size=1, collate_fn=MicroBatchCollate(), prefetch_batches=prefetch,
-                                    local_shuffle_buffer_size=EPOCH_SHUFFLE_BUFFER,
-                                    local_shuffle_seed=seed * 1000 + epoch)
+    return shard_batches(shard, prefetch, shuffle_seed=seed * 1000 + epoch)
 
 
 def _read(paths: list[str], parse: Any) -> Any:

@@ -54,18 +54,16 @@ class _Shard:
     def __init__(self, name: str, device: torch.device, prefetch: int = 4) -> None:
         import ray.train
 
-        from mdm.platform.ingest import MicroBatchCollate
-
-        self.it, self.device, self.prefetch, self.collate = ray.train.get_dataset_shard(name), device, prefetch, \
-            MicroBatchCollate()
+        self.it, self.device, self.prefetch = ray.train.get_dataset_shard(name), device, prefetch
 
     def _to_device(self, batches: Any) -> Iterator[dict[str, torch.Tensor]]:
         for mb in batches:
             yield {k: v.to(self.device, non_blocking=True) for k, v in mb.items()}
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        return self._to_device(self.it.iter_torch_batches(batch_size=1, collate_fn=self.collate,
-                                                          prefetch_batches=self.prefetch))
+        from mdm.platform.ingest import shard_batches
+
+        return self._to_device(shard_batches(self.it, self.prefetch))
 
     def epochs(self, start_epoch: int, skip: int, epochs: int, seed: int) -> Iterator[tuple[int, dict]]:
         """(epoch, micro-batch) from `start_epoch` on, skipping the first `skip` micro-batches of it."""

@@ -6,9 +6,9 @@
 
 Problems are (template, operation, a, b) tuples drawn without replacement from the whole problem space
 (`space_size()`): the test split is drawn first from `Random(seed)`, then the train split from the rest,
-so the two never share a problem and the test split does not change when `n_train` does. Subtraction keeps
-a >= b and multiplication caps operands at 12, so answers are small non-negative integers. Responses use
-the GSM8K style (`#### N`), so extraction and scoring are GSM8K's. No data_dir and no network needed.
+so the two never share a problem and the test split does not change when `n_train` does (`n_train=None`:
+every problem the test split leaves). Subtraction keeps a >= b and multiplication caps operands at 12, so
+answers are small non-negative integers. Responses use the GSM8K style (`#### N`), so extraction and scoring are GSM8K's. No data_dir and no network needed.
 """
 
 from __future__ import annotations
@@ -35,19 +35,21 @@ class Arithmetic(GSM8K):
     name = "arithmetic"
     splits = ("train", "test")
 
-    def __init__(self, data_dir: Optional[str] = None, seed: int = 0, n_train: int = 2000, n_test: int = 200,
+    def __init__(self, data_dir: Optional[str] = None, seed: int = 0, n_train: Optional[int] = 2000, n_test: int = 200,
                  max_operand: int = 20, ops: Sequence[str] = ("+", "-")) -> None:
         super().__init__(data_dir=None, keep_calculator=True)
         del data_dir  # generated: a data_dir has nothing to offer
         bad = [o for o in ops if o not in TEMPLATES]
         if bad or not ops:
             raise ValueError(f"arithmetic ops must be a non-empty subset of {list(TEMPLATES)}, got {list(ops)}")
-        if max_operand < 1 or n_train < 0 or n_test < 0:
+        if max_operand < 1 or (n_train is not None and n_train < 0) or n_test < 0:
             raise ValueError("arithmetic needs max_operand >= 1 and n_train, n_test >= 0")
-        self.seed, self.n_train, self.n_test = seed, n_train, n_test
         self.max_operand, self.ops = max_operand, tuple(ops)
         self._facts = [(op, self._fact_count(op)) for op in self.ops]
         self._n_templates = len(TEMPLATES["+"])
+        if n_train is None:  # every problem the held-out split leaves
+            n_train = max(0, self.space_size() - n_test)
+        self.seed, self.n_train, self.n_test = seed, n_train, n_test
         if n_train + n_test > self.space_size():
             raise ValueError(f"arithmetic: n_train + n_test = {n_train + n_test} exceeds the {self.space_size()} "
                              f"distinct problems of max_operand={max_operand}, ops={list(ops)}; raise max_operand")
