@@ -13,6 +13,7 @@ same single thread so the ratio isolates the pipeline (a second line: the baseli
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -47,6 +48,7 @@ def direct(model_dir: str, cfg, rows: int, batch_size: int, threads: int) -> tup
     import torch
     from transformers import AutoTokenizer
 
+    from mdm.platform.infer.generation import generate
     from mdm.platform.registry import get_registry
 
     torch.set_num_threads(threads)
@@ -55,14 +57,13 @@ def direct(model_dir: str, cfg, rows: int, batch_size: int, threads: int) -> tup
     model = get_registry("engines").get("llada_plus").build_model(cfg.model, model_dir, tok).eval()
     load_s = time.perf_counter() - t0
     task = get_registry("tasks").get("arithmetic")()
-    prompts = [task.encode_prompt(tok, ex.prompt) for ex in task.examples("test", rows)]
-    sample = get_registry("samplers").get(cfg.sampler.name)
+    prompts = task.encode_prompts(tok, [ex.prompt for ex in task.examples("test", rows)])
+    one_call = dataclasses.replace(cfg.sampler, batch_size=batch_size)
     t1 = time.perf_counter()
     with torch.inference_mode():
-        for i in range(0, rows, batch_size):
+        for i in range(0, rows, batch_size):  # as the actors do: one generate call per batch of rows
             gen = torch.Generator().manual_seed(cfg.eval.seed + i)
-            sample(model, prompts[i:i + batch_size], cfg.sampler, mask_id=model.config.mask_token_id,
-                   eos_id=model.config.eos_token_id, generator=gen)
+            generate(model, "llada_plus", one_call, prompts[i:i + batch_size], tokenizer=tok, generator=gen)
     return load_s, time.perf_counter() - t1
 
 
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
 
     import ray
 
-    from mdm.platform.batch_infer import run_inference
+    from mdm.platform.infer.batch import run_inference
     from mdm.platform.config import load_config
 
     work = tempfile.mkdtemp(prefix="mdm_bench_infer_")

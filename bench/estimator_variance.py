@@ -42,7 +42,7 @@ from mdm.engines.llada_plus.objective import build_objective  # noqa: E402
 from mdm.engines.llada_plus.time_sampling import fit_density  # noqa: E402
 from mdm.platform.registry import get_registry  # noqa: E402
 from mdm.tasks.data import collate  # noqa: E402
-from mdm.tasks.tokenize import encode_batch, train_bpe  # noqa: E402
+from mdm.tasks.tokenize import train_bpe  # noqa: E402
 
 
 def load_rows(task_name: str, data_dir: str | None, n: int, tok_dir: str, vocab: int) -> tuple[list, object]:
@@ -53,7 +53,7 @@ def load_rows(task_name: str, data_dir: str | None, n: int, tok_dir: str, vocab:
     examples = [task.to_example(raw, i) for i, raw in zip(range(n), task.load_split("train"))]
     texts = [e.prompt + " " + e.response for e in examples]
     tokenizer = AutoTokenizer.from_pretrained(train_bpe(texts, tok_dir, vocab_size=vocab))
-    encoded = encode_batch(tokenizer, [e.prompt for e in examples], [e.response for e in examples])
+    encoded = task.encode_examples(tokenizer, examples)
     return [{"input_ids": ids, "prompt_length": pl} for ids, pl in encoded], tokenizer
 
 

@@ -16,15 +16,16 @@ the device. Measured on an idle 2-core CPU (2 threads, --n_single 8): ceiling 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
 
 from mdm.engines.llada_plus.config import SamplerConfig
 from mdm.engines.llada_plus.model import LLaDAConfig, LLaDAModelLM, llada_8b_config
-from mdm.engines.llada_plus.sampler import logits_for, sample_llada
+from mdm.engines.llada_plus.sampler import logits_for
 from mdm.engines.llada_plus.sampler_batch import SampleBatch
-from mdm.engines.llada_plus.sampler_fast import sample_fast
+from mdm.platform.infer.generation import generate
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -124,7 +125,10 @@ def main() -> None:
     base = dict(gen_length=args.gen_length, block_length=args.block_length, steps=steps)
     llada_cfg = SamplerConfig(name="llada", **base)
     fast_cfg = SamplerConfig(name="fast", cache="dual", threshold=args.threshold, **base)
-    kw = dict(mask_id=c.mask_token_id, eos_id=c.eos_token_id)
+
+    def sampler(cfg: SamplerConfig, batch: int):  # the one generation path, `batch` prompts per sampler call
+        one_call = dataclasses.replace(cfg, batch_size=batch)
+        return lambda b: generate(model, "llada_plus", one_call, b)
 
     with torch.no_grad():  # confidence check on one prompt + masks
         x = torch.tensor([prompts[0] + [c.mask_token_id] * args.gen_length], device=args.device)
@@ -134,16 +138,15 @@ def main() -> None:
           f"prompts={args.n_prompts} len={args.prompt_len} gen={args.gen_length} block={args.block_length} "
           f"steps={steps} threshold={args.threshold} median top-1 prob={p.median().item():.3f} "
           f"threads={torch.get_num_threads()}", flush=True)
-    sample_fast(model, prompts[:2], fast_cfg, **kw)  # warm-up (allocator, kernels)
+    sampler(fast_cfg, 2)(prompts[:2])  # warm-up (allocator, kernels)
 
     meters = [
-        Meter("(a) llada, one prompt at a time", lambda b: sample_llada(model, b, llada_cfg, **kw), 1),
-        Meter(f"(b) llada, batched at {args.batch_size}", lambda b: sample_llada(model, b, llada_cfg, **kw),
-              args.batch_size),
+        Meter("(a) llada, one prompt at a time", sampler(llada_cfg, 1), 1),
+        Meter(f"(b) llada, batched at {args.batch_size}", sampler(llada_cfg, args.batch_size), args.batch_size),
         Meter(f"(c) fast dual cache, batched at {args.batch_size}, threshold {args.threshold}",
-              lambda b: sample_fast(model, b, fast_cfg, **kw), args.batch_size),
+              sampler(fast_cfg, args.batch_size), args.batch_size),
     ]
-    # Batches group similar prompt lengths (as `generate` does). The settings take turns chunk by chunk, so a
+    # Batches group similar prompt lengths (as `generate` does too). The settings take turns chunk by chunk, so a
     # shared machine's changing load hits them alike; (a) times an even share of --n_single prompts per chunk.
     order = sorted(prompts, key=len)
     chunks = [order[i:i + args.batch_size] for i in range(0, len(order), args.batch_size)]

@@ -62,7 +62,7 @@ def plain_loop(cfg, steps: int, threads: int) -> float:
     import torch
     from transformers import AutoTokenizer
 
-    from mdm.platform.ds_setup import make_scheduler
+    from mdm.platform.train.lr_schedule import build_lr_scheduler
     from mdm.platform.registry import get_registry
     from mdm.tasks.data import collate, read_processed
 
@@ -75,7 +75,7 @@ def plain_loop(cfg, steps: int, threads: int) -> float:
     model = spec.build_model(cfg.model, "tiny", tok).to(device)  # fp32 weights; bf16 autocast on GPU
     objective = spec.build_objective(cfg.train)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, fused=gpu or None)
-    sched = make_scheduler(opt, cfg.train, steps)
+    sched = build_lr_scheduler(opt, cfg.train, steps)
     rows = list(read_processed(cfg.train.train_data_path))
     bs = cfg.train.batch_size_per_gpu
     batches = [{k: torch.from_numpy(v) for k, v in collate(rows[i:i + bs], pad_id=tok.pad_token_id,
@@ -106,7 +106,7 @@ def mdm_run(cfg, name: str) -> tuple[float, float]:
     """(steady tokens/s, data-wait fraction) of one mdm run, read back from its MLflow history."""
     from mlflow.tracking import MlflowClient
 
-    from mdm.platform.trainer import train_driver
+    from mdm.platform.train.driver import train_driver
 
     train_driver(cfg, run_name=name)
     client = MlflowClient(tracking_uri=cfg.tracking.tracking_uri)

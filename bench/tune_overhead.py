@@ -89,7 +89,7 @@ def main() -> int:
     import ray
 
     from mdm.platform.config import load_config
-    from mdm.platform.tune import run_sweep
+    from mdm.platform.tune.sweep import run_sweep
 
     root = Path(tempfile.mkdtemp(prefix="tune_bench_"))
     tok, data = tiny_data(root)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -62,43 +61,28 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def encode_split(task: Any, tok: Any, split: str, gen_length: int) -> tuple[list[dict], list[Any]]:
     """Rows {"input_ids", "prompt_length"} with the response EOS-padded to `gen_length`, and the examples."""
-    from mdm.tasks.tokenize import encode_example
-
-    rows, examples = [], []
-    for i, raw in enumerate(task.load_split(split)):
-        ex = task.to_example(raw, i)
-        ids, plen = encode_example(tok, ex.prompt, ex.response)  # prompt + response + EOS
+    rows = []
+    examples = list(task.examples(split))
+    for ex, (ids, plen) in zip(examples, task.encode_examples(tok, examples)):  # prompt + response + EOS
         n_resp = len(ids) - plen
         if n_resp > gen_length:
             raise ValueError(f"{split} example {ex.id}: response is {n_resp} tokens (with EOS) but "
                              f"sampler.gen_length is {gen_length}; raise --set sampler.gen_length")
         rows.append({"input_ids": ids + [tok.eos_token_id] * (gen_length - n_resp), "prompt_length": plen})
-        examples.append(ex)
     return rows, examples
 
 
-def lr_at(step: int, cfg: Any) -> float:
-    """Linear warmup, then cosine (or constant/linear) decay to 10% of train.lr."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    frac = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    if cfg.lr_scheduler_type == "constant":
-        return cfg.lr
-    if cfg.lr_scheduler_type == "linear":
-        return cfg.lr * (1.0 - 0.9 * frac)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))
-
-
 def train(model: Any, rows: list[dict], cfg: Any, pad_id: int) -> dict[str, float]:
-    """Plain AdamW steps on random batches with the LLaDA+ objective; returns the last logged metrics."""
+    """Steps of the LLaDA+ objective on random batches, through the trainer's own updater (AdamW, clipping and
+    the `train.lr_scheduler_type` schedule, exactly as on Ray); returns the last logged metrics."""
     from mdm.engines.llada_plus.objective import build_objective
+    from mdm.platform.train.updater import build_updater
     from mdm.tasks.data import collate
 
     objective = build_objective(cfg.train)
     data = {k: torch.from_numpy(v) for k, v in collate(rows, pad_id=pad_id, max_len=cfg.train.max_len).items()}
     gen = torch.Generator().manual_seed(cfg.train.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                            betas=(0.9, 0.98))
+    updater = build_updater(model, cfg.deepspeed, cfg.train, total_steps=cfg.train.max_steps)
     objective.prepare(model, (dict((k, v[i:i + 64]) for k, v in data.items())
                               for i in range(0, min(len(rows), cfg.train.num_samples_x0), 64)), "cpu")
     model.train()
@@ -111,16 +95,13 @@ def train(model: Any, rows: list[dict], cfg: Any, pad_id: int) -> dict[str, floa
         batch = {k: v[idx] for k, v in data.items()}
         width = int(batch["attention_mask"].sum(1).max())  # drop all-pad columns: faster steps
         batch = {k: v[:, :width] for k, v in batch.items()}
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.train)
+        lr = updater.lr  # the rate this step runs at
         loss, _ = objective.loss(model, batch, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-        opt.step()
+        updater.backward(loss)
+        updater.step()
         running.append(loss.item())
         if (step + 1) % cfg.train.logging_steps == 0 or step + 1 == cfg.train.max_steps:
-            last = {"step": step + 1, "train/loss": sum(running) / len(running), "lr": lr_at(step, cfg.train),
+            last = {"step": step + 1, "train/loss": sum(running) / len(running), "lr": lr,
                     "elapsed_s": time.time() - t0}
             running = []
             print(f"step {last['step']:5d}  loss {last['train/loss']:.4f}  lr {last['lr']:.2e}  "
@@ -133,20 +114,17 @@ def train(model: Any, rows: list[dict], cfg: Any, pad_id: int) -> dict[str, floa
 def evaluate(model: Any, tok: Any, task: Any, examples: list[Any], sampler_cfg: Any, out: Path,
              batch_size: int = 100) -> dict[str, float]:
     """Generate for every held-out prompt with `sampler_cfg.name`, score with the task, write predictions."""
-    from mdm.platform.registry import get_registry
+    from mdm.platform.infer.generation import generate
 
-    sample = get_registry("samplers").get(sampler_cfg.name)
-    eos = tok.eos_token_id
     preds, scores, nfe, t0 = [], [], 0, time.time()
     gen = torch.Generator().manual_seed(0)
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
-        prompts = [task.encode_prompt(tok, ex.prompt) for ex in chunk]
-        res = sample(model, prompts, sampler_cfg, mask_id=model.config.mask_token_id, eos_id=eos, generator=gen)
+        prompts = task.encode_prompts(tok, [ex.prompt for ex in chunk])
+        res = generate(model, "llada_plus", dataclasses.replace(sampler_cfg, batch_size=len(chunk)), prompts,
+                       tokenizer=tok, generator=gen)
         nfe += res.nfe
-        for ex, toks in zip(chunk, res.tokens):
-            toks = toks[:toks.index(eos)] if eos in toks else toks
-            text = tok.decode(toks, skip_special_tokens=True)
+        for ex, text in zip(chunk, res.texts or []):
             scores.append(task.score(text, ex.gold_raw))
             preds.append({"task": task.name, "prompt": ex.prompt, "gold_raw": ex.gold_raw, "prediction": text,
                           "meta": {"index": len(preds)}, "id": ex.id})
@@ -158,9 +136,11 @@ def evaluate(model: Any, tok: Any, task: Any, examples: list[Any], sampler_cfg: 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     from mdm.engines.llada_plus.model_build import build_model
-    from mdm.platform.config import dump_config, load_config
+    from mdm.platform.config import load_config
+    from mdm.platform.config_ops import dump_config
     from mdm.tasks.arithmetic import Arithmetic
-    from mdm.tasks.tokenize import load_tokenizer, train_bpe
+    from mdm.platform.tokenizer import load_tokenizer
+    from mdm.tasks.tokenize import train_bpe
 
     files = [CONFIGS / "base.yaml", CONFIGS / "arithmetic.yaml", *args.config]
     cfg = load_config([str(f) for f in files], BUDGETS[args.budget] + args.overrides)

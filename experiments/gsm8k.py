@@ -37,30 +37,29 @@ TINY_VOCAB = 1024
 
 def parse_args(argv: Optional[Sequence[str]], parents: Sequence[argparse.ArgumentParser] = (),
                doc: str = __doc__) -> argparse.Namespace:
-    """The script's flags; `parents`/`doc` let sweep_gsm8k.py reuse them with its own additions."""
+    """The script's flags (the platform's --config/--set/--auto_import/--dump_config and its own);
+    `parents`/`doc` let sweep_gsm8k.py reuse them with its own additions."""
+    from mdm.platform.config_args import add_config_args
+
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0], parents=list(parents),
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    p.add_argument("--config", action="append", default=[], metavar="YAML", help="extra overlay (repeatable)")
-    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set train.max_steps=50 (repeatable)")
     p.add_argument("--data-dir", default=None,
                    help="local GSM8K copy (train.jsonl, test.jsonl); default: `datasets` (openai/gsm8k)")
     p.add_argument("--work-dir", default="data/gsm8k", help="tokenizer + processed JSONL (default data/gsm8k)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training examples")
-    p.add_argument("--dump_config", action="store_true", help="print the merged config and exit")
+    add_config_args(p)
     return p.parse_args(argv)
 
 
 def build_config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
     """The preset's YAML files + --config overlays, then `extra` derived overrides, then --set (wins)."""
-    from mdm.platform.config import load_config
+    from mdm.platform.config_args import config_from_args
 
-    files = [str(CONFIGS / f) for f in PRESETS[args.preset]] + list(args.config)
     # Absolute, because Ray Data readers and sampler actors do not share this process's working directory.
     d = str(Path(args.data_dir).resolve()) if args.data_dir else None
     data_dir = [f"data.task_data_dir={d}", f"eval.data_dir={d}"] if d else []
-    return load_config(files, [*data_dir, *extra, *args.overrides])
+    return config_from_args(args, [str(CONFIGS / f) for f in PRESETS[args.preset]], [*data_dir, *extra])
 
 
 def prepare_data(cfg: Any, args: argparse.Namespace) -> list[str]:
@@ -94,22 +93,23 @@ def prepare_data(cfg: Any, args: argparse.Namespace) -> list[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    from mdm.platform.config import dump_config
+    from mdm.platform.config_ops import dump_config
 
     cfg = build_config(args)
-    if args.dump_config:
+    if args.dump_config:  # the preset's files, then --config, then --set: what would run
         sys.stdout.write(dump_config(cfg))
         return 0
     t0 = time.time()
     cfg = build_config(args, prepare_data(cfg, args))
 
-    from mdm.platform.batch_infer import run_inference
-    from mdm.platform.ray_runtime import ensure_ray
-    from mdm.platform.tracking import resolve_uri
-    from mdm.platform.trainer import derive_run_name, train_driver
+    from mdm.platform.infer.batch import run_inference
+    from mdm.platform.runtime.ray_runtime import ensure_ray
+    from mdm.platform.tracking.tracker import resolve_uri
+    from mdm.platform.runs import run_name as derive_name
+    from mdm.platform.train.driver import train_driver
 
     ensure_ray(cfg.ray)  # joins RAY_ADDRESS / ray.address, else starts an embedded Ray
-    run_name = cfg.ray.run_name or cfg.tracking.run_name or derive_run_name(cfg)
+    run_name = derive_name(cfg)
     result = train_driver(cfg, run_name=run_name)
     m = result.metrics or {}
     export = m["export_dir"]

@@ -9,7 +9,7 @@
 
 The base config and data preparation are experiments/gsm8k.py's (same presets, --set, --data-dir,
 --work-dir, --limit); the search space is experiments/configs/sweep_gsm8k.yaml (dotted keys, as --set) or
---sweep FILE. The sweep itself is `mdm.platform.tune.run_sweep`: deterministic sweep and trial names (re-running
+--sweep FILE. The sweep itself is `mdm.platform.tune.sweep.run_sweep`: deterministic sweep and trial names (re-running
 resumes), MLflow parent run with a child per trial, the trials table sorted by `tune.metric` (default
 eval/loss), and the best trial's full config in `<train.output_dir>/<sweep>/best_config.yaml`.
 """
@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # gsm8k.py beside this file, however it is started
-
-import gsm8k  # noqa: E402
+import gsm8k  # experiments/gsm8k.py: Python puts a script's own directory first on sys.path
 
 SWEEP = gsm8k.CONFIGS / "sweep_gsm8k.yaml"
 
@@ -34,8 +31,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     pre.add_argument("--sweep", default=str(SWEEP), metavar="YAML", help="search space (dotted keys)")
     args = gsm8k.parse_args(argv, parents=[pre], doc=__doc__)
 
-    from mdm.platform.config import dump_config
-    from mdm.platform.tune import run_sweep
+    from mdm.platform.config_ops import dump_config
+    from mdm.platform.tune.sweep import run_sweep
 
     cfg = gsm8k.build_config(args)
     if args.dump_config:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from mdm.platform.config import dump_config, load_config, with_overrides
+from mdm.platform.config import load_config
+from mdm.platform.config_ops import dump_config, with_overrides
 from mdm.platform.registry import get_registry, load_builtins
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +47,7 @@ def test_presets_compose_as_the_scripts_use_them() -> None:
 
 @pytest.mark.parametrize("sweep", SWEEPS, ids=lambda p: p.name)
 def test_sweep_space_validates_against_the_config(sweep: Path) -> None:
-    from mdm.platform.sweep_space import load_sweep
+    from mdm.platform.tune.space import load_sweep
 
     cfg = load_config([str(BASE), str(CONFIGS / "tiny.yaml"), str(CONFIGS / "gsm8k.yaml")])
     space = load_sweep(sweep, cfg)

@@ -21,9 +21,10 @@ import psutil  # noqa: E402
 import pytest  # noqa: E402
 import ray  # noqa: E402
 
-from mdm.platform.batch_infer import InferenceError, main, run_inference  # noqa: E402
+from mdm.platform.commands.infer import main  # noqa: E402
+from mdm.platform.infer.batch import InferenceError, run_inference  # noqa: E402
 from mdm.platform.config import load_config  # noqa: E402
-from mdm.platform.model_source import ModelSourceError  # noqa: E402
+from mdm.platform.infer.model_source import ModelSourceError  # noqa: E402
 from mdm.platform.registry import get_registry, load_builtins  # noqa: E402
 
 SAMPLER = ["sampler.gen_length=16", "sampler.block_length=16", "sampler.steps=8"]
@@ -156,7 +157,7 @@ def test_actor_killed_mid_job_every_row_exactly_once(tmp_path, model_dir, ray_lo
 
     from mlflow.tracking import MlflowClient
 
-    from mdm.platform.tracking import Tracker
+    from mdm.platform.tracking.tracker import Tracker
 
     n = 24
     export = tmp_path / "outputs" / "tr-run" / "final"

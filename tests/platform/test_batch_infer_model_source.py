@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mdm.platform.model_source import ModelSourceError, find_hf_dirs, resolve_model
+from mdm.platform.infer.model_source import ModelSourceError, find_hf_dirs, resolve_model
 
 
 def _hf_dir(path: Path, tag: str = "x") -> Path:

@@ -30,8 +30,10 @@ def test_mdm_config_equals_train_dump():
 
 def test_every_entry_point_dumps_the_same_config_and_runs_nothing(tmp_path, capsys):
     """`--dump_config` on tune, infer and generate prints what `mdm config` prints and starts no work."""
-    from mdm.engines.llada_plus import generate_cli
-    from mdm.platform import batch_infer, cli, tune
+    from mdm.platform import cli
+    from mdm.platform.commands import generate as generate_cli
+    from mdm.platform.commands import infer as batch_infer
+    from mdm.platform.commands import tune
 
     flags = ["--set", "train.lr=3e-5", "--set", "sampler.steps=8", "--dump_config"]
     assert cli.main(["config", *flags[:-1]]) == 0

@@ -5,7 +5,9 @@ import textwrap
 import pytest
 import yaml
 
-from mdm.platform.config import ConfigError, dump_config, flatten, load_config, with_overrides
+from mdm.platform.config import load_config
+from mdm.platform.config_ops import dump_config, flatten, with_overrides
+from mdm.platform.fields import ConfigError
 
 
 def write(tmp_path, name, text):

@@ -14,7 +14,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 import pytest  # noqa: E402
 
 from mdm.platform.config import load_config  # noqa: E402
-from mdm.platform.ingest import DataError, build_datasets, epoch_batches  # noqa: E402
+from mdm.platform.train.ingest import DataError, build_datasets, epoch_batches  # noqa: E402
 
 VOCAB = 300
 
@@ -115,7 +115,7 @@ def test_split_and_epoch_stream(ray_local, arithmetic_data):
     assert sorted(orders[0]) == sorted(orders[1]) and orders[0] != orders[1] and orders[0] == orders[2]
 
 def test_worker_sizing_leaves_a_cpu_for_ray_data(ray_local):
-    from mdm.platform.ray_runtime import check_worker_fit
+    from mdm.platform.runtime.ray_runtime import check_worker_fit
 
     check_worker_fit(load_config([], ["ray.num_workers=2", "ray.cpus_per_worker=0.5"]).ray)  # 1 + 1 <= 2
     with pytest.raises(ValueError, match=r"ray.num_workers \(2\) x ray.cpus_per_worker \(1.0\) = 2 CPUs"):

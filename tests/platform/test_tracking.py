@@ -12,9 +12,10 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 import pytest  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from mdm.platform.config import dump_config, flatten, load_config  # noqa: E402
-from mdm.platform.tracking import Tracker, TrackingError, check_reachable, resolve_uri  # noqa: E402
-from mdm.platform.trainer import run  # noqa: E402
+from mdm.platform.config import load_config  # noqa: E402
+from mdm.platform.config_ops import dump_config, flatten  # noqa: E402
+from mdm.platform.tracking.tracker import Tracker, TrackingError, check_reachable, resolve_uri  # noqa: E402
+from mdm.platform.commands.train import run  # noqa: E402
 
 
 def _closed_port() -> int:

@@ -24,7 +24,7 @@ from ray.train import TrainingFailedError  # noqa: E402
 from ray.train.v2.api.callback import UserCallback  # noqa: E402
 
 from mdm.platform.config import load_config  # noqa: E402
-from mdm.platform.trainer import train_driver  # noqa: E402
+from mdm.platform.train.driver import train_driver  # noqa: E402
 
 STEPS, SAVE_EVERY = 12, 4
 # The callback below runs in Ray Train's controller, which cannot import this test module: ship it by value.

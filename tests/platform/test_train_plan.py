@@ -7,8 +7,12 @@ import math
 import pytest
 
 from mdm.platform.config import load_config
-from mdm.platform.ds_setup import build_ds_config, check_precision, lr_factor
-from mdm.platform.trainer import derive_run_name, plan_steps, run
+from mdm.platform.fields import ConfigError
+from mdm.platform.train.lr_schedule import build_lr_scheduler
+from mdm.platform.train.updater import build_ds_config, check_precision
+from mdm.platform.runs import derive_run_name
+from mdm.platform.commands.train import run
+from mdm.platform.train.driver import plan_steps
 
 
 def test_plan_steps_epochs_and_max_steps():
@@ -22,11 +26,43 @@ def test_plan_steps_epochs_and_max_steps():
         plan_steps(5, cfg.train, world=2)
 
 
-def test_lr_schedule_shapes():
-    assert [lr_factor(s, "cosine", 2, 10) for s in (0, 1)] == [0.5, 1.0]
-    assert lr_factor(2, "cosine", 2, 10) == 1.0 and lr_factor(10, "cosine", 2, 10) == pytest.approx(0.0)
-    assert lr_factor(6, "cosine", 2, 10) == pytest.approx(0.5)
-    assert lr_factor(6, "linear", 2, 10) == pytest.approx(0.5) and lr_factor(7, "constant", 0, 10) == 1.0
+def _lrs(overrides: list[str], total: int = 10) -> list[float]:
+    import torch
+
+    cfg = load_config([], ["train.lr=1.0", *overrides])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.train.lr)
+    sched = build_lr_scheduler(opt, cfg.train, total)
+    out = []
+    for _ in range(total + 1):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_lr_schedules_are_hugging_faces_curves():
+    """The closed forms of HF's schedules (warmup from 0, then the named decay over the total steps)."""
+    import math
+
+    cos = _lrs(["train.lr_scheduler_type=cosine", "train.warmup_steps=2"])
+    assert cos[:3] == [0.0, 0.5, 1.0] and cos[6] == pytest.approx(0.5) and cos[10] == pytest.approx(0.0)
+    lin = _lrs(["train.lr_scheduler_type=linear", "train.warmup_steps=2"])
+    assert lin[6] == pytest.approx(0.5) and lin[10] == 0.0
+    assert _lrs(["train.lr_scheduler_type=constant"]) == [1.0] * 11
+    assert _lrs(["train.lr_scheduler_type=constant_with_warmup", "train.warmup_steps=4"])[:6] == \
+        [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    floor = _lrs(["train.lr_scheduler_type=cosine_with_min_lr", "train.warmup_steps=2",
+                  "train.lr_scheduler_kwargs={min_lr_rate: 0.1}"])
+    assert floor[10] == pytest.approx(0.1) and floor[6] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))
+
+
+def test_lr_schedule_mistakes_are_named():
+    with pytest.raises(ConfigError, match="train.warmup_steps is 5 .* constant_with_warmup"):
+        load_config([], ["train.lr_scheduler_type=constant", "train.warmup_steps=5"])
+    with pytest.raises(ConfigError, match="bad value 'cosine_to_zero' for train.lr_scheduler_type"):
+        load_config([], ["train.lr_scheduler_type=cosine_to_zero"])
+    with pytest.raises(ValueError, match="train.lr_scheduler_kwargs"):
+        _lrs(["train.lr_scheduler_type=cosine", "train.lr_scheduler_kwargs={bogus: 1}"])
 
 
 def test_deepspeed_config_follows_train_keys(tmp_path):

@@ -63,8 +63,8 @@ def _runs(env, sweep):
 
 
 def test_grid_sweep_parent_children_table_and_best_config(env):
-    from mdm.platform.trainer import train_driver
-    from mdm.platform.tune import run_sweep
+    from mdm.platform.train.driver import train_driver
+    from mdm.platform.tune.sweep import run_sweep
 
     cfg = load_config([str(env["base"])], ["tune.name=grid4"])
     res = run_sweep(cfg, {"train.train_mode": {"grid": ["Normal", "MIRROR"]}, "train.PPOTS": {"grid": [False, True]}})
@@ -98,7 +98,7 @@ def test_grid_sweep_parent_children_table_and_best_config(env):
     best = load_config([res.best_config_path])
     assert best.train.train_mode == res.rows[0]["params"]["train.train_mode"]
     assert best.train.PPOTS == res.rows[0]["params"]["train.PPOTS"]
-    assert best.ray.run_name is None and best.train.max_steps == 4
+    assert best.run_name is None and best.train.max_steps == 4
     trained = load_config([res.best_config_path], ["train.max_steps=2", "tracking.enabled=false"])
     out = train_driver(trained, run_name="best-retrain")
     assert out.metrics["step"] == 2 and math.isfinite(out.metrics["eval/loss"])
@@ -106,7 +106,7 @@ def test_grid_sweep_parent_children_table_and_best_config(env):
 
 
 def test_asha_stops_a_diverging_trial_early(env):
-    from mdm.platform.tune import run_sweep
+    from mdm.platform.tune.sweep import run_sweep
 
     # One trial at a time: the good lr records the rung at step 2 first, then the diverging lr meets it.
     cfg = load_config([str(env["base"])], ["tune.name=asha", "tune.scheduler=asha", "tune.grace_period=2",

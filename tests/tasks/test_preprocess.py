@@ -12,7 +12,8 @@ from transformers import AutoTokenizer
 from mdm.tasks.data import read_processed, validate_row
 from mdm.tasks.gsm8k import GSM8K
 from mdm.tasks.preprocess import preprocess
-from mdm.tasks.tokenize import SIMPLE_CHAT_TEMPLATE, render_prompt, train_bpe
+from mdm.platform.prompts import render_prompt
+from mdm.tasks.tokenize import SIMPLE_CHAT_TEMPLATE, train_bpe
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 GSM8K_DIR = str(SHARED / "data" / "gsm8k")

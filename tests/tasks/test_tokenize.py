@@ -3,8 +3,10 @@
 import pytest
 from transformers import AutoTokenizer
 
-from mdm.tasks.tokenize import (EOS_TOKEN, MASK_TOKEN, PAD_TOKEN, SIMPLE_CHAT_TEMPLATE, encode_batch,
-                                encode_example, encode_prompt, load_tokenizer, render_prompt, train_bpe)
+from mdm.platform.prompts import encode_prompt, render_prompt
+from mdm.platform.tokenizer import load_tokenizer
+from mdm.tasks.base import Example, Task
+from mdm.tasks.tokenize import EOS_TOKEN, MASK_TOKEN, PAD_TOKEN, SIMPLE_CHAT_TEMPLATE, train_bpe
 
 TEXTS = ["What is 23 + 45?", "23 + 45 = 68\n#### 68", "Tom has 12 apples and eats 4. How many left?"] * 30
 
@@ -26,8 +28,9 @@ def test_special_tokens(tok):
 
 def test_layout_and_round_trip(tok):
     prompt, response = "What is 23 + 45?", "23 + 45 = 68\n#### 68"
-    ids, pl = encode_example(tok, prompt, response)
-    assert ids[:pl] == encode_prompt(tok, prompt)
+    task = Task()
+    ids, pl = task.encode_examples(tok, [Example(prompt, response, "", "0")])[0]
+    assert ids[:pl] == encode_prompt(tok, prompt) == task.encode_prompt(tok, prompt)
     assert ids[-1] == tok.eos_token_id
     text = render_prompt(tok, prompt)
     if tok.chat_template:
@@ -37,7 +40,7 @@ def test_layout_and_round_trip(tok):
         assert text == prompt + "\n"
     assert tok.decode(ids[:pl]) == text
     assert tok.decode(ids[pl:-1]) == response
-    assert encode_batch(tok, [prompt, "x"], [response, "y"])[0] == (ids, pl)
+    assert task.encode_examples(tok, [Example(prompt, response, "", "0"), Example("x", "y", "", "1")])[0] == (ids, pl)
 
 
 def test_digits_are_single_tokens(tok):

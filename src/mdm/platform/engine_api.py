@@ -1,21 +1,27 @@
-"""What an engine plugs into the platform: its config sections and its training/model hooks.
+"""What an engine plugs into the platform: its config sections, its model/objective/sampling hooks, and
+which of its keys are inert under which settings.
 
 An engine registers one `EngineSpec` in the `engines` registry:
 
     get_registry("engines").register("llada_plus", EngineSpec(
         train_config=TrainConfig, model_config=ModelConfig, sampler_config=SamplerConfig,
-        build_model=..., build_objective=..., load_tokenizer=...))
+        build_model=..., build_objective=..., sample=..., end_token_ids=...,
+        conditions={"train.p_model": {"train.PPOTS": True}}))
 
-The platform (config loader, Ray trainer, batch inference) reaches the engine only through this spec,
-so it never imports an engine module.
+The platform (config loader, trainer, sweeps, tracking, batch inference, the generation path) reaches the
+engine only through this spec, so it never imports an engine module.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Mapping, Optional
 
-from mdm.platform.config import choice, registry_choice
+from mdm.platform.fields import choice, registry_choice
+
+# transformers.get_scheduler names accepted for train.lr_scheduler_type (see mdm.platform.train.lr_schedule).
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_min_lr",
+                 "cosine_with_restarts", "polynomial", "inverse_sqrt", "warmup_stable_decay")
 
 
 @dataclass
@@ -24,6 +30,8 @@ class BaseTrainConfig:
 
     `model` is "tiny" (a small model built from the `model` section, no download), a local directory or a
     hub id. `max_steps` > 0 stops training after that many optimizer steps (overrides `epochs`).
+    `lr_scheduler_type` / `lr_scheduler_kwargs` / `warmup_steps`: Hugging Face's schedules by name, with HF's
+    curves (`mdm.platform.train.lr_schedule` lists them). `adam_beta1/2`, `adam_epsilon`, `weight_decay`: AdamW.
     """
 
     task: Optional[str] = registry_choice(None, "tasks")
@@ -35,8 +43,12 @@ class BaseTrainConfig:
     grad_accum: int = 1
     lr: float = 1e-4
     weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
-    lr_scheduler_type: str = choice("cosine", ("constant", "linear", "cosine"))
+    lr_scheduler_type: str = choice("cosine", LR_SCHEDULERS)
+    lr_scheduler_kwargs: Dict[str, Any] = field(default_factory=dict)
     warmup_steps: int = 0
     epochs: int = 1
     max_steps: int = -1
@@ -57,17 +69,28 @@ class BaseTrainConfig:
             raise ValueError(f"train.train_ratio must be in (0, 1], got {self.train_ratio}")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.lr_scheduler_type == "constant" and self.warmup_steps > 0:
+            raise ValueError(f"train.warmup_steps is {self.warmup_steps} but train.lr_scheduler_type: constant "
+                             f"ignores warmup (Hugging Face's curve); use constant_with_warmup")
 
 
 @dataclass(frozen=True)
 class EngineSpec:
     """An engine's sections and hooks.
 
-    build_model(model_cfg, model_name_or_path, vocab_size) -> torch.nn.Module (a transformers PreTrainedModel)
+    build_model(model_cfg, model_name_or_path, tokenizer) -> torch.nn.Module (a transformers PreTrainedModel)
     build_objective(train_cfg) -> an object with
-        prepare(model, sequences_iter, device) -> None      # e.g. P-POTS estimation before training
+        prepare(model, sequences_iter, device) -> metrics    # e.g. P-POTS estimation before training
         loss(model, batch, generator) -> (loss, metrics)   # batch: {"input_ids", "labels", "attention_mask"}
         state_dict() / load_state_dict(d)                  # restored on resume
+    sample(model, prompt_ids, sampler_cfg, generator) -> an object with `.tokens` (per prompt, the generated
+        ids, `sampler_cfg.gen_length` each) and `.nfe` (model forward passes)
+    end_token_ids(model, sampler_cfg) -> the ids that end a generated text (cut there)
+    conditions: {key: {other_key: value}}: `key` has an effect only when every `other_key` has its `value`
+        (LLaDA+: `train.p_model` only matters when `train.PPOTS` is true). Sweeps deduplicate trials by it,
+        tracking logs such keys as inert, and the engine's own code follows the same rule.
     """
 
     train_config: type
@@ -75,3 +98,12 @@ class EngineSpec:
     sampler_config: type
     build_model: Callable[..., Any]
     build_objective: Callable[..., Any]
+    sample: Callable[..., Any]
+    end_token_ids: Callable[..., list[int]]
+    conditions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, hash=False)
+
+
+def inert_keys(conditions: Mapping[str, Mapping[str, Any]], flat: Mapping[str, Any]) -> set[str]:
+    """The keys of `flat` (a flattened config) whose condition fails, i.e. that cannot change the run."""
+    return {key for key, cond in conditions.items()
+            if key in flat and any(flat.get(other) != want for other, want in cond.items())}

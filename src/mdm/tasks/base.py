@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
+from mdm.platform.prompts import render_prompt
 from mdm.platform.registry import get_registry
 from mdm.tasks import answers
 
@@ -79,12 +80,32 @@ class Task:
             yield self.to_example(raw, i)
 
     # ------------------------------------------------------------------ tokenization
-    def encode_prompt(self, tokenizer: Any, prompt: str) -> list[int]:
-        """Prompt token ids exactly as preprocessing lays them out for training (chat template when the
-        tokenizer has one), so that inference conditions on what training saw."""
-        from mdm.tasks.tokenize import encode_prompt
+    # The prompt layout is the task's, used by preprocessing (training rows) and batch inference alike: a
+    # task that lays its prompts out differently overrides `prompt_text` and both follow.
+    def prompt_text(self, tokenizer: Any, prompt: str) -> str:
+        """The prompt as the model reads it: by default the chat template over one user turn when the
+        tokenizer has one, else the text and a newline (`mdm.platform.prompts.render_prompt`)."""
+        return render_prompt(tokenizer, prompt)
 
-        return encode_prompt(tokenizer, prompt)
+    def encode_prompts(self, tokenizer: Any, prompts: list[str]) -> list[list[int]]:
+        """Token ids of `prompt_text` for each prompt (one tokenizer call; special tokens only from the text)."""
+        texts = [self.prompt_text(tokenizer, p) for p in prompts]
+        return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+    def encode_prompt(self, tokenizer: Any, prompt: str) -> list[int]:
+        """`encode_prompts` of one prompt."""
+        return self.encode_prompts(tokenizer, [prompt])[0]
+
+    def encode_examples(self, tokenizer: Any, examples: list[Example]) -> list[tuple[list[int], int]]:
+        """Training rows (input_ids, prompt_length): the prompt ids exactly as `encode_prompts` gives them at
+        inference, then the response ids, then EOS. Prompt and response are tokenized separately, so no BPE
+        merge crosses the boundary."""
+        from mdm.tasks.tokenize import eos_id
+
+        eos = eos_id(tokenizer)
+        p_ids = self.encode_prompts(tokenizer, [e.prompt for e in examples])
+        r_ids = tokenizer([e.response for e in examples], add_special_tokens=False)["input_ids"] if examples else []
+        return [(list(p) + list(r) + [eos], len(p)) for p, r in zip(p_ids, r_ids)]
 
     # ------------------------------------------------------------------ scoring
     def extract(self, text: str) -> Optional[str]:

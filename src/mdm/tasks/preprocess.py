@@ -29,7 +29,8 @@ from tqdm import tqdm
 from mdm.platform.registry import UnknownNameError, auto_import, get_registry
 from mdm.tasks.base import Task
 from mdm.tasks.jsonl import JsonlError
-from mdm.tasks.tokenize import SIMPLE_CHAT_TEMPLATE, encode_batch, load_tokenizer, train_bpe
+from mdm.platform.tokenizer import load_tokenizer
+from mdm.tasks.tokenize import SIMPLE_CHAT_TEMPLATE, train_bpe
 
 TRAIN_BPE = "train-bpe"
 
@@ -75,7 +76,7 @@ def preprocess(task: Union[Task, str], split: str, tokenizer: Any, out_path: Uni
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             for chunk in _batches(task.examples(split, limit=limit), batch_size):
-                encoded = encode_batch(tokenizer, [e.prompt for e in chunk], [e.response for e in chunk])
+                encoded = task.encode_examples(tokenizer, chunk)
                 for ids, prompt_length in encoded:
                     read += 1
                     if max_len is not None and len(ids) > max_len:

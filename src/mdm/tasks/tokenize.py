@@ -1,24 +1,16 @@
-"""Tokenizing task examples for masked diffusion training, and a small BPE for offline runs.
-
-    tok = load_tokenizer("GSAI-ML/LLaDA-8B-Instruct")      # any AutoTokenizer id or local directory
-    ids, prompt_length = encode_example(tok, prompt, response)
-    prompt_ids = encode_prompt(tok, prompt)                 # == ids[:prompt_length], for inference
+"""Tokenizer pieces for task data: the special tokens, EOS lookup, and a small BPE for offline runs.
 
     path = train_bpe(texts, "data/tok", vocab_size=1024)    # offline: byte-level BPE, saved for AutoTokenizer
+    eos_id(tokenizer)                                       # the id every training response ends with
 
-Layout: with a chat template, the prompt is the template applied to one user turn with the generation
-prompt (the assistant header); without one, it is the prompt text followed by a newline. The response
-follows, then EOS. Prompt and response are tokenized separately and concatenated, so the prompt ids are
-exactly what `encode_prompt` gives at inference time (no BPE merge across the boundary).
+How a prompt and its response become a training row is the task's (`Task.encode_examples`, whose prompt
+part is exactly `Task.encode_prompts`, the ids inference conditions on).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterable, Optional
-
-from mdm.platform.prompts import PLAIN_SEPARATOR, encode_prompt, has_chat_template, render_prompt  # noqa: F401
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -32,38 +24,12 @@ SIMPLE_CHAT_TEMPLATE = (
 CHAT_SPECIAL_TOKENS = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
-    """`AutoTokenizer.from_pretrained(name_or_path)`, with an error that says what was tried."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        where = "local directory" if os.path.isdir(name_or_path) else "hub id (or path)"
-        raise OSError(f"cannot load tokenizer from {where} {name_or_path!r}: {e}") from e
-
-
 def eos_id(tokenizer: Any) -> int:
     """The tokenizer's EOS id; a clear error when it has none (the response must end with EOS)."""
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} has no eos_token; "
                          "set one (e.g. tokenizer.eos_token = '<|endoftext|>') before preprocessing")
     return int(tokenizer.eos_token_id)
-
-
-def encode_example(tokenizer: Any, prompt: str, response: str) -> tuple[list[int], int]:
-    """(input_ids, prompt_length): prompt ids, then response ids, then EOS."""
-    p = encode_prompt(tokenizer, prompt)
-    r = list(tokenizer(response, add_special_tokens=False)["input_ids"])
-    return p + r + [eos_id(tokenizer)], len(p)
-
-
-def encode_batch(tokenizer: Any, prompts: list[str], responses: list[str]) -> list[tuple[list[int], int]]:
-    """`encode_example` over a batch, tokenizing in one call per side (fast tokenizers run it in Rust)."""
-    eos = eos_id(tokenizer)
-    p_ids = tokenizer([render_prompt(tokenizer, p) for p in prompts], add_special_tokens=False)["input_ids"]
-    r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
-    return [(list(p) + list(r) + [eos], len(p)) for p, r in zip(p_ids, r_ids)]
 
 
 def train_bpe(texts: Iterable[str], out_dir: str, vocab_size: int = 1024,

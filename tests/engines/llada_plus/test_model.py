@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
 from mdm.engines.llada_plus.config import ModelConfig
-from mdm.engines.llada_plus.model import LLaDAConfig, LLaDAModelLM, build_model, llada_8b_config
+from mdm.engines.llada_plus.model import LLaDAConfig, LLaDAModelLM, llada_8b_config
+from mdm.engines.llada_plus.model_build import build_model
 
 # Logits of the oracle reach ~30 in magnitude; masked/cached attention sums in another order than the plain
 # forward, so float32 rounding differs by a few ulps of that scale (~1e-5). 1e-4 is far below any real bug.

@@ -1,19 +1,21 @@
 """LLaDA+ engine: the LLaDA model, masked-diffusion objective (Normal/MIRROR), P-POTS, samplers.
 
-Importing this package registers the engine `llada_plus` and its p_models and samplers.
+Importing this package registers the engine `llada_plus` (its `EngineSpec`), its p_models (time_sampling)
+and its samplers `llada` (sampler) and `fast` (sampler_fast). Heavy modules load on first use.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
+from mdm.engines.llada_plus import sampler, sampler_fast, time_sampling  # noqa: F401  (they register names)
+from mdm.engines.llada_plus.config import CONDITIONS, ModelConfig, SamplerConfig, TrainConfig
 from mdm.platform.engine_api import EngineSpec
 from mdm.platform.registry import get_registry
-from mdm.engines.llada_plus.config import ModelConfig, SamplerConfig, TrainConfig
 
 
 def _build_model(*args: Any, **kwargs: Any) -> Any:
-    from mdm.engines.llada_plus.model import build_model
+    from mdm.engines.llada_plus.model_build import build_model
 
     return build_model(*args, **kwargs)
 
@@ -24,14 +26,22 @@ def _build_objective(*args: Any, **kwargs: Any) -> Any:
     return build_objective(*args, **kwargs)
 
 
+def _sample(model: Any, prompts: list[list[int]], sampler_cfg: SamplerConfig,
+            generator: Optional[Any] = None) -> sampler.SampleOutput:
+    """The sampler named `sampler_cfg.name`, with [MASK] and EOS ids from the model's config."""
+    mask_id = getattr(model.config, "mask_token_id", None)
+    if mask_id is None:
+        raise ValueError("model.config.mask_token_id is not set; the sampler needs the [MASK] id")
+    return get_registry("samplers").get(sampler_cfg.name)(
+        model, prompts, sampler_cfg, mask_id=int(mask_id), eos_id=getattr(model.config, "eos_token_id", None),
+        generator=generator)
+
+
+def _end_token_ids(model: Any, sampler_cfg: SamplerConfig) -> list[int]:
+    return sampler.end_ids(sampler_cfg, getattr(model.config, "eos_token_id", None))
+
+
 get_registry("engines").register("llada_plus", EngineSpec(
     train_config=TrainConfig, model_config=ModelConfig, sampler_config=SamplerConfig,
-    build_model=_build_model, build_objective=_build_objective))
-
-# Registration of p_models and samplers happens in their modules; import them if present.
-for _mod in ("time_sampling", "sampler"):
-    try:
-        __import__(f"mdm.engines.llada_plus.{_mod}")
-    except ModuleNotFoundError as _e:  # only while the module is not written yet
-        if _e.name != f"mdm.engines.llada_plus.{_mod}":
-            raise
+    build_model=_build_model, build_objective=_build_objective, sample=_sample, end_token_ids=_end_token_ids,
+    conditions=CONDITIONS))

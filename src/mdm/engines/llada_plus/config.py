@@ -3,16 +3,23 @@
 `train.PPOTS: true` turns on importance sampling over t: before training, `w(t)` is measured on
 `num_samples_t` grid points from `num_samples_x0` sequences x `num_samples_xt` masks, a density of family
 `p_model` is fitted, mixed with uniform by `mix_uniform`, and each sampled t is weighted by 1/p(t)
-(capped at `max_is_weight`). `p_model` is ignored when PPOTS is off.
+(capped at `max_is_weight`). Those knobs have no effect when PPOTS is off: `CONDITIONS` says so once, for
+the platform's sweeps (deduplication) and tracking (inert params) alike.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
-from mdm.platform.config import choice, registry_choice
+from mdm.platform.fields import choice, registry_choice
 from mdm.platform.engine_api import BaseTrainConfig
+
+
+# "KEY only matters when OTHER == VALUE" (the EngineSpec's `conditions`).
+_PPOTS_KNOBS = ("p_model", "num_samples_x0", "num_samples_t", "num_samples_xt", "n_starts", "max_is_weight",
+                "mix_uniform", "ppots_reestimate_steps")
+CONDITIONS: dict[str, dict[str, Any]] = {f"train.{k}": {"train.PPOTS": True} for k in _PPOTS_KNOBS}
 
 
 @dataclass

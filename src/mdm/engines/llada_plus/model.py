@@ -1,9 +1,10 @@
 """The LLaDA architecture as a transformers model, checkpoint-compatible with GSAI-ML/LLaDA-8B-*.
 
-    from mdm.engines.llada_plus.model import LLaDAModelLM, build_model, llada_8b_config
+    from mdm.engines.llada_plus.model import LLaDAModelLM, llada_8b_config
     model = LLaDAModelLM.from_pretrained("path/to/LLaDA-8B-Instruct")     # no trust_remote_code needed
     out = model(input_ids)                                                # out.logits [B, L, V]
-    model = build_model(ModelConfig(), "tiny", tokenizer)                 # small random model for CPU runs
+
+(`model_build.build_model` builds one from the `model` config section: tiny random, or a checkpoint.)
 
 Importing this module registers `model_type: llada` with AutoConfig / AutoModel / AutoModelForMaskedLM, so
 `AutoModel.from_pretrained(dir)` picks these classes even when the upstream config.json carries `auto_map`.
@@ -263,5 +264,3 @@ def _key_mask(attention_mask: Optional[torch.Tensor], past: Optional[tuple[KV, .
 AutoConfig.register("llada", LLaDAConfig, exist_ok=True)
 AutoModel.register(LLaDAConfig, LLaDAModelLM, exist_ok=True)
 AutoModelForMaskedLM.register(LLaDAConfig, LLaDAModelLM, exist_ok=True)
-
-from mdm.engines.llada_plus.model_build import build_model, tiny_config  # noqa: E402,F401  (public re-export)

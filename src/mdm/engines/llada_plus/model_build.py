@@ -1,6 +1,6 @@
 """Build the engine's model from the `model` config section: a tiny random LLaDA, or a checkpoint.
 
-    from mdm.engines.llada_plus.model import build_model
+    from mdm.engines.llada_plus.model_build import build_model
     model = build_model(ModelConfig(), "tiny", tokenizer)          # random weights, sizes from the section
     model = build_model(ModelConfig(), "/ckpt/LLaDA-8B-Instruct")   # from_pretrained, no remote code
 
@@ -18,6 +18,8 @@ from typing import Any, Optional
 import torch
 from transformers import AutoModel
 
+from mdm.engines.llada_plus.model import LLaDAConfig, LLaDAModelLM
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SPECIAL = ("mask_token_id", "eos_token_id", "pad_token_id")
 
@@ -33,10 +35,8 @@ def _from_tokenizer(tokenizer: Any, key: str) -> Optional[int]:
     return value
 
 
-def tiny_config(model_cfg: Any, tokenizer: Any = None) -> "LLaDAConfig":  # noqa: F821
+def tiny_config(model_cfg: Any, tokenizer: Any = None) -> LLaDAConfig:
     """LLaDAConfig from the `model` section; -1 fields come from the tokenizer (error when there is none)."""
-    from mdm.engines.llada_plus.model import LLaDAConfig
-
     values: dict[str, Any] = {}
     for key in ("vocab_size",) + SPECIAL:
         value = getattr(model_cfg, key)
@@ -66,8 +66,6 @@ def build_model(model_cfg: Any, name_or_path: str = "tiny", tokenizer: Any = Non
 
     Returns a PreTrainedModel in `model_cfg.dtype`, with gradient checkpointing when asked."""
     from transformers import AutoConfig
-
-    from mdm.engines.llada_plus.model import LLaDAModelLM
 
     if model_cfg.dtype not in DTYPES:
         raise ValueError(f"model.dtype {model_cfg.dtype!r} unknown; valid: {', '.join(DTYPES)}")

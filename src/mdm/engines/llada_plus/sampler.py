@@ -1,8 +1,7 @@
-"""Samplers for masked diffusion LMs: the reference `llada` sampler (batched) and the `generate` API.
+"""The reference `llada` sampler for masked diffusion LMs (batched), and the helpers the samplers share.
 
-    from mdm.engines.llada_plus.sampler import generate, sample_llada
-    texts = generate(model, tokenizer, SamplerConfig(gen_length=64, block_length=32, steps=64), ["2+3="])
-    out = get_registry("samplers").get("llada")(model, [[1, 2, 3], [4, 5]], cfg, mask_id=126336)
+    from mdm.engines.llada_plus.sampler import sample_llada
+    out = sample_llada(model, [[1, 2, 3], [4, 5]], cfg, mask_id=126336)
     out.tokens  # generated ids per prompt (gen_length each); out.nfe: model forward passes made
 
 `llada` follows the upstream LLaDA sampler: x = prompt + [MASK] * gen_length, denoised block by block
@@ -11,7 +10,8 @@ the scheduled number of most confident masked positions up to the block's end ar
 schedule.py / sampler_step.py). Prompts of different lengths run as one left-padded batch whose rows
 each equal running that prompt alone, random draws included (each row has its own stream, seeded from one
 draw of `generator` and the prompt: see sampler_batch.row_generators).
-Importing this module registers `llada` and `fast` (sampler_fast.py) in the `samplers` registry.
+Importing this module registers `llada` in the `samplers` registry (`fast` lives in sampler_fast.py).
+To generate text, use the platform's one generation path, `mdm.platform.infer.generation.generate`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import torch
 from mdm.engines.llada_plus.sampler_batch import SampleBatch, row_generators
 from mdm.engines.llada_plus.sampler_step import commit_step
 from mdm.engines.llada_plus.schedule import check_schedule, transfer_counts
-from mdm.platform.prompts import encode_prompt
 from mdm.platform.registry import get_registry
 
 
@@ -126,64 +125,4 @@ def sample_llada(model: torch.nn.Module, prompts: list[list[int]], cfg: Any, *, 
     return SampleOutput(tokens=batch.generated(), nfe=nfe)
 
 
-def _cut(ids: list[int], ends: Sequence[int]) -> list[int]:
-    for i, t in enumerate(ids):
-        if t in ends:
-            return ids[:i]
-    return ids
-
-
-def generate(model: torch.nn.Module, tokenizer_or_ids: Any, sampler_cfg: Any,
-             prompts: Optional[Sequence[str] | str] = None, *, generator: Optional[torch.Generator] = None,
-             chat_template: bool = True) -> list[str] | list[list[int]]:
-    """Sample with the sampler named by `sampler_cfg.name`, `sampler_cfg.batch_size` prompts per call.
-
-    `tokenizer_or_ids`: a list of prompt id lists -> returns the generated ids (gen_length each); or a
-    tokenizer, with `prompts` as text laid out as training lays them out (`mdm.platform.prompts`: the chat
-    template when it has one, else text + newline; `chat_template=False`: the raw text) -> returns the
-    generated texts, cut at the first end token. Mask/EOS ids come from `model.config`."""
-    sample = get_registry("samplers").get(sampler_cfg.name)
-    mask_id = getattr(model.config, "mask_token_id", None)
-    if mask_id is None:
-        raise ValueError("model.config.mask_token_id is not set; the sampler needs the [MASK] id")
-    eos_id = getattr(model.config, "eos_token_id", None)
-    if isinstance(tokenizer_or_ids, (list, tuple)):
-        tokenizer, ids = None, [list(map(int, p)) for p in tokenizer_or_ids]
-    else:
-        tokenizer = tokenizer_or_ids
-        if prompts is None:
-            raise ValueError("generate(model, tokenizer, cfg, prompts): give the prompt texts")
-        ids = [_encode(tokenizer, p, chat_template) for p in ([prompts] if isinstance(prompts, str) else prompts)]
-    if sampler_cfg.batch_size < 1:
-        raise ValueError(f"sampler.batch_size must be >= 1, got {sampler_cfg.batch_size}")
-    was_training = model.training
-    model.eval()
-    out: list[list[int]] = [[] for _ in ids]
-    # batching similar lengths together keeps the left padding small
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    try:
-        for k in range(0, len(order), sampler_cfg.batch_size):
-            chunk = order[k:k + sampler_cfg.batch_size]
-            res = sample(model, [ids[i] for i in chunk], sampler_cfg, mask_id=mask_id, eos_id=eos_id,
-                         generator=generator)
-            for i, toks in zip(chunk, res.tokens):
-                out[i] = toks
-    finally:
-        model.train(was_training)
-    if tokenizer is None:
-        return out
-    ends = end_ids(sampler_cfg, eos_id)
-    return [tokenizer.decode(_cut(t, ends), skip_special_tokens=True) for t in out]
-
-
-def _encode(tokenizer: Any, text: str, chat_template: bool) -> list[int]:
-    """Prompt ids as training laid them out (`mdm.platform.prompts`: chat template, or text + newline);
-    `chat_template=False` sends the text raw."""
-    if chat_template:
-        return encode_prompt(tokenizer, text)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 get_registry("samplers").register("llada", sample_llada)
-
-from mdm.engines.llada_plus import sampler_fast  # noqa: E402,F401  (registers "fast")

@@ -15,8 +15,7 @@ class RayConfig:
     cluster's CPUs before starting (e.g. on a 2-CPU laptop: 2 workers x 0.5 CPU, or 1 worker x 1.0).
     Ray also sets each worker's OMP_NUM_THREADS (torch's thread count) to floor(cpus_per_worker), at least
     1, unless the environment sets it.
-    `storage_path`: checkpoints and run state; a local directory or any pyarrow/fsspec URI (s3://, gs://).
-    `run_name`: fixed name => re-running the same command resumes; None derives it from the config."""
+    `storage_path`: checkpoints and run state; a local directory or any pyarrow/fsspec URI (s3://, gs://)."""
 
     address: Optional[str] = None
     num_cpus: Optional[int] = None
@@ -25,7 +24,6 @@ class RayConfig:
     cpus_per_worker: float = 0.5
     gpus_per_worker: float = 1.0
     storage_path: str = "ray_results"
-    run_name: Optional[str] = None
     max_failures: int = 0
     num_to_keep: int = 2
 

@@ -1,4 +1,4 @@
-"""`eval` section: batch inference and scoring (read by `mdm.platform.batch_infer`).
+"""`eval` section: batch inference and scoring (read by `mdm.platform.infer.batch`).
 
     eval:
       task: gsm8k            # or --task
@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from mdm.platform.config import choice, registry_choice
+from mdm.platform.fields import choice, registry_choice
 
 
 @dataclass

@@ -92,7 +92,7 @@ def _mlflow_download(run_id: str, artifact_path: Optional[str], tracking_uri: Op
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from mdm.platform.tracking import resolve_uri
+    from mdm.platform.tracking.tracker import resolve_uri
 
     uri = resolve_uri(tracking_uri)
     client = MlflowClient(tracking_uri=uri)

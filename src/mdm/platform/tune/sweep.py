@@ -2,19 +2,19 @@
 
     mdm tune --config base.yaml [--config overlay.yaml] --sweep sweep.yaml [--set tune.scheduler=asha ...]
 
-    from mdm.platform.tune import run_sweep
+    from mdm.platform.tune.sweep import run_sweep
     res = run_sweep(cfg, "sweep.yaml")        # or a dict {"train.lr": {"loguniform": [1e-5, 1e-3]}, ...}
     res.rows[0]                               # the best trial: trial_id, status, metric, step, params, run_name
     res.best_config_path                      # YAML for `mdm train --config`
 
 The sweep file's format, its validation and the deduplication of conditional keys (p_model when PPOTS is off)
-are described in `mdm.platform.sweep_space`. The shape is Ray Train V2's: each trial is a Tune function
-(`_trial`) that calls `trainer.train_driver`, which builds and fits its own TorchTrainer (its own worker
+are described in `mdm.platform.tune.space`. The shape is Ray Train V2's: each trial is a Tune function
+(`_trial`) that calls `train.driver.train_driver`, which builds and fits its own TorchTrainer (its own worker
 group, ScalingConfig from `ray.*`); a `TuneReportCallback` forwards Train's reports to Tune. The trial
 function holds `tune.cpus_per_trial` (a fraction: Tune rejects 0); the worker groups' CPUs are accounted for
 by `max_concurrent_trials` (see `tune_config`). ASHA's time axis is the reported `step`.
 
-Names are deterministic: the sweep is `tune.name`, else `sweep-<hash of config and sweep>`; its Tune
+Names are deterministic (`mdm.platform.runs`): the sweep is `tune.name`, else `sweep-<hash of config and sweep>`; its Tune
 experiment lives in `<ray.storage_path>/<sweep>`, each trial's Train run in `<ray.storage_path>/<sweep>-<trial
 id>`, which is also its MLflow child run's name. Re-running the same command after the driver was killed
 restores the experiment (`Tuner.restore`): finished trials are kept, unfinished ones restart (resuming their
@@ -25,28 +25,20 @@ the trials sorted by `tune.metric`, writes the best trial's full config to
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import math
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from mdm.platform.config import ConfigError, dump_config, flatten, load_config, with_overrides
-from mdm.platform.sweep_space import SweepError, SweepSpace, load_sweep
-from mdm.platform.sweep_tracking import (child_run_name, child_tags, close_children, finish_parent,
+from mdm.platform.config_ops import dump_config, flatten, with_overrides
+from mdm.platform.fields import ConfigError
+from mdm.platform.runs import absolute_paths, child_run_name, storage_root, sweep_name
+from mdm.platform.tune.space import SweepSpace, load_sweep
+from mdm.platform.tune.sweep_tracking import (child_tags, close_children, finish_parent,
                                          format_table, open_parent, rank_rows)
 
-# Config keys holding local paths: made absolute in the driver, since trials run in other working directories.
-PATH_KEYS = ("train.train_data_path", "train.output_dir", "train.model", "data.eval_data_path", "data.tokenizer",
-             "data.task_data_dir", "ray.storage_path", "deepspeed.config_path")
-# Keys that say where and how fast a sweep runs, not what it searches: changing them still resumes the sweep.
-NAME_EXCLUDED = ("tracking.", "ray.address", "ray.num_cpus", "tune.max_concurrent_trials", "tune.cpus_per_trial",
-                 "tune.reserve_cpus", "tune.max_failures")
 WORST = 1e30                  # what Tune sees instead of a NaN/inf metric (MLflow keeps the real value)
 COMPLETED_KEY = "export_dir"  # only the trainer's final report carries it: the trial ran to its last step
 
@@ -63,39 +55,6 @@ class SweepResult:
     tracking_uri: Optional[str]
     restored: bool = False
     space: Optional[SweepSpace] = field(default=None, repr=False)
-
-
-def _absolute(value: str, must_exist: bool) -> str:
-    if "://" in value:
-        return value
-    parts = [p.strip() for p in value.split(",")]
-    if must_exist and not all(os.path.exists(p) for p in parts):
-        return value  # a hub id (train.model, data.tokenizer), not a path
-    return ",".join(os.path.abspath(p) for p in parts)
-
-
-def absolute_paths(cfg: Any) -> Any:
-    """`cfg` with local paths absolute and the tracking URI resolved, as seen from this working directory."""
-    from mdm.platform.tracking import resolve_uri
-
-    flat = flatten(cfg)
-    fix: dict[str, Any] = {}
-    for key in PATH_KEYS:
-        v = flat.get(key)
-        if isinstance(v, str) and v and v != "tiny":
-            fix[key] = _absolute(v, must_exist=key in ("train.model", "data.tokenizer"))
-    if cfg.tracking.enabled:
-        fix["tracking.tracking_uri"] = resolve_uri(cfg.tracking.tracking_uri)
-    return with_overrides(cfg, fix)
-
-
-def sweep_name(cfg: Any, space: SweepSpace) -> str:
-    """`tune.name`, else `sweep-<8 hex>` of the config's run-defining keys and the sweep (never a clock)."""
-    if cfg.tune.name:
-        return cfg.tune.name
-    flat = {k: v for k, v in flatten(cfg).items() if not k.startswith(NAME_EXCLUDED)}
-    blob = json.dumps([flat, space.describe(), space.conditions], sort_keys=True, default=str)
-    return "sweep-" + hashlib.sha1(blob.encode()).hexdigest()[:8]
 
 
 def max_concurrent(cfg: Any, cluster: Mapping[str, float]) -> int:
@@ -126,22 +85,22 @@ def _report_callback(metric: str, mode: str) -> Any:
     return _Report()
 
 
-def _trial(config: dict[str, Any], *, base_yaml: str, space: SweepSpace, name: str,
+def _trial(config: dict[str, Any], *, base: Any, plugins: Sequence[str], space: SweepSpace, name: str,
            parent_id: Optional[str]) -> None:
-    """One trial (runs in a Tune actor): the base config + this trial's overrides -> train_driver."""
+    """One trial (runs in a Tune actor): the base config + this trial's overrides -> train_driver.
+
+    `base` arrives pickled; the registries its names are checked against are filled first (the builtins and
+    the config's `auto_import` plugins), as the driver's were when it loaded the config."""
     from ray import tune
 
-    from mdm.platform.trainer import train_driver
+    from mdm.platform.registry import auto_import, load_builtins
+    from mdm.platform.train.driver import train_driver
 
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        f.write(base_yaml)  # the config travels as YAML: load_config re-registers plugins in this process
-    try:
-        base = load_config([f.name])
-    finally:
-        os.unlink(f.name)
+    load_builtins()
+    auto_import(list(plugins))
     trial_id = tune.get_context().get_trial_id()
     run_name = child_run_name(name, trial_id)
-    cfg = with_overrides(base, {**space.overrides_for(config), "ray.run_name": run_name})
+    cfg = with_overrides(base, {**space.overrides_for(config), "run_name": run_name})
     train_driver(cfg, run_name=run_name, callbacks=[_report_callback(cfg.tune.metric, cfg.tune.mode)],
                  mlflow_tags=child_tags(parent_id, name, trial_id) if cfg.tracking.enabled else None)
 
@@ -201,8 +160,8 @@ def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any], *, callbacks: Seq
     import ray
     from ray import tune
 
-    from mdm.platform.ray_runtime import ensure_ray
-    from mdm.platform.tracking import Tracker
+    from mdm.platform.runtime.ray_runtime import ensure_ray
+    from mdm.platform.tracking.tracker import Tracker
 
     space = load_sweep(sweep, cfg)  # every key and value checked before anything starts
     cfg = absolute_paths(cfg)
@@ -211,7 +170,7 @@ def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any], *, callbacks: Seq
     tracker = Tracker.open(cfg.tracking) if cfg.tracking.enabled else None
     ensure_ray(cfg.ray)
     concurrent = max_concurrent(cfg, ray.cluster_resources())
-    storage = cfg.ray.storage_path if "://" in cfg.ray.storage_path else os.path.abspath(cfg.ray.storage_path)
+    storage = storage_root(cfg)
     exp_path = f"{storage.rstrip('/')}/{name}"
     print(f"mdm tune {name}: {len(space.trials)} grid trial(s) (from {space.n_grid_raw} before dedup of ignored "
           f"keys) x {tcfg.num_samples} sample(s); {tcfg.scheduler}/{tcfg.searcher}; up to {concurrent} at once; "
@@ -228,7 +187,8 @@ def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any], *, callbacks: Seq
     # Trials report eval/loss only at eval steps; Tune's strict check would fail their first train-only report.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, base_yaml=dump_config(cfg), space=space, name=name, parent_id=parent_id),
+        tune.with_parameters(_trial, base=cfg, plugins=tuple(cfg.auto_import), space=space, name=name,
+                             parent_id=parent_id),
         {"CPU": tcfg.cpus_per_trial})
     param_space = space.param_space(tcfg.searcher)
     restored = tune.Tuner.can_restore(exp_path)
@@ -252,7 +212,7 @@ def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any], *, callbacks: Seq
     best_path = None
     best = next((r for r in rows if r["metric"] is not None), None)
     if best is not None:
-        best_cfg = with_overrides(cfg, {**best["params"], "ray.run_name": None, "tracking.run_name": None})
+        best_cfg = with_overrides(cfg, {**best["params"], "run_name": None})
         out = Path(cfg.train.output_dir) / name
         out.mkdir(parents=True, exist_ok=True)
         best_path = str(out / "best_config.yaml")
@@ -275,22 +235,3 @@ def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any], *, callbacks: Seq
                       status="FINISHED" if any(r["status"] != "FAILED" for r in rows) else "FAILED")
         print(f"compare runs: mlflow ui --backend-store-uri {tracker.uri}")
     return SweepResult(name, exp_path, rows, best_path, parent_id, tracker.uri if tracker else None, restored, space)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """`mdm tune`: 0 when at least one trial finished; 2 on a config/sweep mistake; 1 when all trials failed."""
-    from mdm.platform.config import add_config_args, config_or_dump
-
-    parser = argparse.ArgumentParser(prog="mdm tune", description="Run a Ray Tune sweep over the trainer.")
-    add_config_args(parser)
-    parser.add_argument("--sweep", required=True, metavar="YAML", help="search space in dotted keys")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        cfg = config_or_dump(args)
-        if cfg is None:
-            return 0
-        res = run_sweep(cfg, args.sweep)
-    except (SweepError, ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"mdm tune: error: {e}", file=sys.stderr)
-        return 2
-    return 0 if any(r["status"] == "FINISHED" for r in res.rows) else 1

@@ -1,6 +1,6 @@
 """Where the run happens: an embedded local Ray, or an existing cluster.
 
-    from mdm.platform.ray_runtime import ensure_ray
+    from mdm.platform.runtime.ray_runtime import ensure_ray
     ensure_ray(cfg.ray)          # no-op when Ray is already initialised in this process
 
 `ray.address` (or the RAY_ADDRESS environment variable) joins that cluster ("auto", "ray://host:10001");

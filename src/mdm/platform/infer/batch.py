@@ -3,11 +3,11 @@
     mdm infer --task gsm8k --model outputs/gsm8k-ab12/final --out preds.jsonl [--split test] [--limit N]
               [--sampler llada|fast] [--config eval.yaml] [--set sampler.steps=64 --set eval.max_actors=8]
 
-    from mdm.platform.batch_infer import run_inference
+    from mdm.platform.infer.batch import run_inference
     metrics = run_inference(cfg, model="mlflow:<run_id>", task="arithmetic", out="preds.jsonl", limit=32)
 
 Pipeline: the driver resolves the model (model_source), loads the tokenizer, reads the task's split (or a
-prompts JSONL) and encodes each prompt with `task.encode_prompt` -- so every mistake (missing model, no such
+prompts JSONL) and encodes the prompts with `task.encode_prompts` (the layout training used) -- so every mistake (missing model, no such
 split, bad JSONL line) fails before any actor starts. Then Ray Data: one block per batch ->
 `map_batches(SamplerActor, compute=ActorPoolStrategy(min, max), num_gpus=...)` (model loaded once per
 actor; dead actors restart and their batches are retried) -> CPU `map_batches(Scorer)` -> streamed back
@@ -18,17 +18,15 @@ and logged to MLflow (the training run when the model came from one, else an eva
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
-from mdm.platform.model_source import ModelSource, ModelSourceError, resolve_model
-from mdm.platform.registry import UnknownNameError, auto_import, get_registry, load_builtins
+from mdm.platform.infer.model_source import ModelSource, resolve_model
+from mdm.platform.registry import auto_import, get_registry, load_builtins
 
 
 class InferenceError(ValueError):
@@ -114,7 +112,7 @@ def _build_dataset(rows: list[dict], cfg: Any, model_path: str, task: str) -> An
     import ray
     import ray.data
 
-    from mdm.platform.infer_actor import SamplerActor, Scorer
+    from mdm.platform.infer.actor import SamplerActor, Scorer
 
     ev = cfg.eval
     ctx = ray.data.DataContext.get_current()
@@ -179,8 +177,8 @@ def _record(task: str, r: dict) -> dict:
 
 
 def _log_mlflow(cfg: Any, src: ModelSource, task: str, split: str, metrics: dict, files: list[str]) -> Optional[str]:
-    from mdm.platform.config import dump_config, flatten
-    from mdm.platform.tracking import RunLogger, Tracker
+    from mdm.platform.config_ops import dump_config, flatten
+    from mdm.platform.tracking.tracker import RunLogger, Tracker
 
     tracker = Tracker.open(cfg.tracking)
     run_id = src.run_id
@@ -214,7 +212,7 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
     """
     import ray
 
-    from mdm.platform.ray_runtime import ensure_ray
+    from mdm.platform.runtime.ray_runtime import ensure_ray
 
     t0 = time.perf_counter()
     ev = cfg.eval
@@ -225,7 +223,7 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
     load_builtins()
     auto_import(list(cfg.auto_import))
     if sampler:
-        from mdm.platform.config import with_overrides
+        from mdm.platform.config_ops import with_overrides
 
         cfg = with_overrides(cfg, {"sampler.name": sampler})  # validates the name against the registry
         ev = cfg.eval
@@ -236,8 +234,9 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
     rows = _prompt_rows(prompts, limit, task_name) if prompts else _task_rows(the_task, split, limit)
     if not rows:
         raise InferenceError(f"nothing to evaluate: {prompts or f'task {task_name!r} split {split!r}'} has no rows")
-    for r in rows:
-        r["prompt_ids"] = [int(t) for t in the_task.encode_prompt(tokenizer, r["prompt"])]
+    # The task's own prompt layout, the same one preprocessing used for its training rows.
+    for r, ids in zip(rows, the_task.encode_prompts(tokenizer, [r["prompt"] for r in rows])):
+        r["prompt_ids"] = [int(t) for t in ids]
 
     started = ensure_ray(cfg.ray)
     import ray.data
@@ -284,34 +283,3 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
           f"{metrics['tokens_per_s']:.1f} tokens/s, {metrics['rows_per_s']:.2f} rows/s, {metrics['actors']} actor(s), "
           f"wall {wall:.1f}s -> {out}", flush=True)
     return metrics
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from mdm.platform.config import ConfigError, add_config_args, config_or_dump
-
-    p = argparse.ArgumentParser(prog="mdm infer", description=__doc__.split("\n")[0])
-    p.add_argument("--task", help="task name (`mdm list tasks`); default eval.task")
-    p.add_argument("--model", help="HF dir | run/checkpoint dir | hub id | mlflow:<run_id> | runs:/<id>/<path>")
-    p.add_argument("--out", help="predictions JSONL (default eval.out, else predictions_<task>_<split>.jsonl)")
-    p.add_argument("--split", help="split to evaluate (default eval.split = test)")
-    p.add_argument("--limit", type=int, help="first N examples only")
-    p.add_argument("--sampler", help="sampler name (`mdm list samplers`), e.g. llada or fast")
-    p.add_argument("--prompts", help="JSONL of {prompt, gold_raw?, id?} instead of the task's split")
-    add_config_args(p)
-    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        cfg = config_or_dump(args)
-        if cfg is None:
-            return 0
-        run_inference(cfg, model=args.model, task=args.task, out=args.out, split=args.split, limit=args.limit,
-                      sampler=args.sampler, prompts=args.prompts)
-    except (ConfigError, UnknownNameError, InferenceError, ModelSourceError) as e:
-        print(f"mdm infer: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

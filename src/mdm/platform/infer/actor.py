@@ -6,7 +6,8 @@
                    num_cpus=0.25)
 
 `SamplerActor` loads tokenizer and model once per actor (through the engine's `build_model`, found in the
-`engines` registry) and calls the sampler registered under `sampler.name` on each batch of prompt ids.
+`engines` registry) and samples each batch of prompt ids through the one generation path
+(`mdm.platform.infer.generation.generate`, one sampler call per batch).
 Batches are dicts of numpy arrays (Ray Data's "numpy" format); `prompt_ids` is an object array of int
 lists. The actor adds `prediction` (decoded text, cut at the first end token: EOS or
 `sampler.eot_token_id`), `gen_tokens` (tokens generated before it), `nfe` (model calls for the batch, on
@@ -17,6 +18,7 @@ that excludes start-up). `Scorer` adds `extracted` and `score` with the task pac
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any, Optional
@@ -42,53 +44,38 @@ class SamplerActor:
                  seed: int = 0, auto_import: tuple[str, ...] = ()) -> None:
         import ray
         import torch
-        from transformers import AutoTokenizer
 
         from mdm.platform.registry import auto_import as _auto_import
         from mdm.platform.registry import get_registry, load_builtins
+        from mdm.platform.tokenizer import load_tokenizer
 
         load_builtins()
         _auto_import(list(auto_import))
         t0 = time.perf_counter()
         self.device = _pick_device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        model = get_registry("engines").get(engine).build_model(model_cfg, model_path, self.tokenizer)
-        self.model = model.to(self.device).eval()
-        self.sample = get_registry("samplers").get(sampler_cfg.name)
+        self.tokenizer = load_tokenizer(model_path, model_cfg.trust_remote_code)
+        self.spec = get_registry("engines").get(engine)
+        self.model = self.spec.build_model(model_cfg, model_path, self.tokenizer).to(self.device).eval()
         self.sampler_cfg = sampler_cfg
         self.seed = seed
-        self.mask_id = int(self.model.config.mask_token_id)
-        eos = getattr(self.model.config, "eos_token_id", None)
-        self.eos_id: Optional[int] = int(eos) if eos is not None else None
-        # The text ends at the first end token: EOS, or the sampler's second end token (e.g. <|eot_id|>).
-        eot = int(getattr(sampler_cfg, "eot_token_id", -1) or -1)
-        self.end_ids = {i for i in (self.eos_id, eot if eot >= 0 else None) if i is not None}
         self.load_s = time.perf_counter() - t0
         self.ready_at = time.time()  # wall clock: comparable across actors of one machine/cluster
         ctx = ray.get_runtime_context()
         self.actor_name = f"{ctx.get_node_id()}:{os.getpid()}"
         self._torch = torch
 
-    def _decode(self, tokens: list[int]) -> tuple[str, int]:
-        cut = next((k for k, t in enumerate(tokens) if t in self.end_ids), None)
-        if cut is not None:
-            tokens = tokens[:cut]
-        return self.tokenizer.decode(tokens, skip_special_tokens=True), len(tokens)
-
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from mdm.platform.infer.generation import generate
+
         prompts = [[int(t) for t in ids] for ids in batch["prompt_ids"]]
         first = int(np.min(batch["index"]))
         gen = self._torch.Generator(device=self.device).manual_seed(self.seed + first)
+        one_call = dataclasses.replace(self.sampler_cfg, batch_size=max(1, len(prompts)))  # the Ray batch
         with self._torch.inference_mode():
-            out = self.sample(self.model, prompts, self.sampler_cfg, mask_id=self.mask_id, eos_id=self.eos_id,
-                              generator=gen)
-        if len(out.tokens) != len(prompts):
-            raise RuntimeError(f"sampler {self.sampler_cfg.name!r} returned {len(out.tokens)} outputs for "
-                               f"{len(prompts)} prompts")
-        decoded = [self._decode([int(t) for t in toks]) for toks in out.tokens]
+            out = generate(self.model, self.spec, one_call, prompts, tokenizer=self.tokenizer, generator=gen)
         n = len(prompts)
-        batch["prediction"] = np.array([d[0] for d in decoded], dtype=object)
-        batch["gen_tokens"] = np.array([d[1] for d in decoded], dtype=np.int64)
+        batch["prediction"] = np.array(out.texts, dtype=object)
+        batch["gen_tokens"] = np.array([len(ids) for ids in out.ids], dtype=np.int64)
         batch["nfe"] = np.array([int(out.nfe)] + [0] * (n - 1), dtype=np.int64)
         batch["actor"] = np.array([self.actor_name] * n, dtype=object)
         batch["actor_ready_at"] = np.full(n, self.ready_at, dtype=np.float64)

@@ -1,12 +1,16 @@
-"""The optimisation engine of a Train worker: DeepSpeed (ZeRO 0-3, offload, bf16) or a plain torch loop.
+"""The model updater of a training loop: DeepSpeed (ZeRO 0-3, offload, bf16) or plain torch, one interface.
 
-    engine = setup_engine(model, cfg.deepspeed, cfg.train, total_steps=1000, device=device, world_size=2)
+    updater = build_updater(model, cfg.deepspeed, cfg.train, total_steps=1000, world_size=2)
     for micro_batch in ...:
-        loss = objective.loss(engine.module, batch, gen)[0]
-        engine.backward(loss)
-        if engine.step():                 # True on a gradient-accumulation boundary (an optimizer step)
-            print(engine.global_step, engine.lr, engine.grad_norm)
-    engine.save(ckpt_dir); engine.load(ckpt_dir)   # every rank calls both
+        loss = objective.loss(updater.module, batch, gen)[0]
+        updater.backward(loss)
+        if updater.step():                # True on a gradient-accumulation boundary (an optimizer step)
+            print(updater.global_step, updater.lr, updater.grad_norm)
+    updater.save(ckpt_dir, rank); updater.load(ckpt_dir)   # every rank calls both
+
+("Engine" in this project names a model family, `mdm.engines`; DeepSpeed's own `DeepSpeedEngine` is wrapped
+here.) The Ray Train workers and experiments/arithmetic.py both train through it, so an optimizer step and
+its LR schedule (`lr_schedule.py`, Hugging Face's curves) mean the same everywhere.
 
 The DeepSpeed JSON is generated from the `deepspeed` section plus `train.batch_size_per_gpu`, `grad_accum`
 and `max_grad_norm`, or read from `deepspeed.config_path` with those same train keys filled in over it, so
@@ -18,15 +22,18 @@ interface with a torch optimizer; with several workers it averages gradients wit
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
 
+from mdm.platform.engine_api import BaseTrainConfig
+from mdm.platform.train.deepspeed_config import DeepSpeedConfig
+from mdm.platform.train.lr_schedule import build_lr_scheduler
 
-def check_precision(ds_cfg: Any, on_gpu: bool) -> None:
+
+def check_precision(ds_cfg: DeepSpeedConfig, on_gpu: bool) -> None:
     """Reject settings that cannot run on this device, naming the key to change."""
     if ds_cfg.precision == "fp16" and not on_gpu:
         raise ValueError("deepspeed.precision: fp16 is not supported on CPU (DeepSpeed: 'Type fp16 is not "
@@ -37,7 +44,7 @@ def check_precision(ds_cfg: Any, on_gpu: bool) -> None:
         raise ValueError("deepspeed.precision other than fp32 needs deepspeed.enabled: true")
 
 
-def build_ds_config(ds_cfg: Any, train_cfg: Any, world_size: int) -> dict[str, Any]:
+def build_ds_config(ds_cfg: DeepSpeedConfig, train_cfg: BaseTrainConfig, world_size: int) -> dict[str, Any]:
     """The DeepSpeed config dict for this run (see the module docstring for what wins)."""
     if ds_cfg.config_path:
         with open(ds_cfg.config_path) as f:
@@ -63,38 +70,28 @@ def build_ds_config(ds_cfg: Any, train_cfg: Any, world_size: int) -> dict[str, A
     return conf
 
 
-def make_optimizer(params: Any, ds_cfg: Any, train_cfg: Any) -> torch.optim.Optimizer:
-    """AdamW (fused on GPU) or DeepSpeedCPUAdam with `train.lr` and `train.weight_decay`."""
+def make_optimizer(params: Any, ds_cfg: DeepSpeedConfig, train_cfg: BaseTrainConfig) -> torch.optim.Optimizer:
+    """AdamW (fused on GPU) or DeepSpeedCPUAdam with `train.lr`, `adam_beta1/2`, `adam_epsilon`, `weight_decay`."""
+    betas = (train_cfg.adam_beta1, train_cfg.adam_beta2)
     if ds_cfg.enabled and ds_cfg.optimizer == "cpu_adam":
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-        return DeepSpeedCPUAdam(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, adamw_mode=True)
+        return DeepSpeedCPUAdam(params, lr=train_cfg.lr, betas=betas, eps=train_cfg.adam_epsilon,
+                                weight_decay=train_cfg.weight_decay, adamw_mode=True)
     fused = torch.cuda.is_available() and not (ds_cfg.enabled and ds_cfg.offload_optimizer)
-    return torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, fused=fused or None)
+    return torch.optim.AdamW(params, lr=train_cfg.lr, betas=betas, eps=train_cfg.adam_epsilon,
+                             weight_decay=train_cfg.weight_decay, fused=fused or None)
 
 
-def lr_factor(step: int, kind: str, warmup_steps: int, total_steps: int) -> float:
-    """The LR multiplier after `step` optimizer steps: linear warmup, then constant, linear or cosine to 0."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if kind == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return 1.0 - progress if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+class PlainUpdater:
+    """A torch optimizer step with gradient accumulation and clipping (no DeepSpeed); with several workers
+    it averages gradients with one all-reduce per tensor."""
 
-
-def make_scheduler(optimizer: torch.optim.Optimizer, train_cfg: Any, total_steps: int) -> Any:
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, train_cfg.lr_scheduler_type, train_cfg.warmup_steps, total_steps))
-
-
-class PlainEngine:
-    """A torch optimizer step with gradient accumulation and clipping (no DeepSpeed)."""
-
-    def __init__(self, model: torch.nn.Module, ds_cfg: Any, train_cfg: Any, total_steps: int, world_size: int):
+    def __init__(self, model: torch.nn.Module, ds_cfg: DeepSpeedConfig, train_cfg: BaseTrainConfig, total_steps: int,
+                 world_size: int) -> None:
         self.module = model
         self.optimizer = make_optimizer(model.parameters(), ds_cfg, train_cfg)
-        self.scheduler = make_scheduler(self.optimizer, train_cfg, total_steps)
+        self.scheduler = build_lr_scheduler(self.optimizer, train_cfg, total_steps)
         self.grad_accum, self.max_grad_norm, self.world_size = train_cfg.grad_accum, train_cfg.max_grad_norm, world_size
         self.micro, self.global_step, self.grad_norm = 0, 0, float("nan")
 
@@ -125,10 +122,10 @@ class PlainEngine:
         if rank == 0:  # all ranks hold the same replica
             torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                         "scheduler": self.scheduler.state_dict(), "global_step": self.global_step},
-                       os.path.join(directory, "plain_engine.pt"))
+                       os.path.join(directory, "plain_updater.pt"))
 
     def load(self, directory: str) -> None:
-        state = torch.load(os.path.join(directory, "plain_engine.pt"), map_location="cpu", weights_only=False)
+        state = torch.load(os.path.join(directory, "plain_updater.pt"), map_location="cpu", weights_only=False)
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -136,17 +133,18 @@ class PlainEngine:
         self.micro = self.global_step * self.grad_accum
 
 
-class DeepSpeedEngine:
+class DeepSpeedUpdater:
     """`deepspeed.initialize` around the model; every rank saves and loads its own shard."""
 
     TAG = "ds"
 
-    def __init__(self, model: torch.nn.Module, ds_cfg: Any, train_cfg: Any, total_steps: int, world_size: int):
+    def __init__(self, model: torch.nn.Module, ds_cfg: DeepSpeedConfig, train_cfg: BaseTrainConfig, total_steps: int,
+                 world_size: int) -> None:
         import deepspeed
 
         conf = build_ds_config(ds_cfg, train_cfg, world_size)
         optimizer = None if "optimizer" in conf else make_optimizer(model.parameters(), ds_cfg, train_cfg)
-        scheduler = None if optimizer is None or "scheduler" in conf else make_scheduler(optimizer, train_cfg,
+        scheduler = None if optimizer is None or "scheduler" in conf else build_lr_scheduler(optimizer, train_cfg,
                                                                                          total_steps)
         # Ray Train already created the process group (gloo on CPU, nccl on GPU); DeepSpeed reuses it.
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -182,9 +180,9 @@ class DeepSpeedEngine:
             raise RuntimeError(f"no DeepSpeed checkpoint (tag {self.TAG!r}) under {directory}")
 
 
-def setup_engine(model: torch.nn.Module, ds_cfg: Any, train_cfg: Any, *, total_steps: int, world_size: int,
-                 on_gpu: Optional[bool] = None) -> "PlainEngine | DeepSpeedEngine":
+def build_updater(model: torch.nn.Module, ds_cfg: DeepSpeedConfig, train_cfg: BaseTrainConfig, *, total_steps: int,
+                  world_size: int = 1, on_gpu: Optional[bool] = None) -> "PlainUpdater | DeepSpeedUpdater":
     """Wrap `model` (already on its device) for training per the `deepspeed` section."""
     check_precision(ds_cfg, torch.cuda.is_available() if on_gpu is None else on_gpu)
-    cls = DeepSpeedEngine if ds_cfg.enabled else PlainEngine
+    cls = DeepSpeedUpdater if ds_cfg.enabled else PlainUpdater
     return cls(model, ds_cfg, train_cfg, total_steps, world_size)

@@ -1,4 +1,4 @@
-"""`tracking` section: MLflow (read by `mdm.platform.tracking`)."""
+"""`tracking` section: MLflow (read by `mdm.platform.tracking.tracker`)."""
 
 from __future__ import annotations
 
@@ -14,4 +14,3 @@ class TrackingConfig:
     enabled: bool = True
     tracking_uri: Optional[str] = None
     experiment_name: str = "mdm"
-    run_name: Optional[str] = None

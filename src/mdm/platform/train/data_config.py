@@ -1,11 +1,11 @@
-"""`data` section: how processed JSONL is read, validated and split (read by `mdm.platform.ingest`)."""
+"""`data` section: how processed JSONL is read, validated and split (read by `mdm.platform.train.ingest`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
-from mdm.platform.config import choice
+from mdm.platform.fields import choice
 
 
 @dataclass

@@ -1,6 +1,6 @@
-"""`mdm train`: the Ray Train driver (TorchTrainer over `worker_loop.train_fn_per_worker`).
+"""`mdm train`: the Ray Train driver (TorchTrainer over `worker.train_fn_per_worker`).
 
-    from mdm.platform.trainer import train_driver
+    from mdm.platform.train.driver import train_driver
     result = train_driver(cfg)                         # ray.train.Result
     result.metrics["export_dir"]                       # <train.output_dir>/<run_name>/final (save_pretrained)
 
@@ -8,38 +8,21 @@
 
 Order of work, so that mistakes surface before any worker starts: precision check, tracking store reachable,
 Ray started or joined (ray_runtime), worker sizing leaves room for Ray Data, data validated (ingest), MLflow
-run opened or resumed (tracking), then `TorchTrainer.fit()`. The run name is `ray.run_name`, else
-`tracking.run_name`, else derived from the config (a hash of the keys that define the run, never a clock),
-so re-running the same command resumes: Ray Train restores the latest checkpoint under
+run opened or resumed (tracking), then `TorchTrainer.fit()`. The run name is `run_name`, else derived from
+the config (`mdm.platform.runs`: a hash of the keys that define the run, never a clock), so re-running the
+same command resumes: Ray Train restores the latest checkpoint under
 `<ray.storage_path>/<run_name>` and MLflow logs into the run of that name.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import sys
 from typing import Any, Optional, Sequence
 
-from mdm.platform.config import dump_config, flatten
-
-# Keys that do not change what is trained (where, how it is watched): left out of the derived run name.
-# ray.num_workers and ray.use_gpu stay in: they change the global batch and the numerics.
-_NAME_EXCLUDED = ("ray.address", "ray.num_cpus", "ray.cpus_per_worker", "ray.gpus_per_worker", "ray.storage_path",
-                  "ray.run_name", "ray.max_failures", "ray.num_to_keep", "tracking.", "tune.", "eval.", "sampler.",
-                  "train.logging_steps", "train.output_dir", "data.task_data_dir")
-
-
-def derive_run_name(cfg: Any) -> str:
-    """`<task or data file>-<8 hex>` from the run-defining config keys; stable across machines and days."""
-    flat = {k: v for k, v in flatten(cfg).items() if not k.startswith(_NAME_EXCLUDED)}
-    digest = hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    stem = cfg.train.task or os.path.splitext(os.path.basename(str(cfg.train.train_data_path or "data")
-                                                               .split(",")[0].rstrip("/")))[0]
-    return f"{stem}-{digest}"
-
+from mdm.platform.config_ops import dump_config, flatten
+from mdm.platform.runs import export_dir, run_name as derive_name, storage_root
 
 def tokenizer_path(cfg: Any) -> str:
     if cfg.data.tokenizer:
@@ -67,36 +50,31 @@ def plan_steps(n_train: int, train_cfg: Any, world: int) -> tuple[int, int, int]
     return train_cfg.epochs * per_worker // train_cfg.grad_accum, steps_per_epoch, train_cfg.epochs
 
 
-def _storage(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
-
-
 def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequence[Any] = (),
                  mlflow_tags: Optional[dict[str, str]] = None) -> Any:
     """Validate, then train with a TorchTrainer; returns the ray.train.Result (raises on failure)."""
-    import ray.train
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-    from transformers import AutoTokenizer
 
-    from mdm.platform.ds_setup import check_precision
-    from mdm.platform.ingest import build_datasets, ingest_options
-    from mdm.platform.progress import ProgressCallback
-    from mdm.platform.ray_runtime import check_worker_fit, ensure_ray
-    from mdm.platform.tracking import Tracker
-    from mdm.platform.worker_loop import RunInfo, WorkerSections, train_fn_per_worker
+    from mdm.platform.train.updater import check_precision
+    from mdm.platform.train.ingest import build_datasets, ingest_options
+    from mdm.platform.train.progress import ProgressCallback
+    from mdm.platform.runtime.ray_runtime import check_worker_fit, ensure_ray
+    from mdm.platform.tracking.tracker import Tracker
+    from mdm.platform.train.worker import RunInfo, WorkerSections, train_fn_per_worker
+    from mdm.platform.tokenizer import load_tokenizer
 
     rcfg, tcfg = cfg.ray, cfg.train
     check_precision(cfg.deepspeed, on_gpu=rcfg.use_gpu)
     if not tcfg.train_data_path:
         raise ValueError("train.train_data_path is not set: point it at processed JSONL (`mdm preprocess`)")
-    run_name = run_name or rcfg.run_name or cfg.tracking.run_name or derive_run_name(cfg)
+    run_name = run_name or derive_name(cfg)
     tracker = Tracker.open(cfg.tracking) if cfg.tracking.enabled else None  # unreachable -> TrackingError now
     ensure_ray(rcfg)
     check_worker_fit(rcfg)
 
     tok_path = tokenizer_path(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(tok_path)
+    tokenizer = load_tokenizer(tok_path, cfg.model.trust_remote_code)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     data = build_datasets(cfg.data, train_path=tcfg.train_data_path, seed=tcfg.seed, train_ratio=tcfg.train_ratio,
                           max_len=tcfg.max_len, batch_size=tcfg.batch_size_per_gpu, pad_id=pad_id,
@@ -111,7 +89,7 @@ def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequenc
         run_id = tracker.start_run(run_name, params=flatten(cfg), config_yaml=dump_config(cfg), tags=mlflow_tags)
     has_eval = "eval" in datasets
     run = RunInfo(run_name=run_name, tokenizer=os.path.abspath(tok_path) if os.path.isdir(tok_path) else tok_path,
-                  export_dir=os.path.abspath(os.path.join(tcfg.output_dir, run_name, "final")),
+                  export_dir=export_dir(cfg, run_name),
                   total_steps=total, steps_per_epoch=per_epoch, epochs=epochs, has_eval=has_eval,
                   tracking_uri=tracker.uri if tracker else None, mlflow_run_id=run_id)
     sections = WorkerSections(engine=cfg.engine, auto_import=list(cfg.auto_import), train=tcfg, model=cfg.model,
@@ -124,7 +102,7 @@ def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequenc
         scaling_config=ScalingConfig(num_workers=rcfg.num_workers, use_gpu=rcfg.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
-            name=run_name, storage_path=_storage(rcfg.storage_path),
+            name=run_name, storage_path=storage_root(cfg),
             checkpoint_config=CheckpointConfig(num_to_keep=rcfg.num_to_keep,
                                                checkpoint_score_attribute="eval/loss" if scored else None,
                                                checkpoint_score_order="min"),
@@ -142,18 +120,3 @@ def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequenc
     if tracker is not None and run_id is not None:
         tracker.end_run(run_id, status="FINISHED")
     return result
-
-
-def run(cfg: Any) -> int:
-    """`mdm train`: 0 on success; 2 with a one-line error for mistakes a person can fix."""
-    from mdm.platform.ingest import DataError
-    from mdm.platform.tracking import TrackingError
-
-    try:
-        result = train_driver(cfg)
-    except (DataError, TrackingError, ValueError, FileNotFoundError) as e:
-        print(f"mdm train: error: {e}", file=sys.stderr)
-        return 2
-    m = result.metrics or {}
-    print(f"mdm train: done at step {m.get('step')} (eval/loss {m.get('eval/loss')}); model: {m.get('export_dir')}")
-    return 0

@@ -1,12 +1,12 @@
-"""Training checkpoints (every rank, through its engine) reported to Ray Train, and the final HF export.
+"""Training checkpoints (every rank, through its updater) reported to Ray Train, and the final HF export.
 
     state = TrainState(step=120, microbatches=40, epoch=1)
-    ckpt = save_checkpoint(engine, objective, state, rank=r)        # -> ray.train.Checkpoint (a temp dir)
+    ckpt = save_checkpoint(updater, objective, state, rank=r)        # -> ray.train.Checkpoint (a temp dir)
     ray.train.report(metrics, checkpoint=ckpt)                       # Ray merges all ranks' files in storage
-    state = restore_checkpoint(ray.train.get_checkpoint(), engine, objective, rank=r, generator=gen)
-    export_hf(engine, tokenizer, "outputs/run/final", zero_stage=2, rank=r)   # save_pretrained
+    state = restore_checkpoint(ray.train.get_checkpoint(), updater, objective, rank=r, generator=gen)
+    export_hf(updater, tokenizer, "outputs/run/final", zero_stage=2, rank=r)   # save_pretrained
 
-A checkpoint directory holds the engine's files (DeepSpeed's `ds/` shards, or `plain_engine.pt`), the
+A checkpoint directory holds the updater's files (DeepSpeed's `ds/` shards, or `plain_updater.pt`), the
 objective's state (P-POTS fit) and one `worker_<rank>.pt` per rank with its step counter, data position and
 RNG states (torch, numpy, random, and the objective's generator), so the steps after a resume replay an
 uninterrupted run.
@@ -51,7 +51,7 @@ def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(engine: Any, objective: Any, state: TrainState, *, rank: int,
+def save_checkpoint(updater: Any, objective: Any, state: TrainState, *, rank: int,
                     generator: torch.Generator) -> Any:
     """Write this rank's part of a checkpoint to a fresh temp dir; returns it as a ray.train.Checkpoint.
 
@@ -60,7 +60,7 @@ def save_checkpoint(engine: Any, objective: Any, state: TrainState, *, rank: int
     from ray.train import Checkpoint
 
     directory = tempfile.mkdtemp(prefix=f"mdm_ckpt_r{rank}_")
-    engine.save(directory, rank)
+    updater.save(directory, rank)
     torch.save({"state": state.__dict__, "rng": _rng_state(generator)}, os.path.join(directory, f"worker_{rank}.pt"))
     if rank == 0 and hasattr(objective, "state_dict"):
         torch.save(objective.state_dict(), os.path.join(directory, "objective.pt"))
@@ -71,11 +71,11 @@ def cleanup(checkpoint: Any) -> None:
     shutil.rmtree(checkpoint.path, ignore_errors=True)
 
 
-def restore_checkpoint(checkpoint: Any, engine: Any, objective: Any, *, rank: int,
+def restore_checkpoint(checkpoint: Any, updater: Any, objective: Any, *, rank: int,
                        generator: torch.Generator) -> TrainState:
-    """Load engine, objective, counters and RNG states from a reported checkpoint (every rank calls it)."""
+    """Load updater, objective, counters and RNG states from a reported checkpoint (every rank calls it)."""
     with checkpoint.as_directory() as directory:
-        engine.load(directory)
+        updater.load(directory)
         objective_path = os.path.join(directory, "objective.pt")
         if os.path.exists(objective_path) and hasattr(objective, "load_state_dict"):
             objective.load_state_dict(torch.load(objective_path, map_location="cpu", weights_only=False))
@@ -90,10 +90,10 @@ def restore_checkpoint(checkpoint: Any, engine: Any, objective: Any, *, rank: in
     return TrainState(**saved["state"])
 
 
-def export_hf(engine: Any, tokenizer: Any, out_dir: str, *, zero_stage: int, rank: int) -> str:
+def export_hf(updater: Any, tokenizer: Any, out_dir: str, *, zero_stage: int, rank: int) -> str:
     """`save_pretrained` the full model (+ tokenizer) into `out_dir` on rank 0; collective under ZeRO-3."""
-    module = engine.module
-    if zero_stage == 3 and getattr(engine, "engine", None) is not None:
+    module = updater.module
+    if zero_stage == 3 and getattr(updater, "engine", None) is not None:
         import deepspeed
 
         # ZeRO-3 partitions every parameter: gather them on all ranks, rank 0 writes.

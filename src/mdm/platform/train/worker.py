@@ -1,8 +1,8 @@
 """The per-worker training function of the Ray Train worker group (`train_fn_per_worker`).
 
-Built by `mdm.platform.trainer.train_driver`, which passes `{"sections": WorkerSections, "run": RunInfo}` as the
+Built by `mdm.platform.train.driver.train_driver`, which passes `{"sections": WorkerSections, "run": RunInfo}` as the
 TorchTrainer's `train_loop_config`. Each worker: imports the registries' plugins, builds the model through the
-engine spec, wraps it (ds_setup), restores the latest checkpoint or runs the objective's `prepare` (P-POTS),
+engine spec, wraps it in an updater (DeepSpeed or plain torch: `updater.py`), restores the latest checkpoint or runs the objective's `prepare` (P-POTS),
 then streams its shard of ready micro-batches and steps until `run.total_steps`. Every `train.logging_steps`
 it reports metrics (averaged over ranks) to Ray Train and, on rank 0, to MLflow; evals and checkpoints follow
 `train.eval_strategy` / `train.save_strategy`; at the end rank 0 exports the model in Hugging Face format.
@@ -19,7 +19,7 @@ from typing import Any, Iterator, Optional
 import torch
 import torch.distributed as dist
 
-from mdm.platform.checkpointing import TrainState, cleanup, export_hf, restore_checkpoint, save_checkpoint
+from mdm.platform.train.checkpoint import TrainState, cleanup, export_hf, restore_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -61,13 +61,13 @@ class _Shard:
             yield {k: v.to(self.device, non_blocking=True) for k, v in mb.items()}
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        from mdm.platform.ingest import shard_batches
+        from mdm.platform.train.ingest import shard_batches
 
         return self._to_device(shard_batches(self.it, self.prefetch))
 
     def epochs(self, start_epoch: int, skip: int, epochs: int, seed: int) -> Iterator[tuple[int, dict]]:
         """(epoch, micro-batch) from `start_epoch` on, skipping the first `skip` micro-batches of it."""
-        from mdm.platform.ingest import epoch_batches
+        from mdm.platform.train.ingest import epoch_batches
 
         for epoch in range(start_epoch, epochs):
             for i, mb in enumerate(self._to_device(epoch_batches(self.it, epoch, seed, self.prefetch))):
@@ -114,10 +114,10 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from mdm.platform.ds_setup import setup_engine
+    from mdm.platform.train.updater import build_updater
     from mdm.platform.registry import auto_import, get_registry, load_builtins
-    from mdm.platform.tracking import RunLogger
-    from transformers import AutoTokenizer
+    from mdm.platform.tracking.tracker import RunLogger
+    from mdm.platform.tokenizer import load_tokenizer
 
     sec: WorkerSections = config["sections"]
     run: RunInfo = config["run"]
@@ -129,11 +129,11 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     tcfg = sec.train
 
     spec = get_registry("engines").get(sec.engine)
-    tokenizer = AutoTokenizer.from_pretrained(run.tokenizer)
+    tokenizer = load_tokenizer(run.tokenizer, sec.model.trust_remote_code)
     torch.manual_seed(tcfg.seed)  # the same initial weights on every rank
     model = spec.build_model(sec.model, tcfg.model, tokenizer).to(device)
     model.train()
-    engine = setup_engine(model, sec.deepspeed, tcfg, total_steps=run.total_steps, world_size=world,
+    updater = build_updater(model, sec.deepspeed, tcfg, total_steps=run.total_steps, world_size=world,
                           on_gpu=device.type == "cuda")
     objective = spec.build_objective(tcfg)
     gen = torch.Generator(device=device).manual_seed(tcfg.seed + 1_000_003 * rank)
@@ -143,9 +143,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     state = TrainState()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        state = restore_checkpoint(checkpoint, engine, objective, rank=rank, generator=gen)
+        state = restore_checkpoint(checkpoint, updater, objective, rank=rank, generator=gen)
     else:
-        ppots = objective.prepare(engine.module, prepare_batches, device) or {}
+        ppots = objective.prepare(updater.module, prepare_batches, device) or {}
         if logger and ppots:
             logger.metrics(ppots, step=0)
 
@@ -161,7 +161,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                 f.write(run.export_dir)
             ckpt = ray.train.Checkpoint.from_directory(ckpt_dir)
         else:
-            ckpt = save_checkpoint(engine, objective, state, rank=rank, generator=gen)
+            ckpt = save_checkpoint(updater, objective, state, rank=rank, generator=gen)
         try:
             ray.train.report(metrics, checkpoint=ckpt)
         finally:
@@ -186,14 +186,14 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                 state.epoch, state.microbatches = epoch, 0
             window["tokens"] += int(mb.pop("n_tokens"))
             state.microbatches += 1
-            loss, _ = objective.loss(engine.module, mb, gen)
-            engine.backward(loss)
-            engine.step()
+            loss, _ = objective.loss(updater.module, mb, gen)
+            updater.backward(loss)
+            updater.step()
             window["loss"] += float(loss.detach())
             window["n"] += 1
         state.step += 1
         window["time"] += time.perf_counter() - t0
-        re = objective.maybe_reestimate(state.step, engine.module, prepare_batches, device)
+        re = objective.maybe_reestimate(state.step, updater.module, prepare_batches, device)
         if logger and re:
             logger.metrics(re, step=state.step)
 
@@ -209,16 +209,16 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             [window["loss"] / max(window["n"], 1), window["tokens"], window["wait"], window["time"]], world)
         metrics: dict[str, Any] = {
             "step": state.step, "epoch": state.epoch, "total_steps": run.total_steps,
-            "train/loss": loss_mean, "train/lr": engine.lr, "train/grad_norm": engine.grad_norm,
+            "train/loss": loss_mean, "train/lr": updater.lr, "train/grad_norm": updater.grad_norm,
             "train/tokens_per_s": tokens * world / max(dt, 1e-9), "train/data_wait_fraction": wait / max(dt, 1e-9)}
         window = {k: 0 * v for k, v in window.items()}
         last_train = {k: v for k, v in metrics.items() if k.startswith("train/")}
         if do_eval:
-            last_eval = state.eval_loss = _evaluate(objective, engine.module, device, tcfg.seed, rank, world)
+            last_eval = state.eval_loss = _evaluate(objective, updater.module, device, tcfg.seed, rank, world)
             metrics["eval/loss"] = last_eval
         if do_save and run.has_eval and tcfg.eval_strategy != "no":
             if last_eval is None:  # the checkpoint score needs an eval loss
-                last_eval = state.eval_loss = _evaluate(objective, engine.module, device, tcfg.seed, rank, world)
+                last_eval = state.eval_loss = _evaluate(objective, updater.module, device, tcfg.seed, rank, world)
             metrics["eval/loss"] = last_eval
         if logger:
             logger.metrics({k: v for k, v in metrics.items() if "/" in k}, step=state.step)
@@ -226,7 +226,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             report(metrics, with_checkpoint=do_save)
 
     # Final: export, artifacts, and one report with a checkpoint so Result.metrics carries it all.
-    export_hf(engine, tokenizer, run.export_dir, zero_stage=sec.deepspeed.zero_stage if sec.deepspeed.enabled else 0,
+    export_hf(updater, tokenizer, run.export_dir, zero_stage=sec.deepspeed.zero_stage if sec.deepspeed.enabled else 0,
               rank=rank)
     if logger:
         import tempfile
@@ -237,7 +237,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                 logger.artifact(plot)
         logger.artifact(run.export_dir, "final_model")
     final_metrics = {"step": state.step, "epoch": state.epoch, "total_steps": run.total_steps,
-                     "optimizer_steps": engine.global_step, "export_dir": run.export_dir}
+                     "optimizer_steps": updater.global_step, "export_dir": run.export_dir}
     if last_eval is not None:
         final_metrics["eval/loss"] = last_eval
     final_metrics.update(last_train)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from mdm.platform.config import choice
+from mdm.platform.fields import choice
 
 
 @dataclass

@@ -21,17 +21,12 @@ from typing import Any, Iterable, Mapping, Optional
 
 from mlflow.entities import Metric, Param, RunTag
 
-from mdm.platform.tracking import MAX_PARAM_CHARS, Tracker
+from mdm.platform.tracking.tracker import MAX_PARAM_CHARS, Tracker
 
 SWEEP_TAG = "mdm.sweep"
 ROLE_TAG = "mdm.role"
 TRIAL_TAG = "mdm.trial_id"
 STATUS_TAG = "mdm.trial_status"
-
-
-def child_run_name(sweep_name: str, trial_id: str) -> str:
-    """The Train run name and MLflow child run name of a trial: stable across restarts and resumes."""
-    return f"{sweep_name}-{trial_id}"
 
 
 def child_tags(parent_id: Optional[str], sweep_name: str, trial_id: str) -> dict[str, str]:

@@ -3,7 +3,9 @@
     mdm generate --model outputs/run/final --prompt "What is 2+3?" --prompt "7*6=" \\
         --set sampler.name=fast --set sampler.threshold=0.9 [--config sampler.yaml] [--seed 0] [--device cuda]
 
-The model directory holds `config.json` + safetensors and a tokenizer (`save_pretrained` of both). Prompts
+The model directory holds `config.json` + safetensors and a tokenizer (`save_pretrained` of both); the model is
+built by the config's engine (`engine`, default llada_plus) and sampled through the one generation path
+(`mdm.platform.infer.generation`). Prompts
 are laid out as training laid them out: the tokenizer's chat template when it has one, else the text and a
 newline (`--no_chat_template` sends them raw). Prints one generated text per prompt (`--json`: one JSON
 object per line with prompt and text).
@@ -20,7 +22,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from mdm.platform.config import add_config_args, config_or_dump
+from mdm.platform.config_args import add_config_args, config_or_dump
+from mdm.platform.tokenizer import load_tokenizer
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -40,17 +43,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"mdm generate: error: --model {args.model}: not a directory", file=sys.stderr)
         return 2
 
-    from transformers import AutoTokenizer
+    from mdm.platform.infer.generation import generate
+    from mdm.platform.registry import get_registry
 
-    from mdm.engines.llada_plus.model import build_model
-    from mdm.engines.llada_plus.sampler import generate
-
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = build_model(cfg.model, args.model, tokenizer).to(args.device)
+    tokenizer = load_tokenizer(args.model, cfg.model.trust_remote_code)
+    spec = get_registry("engines").get(cfg.engine)
+    model = spec.build_model(cfg.model, args.model, tokenizer).to(args.device)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     t0 = time.perf_counter()
-    texts = generate(model, tokenizer, cfg.sampler, args.prompt, generator=generator,
-                     chat_template=not args.no_chat_template)
+    texts = generate(model, spec, cfg.sampler, args.prompt, tokenizer=tokenizer, generator=generator,
+                     chat_template=not args.no_chat_template).texts or []
     for prompt, text in zip(args.prompt, texts):
         print(json.dumps({"prompt": prompt, "text": text}) if args.json else text)
     print(f"[{cfg.sampler.name}] {len(texts)} prompt(s) in {time.perf_counter() - t0:.2f}s", file=sys.stderr)

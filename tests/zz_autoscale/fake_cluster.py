@@ -14,7 +14,7 @@ ports and its own `--temp-dir` (so plain `ray.init()` elsewhere never finds it t
 /tmp/ray/ray_current_cluster), and shuts down by signalling only the process tree it started (the fake
 worker nodes are raylets spawned by the head's autoscaler monitor, so they are in that tree).
 
-CLI (for trying it by hand): `python -m mdm.platform.fake_cluster --max-workers 2` prints the address and
+CLI (for trying it by hand): `python -m fake_cluster --max-workers 2` prints the address and
 blocks until Ctrl-C.
 """
 
@@ -175,7 +175,7 @@ class FakeAutoscalingCluster:
 def main(argv: Optional[list[str]] = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m mdm.platform.fake_cluster", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fake_cluster", description=__doc__.split("\n")[0])
     p.add_argument("--head-cpus", type=float, default=2)
     p.add_argument("--max-workers", type=int, default=2)
     args = p.parse_args(argv)

@@ -18,8 +18,9 @@ Nested YAML (`train: {lr: {loguniform: ...}}`) is the same as the dotted form.
     space.trials                               # the deduplicated grid: list of {dotted key: value}
     space.param_space("random")                # {"grid": tune.grid_search(trials), "sample": {...}}
 
-Conditional keys and deduplication: some keys are ignored unless another key has a value (`train.p_model`
-only matters when `train.PPOTS` is on). Crossing the grid naively would run PPOTS-off trials once per
+Conditional keys and deduplication: some keys are ignored unless another key has a value; the engine
+declares which (`EngineSpec.conditions`: for LLaDA+, `train.p_model` and the other P-POTS knobs only matter
+when `train.PPOTS` is on). Crossing the grid naively would run PPOTS-off trials once per
 p_model, all identical. So the grid is expanded here, not by Tune: every combination is canonicalised
 (an ignored key is reset to the base config's value), duplicates are dropped, and the explicit list of trial
 dicts goes to Tune as one `grid_search` dimension. Random dimensions (`choice`, `uniform`, ...) stay Tune
@@ -41,14 +42,13 @@ from typing import Any, Mapping
 
 from omegaconf import OmegaConf
 
-from mdm.platform.config import ConfigError, flatten, with_overrides
+from mdm.platform.config_ops import flatten, with_overrides
+from mdm.platform.fields import ConfigError
+from mdm.platform.registry import get_registry
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 RESERVED = ("conditions",)
 
-# "KEY only matters when OTHER == VALUE". The platform imports no engine, so LLaDA+'s knob is named here by
-# its dotted key; a sweep file adds its own under `conditions:`.
-DEFAULT_CONDITIONS: dict[str, dict[str, Any]] = {"train.p_model": {"train.PPOTS": True}}
 
 
 class SweepError(ConfigError):
@@ -194,7 +194,9 @@ def parse_sweep(data: Mapping[str, Any], cfg: Any, where: str = "sweep") -> Swee
     extra_cond = data.pop("conditions", None) or {}
     if not isinstance(extra_cond, dict):
         raise SweepError(f"{where}: conditions must map KEY -> {{OTHER_KEY: VALUE}}, got {extra_cond!r}")
-    conditions = {**DEFAULT_CONDITIONS}
+    # "KEY only matters when OTHER == VALUE": the engine declares its own (EngineSpec.conditions); a sweep
+    # file adds more under `conditions:`.
+    conditions = {k: dict(v) for k, v in get_registry("engines").get(cfg.engine).conditions.items()}
     for key, cond in extra_cond.items():
         if not isinstance(cond, dict) or not cond:
             raise SweepError(f"{where}: conditions.{key}: expected {{OTHER_KEY: VALUE}}, got {cond!r}")

@@ -1,0 +1,44 @@
+"""`mdm infer`: batch inference + scoring on Ray Data (see `mdm.platform.infer.batch.run_inference`).
+
+    mdm infer --task gsm8k --model outputs/gsm8k-ab12/final --out preds.jsonl [--split test] [--limit N]
+              [--sampler llada|fast] [--config eval.yaml] [--set sampler.steps=64 --set eval.max_actors=8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from mdm.platform.config_args import add_config_args, config_or_dump
+from mdm.platform.fields import ConfigError
+from mdm.platform.infer.batch import InferenceError, run_inference
+from mdm.platform.infer.model_source import ModelSourceError
+from mdm.platform.registry import UnknownNameError
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="mdm infer", description=__doc__.split("\n")[0])
+    p.add_argument("--task", help="task name (`mdm list tasks`); default eval.task")
+    p.add_argument("--model", help="HF dir | run/checkpoint dir | hub id | mlflow:<run_id> | runs:/<id>/<path>")
+    p.add_argument("--out", help="predictions JSONL (default eval.out, else predictions_<task>_<split>.jsonl)")
+    p.add_argument("--split", help="split to evaluate (default eval.split = test)")
+    p.add_argument("--limit", type=int, help="first N examples only")
+    p.add_argument("--sampler", help="sampler name (`mdm list samplers`), e.g. llada or fast")
+    p.add_argument("--prompts", help="JSONL of {prompt, gold_raw?, id?} instead of the task's split")
+    add_config_args(p)
+    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        cfg = config_or_dump(args)
+        if cfg is None:
+            return 0
+        run_inference(cfg, model=args.model, task=args.task, out=args.out, split=args.split, limit=args.limit,
+                      sampler=args.sampler, prompts=args.prompts)
+    except (ConfigError, UnknownNameError, InferenceError, ModelSourceError) as e:
+        print(f"mdm infer: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""The config flags every entry point shares, and the "merge, print on --dump_config, run nothing" rule.
+
+    parser = argparse.ArgumentParser(prog="mdm train")
+    add_config_args(parser)                 # --config YAML (repeatable), --set KEY=VALUE, --auto_import, --dump_config
+    cfg = config_or_dump(parser.parse_args(argv), files_before=preset_files)
+    if cfg is None:                         # --dump_config printed the merged config
+        return 0
+
+`mdm train|tune|infer|generate|config` and the scripts in experiments/ all use these, so the seed's flags
+mean the same everywhere.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional, Sequence
+
+from mdm.platform.config import load_config
+from mdm.platform.config_ops import dump_config
+
+
+def add_config_args(parser: Any) -> None:
+    """The seed's config flags: --config, --set, --auto_import, --dump_config."""
+    parser.add_argument("--config", action="append", default=[], metavar="YAML",
+                        help="YAML config file; repeat to overlay (later files win)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="dotted override parsed as YAML, e.g. --set train.lr=1e-5 (repeatable)")
+    parser.add_argument("--auto_import", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first so it can register tasks, p_models, samplers (runs its code)")
+    parser.add_argument("--dump_config", action="store_true",
+                        help="print the merged, defaulted config as YAML and exit")
+
+
+def config_from_args(args: Any, files_before: Sequence[str] = (), overrides_before: Sequence[str] = ()) -> Any:
+    """`files_before` + `--config` files merged in order, then `overrides_before`, then `--set` (wins)."""
+    return load_config([*files_before, *args.config], [*overrides_before, *args.overrides], args.auto_import)
+
+
+def config_or_dump(args: Any, files_before: Sequence[str] = (), overrides_before: Sequence[str] = ()) -> Optional[Any]:
+    """The merged config of `add_config_args` flags, or None after printing it when `--dump_config` was given.
+
+    Every entry point starts with `cfg = config_or_dump(args)` and returns 0 when it is None, so
+    `--dump_config` means the same everywhere: merge, validate, print, run nothing."""
+    cfg = config_from_args(args, files_before, overrides_before)
+    if args.dump_config:
+        sys.stdout.write(dump_config(cfg))
+        return None
+    return cfg

@@ -1,0 +1,108 @@
+"""Run identity: what names a run, a sweep and a trial, what a re-run resumes, and where a run's files live.
+
+    name = run_name(cfg)                 # `run_name`, else "<task or data file>-<8 hex of the run-defining keys>"
+    cfg = absolute_paths(cfg)            # local paths absolute (workers and trials run elsewhere)
+    storage_root(cfg)                    # Ray Train / Tune storage: an absolute local path or a URI
+    export_dir(cfg, name)                # <train.output_dir>/<run>/final, the Hugging Face export
+    sweep_name(cfg, space); child_run_name(sweep, trial_id)
+
+Names never contain a clock: the same command (the same config) gets the same name again, so Ray Train
+restores the run's last checkpoint from `<ray.storage_path>/<run>` and MLflow logs into the run of that
+name. Keys that say where or how a run is watched, not what is trained, are left out of the hash
+(`RUN_NAME_EXCLUDED`); `ray.num_workers` and `ray.use_gpu` stay in, since they change the global batch and
+the numerics. `train.output_dir` is left out on purpose: moving the exports elsewhere continues the same
+run (its checkpoints are under `ray.storage_path`), it does not start a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+from mdm.platform.config_ops import flatten, with_overrides
+
+# Left out of a run's derived name (prefixes of dotted keys).
+RUN_NAME_EXCLUDED = ("run_name", "ray.address", "ray.num_cpus", "ray.cpus_per_worker", "ray.gpus_per_worker",
+                     "ray.storage_path", "ray.max_failures", "ray.num_to_keep", "tracking.", "tune.", "eval.",
+                     "sampler.", "train.logging_steps", "train.output_dir", "data.task_data_dir")
+# Left out of a sweep's derived name: where and how fast it runs, not what it searches.
+SWEEP_NAME_EXCLUDED = ("run_name", "tracking.", "ray.address", "ray.num_cpus", "tune.max_concurrent_trials",
+                       "tune.cpus_per_trial", "tune.reserve_cpus", "tune.max_failures")
+# Config keys holding local paths: made absolute on the driver, since workers and trials run elsewhere.
+PATH_KEYS = ("train.train_data_path", "train.output_dir", "train.model", "data.eval_data_path", "data.tokenizer",
+             "data.task_data_dir", "ray.storage_path", "deepspeed.config_path")
+# Of those, the ones that may also be a hub id (kept as given unless a local path of that name exists).
+MAYBE_HUB_ID = ("train.model", "data.tokenizer")
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def derive_run_name(cfg: Any) -> str:
+    """`<task or data file>-<8 hex>` from the run-defining config keys; stable across machines and days."""
+    flat = {k: v for k, v in flatten(cfg).items() if not k.startswith(RUN_NAME_EXCLUDED)}
+    stem = cfg.train.task or os.path.splitext(os.path.basename(str(cfg.train.train_data_path or "data")
+                                                               .split(",")[0].rstrip("/")))[0]
+    return f"{stem}-{_digest(flat)}"
+
+
+def run_name(cfg: Any) -> str:
+    """The run's name: the `run_name` key when set, else `derive_run_name(cfg)`."""
+    return cfg.run_name or derive_run_name(cfg)
+
+
+def sweep_name(cfg: Any, space: Any) -> str:
+    """`tune.name`, else `sweep-<8 hex>` of the config's run-defining keys and the search space."""
+    if cfg.tune.name:
+        return cfg.tune.name
+    flat = {k: v for k, v in flatten(cfg).items() if not k.startswith(SWEEP_NAME_EXCLUDED)}
+    return "sweep-" + _digest([flat, space.describe(), space.conditions])
+
+
+def child_run_name(sweep: str, trial_id: str) -> str:
+    """A trial's Train run name and MLflow child run name: stable across restarts and resumes."""
+    return f"{sweep}-{trial_id}"
+
+
+def is_uri(path: str) -> bool:
+    """True for `s3://...`, `gs://...` and other URIs (left as they are), False for local paths."""
+    return "://" in path
+
+
+def _absolute(value: str, maybe_hub_id: bool) -> str:
+    if is_uri(value):
+        return value
+    parts = [p.strip() for p in value.split(",")]
+    if maybe_hub_id and not all(os.path.exists(p) for p in parts):
+        return value  # a hub id, not a path
+    return ",".join(os.path.abspath(p) for p in parts)
+
+
+def absolute_paths(cfg: Any) -> Any:
+    """`cfg` with local paths absolute and the tracking URI resolved, as seen from this working directory."""
+    from mdm.platform.tracking.tracker import resolve_uri
+
+    flat = flatten(cfg)
+    fix: dict[str, Any] = {}
+    for key in PATH_KEYS:
+        v = flat.get(key)
+        if isinstance(v, str) and v and v != "tiny":
+            fix[key] = _absolute(v, maybe_hub_id=key in MAYBE_HUB_ID)
+    if cfg.tracking.enabled:
+        fix["tracking.tracking_uri"] = resolve_uri(cfg.tracking.tracking_uri)
+    return with_overrides(cfg, fix)
+
+
+def storage_root(cfg: Any) -> str:
+    """`ray.storage_path` as Ray Train and Tune get it: a URI unchanged, a local path absolute."""
+    path = cfg.ray.storage_path
+    return path if is_uri(path) else os.path.abspath(path)
+
+
+def export_dir(cfg: Any, name: str) -> str:
+    """Where a run's final Hugging Face export goes: `<train.output_dir>/<run name>/final`."""
+    out = cfg.train.output_dir
+    return f"{out.rstrip('/')}/{name}/final" if is_uri(out) else os.path.abspath(os.path.join(out, name, "final"))
