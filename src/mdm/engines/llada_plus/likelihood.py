@@ -18,11 +18,12 @@ value (L/k) * sum_{i in M} CE_i. Design (`masks`):
   the counts are not uniform over 1..L for any L in 2..15, which biases it: see the tests.)
   Standard error: the stratified variance sum_k s_k^2 / n_k / L^2, with s_k^2 the sample variance of stratum
   k; when some stratum has a single sample (mc_num < 2L), strata are collapsed in adjacent pairs (a triple
-  last when L is odd) and each shares its group's sample variance around the group mean: conservative, by the
-  spread of neighbouring strata's means, which is small since g varies slowly in k.
+  last when L is odd) and each shares its group's sample variance around the group mean: conservative in
+  expectation, by the spread of neighbouring strata's means, which is small since g varies slowly in k.
 - "random", mc_num < L: mc_num distinct strata drawn at random, one sample each; the estimate is their mean,
-  unbiased since every k is drawn with probability mc_num / L. SE: s / sqrt(mc_num) (conservative: it also
-  counts the between-strata spread that sampling strata without replacement partly removes); nan for one sample.
+  unbiased since every k is drawn with probability mc_num / L. SE: s / sqrt(mc_num) (conservative in
+  expectation: it also counts between-strata spread that sampling strata without replacement partly removes);
+  nan for a single sample.
 - "enumerate": every k-subset for every k (2^L - 1 masks): the exact bound, stderr 0.
 - "auto" (default): "enumerate" when 2^L - 1 <= mc_num (the exact value at no more cost), else "random".
 
@@ -125,7 +126,7 @@ def choose_design(answer_len: int, mc_num: int, masks: str) -> str:
         return "empty"
     if masks == "enumerate" or (masks == "auto" and L < 31 and 2 ** L - 1 <= mc_num):
         if L > 16:
-            raise ValueError(f"masks='enumerate' needs 2^L - 1 forwards rows; L = {L} is too long (max 16)")
+            raise ValueError(f"masks='enumerate' runs 2^L - 1 rows; L = {L} is too long (max 16)")
         return "enumerate"
     return "rounds" if mc_num >= L else "subset"
 

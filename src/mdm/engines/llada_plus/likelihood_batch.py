@@ -11,6 +11,8 @@ counting padding and (with CFG) the unconditional copy of every row; a row longe
 Rows are left-padded so that every answer ends in the last column: the output head then runs only over the
 widest answer's columns (`logits_slice`), not over the prompts. Padding keys are masked out of attention and
 positions restart at each row's first real token, so a row's logits are those it gets alone (tested).
+Memory: a forward's logits are [sequences, widest answer, vocab] in the model's dtype, plus a float32 copy of
+the masked positions' rows; for long answers (rolling windows) with a 126k vocabulary, lower the budget.
 
 CFG as upstream LLaDA: logits = un + (cfg_scale + 1) * (cond - un), where the unconditional row has every
 prompt token replaced by `mask_id`. Cross-entropy is taken in float32 (float64 for a float64 model) and summed
