@@ -107,25 +107,29 @@ def test_estimator_within_4_se_of_exact_bound(model: LLaDAModelLM, cfg_scale: fl
 
 
 def test_stderr_calibrated(model: LLaDAModelLM) -> None:
-    """400 independent estimates (the same item repeated: each copy has its own mask stream), one call.
-    z = (est - exact) / se. With ~28 degrees of freedom in se, P(|z| < 2) ~ 0.94; over 400 estimates its
-    binomial sd is 0.012: we accept [0.90, 0.98]; the mean of z within 0.25 (5 sd of a mean of 400) and its
-    sd in [0.85, 1.2]. The small designs (one sample per stratum, or fewer samples than strata) use
-    conservative variance estimates: mean(se^2) / var(est) in [0.9, 3]."""
+    """Independent estimates of one item (repeated in one call: each copy draws its own masks); z = (est - exact)
+    / se. At mc_num 120 (L = 5: 24 rounds) P(|z| < 2) ~ 0.95; over 300 estimates its binomial sd is 0.013, so
+    we accept [0.91, 0.985]. The mean of z may sit slightly above 0 (the per-sample values are skewed, so a
+    low estimate comes with a low se; 0.02-0.16 over 8 seeds) and we accept |mean| < 0.3 (5 sd of a mean of
+    300), sd(z) in [0.9, 1.2] (1.0-1.09 over 8 seeds) and mean(se^2) / var(est) in [0.75, 1.3] (3 sd of a
+    variance from 300 draws). The small designs (fewer than two samples per stratum: collapsed pairs; fewer
+    samples than strata: subset) use conservative variance estimates: mean(se^2) / var(est) in [0.8, 3]
+    (1.02-1.37 over 8 seeds of 400)."""
     prompt, answer = make_items(model, [(4, 3), (4, 5)], seed=3)[1]
     exact = exact_bound(model, prompt, answer, mask_id=MASK)
-    for mc, design in ((40, "rounds"), (5, "rounds"), (3, "subset")):
-        ests = estimate_loglik(model, [(prompt, answer)] * 400, mask_id=MASK, mc_num=mc, masks="random",
+    for mc, design, reps in ((120, "rounds", 300), (5, "rounds", 400), (3, "subset", 400)):
+        ests = estimate_loglik(model, [(prompt, answer)] * reps, mask_id=MASK, mc_num=mc, masks="random",
                                generator=torch.Generator().manual_seed(11))
         assert {e.design for e in ests} == {design}
         v = torch.tensor([e.value for e in ests], dtype=torch.float64)
         se = torch.tensor([e.stderr for e in ests], dtype=torch.float64)
         ratio = float(se.pow(2).mean() / v.var())
-        assert 0.9 < ratio < 3.0, (mc, ratio)
-        if mc == 40:
+        if mc == 120:
             z = (v - exact) / se
-            assert 0.90 <= float((z.abs() < 2).double().mean()) <= 0.98
-            assert abs(float(z.mean())) < 0.25 and 0.85 < float(z.std()) < 1.2
+            assert 0.91 <= float((z.abs() < 2).double().mean()) <= 0.985
+            assert abs(float(z.mean())) < 0.3 and 0.9 < float(z.std()) < 1.2 and 0.75 < ratio < 1.3
+        else:
+            assert 0.8 < ratio < 3.0, (mc, ratio)
 
 
 def upstream_weights(L: int, batch: int = 16) -> torch.Tensor:
@@ -149,7 +153,8 @@ def test_upstream_linspace_stratification_is_biased(model64: LLaDAModelLM) -> No
         g = exact_strata(model64, prompt, answer, mask_id=MASK)
         bound, upstream = -float(g.mean()), -float((upstream_weights(len(answer)) * g).mean())
         biases[len(answer)] = abs(upstream - bound) / abs(bound)
-    assert min(biases.values()) > 1e-3, biases  # 0.1% to several % on these; ours is unbiased (tests above)
+    # 0.14% to 8.5% here, the most on the greedy (plausible) answers; ours is unbiased (tests above)
+    assert min(biases.values()) > 1e-3, biases
 
 
 def test_packed_rows_equal_rows_alone(model: LLaDAModelLM) -> None:
