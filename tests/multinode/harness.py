@@ -33,6 +33,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -166,10 +167,11 @@ class MultiNodeCluster:
     def python_json(self, code: str, *args: str, **kw: Any) -> Any:
         """`python`, then the last stdout line parsed as JSON (the script prints its result last)."""
         out = self.python(code, *args, **kw)
-        lines = [ln for ln in out.stdout.splitlines() if ln.strip()]
-        if not lines:
-            raise HarnessError(f"driver printed nothing\n--- stderr\n{out.stderr[-6000:]}")
-        return json.loads(lines[-1])
+        try:
+            return last_json(out.stdout)
+        except ValueError:
+            raise HarnessError(f"no JSON line in the driver's output\n--- stdout\n{out.stdout[-3000:]}"
+                               f"\n--- stderr\n{out.stderr[-6000:]}") from None
 
     def python_background(self, code: str, name: str, *args: str) -> subprocess.Popen:
         """`python` without waiting; the output goes to `logs/<name>.log` (see `log_tail`)."""
@@ -196,7 +198,7 @@ class MultiNodeCluster:
         self.close()
 
     def start(self) -> "MultiNodeCluster":
-        self.holder = subprocess.Popen(["unshare", "-n", "--", PYTHON, str(HERE / "nsexec.py"), "hold"],
+        self.holder = subprocess.Popen(["unshare", "-n", "--", PYTHON, str(HERE / "nsexec.py"), "hold", str(self.root)],
                                        stdout=subprocess.PIPE, text=True, start_new_session=True)
         ready, _, _ = select.select([self.holder.stdout], [], [], 30)
         if not ready or self.holder.stdout.readline().strip() != "ready":
@@ -209,14 +211,13 @@ class MultiNodeCluster:
         if self.buckets:
             self._wait_log(s3, self.logs / "s3.log", "ready", "S3 server")
         if self.use_mlflow:
-            # MLflow 3: uvicorn with 4 workers by default (one suffices); its host-header check allows
-            # localhost but not every spelling of loopback, hence --allowed-hosts.
+            # MLflow 3 serves with uvicorn, 4 workers by default: one is enough here. Artifacts are proxied
+            # (--serve-artifacts is the default): clients upload over HTTP, the server writes to S3. Its
+            # host-header check (--allowed-hosts) admits localhost/127.0.0.1 on any port by default.
             dest = f"s3://{self.buckets[0]}/mlartifacts" if self.buckets else str(self.root / "mlflow" / "artifacts")
             mlf = self.popen([MLFLOW, "server", "--host", "127.0.0.1", "--port", str(MLFLOW_PORT), "--workers", "1",
                               "--backend-store-uri", f"sqlite:///{self.root}/mlflow/mlflow.db",
-                              "--artifacts-destination", dest,
-                              "--allowed-hosts", f"127.0.0.1:{MLFLOW_PORT},localhost:{MLFLOW_PORT},127.0.0.1,localhost"],
-                             "mlflow")
+                              "--artifacts-destination", dest], "mlflow")
         self._wait_node(self.head)
         for node in self.workers.values():
             self._start_node(node)
@@ -335,6 +336,21 @@ class MultiNodeCluster:
         """Descendants of this test process outside the private network namespace (should be none)."""
         return [p for p in psutil.Process().children(recursive=True) if _ns(p, "net") not in (None, self.netns)]
 
+    def host_listener_leaks(self) -> list[tuple[str, int, str]]:
+        """Listening sockets in the *host's* namespace, new since construction, owned by the harness's
+        processes (descendants of this process or naming `root`): (address, pid, command). Should be []."""
+        ours = {p.pid for p in psutil.Process().children(recursive=True)} | {p.pid for p in self.processes()}
+        leaks = []
+        for addr, who in host_listeners() - self.host_listeners_at_start:
+            for pid in map(int, re.findall(r"pid=(\d+)", who)):
+                try:
+                    cmd = " ".join(psutil.Process(pid).cmdline())
+                except psutil.Error:
+                    cmd = ""
+                if pid in ours or str(self.root) in cmd:
+                    leaks.append((addr, pid, cmd))
+        return leaks
+
     def listeners(self) -> list[tuple[ipaddress._BaseAddress, int]]:
         """(address, port) of every listening TCP socket inside the namespace (from /proc/<holder>/net)."""
         out = []
@@ -380,6 +396,17 @@ def namespaces_available() -> bool:
                               capture_output=True, timeout=30).returncode == 0 and shutil.which("nsenter") is not None
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+def last_json(text: str) -> Any:
+    """The last line of `text` that parses as a JSON object or list (a driver's result; Ray may log after it)."""
+    for line in reversed(text.splitlines()):
+        if line.strip().startswith(("{", "[")):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    raise ValueError("no JSON line")
 
 
 def host_listeners() -> set[tuple[str, str]]:

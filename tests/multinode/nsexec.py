@@ -2,12 +2,13 @@
 
 Two modes, both started by `harness.py`, never imported by the project:
 
-    unshare -n python nsexec.py hold
+    unshare -n python nsexec.py hold [DIR]
         The *namespace holder*: the first process of the cluster's private network namespace. It brings
         `lo` up, prints `ready`, then sleeps. Everything else of the cluster enters its namespace with
         `nsenter --net=/proc/<holder pid>/ns/net`. It is also a watchdog: if its parent (the test process)
         dies without tearing the cluster down (SIGKILL, a crashed CI runner), it kills every process of its
-        network namespace, so no Ray node outlives the test on a machine shared with other engineers.
+        network namespace and removes DIR (the cluster's files), so no Ray node outlives the test on a
+        machine shared with other engineers.
 
     unshare -m --propagation private python nsexec.py mounts --hide /tmp --bind DIR --mkdir DIR -- CMD...
         Prepares a worker node's private mount namespace, then execs CMD (the process keeps its PID, so
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,7 +93,7 @@ def _kill_netns_peers() -> None:
         time.sleep(0.2)
 
 
-def hold() -> None:
+def hold(remove: str | None) -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     parent = os.getppid()
     print("ready", flush=True)
@@ -100,12 +102,14 @@ def hold() -> None:
     while os.getppid() == parent:
         time.sleep(1.0)
     _kill_netns_peers()
+    if remove:
+        shutil.rmtree(remove, ignore_errors=True)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["hold"]:
-        hold()
+        hold(sys.argv[2] if len(sys.argv) > 2 else None)
     elif sys.argv[1:2] == ["mounts"]:
         mounts(sys.argv[2:])
     else:
-        sys.exit("usage: nsexec.py hold | nsexec.py mounts ... -- CMD...")
+        sys.exit("usage: nsexec.py hold [DIR] | nsexec.py mounts ... -- CMD...")

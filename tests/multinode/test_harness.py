@@ -8,15 +8,13 @@ test kills a worker node, so it runs last (pytest keeps the file's order).
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from .harness import MultiNodeCluster, host_listeners
+from .harness import MultiNodeCluster, last_json
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -36,35 +34,39 @@ def where(paths):
             "sees": {p: os.path.exists(p) for p in paths}}
 
 @ray.remote(num_cpus=1)
-def write(uri, shared_path, text):
+def write(uri, shared_path, local_path, text):
     fs, path = pafs.FileSystem.from_uri(uri)  # endpoint and credentials from AWS_* in the environment
     with fs.open_output_stream(path) as f:
         f.write(text.encode())
-    with open(shared_path, "w") as f:
-        f.write(text)
+    for p in (shared_path, local_path):
+        with open(p, "w") as f:
+            f.write(text)
     return os.environ["MN_NODE_NAME"]
 
 @ray.remote(num_cpus=1)
-def read(uri, shared_path):
+def read(uri, shared_path, local_path):
     fs, path = pafs.FileSystem.from_uri(uri)
     with fs.open_input_stream(path) as f:
         s3_text = f.read().decode()
     with open(shared_path) as f:
-        return os.environ["MN_NODE_NAME"], s3_text, f.read()
+        return os.environ["MN_NODE_NAME"], s3_text, f.read(), os.path.exists(local_path)
 
 paths = [marker, os.environ["HEAD_TEMP_DIR"], shared]
 pinned = {n: ray.get(where.options(resources={n: 0.01}).remote(paths)) for n in ("node_a", "node_b")}
 unpinned = ray.get([where.remote(paths) for _ in range(4)])
 uri, shared_path = "s3://mdm/handoff/from_a.txt", os.path.join(shared, "from_a.txt")
-writer = ray.get(write.options(resources={"node_a": 0.01}).remote(uri, shared_path, "written on node_a"))
-reader = ray.get(read.options(resources={"node_b": 0.01}).remote(uri, shared_path))
-print(json.dumps({"driver_node": ray.get_runtime_context().get_node_id(), "pinned": pinned,
-                  "unpinned": unpinned, "writer": writer, "reader": reader, "marker": marker}))
+local_path = os.environ["LOCAL_PATH"]  # under /tmp: node_a's own tmpfs
+args = (uri, shared_path, local_path)
+writer = ray.get(write.options(resources={"node_a": 0.01}).remote(*args, "written on node_a"))
+reader = ray.get(read.options(resources={"node_b": 0.01}).remote(*args))
+print(json.dumps({"driver_node": ray.get_runtime_context().get_node_id(), "pinned": pinned, "unpinned": unpinned,
+                  "writer": writer, "reader": reader, "marker": marker, "local_path": local_path}))
 """
 
 
 def test_tasks_run_on_workers_that_share_only_s3_and_the_shared_mount(cluster: MultiNodeCluster) -> None:
-    out = cluster.python_json(PLACEMENT_AND_STORAGE, env={"HEAD_TEMP_DIR": cluster.head.temp_dir})
+    env = {"HEAD_TEMP_DIR": cluster.head.temp_dir, "LOCAL_PATH": str(cluster.root / "local_from_a.txt")}
+    out = cluster.python_json(PLACEMENT_AND_STORAGE, env=env)
     head_id, pinned = out["driver_node"], out["pinned"]
     assert {pinned[n]["name"] for n in pinned} == {"node_a", "node_b"}
     ids = {pinned["node_a"]["node_id"], pinned["node_b"]["node_id"]}
@@ -77,8 +79,11 @@ def test_tasks_run_on_workers_that_share_only_s3_and_the_shared_mount(cluster: M
         assert not sees[cluster.head.temp_dir], "the head's Ray temp dir is visible on a worker node"
         assert sees[str(cluster.shared_dir)], "the shared mount is missing on a worker node"
     assert Path(out["marker"]).read_text() == "head only"  # it was written: just not on the workers
+    # node_a -> node_b through S3 and through the shared mount; not through node_a's own /tmp.
     assert out["writer"] == "node_a"
-    assert out["reader"] == ["node_b", "written on node_a", "written on node_a"]
+    assert out["reader"] == ["node_b", "written on node_a", "written on node_a", False]
+    assert not Path(out["local_path"]).exists()  # nor is node_a's /tmp the head's
+    assert (cluster.shared_dir / "from_a.txt").read_text() == "written on node_a"
     # A worker's private temp dir exists only in its own mount namespace.
     assert not Path(cluster.workers["node_a"].temp_dir).exists()
     assert cluster.node_path("node_a", cluster.workers["node_a"].temp_dir).is_dir()
@@ -156,12 +161,9 @@ def test_nothing_listens_outside_the_private_namespace(cluster: MultiNodeCluster
     assert {6379, 8265, 9000, 5000} <= {port for _, port in inside}
     assert all(addr.is_loopback for addr, _ in inside), inside
     assert cluster.escaped_processes() == []
-    # New listeners in the host's namespace (other engineers' may come and go) must not be the harness's.
-    ours = {p.pid for p in psutil.Process().children(recursive=True)} | {p.pid for p in cluster.processes()}
-    new = host_listeners() - cluster.host_listeners_at_start
-    leaked = [(addr, who) for addr, who in new
-              if {int(pid) for pid in re.findall(r"pid=(\d+)", who)} & ours or str(cluster.root) in who]
-    assert leaked == [], leaked
+    # Listeners that appeared in the host's namespace since the cluster started (other engineers' tests come
+    # and go) must not be the harness's.
+    assert cluster.host_listener_leaks() == []
 
 
 SURVIVE_NODE_LOSS = """
@@ -203,7 +205,7 @@ def test_a_task_survives_the_loss_of_a_worker_node(cluster: MultiNodeCluster) ->
     survivor = ({"node_a", "node_b"} - {victim}).pop()
     cluster.kill_node(victim)
     assert driver.wait(timeout=200) == 0, cluster.log_tail("survive")
-    out = json.loads(cluster.log_tail("survive").strip().splitlines()[-1])
+    out = last_json(cluster.log_tail("survive"))
     assert out["result"] == survivor
     assert out["nodes"][ids[victim]] is False and out["nodes"][ids[survivor]] is True
     assert out["nodes"][ids["head"]] is True
