@@ -19,7 +19,7 @@ What it starts (needs root: `unshare`, `nsenter`, `mount`):
   S3 or Ray itself;
 - S3 (moto's ThreadedMotoServer on 127.0.0.1:9000, buckets `buckets`) and an MLflow tracking server on
   127.0.0.1:5000 (sqlite store, artifacts proxied into `s3://<first bucket>/mlartifacts`).
-Every process started inside gets `env` (the ns_env below): S3 endpoint and fake credentials,
+Every process started inside gets `env`: S3 endpoint and fake credentials,
 `MLFLOW_TRACKING_URI`, `RAY_AUTH_MODE=disabled`, `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1` (a second node
 refuses to join without it; only ever set inside the private namespace, where there is no other address)
 and `MN_NODE_NAME` (`head` or the worker's name), so a task can tell where it runs.
@@ -30,7 +30,6 @@ be there) and removes `root`. `ray stop` is never used: it kills every Ray on th
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
@@ -44,9 +43,14 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import psutil
+
+from .drivers import WAIT_JOB, WAIT_NODES
+from .procfs import IPAddress, host_listeners, last_json, namespaces_available, ns_id, pids_in_ns, tcp_listeners
+
+__all__ = ["MultiNodeCluster", "Node", "JobResult", "HarnessError", "last_json", "namespaces_available"]
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -87,10 +91,26 @@ class JobResult:
 
 
 class MultiNodeCluster:
+    """The cluster; `start()` (or `with`) starts it, `close()` removes every trace. Arguments:
+
+    workers: names of the worker nodes (at most 4; each also a custom resource of capacity 1 on its node).
+    worker_cpus, object_store_mb: per worker node (logical CPUs: oversubscribing a small machine is fine).
+    buckets: S3 buckets to create (none: no S3 server). mlflow: start the MLflow tracking server.
+    hide: paths covered by an empty tmpfs on every worker node (add e.g. a cache dir the head fills).
+    head_env: extra environment of the head's processes only (e.g. Ray system config `RAY_<flag>`).
+    extra_env: extra environment of every process in the namespace (nodes, drivers, servers).
+
+    Attributes: root (everything on disk, under /tmp), shared_dir (the NFS-like dir, same path everywhere),
+    driver_dir (drivers' cwd, head only), logs (one `<name>.log` per process started), head / workers
+    (`Node`), gcs_address, dashboard_url, s3_endpoint, mlflow_uri, env, node_ids.
+    """
+
     def __init__(self, workers: Sequence[str] = ("node_a", "node_b"), *, worker_cpus: int = 2,
                  object_store_mb: int = 256, buckets: Sequence[str] = ("mdm",), mlflow: bool = True,
                  hide: Sequence[str] = ("/tmp",), head_env: dict[str, str] | None = None,
                  extra_env: dict[str, str] | None = None, start_timeout: float = 120.0):
+        if len(workers) > 4 or len(set(workers)) < len(workers) or "head" in workers:
+            raise HarnessError(f"workers must be at most 4 distinct names, not 'head': {workers}")
         self.worker_names, self.worker_cpus, self.object_store_mb = list(workers), worker_cpus, object_store_mb
         self.buckets, self.use_mlflow, self.hide = list(buckets), mlflow, list(hide)
         self.head_env, self.extra_env, self.start_timeout = dict(head_env or {}), dict(extra_env or {}), start_timeout
@@ -108,11 +128,14 @@ class MultiNodeCluster:
         self.holder: subprocess.Popen | None = None
         self.netns: str | None = None
         self._procs: list[subprocess.Popen] = []
+        self.node_ids: dict[str, str] = {}  # node name -> latest Ray node id (nodes(), wait_for_nodes())
+        self._seen: dict[str, str] = {}  # every Ray node id seen -> node name
         self.host_listeners_at_start = host_listeners()
 
     # -- environment and processes in the namespace ------------------------------------------------------
     @property
     def env(self) -> dict[str, str]:
+        """The environment of every process in the namespace (the caller's, minus proxies and RAY_ADDRESS)."""
         env = {k: v for k, v in os.environ.items()
                if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "ray_address")}
         env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1", RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
@@ -178,15 +201,16 @@ class MultiNodeCluster:
         return self.popen([PYTHON, str(self.driver_script(code)), *args], name, env={"RAY_ADDRESS": self.gcs_address})
 
     def submit_job(self, entrypoint: Sequence[str], working_dir: str | Path, *, runtime_env: dict | None = None,
-                   timeout: float = 180) -> JobResult:
-        """`ray job submit --working-dir` from inside the namespace, then wait for a terminal status."""
+                   args: Sequence[str] = (), cwd: str | Path | None = None, timeout: float = 180) -> JobResult:
+        """`ray job submit --working-dir` from inside the namespace (run in `cwd`, default `driver_dir`, with
+        extra `args` such as `--runtime-env cluster/runtime_env.yaml`), then wait for a terminal status."""
         sid = f"mn_{uuid.uuid4().hex[:10]}"
         cmd = [RAY, "job", "submit", "--address", self.dashboard_url, "--submission-id", sid, "--no-wait",
-               "--working-dir", str(working_dir)]
+               "--working-dir", str(working_dir), *args]
         if runtime_env:
             cmd += ["--runtime-env-json", json.dumps(runtime_env)]
-        self.run([*cmd, "--", *entrypoint], timeout=120)
-        res = self.python_json(_WAIT_JOB, self.dashboard_url, sid, str(timeout), timeout=timeout + 60)
+        self.run([*cmd, "--", *entrypoint], timeout=120, cwd=cwd)
+        res = self.python_json(WAIT_JOB, self.dashboard_url, sid, str(timeout), timeout=timeout + 60)
         return JobResult(sid, res["status"], res["logs"])
 
     # -- cluster lifecycle -----------------------------------------------------------------------------
@@ -203,7 +227,9 @@ class MultiNodeCluster:
         ready, _, _ = select.select([self.holder.stdout], [], [], 30)
         if not ready or self.holder.stdout.readline().strip() != "ready":
             raise HarnessError("the namespace holder did not start (root and `unshare -n` needed)")
-        self.netns = os.readlink(f"/proc/{self.holder.pid}/ns/net")
+        self.netns = ns_id(self.holder.pid, "net")
+        if self.netns in (None, ns_id(os.getpid(), "net")):  # teardown kills by this id: never the host's
+            raise HarnessError(f"the holder is not in a private network namespace ({self.netns})")
         if self.buckets:
             s3 = self.popen([PYTHON, str(HERE / "s3_server.py"), "--port", str(S3_PORT),
                              *[a for b in self.buckets for a in ("--bucket", b)]], "s3")
@@ -256,7 +282,7 @@ class MultiNodeCluster:
     def _wait_node(self, node: Node) -> None:
         self._wait_log(node.proc, node.log, READY_MARK, f"Ray node {node.name}")
         if node.index:
-            node.mnt_ns = os.readlink(f"/proc/{node.proc.pid}/ns/mnt")
+            node.mnt_ns = ns_id(node.proc.pid, "mnt")
 
     def _wait_log(self, proc: subprocess.Popen, log: Path, mark: str, what: str) -> None:
         deadline = time.time() + self.start_timeout
@@ -279,31 +305,44 @@ class MultiNodeCluster:
             raise HarnessError(f"{name} is running")
         self._start_node(node)
         self._wait_node(node)
+        self.wait_for_nodes(1 + sum(w.alive for w in self.workers.values()))
         return node
 
     def kill_node(self, name: str, timeout: float = 30) -> None:
         """SIGKILL every process of worker node `name` (its whole mount namespace), like a machine dying."""
-        node = self.workers[name]
-        if node.mnt_ns is None:
-            raise HarnessError(f"{name} never started")
-        self._kill_until_gone(lambda p: _ns(p, "mnt") == node.mnt_ns, signal.SIGKILL, timeout)
+        node, netns = self.workers[name], self.netns
+        if node.mnt_ns in (None, ns_id(os.getpid(), "mnt")):  # never the host's mount namespace
+            raise HarnessError(f"{name} has no private mount namespace ({node.mnt_ns})")
+        self._kill_until_gone(lambda: sorted(set(pids_in_ns("mnt", node.mnt_ns)) & set(pids_in_ns("net", netns))),
+                              signal.SIGKILL, timeout)
         node.proc.wait(timeout)
 
     def wait_for_nodes(self, alive: int, timeout: float = 90) -> list[dict]:
         """Wait until exactly `alive` nodes are alive in `ray.nodes()`; returns `nodes()`."""
-        return self.python_json(_WAIT_NODES, str(alive), str(timeout), json.dumps(self.worker_names),
-                                timeout=timeout + 60)
+        return self._nodes(alive, timeout)
 
     def nodes(self) -> list[dict]:
-        """`ray.nodes()` summarised: node_id, alive, name (MN node name), resources."""
-        return self.python_json(_WAIT_NODES, "-1", "0", json.dumps(self.worker_names))
+        """`ray.nodes()` summarised: node_id, alive, name ('head' or the worker's), resources; a restarted
+        worker appears twice (dead and alive). `node_ids` maps each name to its latest node id."""
+        return self._nodes(-1, 0)
+
+    def _nodes(self, alive: int, timeout: float) -> list[dict]:
+        nodes = self.python_json(WAIT_NODES, str(alive), str(timeout), json.dumps(self.worker_names),
+                                 timeout=timeout + 60)
+        for n in nodes:  # a dead node may report no resources: name it from what we saw while it lived
+            n["name"] = n["name"] or self._seen.get(n["node_id"])
+            self._seen[n["node_id"]] = n["name"]
+            if n["alive"]:
+                self.node_ids[n["name"]] = n["node_id"]
+        return nodes
 
     def close(self) -> None:
         """Kill every process of the namespace (TERM, then KILL), reap ours, remove `root`. Idempotent."""
         if self.netns is not None:
             # A short grace period (Ray's processes exit cleanly on TERM), then KILL whatever is left.
-            self._kill_until_gone(lambda p: _ns(p, "net") == self.netns, signal.SIGTERM, 3)
-            self._kill_until_gone(lambda p: _ns(p, "net") == self.netns, signal.SIGKILL, 30)
+            netns = self.netns
+            self._kill_until_gone(lambda: pids_in_ns("net", netns), signal.SIGTERM, 3)
+            self._kill_until_gone(lambda: pids_in_ns("net", netns), signal.SIGKILL, 30)
         for proc in [self.holder, *self._procs]:
             if proc is not None and proc.poll() is None:
                 proc.kill()
@@ -312,34 +351,34 @@ class MultiNodeCluster:
         self.holder, self.netns, self._procs = None, None, []
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def _kill_until_gone(self, match: Any, sig: int, timeout: float) -> None:
-        deadline = time.time() + timeout
-        while True:
-            procs = [p for p in psutil.process_iter() if p.pid != os.getpid() and match(p)]
-            if not procs or time.time() > deadline:
-                return
-            for p in procs:
+    def _kill_until_gone(self, pids: Callable[[], list[int]], sig: int, timeout: float) -> None:
+        """Signal `pids()` until it is empty (a dying raylet may still fork) or `timeout` runs out."""
+        deadline, sent = time.time() + timeout, set()
+        while (found := [p for p in pids() if p != os.getpid()]) and time.time() < deadline:
+            for pid in set(found) - sent:
                 try:
-                    p.send_signal(sig)
-                except psutil.Error:
+                    os.kill(pid, sig)
+                except OSError:
                     pass
-            psutil.wait_procs(procs, timeout=min(3.0, max(0.1, deadline - time.time())))
-            for proc in self._procs:
-                proc.poll()  # reap our own children, or they stay as zombies in the scan
+                sent.add(pid)
+            for proc in [self.holder, *self._procs]:
+                if proc is not None:
+                    proc.poll()  # reap our own children: a zombie has no namespace link, so it drops out
+            time.sleep(0.2)
 
     # -- inspection ------------------------------------------------------------------------------------
-    def processes(self) -> list[psutil.Process]:
-        """Every process in the cluster's network namespace."""
-        return [p for p in psutil.process_iter() if self.netns and _ns(p, "net") == self.netns]
+    def processes(self) -> list[int]:
+        """PIDs of every process in the cluster's network namespace."""
+        return pids_in_ns("net", self.netns) if self.netns else []
 
     def escaped_processes(self) -> list[psutil.Process]:
         """Descendants of this test process outside the private network namespace (should be none)."""
-        return [p for p in psutil.Process().children(recursive=True) if _ns(p, "net") not in (None, self.netns)]
+        return [p for p in psutil.Process().children(recursive=True) if ns_id(p.pid, "net") not in (None, self.netns)]
 
     def host_listener_leaks(self) -> list[tuple[str, int, str]]:
         """Listening sockets in the *host's* namespace, new since construction, owned by the harness's
         processes (descendants of this process or naming `root`): (address, pid, command). Should be []."""
-        ours = {p.pid for p in psutil.Process().children(recursive=True)} | {p.pid for p in self.processes()}
+        ours = {p.pid for p in psutil.Process().children(recursive=True)} | set(self.processes())
         leaks = []
         for addr, who in host_listeners() - self.host_listeners_at_start:
             for pid in map(int, re.findall(r"pid=(\d+)", who)):
@@ -351,16 +390,9 @@ class MultiNodeCluster:
                     leaks.append((addr, pid, cmd))
         return leaks
 
-    def listeners(self) -> list[tuple[ipaddress._BaseAddress, int]]:
+    def listeners(self) -> list[tuple[IPAddress, int]]:
         """(address, port) of every listening TCP socket inside the namespace (from /proc/<holder>/net)."""
-        out = []
-        for name in ("tcp", "tcp6"):
-            for line in Path(f"/proc/{self.holder.pid}/net/{name}").read_text().splitlines()[1:]:
-                f = line.split()
-                if f[3] == "0A":  # TCP_LISTEN
-                    addr, port = f[1].split(":")
-                    out.append((_proc_addr(addr), int(port, 16)))
-        return out
+        return tcp_listeners(self.holder.pid)
 
     def node_path(self, name: str, path: str | Path) -> Path:
         """Where this process can read `path` as worker `name` sees it (its mount namespace, while alive)."""
@@ -373,72 +405,3 @@ class MultiNodeCluster:
     def diagnostics(self) -> str:
         """The tail of every log the harness wrote, for assertion messages."""
         return "\n".join(f"=== {p.stem}\n{self.log_tail(p.stem, 2500)}" for p in sorted(self.logs.glob("*.log")))
-
-
-def _ns(p: psutil.Process, kind: str) -> str | None:
-    try:
-        return os.readlink(f"/proc/{p.pid}/ns/{kind}")
-    except OSError:
-        return None
-
-
-def _proc_addr(hexaddr: str) -> ipaddress._BaseAddress:
-    raw = bytes.fromhex(hexaddr)  # /proc/net/tcp*: 32-bit words in host (little-endian) order
-    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-    ip = ipaddress.ip_address(raw)
-    return ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
-
-
-def namespaces_available() -> bool:
-    """Whether this process may create network and mount namespaces (root, unshare, nsenter present)."""
-    try:
-        return subprocess.run(["unshare", "-n", "-m", "--propagation", "private", "true"],
-                              capture_output=True, timeout=30).returncode == 0 and shutil.which("nsenter") is not None
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-def last_json(text: str) -> Any:
-    """The last line of `text` that parses as a JSON object or list (a driver's result; Ray may log after it)."""
-    for line in reversed(text.splitlines()):
-        if line.strip().startswith(("{", "[")):
-            try:
-                return json.loads(line)
-            except ValueError:
-                continue
-    raise ValueError("no JSON line")
-
-
-def host_listeners() -> set[tuple[str, str]]:
-    """(local address, owning processes) of the listening TCP sockets in *this* (the host's) namespace."""
-    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, timeout=30).stdout
-    return {(f[3], f[5] if len(f) > 5 else "") for f in (ln.split() for ln in out.splitlines()) if len(f) > 3}
-
-
-_WAIT_NODES = """
-import json, sys, time, ray
-want, timeout, names = int(sys.argv[1]), float(sys.argv[2]), json.loads(sys.argv[3])
-ray.init(logging_level="ERROR")
-deadline = time.time() + timeout
-while True:
-    nodes = [{"node_id": n["NodeID"], "alive": n["Alive"], "resources": n["Resources"],
-              "name": next((k for k in names if k in n["Resources"]),
-                           "head" if "node:__internal_head__" in n["Resources"] else None)} for n in ray.nodes()]
-    if want < 0 or sum(n["alive"] for n in nodes) == want:
-        break
-    if time.time() > deadline:
-        sys.exit(f"{sum(n['alive'] for n in nodes)} nodes alive, want {want}: {nodes}")
-    time.sleep(0.5)
-print(json.dumps(nodes))
-"""
-
-_WAIT_JOB = """
-import json, sys, time
-from ray.job_submission import JobSubmissionClient
-address, sid, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
-client = JobSubmissionClient(address)
-deadline = time.time() + timeout
-while not client.get_job_status(sid).is_terminal() and time.time() < deadline:
-    time.sleep(1)
-print(json.dumps({"status": str(client.get_job_status(sid).value), "logs": client.get_job_logs(sid)}))
-"""

@@ -193,7 +193,8 @@ print(json.dumps({"result": result, "nodes": nodes}))
 
 
 def test_a_task_survives_the_loss_of_a_worker_node(cluster: MultiNodeCluster) -> None:
-    ids = {n["name"]: n["node_id"] for n in cluster.nodes()}
+    cluster.nodes()
+    ids = dict(cluster.node_ids)
     attempts = cluster.shared_dir / "attempts"
     attempts.mkdir()
     driver = cluster.python_background(SURVIVE_NODE_LOSS, "survive")
@@ -210,3 +211,22 @@ def test_a_task_survives_the_loss_of_a_worker_node(cluster: MultiNodeCluster) ->
     assert out["nodes"][ids[victim]] is False and out["nodes"][ids[survivor]] is True
     assert out["nodes"][ids["head"]] is True
     assert {n["name"] for n in cluster.nodes() if n["alive"]} == {"head", survivor}
+
+    # The node comes back (a new Ray node id, empty private storage) and takes work again.
+    cluster.start_node(victim)
+    assert cluster.node_ids[victim] != ids[victim]
+    back = cluster.python_json(BACK_ON, victim, str(cluster.root / "local_from_a.txt"))
+    assert back == [victim, cluster.node_ids[victim], False]  # node_a's old /tmp file went with it
+
+
+BACK_ON = """
+import json, os, sys, ray
+
+ray.init(logging_level="ERROR")
+
+@ray.remote(num_cpus=1)
+def where(path):
+    return os.environ["MN_NODE_NAME"], ray.get_runtime_context().get_node_id(), os.path.exists(path)
+
+print(json.dumps(ray.get(where.options(resources={sys.argv[1]: 0.01}).remote(sys.argv[2]))))
+"""
