@@ -19,3 +19,38 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.fail(f"expected the shared data folder at {SHARED}")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """A real S3 server (moto, in-process) on 127.0.0.1 with bucket `mdm`; the AWS_* environment points the
+    pyarrow/boto3 clients at it for the session. Yields the endpoint URL."""
+    import socket
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from multinode.s3_server import S3Server
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    server = S3Server(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import boto3
+
+    boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket="mdm")
+    try:
+        yield url
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

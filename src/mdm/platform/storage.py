@@ -1,0 +1,183 @@
+"""The storage root: files one node writes and another reads, on a local disk, a shared mount or an object store.
+
+    from mdm.platform import storage
+    storage.is_uri("s3://bucket/mdm")                  # True; "outputs/run" and "/mnt/nfs/x" are local paths
+    root = storage.join("s3://bucket/mdm", "data", "gsm8k")
+    storage.write_text(storage.join(root, "summary.json"), "{}")     # atomic on a local disk; one PUT on S3
+    storage.upload("outputs/run/final", storage.join(root, "final"))  # a file or a whole directory
+    local = storage.local_copy("s3://bucket/mdm/run/final")           # per-node cache; local paths as they are
+
+Everything goes through pyarrow's filesystems, the ones Ray Train and Ray Data use (`pyarrow.fs.FileSystem
+.from_uri`): `s3://` (credentials from the environment or the instance role; `AWS_ENDPOINT_URL` for an
+S3-compatible server), `gs://`, `hdfs://`, and local paths. A local path is made absolute; on one node it is
+the storage root as it always was, on a cluster it must be a mount every node shares.
+
+`local_copy` downloads a URI once per node into `$MDM_CACHE` (default `~/.cache/mdm`), keyed by the URI,
+under a file lock so that concurrent actors on one node download it once; a finished copy carries a marker
+file, so an interrupted download is redone rather than used half-written. Nothing read from storage is ever
+unpickled here; callers load safetensors and JSON.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator, Optional
+
+_DONE = ".mdm_complete"
+
+
+def is_uri(path: str) -> bool:
+    """True for `s3://...`, `gs://...` and other filesystem URIs; False for local paths (and `file://`)."""
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def _local(path: str) -> str:
+    path = str(path)
+    return os.path.abspath(path[len("file://"):] if path.startswith("file://") else os.path.expanduser(path))
+
+
+def resolve(path: str):
+    """(pyarrow filesystem, path within it) for a URI or a local path."""
+    import pyarrow.fs as pafs
+
+    if is_uri(path):
+        return pafs.FileSystem.from_uri(str(path))
+    return pafs.LocalFileSystem(), _local(path)
+
+
+def join(base: str, *parts: str) -> str:
+    """`base/part/...` for URIs and local paths alike (a local base is made absolute)."""
+    if is_uri(base):
+        return "/".join([str(base).rstrip("/"), *[p.strip("/") for p in parts]])
+    return os.path.join(_local(base), *parts)
+
+
+def exists(path: str) -> bool:
+    """True when a file or directory is at `path`."""
+    import pyarrow.fs as pafs
+
+    fs, p = resolve(path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def is_dir(path: str) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, p = resolve(path)
+    return fs.get_file_info(p).type == pafs.FileType.Directory
+
+
+def read_bytes(path: str) -> bytes:
+    fs, p = resolve(path)
+    with fs.open_input_stream(p) as f:
+        return f.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write `data` to `path`: locally to a temporary file then renamed (readers never see half a file); on
+    an object store as one upload (an object appears whole or not at all)."""
+    if not is_uri(path):
+        target = Path(_local(path))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return
+    fs, p = resolve(path)
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(p) as f:
+        f.write(data)
+
+
+def write_text(path: str, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def upload(local_path: str, dest: str) -> str:
+    """Copy a local file or directory to `dest` (a URI or a local path); returns `dest`."""
+    import pyarrow.fs as pafs
+
+    src = _local(local_path)
+    if not os.path.exists(src):
+        raise FileNotFoundError(f"cannot upload {src}: it does not exist")
+    fs, p = resolve(dest)
+    if os.path.isdir(src):
+        fs.create_dir(p, recursive=True)
+        pafs.copy_files(src, p, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    else:
+        fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+        pafs.copy_files(src, p, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    return dest
+
+
+def download(src: str, local_path: str) -> str:
+    """Copy a file or directory at `src` to the local `local_path`; returns it."""
+    import pyarrow.fs as pafs
+
+    fs, p = resolve(src)
+    info = fs.get_file_info(p)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{src}: no such file or directory in storage")
+    dst = _local(local_path)
+    if info.type == pafs.FileType.Directory:
+        os.makedirs(dst, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+    pafs.copy_files(p, dst, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return dst
+
+
+def cache_dir() -> str:
+    """This node's download cache: `$MDM_CACHE`, else `~/.cache/mdm`."""
+    return os.environ.get("MDM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mdm")
+
+
+def local_copy(path: str, cache: Optional[str] = None) -> str:
+    """A local path holding what `path` holds: the path itself when local, else a per-node cached download."""
+    if not is_uri(path):
+        return _local(path)
+    root = Path(cache or cache_dir())
+    root.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha1(str(path).rstrip("/").encode()).hexdigest()[:16]
+    name = str(path).rstrip("/").rsplit("/", 1)[-1] or "root"
+    target = root / f"{key}-{name}"
+    marker = root / f"{key}{_DONE}"
+    with open(root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one download per node; the others wait and reuse it
+        if marker.exists() and target.exists():
+            return str(target)
+        if target.exists():  # an interrupted earlier download
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        download(path, str(target))
+        marker.write_text(str(path))
+    return str(target)
+
+
+def iter_lines(path: str) -> Iterator[bytes]:
+    """The lines of a (possibly remote) text file as bytes, without their newline, streamed."""
+    fs, p = resolve(path)
+    with fs.open_input_stream(p) as f:
+        rest = b""
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                break
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            yield from lines
+        if rest:
+            yield rest

@@ -1,0 +1,70 @@
+"""The storage root on a local disk and on a real S3 server (moto on 127.0.0.1, through pyarrow's client).
+
+Run: pytest tests/platform/test_storage.py
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from mdm.platform import storage
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "root")
+    request.getfixturevalue("s3_endpoint")
+    return f"s3://mdm/{request.node.name.replace('[', '-').rstrip(']')}"
+
+
+def test_write_read_exists(root):
+    path = storage.join(root, "a", "b.txt")
+    assert not storage.exists(path)
+    storage.write_text(path, "héllo\n")
+    assert storage.exists(path) and storage.read_text(path) == "héllo\n"
+    assert storage.is_dir(storage.join(root, "a"))
+    lines = storage.join(root, "lines.jsonl")
+    storage.write_bytes(lines, b'{"a": 1}\n\n{"a": 2}')
+    assert list(storage.iter_lines(lines)) == [b'{"a": 1}', b"", b'{"a": 2}']
+
+
+def test_upload_download_and_cached_copy(root, tmp_path):
+    src = tmp_path / "model"
+    (src / "sub").mkdir(parents=True)
+    (src / "config.json").write_text("{}")
+    (src / "sub" / "w.bin").write_bytes(os.urandom(3 << 20))  # bigger than one multipart part of some clients
+    dest = storage.upload(str(src), storage.join(root, "model"))
+    back = storage.download(dest, str(tmp_path / "back"))
+    assert (Path(back) / "sub" / "w.bin").read_bytes() == (src / "sub" / "w.bin").read_bytes()
+
+    cache = tmp_path / "cache"
+    copies: list[str] = []
+    threads = [threading.Thread(target=lambda: copies.append(storage.local_copy(dest, str(cache)))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if storage.is_uri(root):
+        assert len(set(copies)) == 1 and copies[0].startswith(str(cache))
+        assert (Path(copies[0]) / "config.json").read_text() == "{}"
+        # a half-written copy (no completion marker) is downloaded again, not used
+        marker = next(cache.glob("*.mdm_complete"))
+        marker.unlink()
+        (Path(copies[0]) / "config.json").write_text("half")
+        assert (Path(storage.local_copy(dest, str(cache))) / "config.json").read_text() == "{}"
+    else:
+        assert copies == [dest] * 4  # a local path is used where it is
+
+
+def test_missing_and_local_semantics(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        storage.download(str(tmp_path / "absent"), str(tmp_path / "x"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        storage.upload(str(tmp_path / "absent"), str(tmp_path / "y"))
+    assert not storage.is_uri("outputs/run") and not storage.is_uri("file:///tmp/x") and storage.is_uri("gs://b/x")
+    assert storage.join("relative", "x") == os.path.abspath("relative/x")
