@@ -29,6 +29,7 @@ DELEGATED = {
     "score": ("mdm.tasks.harness", "score a predictions JSONL: --task --pred [--gt] [--out]"),
     "preprocess": ("mdm.tasks.preprocess", "task data -> processed JSONL {input_ids, prompt_length}"),
     "generate": ("mdm.platform.commands.generate", "sample from a model: --model DIR --prompt TEXT"),
+    "tracking-server": ("mdm.platform.commands.tracking_server", "MLflow server for a cluster head (127.0.0.1)"),
 }
 
 
@@ -67,7 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: mdm <command> [options]\n\nmasked diffusion LMs on Ray: train, sweep, evaluate.\n\ncommands:")
         for name, text in commands.items():
-            print(f"  {name:<11} {text}")
+            print(f"  {name:<16} {text}")
         print("\n`mdm <command> --help` shows a command's options.")
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
