@@ -78,7 +78,7 @@ class Registry:
 
     def unknown_message(self, name: str) -> str:
         valid = self.names()
-        hint = difflib.get_close_matches(str(name), valid, n=1)
+        hint = difflib.get_close_matches(str(name), valid + list(self._aliases), n=1)
         did = f"; did you mean {hint[0]!r}?" if hint else ""
         return f"unknown {self.kind} {name!r}{did} valid: {', '.join(valid) or '(none registered)'}"
 

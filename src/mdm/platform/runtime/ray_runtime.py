@@ -48,8 +48,9 @@ DATA_LOGGING_CONFIG = str(Path(__file__).with_name("ray_data_logging.yaml"))
 # Defaults (a user's own setting wins) for this process and, inherited, the embedded Ray's processes.
 QUIET_ENV = {"RAY_DATA_LOGGING_CONFIG": DATA_LOGGING_CONFIG}
 EMBEDDED_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-# For the embedded Ray's workers only (the driver keeps its download bars).
-WORKER_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+# For the embedded Ray's workers only (the driver keeps its download bars). MDM_EMBEDDED_RAY tells code in
+# those workers (a Tune trial's driver) that the whole cluster is this machine (`is_local_cluster`).
+WORKER_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "MDM_EMBEDDED_RAY": "1"}
 
 
 def _loopback_interface() -> dict[str, str]:
@@ -69,6 +70,12 @@ def _free_port() -> int:
 def cluster_address(ray_cfg: Any) -> Optional[str]:
     """The cluster to join (`ray.address`, else RAY_ADDRESS), or None for an embedded local Ray."""
     return ray_cfg.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def is_local_cluster(ray_cfg: Any) -> bool:
+    """True when every node of the Ray this process uses is this machine, sharing its disk: a Ray started in
+    this process (embedded, or a test's `ray.init()`), or a worker of mdm's embedded Ray."""
+    return os.environ.get("MDM_EMBEDDED_RAY") == "1" or cluster_address(ray_cfg) is None
 
 
 def _quiet(env: dict[str, str]) -> None:

@@ -80,7 +80,7 @@ def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequenc
     from mdm.platform.train.updater import check_precision
     from mdm.platform.train.ingest import build_datasets, ingest_options
     from mdm.platform.train.progress import ProgressCallback
-    from mdm.platform.runtime.ray_runtime import TRAIN_LOG_LEVEL, check_worker_fit, cluster_address, ensure_ray
+    from mdm.platform.runtime.ray_runtime import TRAIN_LOG_LEVEL, check_worker_fit, ensure_ray, is_local_cluster
     from mdm.platform.train.local_pg import LocalTorchConfig
     from mdm.platform.tracking.tracker import Tracker
     from mdm.platform.train.worker import RunInfo, WorkerSections, train_fn_per_worker
@@ -126,7 +126,7 @@ def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequenc
         train_loop_config={"sections": sections, "run": run},
         # On this machine's own Ray the process group meets through a file: torch's TCP store would listen
         # on every interface (local_pg.py). A cluster keeps Ray's default.
-        torch_config=LocalTorchConfig() if cluster_address(rcfg) is None else None,
+        torch_config=LocalTorchConfig() if is_local_cluster(rcfg) else None,
         scaling_config=ScalingConfig(num_workers=rcfg.num_workers, use_gpu=rcfg.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
