@@ -47,7 +47,8 @@ def iter_local_split(task: Any, split: str, keys: tuple[str, ...]) -> Iterator[d
     """Stream `{data_dir}/{split}.jsonl`, checking each line has `keys` (errors name the file and line)."""
     path = Path(task.data_dir) / f"{split}.jsonl"
     if not path.is_file():
-        present = sorted(p.name for p in Path(task.data_dir).glob("*.jsonl")) if Path(task.data_dir).is_dir() else []
+        folder = Path(task.data_dir)
+        present = sorted(p.name for p in folder.glob("*.jsonl")) if folder.is_dir() else []
         raise FileNotFoundError(f"task {task.name!r}: {path} does not exist (data_dir {task.data_dir} must hold "
                                 f"{', '.join(s + '.jsonl' for s in task.splits)}; found: {', '.join(present) or 'none'})")
     yield from _checked(path, keys)

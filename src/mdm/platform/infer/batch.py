@@ -36,17 +36,12 @@ class InferenceError(ValueError):
 
 # ----------------------------------------------------------------------------- inputs (driver side)
 
-def task_args(data_cfg: Any) -> dict[str, Any]:
-    """A task pack's constructor arguments from the `data` section: `data.task_data_dir`, and `data.source`
-    only when it is not the default (so users' own packs need not take it)."""
-    extra = {"source": data_cfg.source} if data_cfg.source != "auto" else {}
-    return {"data_dir": data_cfg.task_data_dir, **extra}
-
-
 def _load_task(name: Optional[str], split: str, data_cfg: Any, need_split: bool) -> Any:
     if not name:
         raise InferenceError("no task: pass --task NAME or set eval.task (`mdm list tasks` lists them)")
-    task = get_registry("tasks").get(name)(**task_args(data_cfg))
+    # data.source only when not the default, so that users' own packs need not take it.
+    source = {"source": data_cfg.source} if data_cfg.source != "auto" else {}
+    task = get_registry("tasks").get(name)(data_dir=data_cfg.task_data_dir, **source)
     splits = tuple(getattr(task, "splits", ()))
     if need_split and split not in splits:
         raise InferenceError(f"task {name!r} has no split {split!r} to evaluate on; its splits: "

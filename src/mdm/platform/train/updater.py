@@ -15,8 +15,9 @@ its LR schedule (`lr_schedule.py`, Hugging Face's curves) mean the same everywhe
 The DeepSpeed JSON is generated from the `deepspeed` section plus `train.batch_size_per_gpu`, `grad_accum`
 and `max_grad_norm`, or read from `deepspeed.config_path` with those same train keys filled in over it and
 "auto" resolved as Hugging Face's integration does (`ds_config.py`), so the two never disagree. Optimizer
-(AdamW or DeepSpeedCPUAdam) and LR schedule (`train.lr_scheduler_type` with `train.warmup_steps`) are built here unless the JSON names its own. `deepspeed.enabled: false` gives the same
-interface with a torch optimizer; with several workers it averages gradients with one all-reduce per tensor.
+(AdamW or DeepSpeedCPUAdam) and LR schedule (`train.lr_scheduler_type` with `train.warmup_steps`) are built
+here unless the JSON names its own. `deepspeed.enabled: false` gives the same interface with a torch
+optimizer; with several workers it averages gradients with one all-reduce per tensor.
 """
 
 from __future__ import annotations
