@@ -1,6 +1,6 @@
 """GSM8K end to end: preprocess (when needed) -> train on Ray -> batch eval on the test split -> summary.
 
-    python experiments/gsm8k.py                                   # tiny preset on this machine (minutes, CPU)
+    python experiments/gsm8k.py                                   # tiny preset on this machine (minutes, CPU, offline)
     python experiments/gsm8k.py --data-dir ../shared/data/gsm8k --limit 256 --set train.max_steps=20
     python experiments/gsm8k.py --preset llada-8b                 # GSAI-ML/LLaDA-8B-Instruct, DeepSpeed ZeRO-3
     ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \
@@ -9,6 +9,10 @@
 Presets: `tiny` = experiments/configs/{base,tiny,gsm8k}.yaml (a tiny LLaDA from scratch and a byte-level
 BPE trained here on the training split); `llada-8b` = {base,llada_8b,gsm8k}.yaml (the checkpoint's own
 tokenizer and chat template). `--config` adds overlays, `--set KEY=VALUE` overrides any key last.
+
+Data: GSM8K ships inside mdm (mdm/tasks/data_files/gsm8k, MIT licence), so the default run needs no network;
+--data-dir DIR (= --set data.task_data_dir=DIR) reads a local copy instead, --set data.source=hub downloads
+openai/gsm8k with `datasets`.
 
 Where things go (all relative paths against the current directory -- inside a Ray job that is the job's
 copy of the working dir, so pass absolute paths or URIs for anything that must outlive the job):
@@ -45,7 +49,8 @@ def parse_args(argv: Optional[Sequence[str]], parents: Sequence[argparse.Argumen
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     p.add_argument("--data-dir", default=None,
-                   help="local GSM8K copy (train.jsonl, test.jsonl); default: `datasets` (openai/gsm8k)")
+                   help="local GSM8K copy (train.jsonl, test.jsonl) = data.task_data_dir; default: the copy "
+                        "shipped with mdm (data.source=hub: openai/gsm8k with `datasets`)")
     p.add_argument("--work-dir", default="data/gsm8k", help="tokenizer + processed JSONL (default data/gsm8k)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training examples")
     add_config_args(p)
@@ -57,8 +62,7 @@ def build_config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
     from mdm.platform.config_args import config_from_args
 
     # Absolute, because Ray Data readers and sampler actors do not share this process's working directory.
-    d = str(Path(args.data_dir).resolve()) if args.data_dir else None
-    data_dir = [f"data.task_data_dir={d}", f"eval.data_dir={d}"] if d else []
+    data_dir = [f"data.task_data_dir={Path(args.data_dir).resolve()}"] if args.data_dir else []
     return config_from_args(args, [str(CONFIGS / f) for f in PRESETS[args.preset]], [*data_dir, *extra])
 
 
@@ -67,7 +71,7 @@ def prepare_data(cfg: Any, args: argparse.Namespace) -> list[str]:
     from mdm.tasks.preprocess import build_task, preprocess
     from mdm.tasks.tokenize import train_bpe
 
-    task = build_task(cfg.train.task, data_dir=cfg.data.task_data_dir)
+    task = build_task(cfg.train.task, data_dir=cfg.data.task_data_dir, source=cfg.data.source)
     tag = "tiny" if cfg.train.model == "tiny" else cfg.train.model.replace("/", "--")
     # One folder per (model, --limit): a tokenizer trained on N examples and its data stay together.
     work = Path(args.work_dir).resolve() / tag / ("all" if args.limit is None else f"first{args.limit}")
@@ -84,22 +88,38 @@ def prepare_data(cfg: Any, args: argparse.Namespace) -> list[str]:
         path = work / f"train-len{cfg.train.max_len}.jsonl"
         if not path.is_file():
             stats = preprocess(task, "train", tok or cfg.train.model, path, max_len=cfg.train.max_len,
-                               limit=args.limit, progress=False)
+                               limit=args.limit, progress=True)
             print(f"gsm8k: preprocessed {stats['written']} rows ({stats['dropped_overlong']} over "
                   f"train.max_len dropped) -> {path}", flush=True)
         out["train.train_data_path"] = str(path)
     return [f"{k}={v}" for k, v in out.items() if v is not None]
 
 
+def describe_source(cfg: Any) -> str:
+    """Where the raw GSM8K rows come from, in words (data.task_data_dir > data.source: hub > shipped copy)."""
+    if cfg.data.task_data_dir:
+        return f"local copy {cfg.data.task_data_dir}"
+    if cfg.data.source == "hub":
+        return "openai/gsm8k from the Hugging Face Hub (data.source: hub)"
+    return "the copy shipped with mdm (mdm/tasks/data_files/gsm8k, MIT licence)"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     from mdm.platform.config_ops import dump_config
+    from mdm.platform.fields import ConfigError
+    from mdm.platform.registry import AutoImportError
 
-    cfg = build_config(args)
+    try:
+        cfg = build_config(args)
+    except (ConfigError, AutoImportError) as e:
+        print(f"gsm8k: error: {e}", file=sys.stderr)
+        return 2
     if args.dump_config:  # the preset's files, then --config, then --set: what would run
         sys.stdout.write(dump_config(cfg))
         return 0
     t0 = time.time()
+    print(f"gsm8k: data: {describe_source(cfg)}", flush=True)
     cfg = build_config(args, prepare_data(cfg, args))
 
     from mdm.platform.infer.batch import run_inference

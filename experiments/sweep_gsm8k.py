@@ -32,9 +32,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = gsm8k.parse_args(argv, parents=[pre], doc=__doc__)
 
     from mdm.platform.config_ops import dump_config
+    from mdm.platform.fields import ConfigError
+    from mdm.platform.registry import AutoImportError
     from mdm.platform.tune.sweep import run_sweep
 
-    cfg = gsm8k.build_config(args)
+    try:
+        cfg = gsm8k.build_config(args)
+    except (ConfigError, AutoImportError) as e:
+        print(f"sweep_gsm8k: error: {e}", file=sys.stderr)
+        return 2
     if args.dump_config:
         sys.stdout.write(dump_config(cfg))
         return 0

@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 from mdm.platform.config_ops import dump_config
 from mdm.platform.config_args import add_config_args, config_from_args
 from mdm.platform.fields import ConfigError
-from mdm.platform.registry import KINDS, UnknownNameError, get_registry, load_builtins
+from mdm.platform.registry import KINDS, AutoImportError, UnknownNameError, get_registry, load_builtins
 
 # subcommand -> (owning module, help). The module's `main(argv) -> int` parses its own arguments.
 DELEGATED = {
@@ -50,8 +50,11 @@ def _list(argv: Sequence[str]) -> int:
     from mdm.platform.registry import auto_import
 
     auto_import(args.auto_import)
-    for name in get_registry(args.kind).names():
+    reg = get_registry(args.kind)
+    for name in reg.names():
         print(name)
+    for alias, name in reg.aliases().items():
+        print(f"{alias} -> {name}")
     return 0
 
 
@@ -79,7 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _list(rest)
         if cmd in DELEGATED:
             return _delegate(DELEGATED[cmd][0], rest)
-    except (ConfigError, UnknownNameError) as e:
+    except (ConfigError, UnknownNameError, AutoImportError) as e:
         print(f"mdm {cmd}: error: {e}", file=sys.stderr)
         return 2
     print(f"mdm: unknown command {cmd!r}; commands: {', '.join(commands)}", file=sys.stderr)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from dataclasses import field
 from pathlib import Path
 from typing import Any, Iterable, List, Optional
@@ -42,8 +43,11 @@ DEFAULT_ENGINE = "llada_plus"
 PLATFORM_SECTIONS: list[tuple[str, type]] = [
     ("data", DataConfig), ("ray", RayConfig), ("deepspeed", DeepSpeedConfig), ("tracking", TrackingConfig),
     ("tune", TuneConfig), ("eval", EvalConfig)]
-# Keys that moved: a file or --set that still uses one is told where it went.
-MOVED = {"ray.run_name": "run_name", "tracking.run_name": "run_name"}
+# Keys that moved: a file or --set that still uses one is told where it went, and why.
+MOVED = {"ray.run_name": ("run_name", "one key names a run"),
+         "tracking.run_name": ("run_name", "one key names a run"),
+         "eval.data_dir": ("data.task_data_dir", "one key says where a task's raw data is, for preprocess, "
+                                                 "train and infer alike")}
 
 
 def schema_for(engine: str) -> type:
@@ -58,6 +62,8 @@ def _schema(engine: str, spec: Any) -> type:
         ("engine", str, field(default=engine)),
         ("auto_import", List[str], field(default_factory=list)),
         ("run_name", Optional[str], field(default=None)),
+        # The seed's hub-mirror switch (also accepted as train.china): see mdm.platform.hub.
+        ("china", bool, field(default=False)),
     ]
     for name, cls in [("train", spec.train_config), ("model", spec.model_config),
                       ("sampler", spec.sampler_config)] + PLATFORM_SECTIONS:
@@ -123,7 +129,7 @@ def load_config(files: Iterable[str] = (), overrides: Iterable[str] = (), auto_i
     for s in sources:
         for key in flatten_tree(OmegaConf.to_container(s.data, resolve=False)):
             if key in MOVED:
-                raise ConfigError(f"{key} (from {s.label}) is now {MOVED[key]}: one key names a run")
+                raise ConfigError(f"{key} (from {s.label}) is now {MOVED[key][0]}: {MOVED[key][1]}")
         try:
             merged = OmegaConf.merge(merged, s.data)
         except OmegaConfBaseException as e:
@@ -141,4 +147,22 @@ def load_config(files: Iterable[str] = (), overrides: Iterable[str] = (), auto_i
         key = str(e).split(" ", 1)[0]
         raise ConfigError(f"{e} (from {origin.get(key, 'default')})") from None
     check_choices(cfg, "", origin)
+    _note_overridden(cfg, origin)
     return cfg
+
+
+_NOTED: set[str] = set()
+
+
+def _note_overridden(cfg: Any, origin: dict[str, str]) -> None:
+    """Say once on stderr when an explicitly set key cannot take effect because another key wins (a value
+    equal to the default changes nothing either way, so a dumped config loaded back stays quiet)."""
+    t = cfg.train
+    default_epochs = {f.name: f.default for f in dataclasses.fields(t)}["epochs"]
+    if t.max_steps > 0 and "train.epochs" in origin and t.epochs != default_epochs:
+        msg = (f"mdm: note: train.epochs={t.epochs} (from {origin['train.epochs']}) has no effect: train.max_steps="
+               f"{t.max_steps} (from {origin.get('train.max_steps', 'default')}) wins; set train.max_steps=-1 to "
+               f"train by epochs")
+        if msg not in _NOTED:
+            _NOTED.add(msg)
+            print(msg, file=sys.stderr)

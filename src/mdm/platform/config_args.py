@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 
 from mdm.platform.config import load_config
 from mdm.platform.config_ops import dump_config
+from mdm.platform.hub import apply_hub_mirror
 
 
 def add_config_args(parser: Any) -> None:
@@ -32,8 +33,11 @@ def add_config_args(parser: Any) -> None:
 
 
 def config_from_args(args: Any, files_before: Sequence[str] = (), overrides_before: Sequence[str] = ()) -> Any:
-    """`files_before` + `--config` files merged in order, then `overrides_before`, then `--set` (wins)."""
-    return load_config([*files_before, *args.config], [*overrides_before, *args.overrides], args.auto_import)
+    """`files_before` + `--config` files merged in order, then `overrides_before`, then `--set` (wins).
+    The config's `china` switch takes effect here, before anything can download (`mdm.platform.hub`)."""
+    cfg = load_config([*files_before, *args.config], [*overrides_before, *args.overrides], args.auto_import)
+    apply_hub_mirror(cfg)
+    return cfg
 
 
 def config_or_dump(args: Any, files_before: Sequence[str] = (), overrides_before: Sequence[str] = ()) -> Optional[Any]:

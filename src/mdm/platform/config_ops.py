@@ -104,6 +104,7 @@ def check_choices(obj: Any, prefix: str, origin: dict[str, str]) -> None:
             reg = get_registry(f.metadata["registry"])
             if value not in reg:
                 raise ConfigError(f"bad value for {key} (from {where}): {reg.unknown_message(value)}")
+            setattr(obj, f.name, reg.canonical(value))  # an alias (the seed's llada_gsm8k) -> gsm8k
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

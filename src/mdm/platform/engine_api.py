@@ -32,12 +32,16 @@ class BaseTrainConfig:
     hub id. `max_steps` > 0 stops training after that many optimizer steps (overrides `epochs`).
     `lr_scheduler_type` / `lr_scheduler_kwargs` / `warmup_steps`: Hugging Face's schedules by name, with HF's
     curves (`mdm.platform.train.lr_schedule` lists them). `adam_beta1/2`, `adam_epsilon`, `weight_decay`: AdamW.
+    `eval_steps`: steps between evaluations with `eval_strategy: steps`, where it is required; null (the seed's
+    value) is fine with the other strategies, which do not read it. `output_dir`: null means "outputs".
+    `train_data_path`: unset means the seed's `./data/train/<task>.jsonl` (resolved by the trainer).
+    `china`: the seed's hub-mirror switch, the same as the top-level `china` (`mdm.platform.hub`).
     """
 
     task: Optional[str] = registry_choice(None, "tasks")
     model: str = "tiny"
     train_data_path: Optional[str] = None
-    output_dir: str = "outputs"
+    output_dir: Optional[str] = "outputs"
     seed: int = 42
     batch_size_per_gpu: int = 8
     grad_accum: int = 1
@@ -55,16 +59,25 @@ class BaseTrainConfig:
     train_ratio: float = 0.95
     max_len: int = 1024
     eval_strategy: str = choice("epoch", ("epoch", "steps", "no"))
-    eval_steps: int = 500
+    eval_steps: Optional[int] = 500
     save_strategy: str = choice("last", ("last", "epoch", "steps", "no"))
     save_steps: int = 500
     logging_steps: int = 10
+    china: bool = False
 
     def __post_init__(self) -> None:
-        for key in ("batch_size_per_gpu", "grad_accum", "epochs", "max_len", "eval_steps", "save_steps",
-                    "logging_steps"):
+        if self.output_dir is None:  # the seed writes `output_dir: null`
+            self.output_dir = "outputs"
+        for key in ("batch_size_per_gpu", "grad_accum", "epochs", "save_steps", "logging_steps"):
             if getattr(self, key) < 1:
                 raise ValueError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        if self.max_len < 2:
+            raise ValueError(f"train.max_len must be >= 2 (a prompt token and a response token), got {self.max_len}")
+        if self.eval_steps is None and self.eval_strategy == "steps":
+            raise ValueError("train.eval_steps is null but train.eval_strategy: steps needs it; set train.eval_steps "
+                             "to the number of steps between evaluations")
+        if self.eval_steps is not None and self.eval_steps < 1:
+            raise ValueError(f"train.eval_steps must be >= 1 or null, got {self.eval_steps}")
         if not 0.0 < self.train_ratio <= 1.0:
             raise ValueError(f"train.train_ratio must be in (0, 1], got {self.train_ratio}")
         if self.lr <= 0:

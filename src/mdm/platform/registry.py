@@ -10,6 +10,7 @@ A component registers itself by name at import time; configs pick it by that nam
 
     P_MODELS.get("EPR")        # -> the class
     P_MODELS.get("EPX")        # KeyError: unknown p_models 'EPX'; did you mean 'EPR'? valid: AP, EPR
+    TASKS.alias("llada_gsm8k", "gsm8k")   # another name for a registered one (the seed's names)
 
 `mdm list <kind>` prints `get_registry(kind).names()`. The builtin engines and tasks are imported by
 name (`load_builtins`), so this module imports nothing from them.
@@ -33,12 +34,18 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
+class AutoImportError(ModuleNotFoundError):
+    """`--auto_import` / `auto_import:` named a module that cannot be imported; str() is one line."""
+
+
 class Registry:
-    """A name -> object mapping that refuses duplicates and explains unknown names."""
+    """A name -> object mapping that refuses duplicates and explains unknown names. Aliases are other
+    names for registered entries (`canonical` maps them back); `names()` lists the entries only."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Any] = {}
+        self._aliases: dict[str, str] = {}
 
     def register(self, name: str, obj: Any = None) -> Any:
         """Register `obj` under `name`; without `obj`, return a decorator."""
@@ -49,14 +56,29 @@ class Registry:
         self._entries[name] = obj
         return obj
 
+    def alias(self, alias: str, name: str) -> None:
+        """Make `alias` another name for the registered `name`."""
+        if alias in self._entries or self._aliases.get(alias, name) != name:
+            raise ValueError(f"{self.kind} name {alias!r} is already taken")
+        self._aliases[alias] = name
+
+    def canonical(self, name: str) -> str:
+        """The registered name `name` stands for (itself unless it is an alias)."""
+        return self._aliases.get(name, name)
+
+    def aliases(self) -> dict[str, str]:
+        """{alias: registered name}."""
+        return dict(sorted(self._aliases.items()))
+
     def get(self, name: str) -> Any:
+        name = self.canonical(name)
         if name not in self._entries:
             raise UnknownNameError(self.unknown_message(name))
         return self._entries[name]
 
     def unknown_message(self, name: str) -> str:
         valid = self.names()
-        hint = difflib.get_close_matches(str(name), valid, n=1)
+        hint = difflib.get_close_matches(str(name), valid + list(self._aliases), n=1)
         did = f"; did you mean {hint[0]!r}?" if hint else ""
         return f"unknown {self.kind} {name!r}{did} valid: {', '.join(valid) or '(none registered)'}"
 
@@ -64,7 +86,7 @@ class Registry:
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return self._aliases.get(name, name) in self._entries if isinstance(name, str) else False
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
@@ -81,12 +103,19 @@ def get_registry(kind: str) -> Registry:
 
 
 def auto_import(modules: list[str] | tuple[str, ...]) -> None:
-    """Import modules by name so that they register themselves (`--auto_import`)."""
+    """Import modules by name so that they register themselves (`--auto_import`); AutoImportError, one
+    line naming the module (or the module it needs), when one cannot be found."""
     for mod in modules:
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:
-            raise ModuleNotFoundError(f"--auto_import {mod}: cannot import it ({e})") from e
+            if isinstance(e, AutoImportError):
+                raise
+            if e.name and mod != e.name and not mod.startswith(e.name + "."):
+                raise AutoImportError(f"--auto_import {mod}: it imports {e.name}, which is not installed",
+                                      name=e.name) from None
+            raise AutoImportError(f"--auto_import {mod}: no module named {e.name or mod} (is it on PYTHONPATH, "
+                                  f"or installed?)", name=e.name) from None
 
 
 def load_builtins() -> None:

@@ -5,11 +5,16 @@ Importing this package registers the builtin packs in `get_registry("tasks")`:
     from mdm.platform.registry import get_registry
     task = get_registry("tasks").get("gsm8k")(data_dir="../shared/data/gsm8k")
 
+`llada_gsm8k`, `llada_hitab` and `llada_openscience` (the seed's names) are aliases of the packs.
 See `mdm.tasks.base` for the Task contract, `mdm.tasks.data` for the processed-JSONL schema,
 `mdm.tasks.preprocess` (`mdm preprocess`) and `mdm.tasks.harness` (`mdm score`).
 """
 
-from mdm.tasks.base import Example, Task, register_task  # noqa: F401
+from mdm.tasks.base import TASKS, Example, Task, register_task  # noqa: F401
 from mdm.tasks import arithmetic, gsm8k, hitab, openscience  # noqa: F401  (registers the packs)
+
+# The seed's harness names for the same packs (`mdm list tasks` shows them).
+for _name in ("gsm8k", "hitab", "openscience"):
+    TASKS.alias(f"llada_{_name}", _name)
 
 __all__ = ["Example", "Task", "register_task"]

@@ -36,9 +36,9 @@ class Arithmetic(GSM8K):
     splits = ("train", "test")
 
     def __init__(self, data_dir: Optional[str] = None, seed: int = 0, n_train: Optional[int] = 2000, n_test: int = 200,
-                 max_operand: int = 20, ops: Sequence[str] = ("+", "-")) -> None:
+                 max_operand: int = 20, ops: Sequence[str] = ("+", "-"), source: str = "auto") -> None:
         super().__init__(data_dir=None, keep_calculator=True)
-        del data_dir  # generated: a data_dir has nothing to offer
+        del data_dir, source  # generated: a data_dir or the hub has nothing to offer
         bad = [o for o in ops if o not in TEMPLATES]
         if bad or not ops:
             raise ValueError(f"arithmetic ops must be a non-empty subset of {list(TEMPLATES)}, got {list(ops)}")

@@ -28,6 +28,7 @@ from typing import Any, Iterator, Optional
 from mdm.platform.prompts import render_prompt
 from mdm.platform.registry import get_registry
 from mdm.tasks import answers
+from mdm.tasks.sources import check_source
 
 TASKS = get_registry("tasks")
 
@@ -54,8 +55,10 @@ class Task:
     name: str = ""
     splits: tuple[str, ...] = ("train", "test")
 
-    def __init__(self, data_dir: Optional[str] = None) -> None:
-        self.data_dir = data_dir
+    def __init__(self, data_dir: Optional[str] = None, source: str = "auto") -> None:
+        # Where raw rows come from (`mdm.tasks.sources`): data_dir wins, then the hub when source="hub",
+        # then a copy shipped in the package.
+        self.data_dir, self.source = data_dir, check_source(source)
 
     # ------------------------------------------------------------------ data
     def check_split(self, split: str) -> None:

@@ -1,11 +1,14 @@
-"""GSM8K grade-school math: `openai/gsm8k` ("main") from the hub, or a local copy.
+"""GSM8K grade-school math: the copy shipped in the package, a local copy, or `openai/gsm8k` from the hub.
 
+    task = GSM8K()                                    # the package's copy: data_files/gsm8k (MIT, offline)
     task = GSM8K(data_dir="../shared/data/gsm8k")    # train.jsonl / test.jsonl of {"question", "answer"}
-    task = GSM8K()                                    # datasets.load_dataset("openai/gsm8k", "main")
+    task = GSM8K(source="hub")                        # datasets.load_dataset("openai/gsm8k", "main")
     ex = next(task.examples("test"))                  # prompt = question, response = worked answer
     task.gold(ex.gold_raw)                            # "18": the number after "####", commas stripped
     task.score("... #### 18", ex.gold_raw)            # 1.0
 
+The shipped copy is the 7,473 train / 1,319 test rows of openai/gsm8k "main", gzipped, with OpenAI's MIT
+licence beside it (`mdm.tasks.sources` has the order in which the sources are tried).
 The calculator annotations `<<16-3-4=9>>` are removed from training responses (`keep_calculator=True`
 keeps them); the gold text is the original answer. Predictions are read with `answers.extract_numeric`:
 `####` answer, then `\\boxed{}`, then the last number.
@@ -14,26 +17,14 @@ keeps them); the gold text is the original answer. Predictions are read with `an
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from mdm.tasks import answers
 from mdm.tasks.base import Example, Task, register_task
-from mdm.tasks.jsonl import iter_jsonl, require_keys
+from mdm.tasks.sources import iter_local_split, task_rows  # noqa: F401  (iter_local_split: older imports)
 
 _CALC = re.compile(r"<<[^>]*>>")
-
-
-def iter_local_split(task: Task, split: str, keys: tuple[str, ...]) -> Iterator[dict[str, Any]]:
-    """Stream `{data_dir}/{split}.jsonl`, checking each line has `keys` (errors name the file and line)."""
-    path = Path(task.data_dir) / f"{split}.jsonl"
-    if not path.is_file():
-        present = sorted(p.name for p in Path(task.data_dir).glob("*.jsonl")) if Path(task.data_dir).is_dir() else []
-        raise FileNotFoundError(f"task {task.name!r}: {path} does not exist (data_dir {task.data_dir} must hold "
-                                f"{', '.join(s + '.jsonl' for s in task.splits)}; found: {', '.join(present) or 'none'})")
-    for lineno, obj in iter_jsonl(path):
-        require_keys(obj, keys, str(path), lineno)
-        yield obj
+DOWNLOAD = "GSM8K (openai/gsm8k, config main, https://huggingface.co/datasets/openai/gsm8k)"
 
 
 @register_task
@@ -42,18 +33,17 @@ class GSM8K(Task):
     splits = ("train", "test")
     hub_id = ("openai/gsm8k", "main")
 
-    def __init__(self, data_dir: Optional[str] = None, keep_calculator: bool = False) -> None:
-        super().__init__(data_dir)
+    def __init__(self, data_dir: Optional[str] = None, keep_calculator: bool = False, source: str = "auto") -> None:
+        super().__init__(data_dir, source)
         self.keep_calculator = keep_calculator
 
     def load_split(self, split: str) -> Iterator[dict[str, Any]]:
-        self.check_split(split)
-        if self.data_dir:
-            yield from iter_local_split(self, split, ("question", "answer"))
-            return
-        from datasets import load_dataset
+        def hub() -> Any:
+            from datasets import load_dataset
 
-        yield from load_dataset(*self.hub_id, split=split)
+            return load_dataset(*self.hub_id, split=split)
+
+        yield from task_rows(self, split, ("question", "answer"), hub=hub, download=DOWNLOAD)
 
     def to_example(self, raw: dict[str, Any], index: int) -> Example:
         answer = str(raw["answer"])

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from mdm.platform.registry import UnknownNameError, auto_import
-from mdm.tasks.base import Task
+from mdm.tasks.base import TASKS, Task
 from mdm.tasks.jsonl import JsonlError, iter_jsonl
 from mdm.tasks.preprocess import build_task
 
@@ -94,7 +94,7 @@ def score_records(task: Task, preds: list[tuple[int, dict[str, Any]]], pred_path
         elif gt is None and "gold_raw" not in rec:
             report.add("invalid_records", f"{pred_path}:{lineno}: no 'gold_raw' field (pass --gt)")
         else:
-            if rec.get("task") not in (None, task.name):
+            if rec.get("task") is not None and TASKS.canonical(str(rec["task"])) != task.name:
                 report.add("task_mismatch", f"{pred_path}:{lineno}: task {rec['task']!r}, scoring as {task.name!r}")
             valid.append((lineno, rec))
     by = "id" if valid and all("id" in r for _, r in valid) and (
@@ -170,7 +170,7 @@ def format_table(m: dict[str, Any]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="mdm score", description="Score a predictions JSONL with a task pack.")
     p.add_argument("--task", default=None, help="task name (default: the records' 'task' field)")
-    p.add_argument("--pred", required=True, help="predictions JSONL")
+    p.add_argument("--pred", "--pred_jsonl", required=True, help="predictions JSONL (--pred_jsonl: the seed's name)")
     p.add_argument("--gt", default=None, help="ground-truth JSONL (records with gold_raw, or the task's raw data)")
     p.add_argument("--out", default=None, help="write the metrics as JSON here")
     p.add_argument("--data_dir", default=None, help="task data_dir (for tasks that need one)")

@@ -4,9 +4,10 @@
     ex = next(task.examples("test"))           # prompt and response as given; gold_raw = the response
     task.score("... The answer is 12.5", ex.gold_raw)
 
-HiTab has no hub copy in the seed's format, so a data_dir is required. Answers are free-form: the last
-`\\boxed{}`, else `####`, else the text after "answer is"/"Answer:", else the last line; numbers compare
-numerically (commas, `$`, `%` ignored), other answers as normalised text.
+HiTab has no hub copy in the seed's format and cannot ship with mdm, so a data_dir
+(`data.task_data_dir`) is required; without one, reading a split fails at once saying what to download.
+Answers are free-form: the last `\\boxed{}`, else `####`, else the text after "answer is"/"Answer:", else
+the last line; numbers compare numerically (commas, `$`, `%` ignored), other answers as normalised text.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from typing import Any, Iterator, Optional
 
 from mdm.tasks import answers
 from mdm.tasks.base import Example, Task, register_task
-from mdm.tasks.gsm8k import iter_local_split
+from mdm.tasks.sources import task_rows
+
+DOWNLOAD = "HiTab (https://github.com/microsoft/HiTab) converted to the seed's prompt/response format"
 
 
 @register_task
@@ -24,11 +27,7 @@ class HiTab(Task):
     splits = ("train", "test")
 
     def load_split(self, split: str) -> Iterator[dict[str, Any]]:
-        self.check_split(split)
-        if not self.data_dir:
-            raise ValueError(f"task {self.name!r} needs a data_dir (--data_dir / data.task_data_dir) holding "
-                             'train.jsonl and test.jsonl with one {"prompt": ..., "response": ...} a line')
-        yield from iter_local_split(self, split, ("prompt", "response"))
+        yield from task_rows(self, split, ("prompt", "response"), hub=None, download=DOWNLOAD)
 
     def to_example(self, raw: dict[str, Any], index: int) -> Example:
         response = str(raw["response"])

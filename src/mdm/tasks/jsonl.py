@@ -4,11 +4,13 @@
         ...
     for lineno, obj in iter_jsonl(path, on_error=errors.append):   # collect JsonlError instead of raising
 
-Blank lines are skipped. A line must hold a JSON object; anything else is an error too.
+A path ending in `.gz` is read through gzip (the task data shipped inside the package). Blank lines are
+skipped. A line must hold a JSON object; anything else is an error too.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
@@ -30,7 +32,8 @@ def iter_jsonl(path: Union[str, Path], on_error: Optional[Callable[[JsonlError],
     path = str(path)
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    with open(path, "r", encoding="utf-8") as f:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue

@@ -1,7 +1,7 @@
 """`openscience`: science reasoning from `nvidia/OpenScienceReasoning-2` (`input` / `output` fields).
 
-    task = OpenScience()                           # hub: the dataset's train split, a fixed 1% held out as test
     task = OpenScience(data_dir="data/osr")        # local train.jsonl / test.jsonl of {"input", "output"}
+    task = OpenScience(source="hub")               # hub: the dataset's train split, a fixed 1% held out as test
     ex = next(task.examples("test"))               # prompt = input, response = output, gold_raw = output
     task.score("... so the answer is \\boxed{C}", ex.gold_raw)
 
@@ -9,8 +9,10 @@ Multiple-choice answers are letters: extraction reads the last `\\boxed{X}`, els
 "Answer: X", else a line that is just the letter. When the gold has no letter (an open question), the
 free-form rule of `hitab` applies to both sides.
 
-On the hub the dataset has only a train split; `test` is the rows whose input hashes into the held-out
-fraction (`test_fraction`, stable across runs and machines), `train` the others, so they never overlap.
+The data cannot ship with mdm: without a data_dir (`data.task_data_dir`) or `data.source: hub`, reading
+a split fails at once saying what to download. On the hub the dataset has only a train split; `test` is
+the rows whose input hashes into the held-out fraction (`test_fraction`, stable across runs and machines),
+`train` the others, so they never overlap.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import Any, Iterator, Optional
 
 from mdm.tasks import answers
 from mdm.tasks.base import Example, Task, register_task
-from mdm.tasks.gsm8k import iter_local_split
+from mdm.tasks.sources import task_rows
+
+DOWNLOAD = "nvidia/OpenScienceReasoning-2 (https://huggingface.co/datasets/nvidia/OpenScienceReasoning-2)"
 
 
 def in_holdout(text: str, fraction: float) -> bool:
@@ -35,23 +39,22 @@ class OpenScience(Task):
     splits = ("train", "test")
     hub_id = "nvidia/OpenScienceReasoning-2"
 
-    def __init__(self, data_dir: Optional[str] = None, test_fraction: float = 0.01) -> None:
-        super().__init__(data_dir)
+    def __init__(self, data_dir: Optional[str] = None, test_fraction: float = 0.01, source: str = "auto") -> None:
+        super().__init__(data_dir, source)
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"openscience test_fraction must be in (0, 1), got {test_fraction}")
         self.test_fraction = test_fraction
 
     def load_split(self, split: str) -> Iterator[dict[str, Any]]:
-        self.check_split(split)
-        if self.data_dir:
-            yield from iter_local_split(self, split, ("input", "output"))
-            return
-        from datasets import load_dataset
+        def hub() -> Iterator[dict[str, Any]]:
+            from datasets import load_dataset
 
-        want_test = split == "test"
-        for row in load_dataset(self.hub_id, split="train", streaming=True):
-            if in_holdout(str(row["input"]), self.test_fraction) == want_test:
-                yield row
+            want_test = split == "test"
+            for row in load_dataset(self.hub_id, split="train", streaming=True):
+                if in_holdout(str(row["input"]), self.test_fraction) == want_test:
+                    yield row
+
+        yield from task_rows(self, split, ("input", "output"), hub=hub, download=DOWNLOAD)
 
     def to_example(self, raw: dict[str, Any], index: int) -> Example:
         output = str(raw["output"])

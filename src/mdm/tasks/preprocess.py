@@ -6,6 +6,13 @@
         # trains a byte-level BPE on the split's text, saves it to data/train/arith_tokenizer (path printed);
         # then: mdm preprocess --task arithmetic --split test --tokenizer data/train/arith_tokenizer ...
 
+It also takes the config flags (`--config`, `--set`, `--dump_config`): the seed's base + task overlay give
+the defaults -- `--task` from `train.task`, `--data_dir` from `data.task_data_dir` (and `data.source: hub`),
+`--tokenizer` from `data.tokenizer`, `--out` from `train.train_data_path`, else the seed's layout
+`./data/<split>/<task>.jsonl` (where `mdm train` looks when `train.train_data_path` is unset):
+
+    mdm preprocess --config train_llada_plus.yaml --config gsm8k.yaml --tokenizer train-bpe
+
 From Python (experiment scripts): `stats = preprocess("gsm8k", "train", tok, "out.jsonl", max_len=1024)`.
 
 Examples stream through in batches (never the whole split in memory) and are written to `<out>.tmp`,
@@ -26,7 +33,8 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 from tqdm import tqdm
 
-from mdm.platform.registry import UnknownNameError, auto_import, get_registry
+from mdm.platform.config_args import add_config_args, config_or_dump
+from mdm.platform.registry import UnknownNameError, get_registry
 from mdm.tasks.base import Task
 from mdm.tasks.jsonl import JsonlError
 from mdm.platform.tokenizer import load_tokenizer
@@ -35,11 +43,14 @@ from mdm.tasks.tokenize import SIMPLE_CHAT_TEMPLATE, train_bpe
 TRAIN_BPE = "train-bpe"
 
 
-def build_task(name: str, data_dir: Optional[str] = None, **kwargs: Any) -> Task:
-    """Instantiate registered task `name` (builtins registered by importing mdm.tasks)."""
+def build_task(name: str, data_dir: Optional[str] = None, source: str = "auto", **kwargs: Any) -> Task:
+    """Instantiate registered task `name` (builtins registered by importing mdm.tasks); `source` is passed
+    only when not "auto" (`mdm.tasks.sources`), so users' own packs need not take it."""
     import mdm.tasks  # noqa: F401  (registers the builtin packs)
 
     cls = get_registry("tasks").get(name)
+    if source != "auto":
+        kwargs["source"] = source
     try:
         return cls(data_dir=data_dir, **kwargs)
     except TypeError as e:
@@ -113,30 +124,50 @@ def _parse_task_args(items: Sequence[str]) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mdm preprocess", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True, help="registered task name (mdm list tasks)")
+    p.add_argument("--task", help="registered task name (mdm list tasks); default train.task")
     p.add_argument("--split", default="train")
-    p.add_argument("--tokenizer", required=True,
-                   help=f"AutoTokenizer hub id or local path, or '{TRAIN_BPE}' to train a small BPE on the split")
-    p.add_argument("--out", required=True, help="processed JSONL to write")
+    p.add_argument("--tokenizer", help=f"AutoTokenizer hub id or local path, or '{TRAIN_BPE}' to train a small BPE "
+                                       "on the split; default data.tokenizer")
+    p.add_argument("--out", help="processed JSONL to write; default train.train_data_path for the train split, "
+                                 "else ./data/<split>/<task>.jsonl")
     p.add_argument("--max_len", type=int, default=None, help="drop (and count) rows longer than this")
-    p.add_argument("--data_dir", default=None, help="local copy of the task's raw data")
+    p.add_argument("--data_dir", default=None, help="local copy of the task's raw data; default data.task_data_dir")
     p.add_argument("--vocab_size", type=int, default=1024, help=f"vocabulary size for {TRAIN_BPE}")
     p.add_argument("--chat_template", action="store_true",
                    help=f"with {TRAIN_BPE}: give the trained tokenizer a LLaDA-style chat template")
     p.add_argument("--limit", type=int, default=None, help="only the first N examples")
     p.add_argument("--task_arg", action="append", default=[], metavar="KEY=VALUE",
                    help="task constructor argument (JSON value), e.g. --task_arg n_train=5000")
-    p.add_argument("--auto_import", action="append", default=[], metavar="MODULE",
-                   help="import a module that registers your own task pack")
     p.add_argument("--no_progress", action="store_true")
+    add_config_args(p)  # --config/--set/--dump_config, and --auto_import for your own task packs
     return p
+
+
+def _resolve(args: argparse.Namespace, cfg: Any) -> argparse.Namespace:
+    """Fill the flags left unset from the config (see the module docstring)."""
+    args.task = args.task or cfg.train.task
+    if not args.task:
+        raise ValueError("no task: pass --task NAME or set train.task (`mdm list tasks` lists them)")
+    args.data_dir = args.data_dir or cfg.data.task_data_dir
+    args.tokenizer = args.tokenizer or cfg.data.tokenizer
+    if not args.tokenizer:
+        raise ValueError(f"no tokenizer: pass --tokenizer (a hub id, a directory or {TRAIN_BPE}) or set "
+                         "data.tokenizer")
+    if not args.out:
+        name = get_registry("tasks").canonical(args.task)
+        args.out = (cfg.train.train_data_path if args.split == "train" and cfg.train.train_data_path
+                    else f"./data/{args.split}/{name}.jsonl")
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        auto_import(args.auto_import)
-        task = build_task(args.task, args.data_dir, **_parse_task_args(args.task_arg))
+        cfg = config_or_dump(args)  # imports --auto_import modules, so their packs are registered
+        if cfg is None:
+            return 0
+        args = _resolve(args, cfg)
+        task = build_task(args.task, args.data_dir, cfg.data.source, **_parse_task_args(args.task_arg))
         task.check_split(args.split)  # before any slow tokenizer training or loading
         tokenizer = args.tokenizer
         if tokenizer != TRAIN_BPE and tokenizer.startswith((".", "/", "~")) and not Path(tokenizer).is_dir():
@@ -151,7 +182,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             tokenizer = str(tok_dir)
         stats = preprocess(task, args.split, tokenizer, args.out, args.max_len, limit=args.limit,
                            progress=not args.no_progress)
-    except (UnknownNameError, JsonlError, ValueError, OSError, ModuleNotFoundError) as e:
+    except (UnknownNameError, JsonlError, ValueError, OSError, ModuleNotFoundError) as e:  # ConfigError too
         print(f"mdm preprocess: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {stats['written']} rows to {stats['out']} ({stats['dropped_overlong']} dropped as longer "

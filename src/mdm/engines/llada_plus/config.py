@@ -95,3 +95,8 @@ class SamplerConfig:
     eot_token_id: int = -1
     early_exit: bool = True
     batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        for key in ("gen_length", "block_length", "steps", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"sampler.{key} must be >= 1, got {getattr(self, key)}")

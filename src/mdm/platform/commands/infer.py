@@ -2,6 +2,9 @@
 
     mdm infer --task gsm8k --model outputs/gsm8k-ab12/final --out preds.jsonl [--split test] [--limit N]
               [--sampler llada|fast] [--config eval.yaml] [--set sampler.steps=64 --set eval.max_actors=8]
+
+The seed's `llada.cli.main infer` flags still work: `--model_name` (= --model), `--out_file` (= --out),
+`--steps N` and `--gen_length N` (= --set sampler.steps=N / sampler.gen_length=N, applied after --set).
 """
 
 from __future__ import annotations
@@ -20,14 +23,20 @@ from mdm.platform.registry import UnknownNameError
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="mdm infer", description=__doc__.split("\n")[0])
     p.add_argument("--task", help="task name (`mdm list tasks`); default eval.task")
-    p.add_argument("--model", help="HF dir | run/checkpoint dir | hub id | mlflow:<run_id> | runs:/<id>/<path>")
-    p.add_argument("--out", help="predictions JSONL (default eval.out, else predictions_<task>_<split>.jsonl)")
+    p.add_argument("--model", "--model_name",
+                   help="HF dir | run/checkpoint dir | hub id | mlflow:<run_id> | runs:/<id>/<path>")
+    p.add_argument("--out", "--out_file",
+                   help="predictions JSONL (default eval.out, else predictions_<task>_<split>.jsonl)")
     p.add_argument("--split", help="split to evaluate (default eval.split = test)")
     p.add_argument("--limit", type=int, help="first N examples only")
     p.add_argument("--sampler", help="sampler name (`mdm list samplers`), e.g. llada or fast")
     p.add_argument("--prompts", help="JSONL of {prompt, gold_raw?, id?} instead of the task's split")
+    p.add_argument("--steps", type=int, help="the seed's flag: sampler.steps")
+    p.add_argument("--gen_length", type=int, help="the seed's flag: sampler.gen_length")
     add_config_args(p)
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    args.overrides += [f"sampler.{k}={getattr(args, k)}" for k in ("steps", "gen_length")
+                       if getattr(args, k) is not None]
     try:
         cfg = config_or_dump(args)
         if cfg is None:

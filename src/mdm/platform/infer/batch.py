@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -35,10 +36,12 @@ class InferenceError(ValueError):
 
 # ----------------------------------------------------------------------------- inputs (driver side)
 
-def _load_task(name: Optional[str], split: str, data_dir: Optional[str], need_split: bool) -> Any:
+def _load_task(name: Optional[str], split: str, data_cfg: Any, need_split: bool) -> Any:
     if not name:
         raise InferenceError("no task: pass --task NAME or set eval.task (`mdm list tasks` lists them)")
-    task = get_registry("tasks").get(name)(data_dir=data_dir)
+    # data.source only when not the default, so that users' own packs need not take it.
+    source = {"source": data_cfg.source} if data_cfg.source != "auto" else {}
+    task = get_registry("tasks").get(name)(data_dir=data_cfg.task_data_dir, **source)
     splits = tuple(getattr(task, "splits", ()))
     if need_split and split not in splits:
         raise InferenceError(f"task {name!r} has no split {split!r} to evaluate on; its splits: "
@@ -48,11 +51,14 @@ def _load_task(name: Optional[str], split: str, data_dir: Optional[str], need_sp
 
 def _task_rows(task: Any, split: str, limit: Optional[int]) -> list[dict[str, Any]]:
     rows = []
-    for i, raw in enumerate(task.load_split(split)):
-        if limit is not None and i >= limit:
-            break
-        ex = task.to_example(raw, i)
-        rows.append({"index": i, "id": ex.id, "prompt": ex.prompt, "gold_raw": ex.gold_raw})
+    try:
+        for i, raw in enumerate(task.load_split(split)):
+            if limit is not None and i >= limit:
+                break
+            ex = task.to_example(raw, i)
+            rows.append({"index": i, "id": ex.id, "prompt": ex.prompt, "gold_raw": ex.gold_raw})
+    except (OSError, ValueError) as e:  # the task's raw data: missing, not downloadable, a bad line
+        raise InferenceError(str(e)) from None
     return rows
 
 
@@ -116,7 +122,9 @@ def _build_dataset(rows: list[dict], cfg: Any, model_path: str, task: str) -> An
 
     ev = cfg.eval
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = bool(ev.progress)
+    # Ray Data's bars are per operator (three here, and a log block every few seconds off a terminal):
+    # run_inference draws one bar of scored rows instead (eval.progress).
+    ctx.enable_progress_bars = False
     if ev.wait_for_actors_s > 0:
         ctx.wait_for_min_actors_s = ev.wait_for_actors_s
     # One block per batch: a block is the unit Ray Data hands to an actor, so blocks bigger than a batch
@@ -136,7 +144,8 @@ def _build_dataset(rows: list[dict], cfg: Any, model_path: str, task: str) -> An
         num_gpus=gpus or None, num_cpus=ev.cpus_per_actor, **_restart_args(ev))
     return ds.map_batches(
         Scorer, batch_format="numpy", num_cpus=ev.score_cpus, compute=ray.data.ActorPoolStrategy(size=1),
-        fn_constructor_kwargs={"task": task, "data_dir": ev.data_dir, "auto_import": tuple(cfg.auto_import)},
+        fn_constructor_kwargs={"task": task, "data_dir": cfg.data.task_data_dir,
+                               "auto_import": tuple(cfg.auto_import)},
         **_restart_args(ev))
 
 
@@ -227,7 +236,7 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
 
         cfg = with_overrides(cfg, {"sampler.name": sampler})  # validates the name against the registry
         ev = cfg.eval
-    the_task = _load_task(task_name, split, ev.data_dir, need_split=prompts is None)
+    the_task = _load_task(task_name, split, cfg.data, need_split=prompts is None)
     src = resolve_model(model or ev.model or "", tracking_uri=cfg.tracking.tracking_uri,
                         export_root=cfg.train.output_dir)
     tokenizer = _load_tokenizer(src)
@@ -241,6 +250,15 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
     started = ensure_ray(cfg.ray)
     import ray.data
 
+    bar = None
+    if progress_callback is None and ev.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(rows), desc=f"eval {task_name}/{split}", unit="rows", file=sys.stderr)
+
+        def progress_callback(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.enable_progress_bars, ctx.wait_for_min_actors_s)  # process-wide: put them back after
     try:
@@ -250,6 +268,8 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
         job_s = time.perf_counter() - t_job
     finally:
         ctx.enable_progress_bars, ctx.wait_for_min_actors_s = saved
+        if bar is not None:
+            bar.close()
         if started:
             ray.shutdown()
 

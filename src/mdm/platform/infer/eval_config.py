@@ -23,7 +23,8 @@ class EvalConfig:
 
     `model`: HF directory, Ray Train run/checkpoint directory (its HF export is found inside), hub id,
     `mlflow:<run_id>` or `runs:/<run_id>/<path>` (`--model` wins). `prompts`: a JSONL of
-    {"prompt", "gold_raw"?, "id"?} rows to use instead of the task's split.
+    {"prompt", "gold_raw"?, "id"?} rows to use instead of the task's split. The task's raw data comes from
+    `data.task_data_dir` / `data.source` (the key `eval.data_dir` moved there).
     `min_actors`/`max_actors`/`initial_actors`: the autoscaling sampler actor pool (initial defaults to min;
     on an autoscaling cluster, initial = max asks for all GPU nodes at once instead of one at a time).
     `wait_for_actors_s` > 0: hold the first batch until the initial actors are up (at most that long, then
@@ -36,12 +37,12 @@ class EvalConfig:
     `seed`: the sampler's generator for a batch is seeded with seed + the batch's first row index.
     `metrics_out`: default `<out>.metrics.json`. `log_mlflow`: log metrics + predictions (also needs
     tracking.enabled) to the training run when the model came from one, else to a new run `eval_run_name`.
+    `progress`: one bar of scored rows on stderr (Ray Data's per-operator bars stay off).
     """
 
     task: Optional[str] = registry_choice(None, "tasks")
     split: str = "test"
     limit: Optional[int] = None
-    data_dir: Optional[str] = None
     prompts: Optional[str] = None
     model: Optional[str] = None
     out: Optional[str] = None

@@ -4,25 +4,98 @@
     ensure_ray(cfg.ray)          # no-op when Ray is already initialised in this process
 
 `ray.address` (or the RAY_ADDRESS environment variable) joins that cluster ("auto", "ray://host:10001");
-without either an embedded Ray starts on this machine, bound to 127.0.0.1, without a dashboard.
+without either an embedded Ray starts on this machine with every server on 127.0.0.1, checked after start.
+Ray decides at `import ray` whether a local node may serve other machines (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER,
+on by default on Linux, which rewrites 127.0.0.1 to the machine's address and binds GCS, raylet, agents and
+workers to every interface): `mdm/__init__.py` turns it off before anything imports Ray, and `ensure_ray`
+applies the same setting when Ray was imported before mdm. Set the variable to 1 yourself to opt out.
+
+The embedded Ray starts its dashboard (on 127.0.0.1): Ray's State API is served by it, and Ray Train's
+placement-group cleaner polls that API every second (without it: a warning a second, and no cleanup after a
+crashed controller). That cleaner, an actor, finds the cluster by RAY_ADDRESS or else by scanning the machine
+for GCS processes, which fails as soon as a second Ray runs there (another notebook, another user): so the
+embedded GCS port is chosen here (RAY_GCS_SERVER_PORT) and the workers get RAY_ADDRESS pointing at it. Its
+workers also bind gloo and NCCL to the loopback interface (the process group meets through a file,
+`mdm.platform.train.local_pg`, since torch's TCP store would listen on every interface).
+
+The terminal gets mdm's lines, one bar per phase and Ray's warnings; Ray's detail goes to its log files (the
+session's `logs/`, printed at start): Ray Data logs INFO to `ray-data.log` only (`ray_data_logging.yaml`, via
+RAY_DATA_LOGGING_CONFIG), Ray Train's INFO lines go to its `train/` files (`TRAIN_LOG_LEVEL`, on the
+trainer's RunConfig), the workers draw no Hugging Face progress bars (they would arrive as one frozen line
+each), and one local node runs no preemption watcher (nothing drains a laptop; on one node the watcher only
+logs a core_worker error about its constructor arguments).
+
 Before any actor starts, `check_worker_fit` makes sure the Train workers leave CPU for Ray Data's read and
 map tasks: two 1-CPU workers on a 2-CPU Ray plus a Dataset hang with no error.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
+import sys
+from pathlib import Path
 from typing import Any, Optional
 
 import ray
 
 # Ray Data's read and map tasks ask for 1 CPU each: at least that much must stay free beside the workers.
 DATA_CPU_RESERVE = 1.0
+LOOPBACK = ("127.0.0.1", "::1")
+TRAIN_LOG_LEVEL = "WARNING"  # ray.train.LoggingConfig: Train's INFO lines stay in its log files
+DATA_LOGGING_CONFIG = str(Path(__file__).with_name("ray_data_logging.yaml"))
+# Defaults (a user's own setting wins) for this process and, inherited, the embedded Ray's processes.
+QUIET_ENV = {"RAY_DATA_LOGGING_CONFIG": DATA_LOGGING_CONFIG}
+EMBEDDED_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+# For the embedded Ray's workers only (the driver keeps its download bars). MDM_EMBEDDED_RAY tells code in
+# those workers (a Tune trial's driver) that the whole cluster is this machine (`is_local_cluster`).
+WORKER_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "MDM_EMBEDDED_RAY": "1"}
+
+
+def _loopback_interface() -> dict[str, str]:
+    """One machine: the collectives' sockets on the loopback interface too (the process group itself meets
+    through a file, `mdm.platform.train.local_pg`); gloo and NCCL otherwise bind the hostname's address."""
+    names = {name for _, name in socket.if_nameindex()}
+    lo = next((n for n in ("lo", "lo0") if n in names), None)
+    return {"GLOO_SOCKET_IFNAME": lo, "NCCL_SOCKET_IFNAME": lo} if lo else {}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def cluster_address(ray_cfg: Any) -> Optional[str]:
     """The cluster to join (`ray.address`, else RAY_ADDRESS), or None for an embedded local Ray."""
     return ray_cfg.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def is_local_cluster(ray_cfg: Any) -> bool:
+    """True when every node of the Ray this process uses is this machine, sharing its disk: a Ray started in
+    this process (embedded, or a test's `ray.init()`), or a worker of mdm's embedded Ray."""
+    return os.environ.get("MDM_EMBEDDED_RAY") == "1" or cluster_address(ray_cfg) is None
+
+
+def _quiet(env: dict[str, str]) -> None:
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    if "ray.data" in sys.modules:  # Ray Data read its logging config at import; read it again
+        from ray.data._internal.logging import configure_logging
+
+        configure_logging()
+
+
+def _loopback_only() -> bool:
+    """Keep an embedded Ray on loopback unless the user set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER to 1."""
+    if os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0").strip().lower() in ("1", "true"):
+        return False
+    from ray._private import ray_constants
+
+    # Read once at `import ray`: a program that imported Ray before mdm got Linux's default (every interface).
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    return True
 
 
 def ensure_ray(ray_cfg: Any) -> bool:
@@ -31,11 +104,35 @@ def ensure_ray(ray_cfg: Any) -> bool:
         return False
     address = cluster_address(ray_cfg)
     if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(num_cpus=ray_cfg.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 log_to_driver=True)
+        _quiet(QUIET_ENV)
+        ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+        return True
+    loopback = _loopback_only()
+    _quiet({**QUIET_ENV, **EMBEDDED_ENV})
+    worker_env = {k: os.environ.get(k, v) for k, v in
+                  {**WORKER_ENV, **(_loopback_interface() if loopback else {})}.items()}
+    port = os.environ.get("RAY_GCS_SERVER_PORT")
+    if loopback:
+        port = port or str(_free_port())
+        worker_env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    saved = os.environ.get("RAY_GCS_SERVER_PORT")
+    try:
+        if port:
+            os.environ["RAY_GCS_SERVER_PORT"] = port  # read when the node starts; not left for later inits
+        ctx = ray.init(num_cpus=ray_cfg.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                       _node_ip_address="127.0.0.1", log_to_driver=True, logging_level=logging.WARNING,
+                       runtime_env={"env_vars": worker_env})
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_GCS_SERVER_PORT", None)
+    node_ip = ray.util.get_node_ip_address()
+    if loopback and node_ip not in LOOPBACK:
+        ray.shutdown()
+        raise RuntimeError(f"the embedded Ray came up on {node_ip}, not 127.0.0.1; set "
+                           f"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Python starts")
+    logs = os.path.join(ctx.address_info.get("session_dir", "?"), "logs")
+    print(f"mdm: embedded Ray on {node_ip} (dashboard http://{ctx.dashboard_url}; Ray's logs: {logs})",
+          file=sys.stderr, flush=True)
     return True
 
 

@@ -21,8 +21,28 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from mdm.platform.config_ops import dump_config, flatten
+from mdm.platform.config_ops import dump_config, flatten, with_overrides
 from mdm.platform.runs import export_dir, run_name as derive_name, storage_root
+
+SEED_DATA_PATH = "./data/train/{task}.jsonl"  # the seed's default for an unset train.train_data_path
+
+
+def train_data_path(cfg: Any) -> str:
+    """`train.train_data_path`, else the seed's `./data/train/<train.task>.jsonl`; ValueError saying how to
+    make the file when the default does not exist (with `data.task_data_dir` when set)."""
+    if cfg.train.train_data_path:
+        return cfg.train.train_data_path
+    if not cfg.train.task:
+        raise ValueError("train.train_data_path is not set (nor train.task, which would default it to "
+                         f"{SEED_DATA_PATH}): point it at processed JSONL (`mdm preprocess`)")
+    path = SEED_DATA_PATH.format(task=cfg.train.task)
+    if not os.path.exists(path):
+        src = f" --data_dir {cfg.data.task_data_dir}" if cfg.data.task_data_dir else ""
+        raise ValueError(f"train.train_data_path is not set, and its default {path} (from train.task) does not "
+                         f"exist: make it with `mdm preprocess --task {cfg.train.task}{src} --tokenizer "
+                         f"TOKENIZER --out {path}`, or set train.train_data_path")
+    return path
+
 
 def tokenizer_path(cfg: Any) -> str:
     if cfg.data.tokenizer:
@@ -53,13 +73,15 @@ def plan_steps(n_train: int, train_cfg: Any, world: int) -> tuple[int, int, int]
 def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequence[Any] = (),
                  mlflow_tags: Optional[dict[str, str]] = None) -> Any:
     """Validate, then train with a TorchTrainer; returns the ray.train.Result (raises on failure)."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from mdm.platform.train.ds_config import ds_config_notes
     from mdm.platform.train.updater import check_precision
     from mdm.platform.train.ingest import build_datasets, ingest_options
     from mdm.platform.train.progress import ProgressCallback
-    from mdm.platform.runtime.ray_runtime import check_worker_fit, ensure_ray
+    from mdm.platform.runtime.ray_runtime import TRAIN_LOG_LEVEL, check_worker_fit, ensure_ray, is_local_cluster
+    from mdm.platform.train.local_pg import LocalTorchConfig
     from mdm.platform.tracking.tracker import Tracker
     from mdm.platform.train.worker import RunInfo, WorkerSections, train_fn_per_worker
     from mdm.platform.tokenizer import load_tokenizer
@@ -67,7 +89,8 @@ def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequenc
     rcfg, tcfg = cfg.ray, cfg.train
     check_precision(cfg.deepspeed, on_gpu=rcfg.use_gpu)
     if not tcfg.train_data_path:
-        raise ValueError("train.train_data_path is not set: point it at processed JSONL (`mdm preprocess`)")
+        cfg = with_overrides(cfg, {"train.train_data_path": train_data_path(cfg)})
+        rcfg, tcfg = cfg.ray, cfg.train
     run_name = run_name or derive_name(cfg)
     tracker = Tracker.open(cfg.tracking) if cfg.tracking.enabled else None  # unreachable -> TrackingError now
     ensure_ray(rcfg)
@@ -83,6 +106,8 @@ def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequenc
     datasets = data.datasets()
     print(f"mdm train {run_name}: {data.summary()}; {total} steps ({per_epoch}/epoch) on {rcfg.num_workers} "
           f"worker(s)", file=sys.stderr)
+    for note in ds_config_notes(cfg.deepspeed, tcfg, rcfg.num_workers, total_steps=total, on_gpu=rcfg.use_gpu):
+        print(f"mdm train: {note}", file=sys.stderr)
 
     run_id = None
     if tracker is not None:
@@ -99,6 +124,9 @@ def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequenc
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"sections": sections, "run": run},
+        # On this machine's own Ray the process group meets through a file: torch's TCP store would listen
+        # on every interface (local_pg.py). A cluster keeps Ray's default.
+        torch_config=LocalTorchConfig() if is_local_cluster(rcfg) else None,
         scaling_config=ScalingConfig(num_workers=rcfg.num_workers, use_gpu=rcfg.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
@@ -107,6 +135,7 @@ def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequenc
                                                checkpoint_score_attribute="eval/loss" if scored else None,
                                                checkpoint_score_order="min"),
             failure_config=FailureConfig(max_failures=rcfg.max_failures),
+            logging_config=LoggingConfig(log_level=TRAIN_LOG_LEVEL),
             callbacks=[ProgressCallback(run_name), *callbacks]),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train", "eval"] if has_eval else ["train"],

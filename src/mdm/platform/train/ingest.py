@@ -147,12 +147,15 @@ class MicroBatchCollate(NumpyBatchCollateFn):
 
 
 def ingest_options() -> Any:
-    """Ray Data execution options for the Train ingest: order preserved, so shards are reproducible."""
-    from ray.train import DataConfig
+    """Ray Data execution options for the Train ingest: order preserved, so shards are reproducible.
 
-    opts = DataConfig.default_ingest_options()
-    opts.preserve_order = True
-    return opts
+    What `ray.train.DataConfig.default_ingest_options()` builds from the current DataContext, less its
+    deprecated `exclude_resources` argument (Ray 2.60 warns about its own default on every run)."""
+    from ray.data import DataContext, ExecutionOptions
+
+    current = DataContext.get_current().execution_options
+    return ExecutionOptions(resource_limits=current.resource_limits, preserve_order=True,
+                            verbose_progress=current.verbose_progress)
 
 
 @dataclass

@@ -1,6 +1,8 @@
-"""A progress bar on the driver: step, loss, tokens/s and ETA, fed by the workers' `ray.train.report`s.
+"""What a training run shows on the terminal: one bar on the driver (step, loss, tokens/s, ETA), fed by the
+workers' `ray.train.report`s, and nothing else from Ray's INFO logs.
 
     TorchTrainer(..., run_config=RunConfig(callbacks=[ProgressCallback()]))
+    quiet_ray_console()      # first thing in train_fn_per_worker
 
 The callback runs in Ray Train's controller; `ray.experimental.tqdm_ray` draws its bar in the driver's
 terminal (plain `tqdm` would only print into the controller's log). The ETA is tqdm's, from the step rate.
@@ -8,7 +10,28 @@ terminal (plain `tqdm` would only print into the controller's log). The ETA is t
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any, Optional
+
+
+def quiet_ray_console(level: int = logging.WARNING) -> None:
+    """In a Train worker: records from Ray's own code below `level` go to the worker's log file only.
+
+    Ray Train logs one INFO line per report ("Reporting training result N: TrainingReport(...)") through a
+    logger named after its file path, not `ray.train.*`, so the level set on the RunConfig's LoggingConfig
+    never reaches it and every report prints on the driver's terminal. This applies that level to Ray's
+    records on the worker's console handler only; its log files keep everything."""
+    import ray
+
+    ray_dir = os.path.dirname(ray.__file__) + os.sep
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno >= level or not record.pathname.startswith(ray_dir)
+
+    for handler in logging.getLogger().handlers:
+        if handler.get_name() == "console":
+            handler.addFilter(keep)
 
 from ray.train.v2.api.callback import UserCallback
 

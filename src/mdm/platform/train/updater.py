@@ -13,15 +13,15 @@ here.) The Ray Train workers and experiments/arithmetic.py both train through it
 its LR schedule (`lr_schedule.py`, Hugging Face's curves) mean the same everywhere.
 
 The DeepSpeed JSON is generated from the `deepspeed` section plus `train.batch_size_per_gpu`, `grad_accum`
-and `max_grad_norm`, or read from `deepspeed.config_path` with those same train keys filled in over it, so
-the two never disagree. Optimizer (AdamW or DeepSpeedCPUAdam) and LR schedule (`train.lr_scheduler_type` with
-`train.warmup_steps`) are built here unless the JSON names its own. `deepspeed.enabled: false` gives the same
-interface with a torch optimizer; with several workers it averages gradients with one all-reduce per tensor.
+and `max_grad_norm`, or read from `deepspeed.config_path` with those same train keys filled in over it and
+"auto" resolved as Hugging Face's integration does (`ds_config.py`), so the two never disagree. Optimizer
+(AdamW or DeepSpeedCPUAdam) and LR schedule (`train.lr_scheduler_type` with `train.warmup_steps`) are built
+here unless the JSON names its own. `deepspeed.enabled: false` gives the same interface with a torch
+optimizer; with several workers it averages gradients with one all-reduce per tensor.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Optional
 
@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from mdm.platform.engine_api import BaseTrainConfig
 from mdm.platform.train.deepspeed_config import DeepSpeedConfig
+from mdm.platform.train.ds_config import build_ds_config  # noqa: F401  (the DeepSpeed JSON; re-exported)
 from mdm.platform.train.lr_schedule import build_lr_scheduler
 
 
@@ -42,32 +43,6 @@ def check_precision(ds_cfg: DeepSpeedConfig, on_gpu: bool) -> None:
         raise ValueError(f"deepspeed.offload_params needs deepspeed.zero_stage: 3 (got {ds_cfg.zero_stage})")
     if ds_cfg.precision != "fp32" and not ds_cfg.enabled:
         raise ValueError("deepspeed.precision other than fp32 needs deepspeed.enabled: true")
-
-
-def build_ds_config(ds_cfg: DeepSpeedConfig, train_cfg: BaseTrainConfig, world_size: int) -> dict[str, Any]:
-    """The DeepSpeed config dict for this run (see the module docstring for what wins)."""
-    if ds_cfg.config_path:
-        with open(ds_cfg.config_path) as f:
-            conf: dict[str, Any] = json.load(f)
-    else:
-        zero: dict[str, Any] = {"stage": ds_cfg.zero_stage}
-        if ds_cfg.offload_optimizer:
-            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-        if ds_cfg.offload_params:
-            zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-        conf = {"zero_optimization": zero,
-                "bf16": {"enabled": ds_cfg.precision == "bf16"},
-                "fp16": {"enabled": ds_cfg.precision == "fp16"}}
-    conf.update({
-        "train_micro_batch_size_per_gpu": train_cfg.batch_size_per_gpu,
-        "gradient_accumulation_steps": train_cfg.grad_accum,
-        "train_batch_size": train_cfg.batch_size_per_gpu * train_cfg.grad_accum * world_size,
-        "gradient_clipping": train_cfg.max_grad_norm,
-    })
-    conf.setdefault("steps_per_print", 1 << 30)   # our own logging reports progress
-    conf.setdefault("zero_allow_untested_optimizer", True)
-    conf.setdefault("zero_force_ds_cpu_optimizer", False)  # torch AdamW with offload is allowed (slower)
-    return conf
 
 
 def make_optimizer(params: Any, ds_cfg: DeepSpeedConfig, train_cfg: BaseTrainConfig) -> torch.optim.Optimizer:
@@ -142,7 +117,11 @@ class DeepSpeedUpdater:
                  world_size: int) -> None:
         import deepspeed
 
-        conf = build_ds_config(ds_cfg, train_cfg, world_size)
+        first = next(model.parameters())
+        hidden = getattr(getattr(model, "config", None), "hidden_size", None) or \
+            getattr(getattr(model, "config", None), "d_model", None)
+        conf = build_ds_config(ds_cfg, train_cfg, world_size, total_steps=total_steps, hidden_size=hidden,
+                               on_gpu=first.is_cuda)
         optimizer = None if "optimizer" in conf else make_optimizer(model.parameters(), ds_cfg, train_cfg)
         scheduler = None if optimizer is None or "scheduler" in conf else build_lr_scheduler(optimizer, train_cfg,
                                                                                          total_steps)

@@ -114,6 +114,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    from mdm.platform.train.progress import quiet_ray_console
     from mdm.platform.train.updater import build_updater
     from mdm.platform.registry import auto_import, get_registry, load_builtins
     from mdm.platform.tracking.tracker import RunLogger
@@ -121,6 +122,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
 
     sec: WorkerSections = config["sections"]
     run: RunInfo = config["run"]
+    quiet_ray_console()
     load_builtins()
     auto_import(sec.auto_import)
     ctx = ray.train.get_context()
