@@ -1,4 +1,4 @@
-"""Task registry and task packs (gsm8k, hitab, openscience, arithmetic).
+"""Task registry and task packs (gsm8k, hitab, openscience, arithmetic, arithmetic_mc).
 
 Importing this package registers the builtin packs in `get_registry("tasks")`:
 
@@ -10,6 +10,6 @@ See `mdm.tasks.base` for the Task contract, `mdm.tasks.data` for the processed-J
 """
 
 from mdm.tasks.base import Example, Task, register_task  # noqa: F401
-from mdm.tasks import arithmetic, gsm8k, hitab, openscience  # noqa: F401  (registers the packs)
+from mdm.tasks import arithmetic, arithmetic_mc, gsm8k, hitab, openscience  # noqa: F401  (registers the packs)
 
 __all__ = ["Example", "Task", "register_task"]

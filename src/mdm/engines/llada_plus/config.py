@@ -1,4 +1,4 @@
-"""The LLaDA+ engine's config sections: `train` (the seed's keys), `model` and `sampler`.
+"""The LLaDA+ engine's config sections: `train` (the seed's keys), `model`, `sampler` and `likelihood`.
 
 `train.PPOTS: true` turns on importance sampling over t: before training, `w(t)` is measured on
 `num_samples_t` grid points from `num_samples_x0` sequences x `num_samples_xt` masks, a density of family
@@ -95,3 +95,37 @@ class SamplerConfig:
     eot_token_id: int = -1
     early_exit: bool = True
     batch_size: int = 16
+
+
+@dataclass
+class LikelihoodConfig:
+    """Likelihood scoring (`mdm infer --mode likelihood`, the lm-eval model `mdm`): the Monte Carlo estimate of
+    the bound on log p(answer | prompt) (likelihood.py).
+
+    `mc_num`: masks per answer (upstream LLaDA: 128 for most benchmarks; 1 for MMLU-like single-token answers,
+    exact then). `cfg_scale`: classifier-free guidance, 0 = none (upstream: 0.5 ARC-C/HellaSwag/PIQA/GPQA, 2.0
+    TruthfulQA, 0 WinoGrande). `masks`: auto (enumerate every mask when 2^L - 1 <= mc_num, exact), random or
+    enumerate. `max_tokens_per_forward`: tokens per packed forward (padding and CFG copies included): memory.
+    `batch_rows`: optional cap on rows per forward (upstream's batch 16). `window` / `context`: rolling
+    log-likelihood (perplexity) of long texts: tokens per chunk sequence, and preceding tokens each later chunk
+    is conditioned on (likelihood_rolling.py).
+    """
+
+    mc_num: int = 128
+    cfg_scale: float = 0.0
+    masks: str = choice("auto", ("auto", "random", "enumerate"))
+    max_tokens_per_forward: int = 16384
+    batch_rows: Optional[int] = None
+    window: int = 1024
+    context: int = 256
+
+    def __post_init__(self) -> None:
+        for key in ("mc_num", "max_tokens_per_forward", "window"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"likelihood.{key} must be >= 1, got {getattr(self, key)}")
+        if self.cfg_scale < 0:
+            raise ValueError(f"likelihood.cfg_scale must be >= 0 (0 = no guidance), got {self.cfg_scale}")
+        if self.batch_rows is not None and self.batch_rows < 1:
+            raise ValueError(f"likelihood.batch_rows must be >= 1 or null, got {self.batch_rows}")
+        if not 0 <= self.context < self.window:
+            raise ValueError(f"likelihood.context must be in [0, window={self.window}), got {self.context}")

@@ -2,6 +2,7 @@
 
     mdm infer --task gsm8k --model outputs/gsm8k-ab12/final --out preds.jsonl [--split test] [--limit N]
               [--sampler llada|fast] [--config eval.yaml] [--set sampler.steps=64 --set eval.max_actors=8]
+    mdm infer --mode likelihood --task arithmetic_mc --model DIR [--set likelihood.mc_num=64]   # likelihood_job
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Optional, Sequence
 from mdm.platform.config_args import add_config_args, config_or_dump
 from mdm.platform.fields import ConfigError
 from mdm.platform.infer.batch import InferenceError, run_inference
+from mdm.platform.infer.likelihood_job import MODES, resolve_mode, run_likelihood
 from mdm.platform.infer.model_source import ModelSourceError
 from mdm.platform.registry import UnknownNameError
 
@@ -26,14 +28,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--limit", type=int, help="first N examples only")
     p.add_argument("--sampler", help="sampler name (`mdm list samplers`), e.g. llada or fast")
     p.add_argument("--prompts", help="JSONL of {prompt, gold_raw?, id?} instead of the task's split")
+    p.add_argument("--mode", choices=MODES, help="generate | likelihood (score choices) | auto: likelihood for "
+                   "multiple-choice tasks (default eval.mode)")
     add_config_args(p)
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         cfg = config_or_dump(args)
         if cfg is None:
             return 0
-        run_inference(cfg, model=args.model, task=args.task, out=args.out, split=args.split, limit=args.limit,
-                      sampler=args.sampler, prompts=args.prompts)
+        mode = resolve_mode(args.mode, cfg.eval.mode, args.task or cfg.eval.task, args.prompts or cfg.eval.prompts)
+        if mode == "likelihood":
+            run_likelihood(cfg, model=args.model, task=args.task, out=args.out, split=args.split, limit=args.limit,
+                           prompts=args.prompts)
+        else:
+            run_inference(cfg, model=args.model, task=args.task, out=args.out, split=args.split, limit=args.limit,
+                          sampler=args.sampler, prompts=args.prompts)
     except (ConfigError, UnknownNameError, InferenceError, ModelSourceError) as e:
         print(f"mdm infer: error: {e}", file=sys.stderr)
         return 2
