@@ -16,12 +16,12 @@ A task pack is a `Task` subclass registered by name in the `tasks` registry:
     for ex in task.examples("test"): ...
 
 `score` compares extracted answers with `answers_match` (numbers numerically, strings normalised);
-`aggregate` turns per-example scores into {"accuracy", "n", "correct"}.
+`aggregate` turns per-example scores into {"accuracy", "n", "correct"}. Users' own packs register the same
+way and are imported with `--auto_import my_module`.
 
 Multiple choice (scored by likelihood: `mdm infer --mode likelihood`, see `mdm.tasks.choices`): a task whose
 examples have candidate answers overrides `choices(example) -> Choices(texts, gold)` (default None: not a
-multiple-choice example) and sets `multiple_choice = True` when likelihood is its default way to be evaluated. Users' own packs register the same
-way and are imported with `--auto_import my_module`.
+multiple-choice example) and sets `multiple_choice = True` when likelihood is its default way to be evaluated.
 """
 
 from __future__ import annotations
