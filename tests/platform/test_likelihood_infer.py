@@ -80,6 +80,8 @@ def test_mode_resolution_and_errors_before_ray(tmp_path, trained_mc) -> None:
         run_likelihood(cfg, model=trained_mc["dir"], task="arith_mc4", out=str(tmp_path / "p.jsonl"))
     with pytest.raises(InferenceError, match="prompts without choices"):
         run_likelihood(load_config([]), model=trained_mc["dir"], task="arith_mc4", prompts="x.jsonl")
+    assert main(["--mode", "likelihood", "--sampler", "fast", "--task", "arith_mc4", "--model", trained_mc["dir"],
+                 "--out", str(tmp_path / "p.jsonl")]) == 2
     assert ray.is_initialized() == was and not (tmp_path / "p.jsonl").exists()
 
 

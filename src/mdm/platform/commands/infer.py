@@ -38,6 +38,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         mode = resolve_mode(args.mode, cfg.eval.mode, args.task or cfg.eval.task, args.prompts or cfg.eval.prompts)
         if mode == "likelihood":
+            if args.sampler:
+                raise InferenceError(f"--sampler {args.sampler}: likelihood mode samples nothing (its knobs are the "
+                                     f"`likelihood` section); use --mode generate to sample")
             run_likelihood(cfg, model=args.model, task=args.task, out=args.out, split=args.split, limit=args.limit,
                            prompts=args.prompts)
         else:
