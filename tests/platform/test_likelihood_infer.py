@@ -146,3 +146,34 @@ def test_combine_shards_unit() -> None:
     assert got[0] == pytest.approx((-2.5, math.sqrt((2 / 8) ** 2 * 0.09 + (6 / 8) ** 2 * 0.16), 8))
     assert got[1] == pytest.approx((-2.0, 0.0, 6))
     assert dataclasses.is_dataclass(load_config([]).likelihood)
+
+
+def test_openscience_letters_exact_with_one_mask(tmp_path, trained_mc, ray_local) -> None:
+    """Lettered options from a local JSONL in openscience's format: a one-token answer's bound with one mask is
+    log p(letter | prompt) itself, which one direct forward gives."""
+    rows = [{"input": "Which particle carries the electromagnetic force?\nA) gluon\nB) photon\nC) W boson\nD) graviton",
+             "output": "<think>Photons mediate EM.</think>\nThe answer is \\boxed{B}."},
+            {"input": "What is the SI unit of force?", "output": "The unit is the newton.\nAnswer: newton"},
+            {"input": "Pick the noble gas.\n(A) neon\n(B) sodium\n(C) chlorine", "output": "Answer: A"}]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = str(tmp_path / "os.jsonl")
+    cfg = load_config([], POOL + ["likelihood.mc_num=1", f"eval.data_dir={tmp_path}", "eval.log_mlflow=false"])
+    metrics = run_likelihood(cfg, model=trained_mc["dir"], task="openscience", out=out)
+    recs = _read(out)
+    assert [r["meta"]["multiple_choice"] for r in recs] == [True, False, True] and metrics["n"] == 2
+    assert recs[0]["meta"]["continuations"] == ["A", "B", "C", "D"] and recs[0]["meta"]["gold_index"] == 1
+    assert recs[1]["meta"]["continuations"] == [rows[1]["output"]] and recs[1]["prediction"] == ""
+    spec = get_registry("engines").get("llada_plus")
+    tok = load_tokenizer(trained_mc["dir"])
+    model = spec.build_model(cfg.model, trained_mc["dir"], tok).eval()
+    task = get_registry("tasks").get("openscience")(data_dir=str(tmp_path))
+    mask = model.config.mask_token_id
+    for r, raw in zip([recs[0], recs[2]], [rows[0], rows[2]]):
+        prompt = task.encode_prompt(tok, raw["input"])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([prompt + [mask]])).logits[0, -1].double(), -1)
+        letters = [tok(c, add_special_tokens=False)["input_ids"] for c in r["meta"]["continuations"]]
+        assert all(len(ids) == 1 for ids in letters)
+        assert r["meta"]["loglik"] == pytest.approx([float(logp[ids[0]]) for ids in letters], abs=1e-4)
+        assert r["meta"]["stderr"] == [0.0] * len(letters)  # exact: the one mask there is
+        assert r["prediction"] == r["meta"]["continuations"][r["meta"]["pred_index"]]
