@@ -2,17 +2,18 @@
 
 Run: pytest tests/platform/test_lm_eval.py        (needs the `lm_eval` extra: pip install -e ".[lm_eval]")
 
-Two task YAMLs over local JSONL files made from the `arith_mc4` problems (tiny_mc_model.py), with the prompt
-rendered as the task renders it: a `multiple_choice` task (acc, acc_norm) and a `generate_until` task
-(exact_match on the last number). The model is the tiny LLaDA trained in this session. Independent side: our
-harness on the same items -- the task's choices scored by the engine's likelihood hook and picked by
-`Task.score_choices`; the platform's `generate` with the task's scorer. Also the command line
-(`mdm lm-eval --model mdm ...`) on the multiple-choice task.
+Three task YAMLs over local JSONL files made from the `arith_mc4` problems (tiny_mc_model.py), with the prompt
+rendered as the task renders it: a `multiple_choice` task (acc, acc_norm), a `generate_until` task (exact_match
+on the last number) and a `loglikelihood_rolling` task (word perplexity). The model is the tiny LLaDA trained in
+this session. Independent side: our harness on the same items -- the task's choices scored by the engine's
+likelihood hook and picked by `Task.score_choices`; the platform's `generate` with the task's scorer; the
+engine's rolling hook. Also the command line (`mdm lm-eval --model mdm ...`) on the multiple-choice task.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,8 @@ pytestmark = pytest.mark.slow
 MC_NUM = 16
 SAMPLER = ["sampler.gen_length=20", "sampler.block_length=20", "sampler.steps=20"]
 N_GEN = 16  # generation is the slow request type: a subset
+N_PPL = 6
+ROLLING = ["likelihood.window=16", "likelihood.context=4"]  # texts of ~30 tokens: 2-3 windows each
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +45,8 @@ def local_tasks(tmp_path_factory, trained_mc) -> dict:
     mc_rows = [{"context": task.prompt_text(tok, e.prompt), "choices": list(task.choices(e).texts),
                 "gold": task.choices(e).gold} for e in exs]
     gen_rows = [{"context": task.prompt_text(tok, e.prompt), "answer": task.gold(e.gold_raw)} for e in exs[:N_GEN]]
-    for name, rows in (("mc", mc_rows), ("gen", gen_rows)):
+    ppl_rows = [{"text": f"{e.prompt}\n{e.response}"} for e in exs[:N_PPL]]
+    for name, rows in (("mc", mc_rows), ("gen", gen_rows), ("ppl", ppl_rows)):
         (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "mdm_arith_mc.yaml").write_text(f"""task: mdm_arith_mc
 dataset_path: json
@@ -82,13 +86,25 @@ filter_list:
 metric_list:
   - metric: exact_match
 """)
-    return {"root": str(root), "task": task, "tok": tok, "examples": exs}
+    (root / "mdm_arith_ppl.yaml").write_text(f"""task: mdm_arith_ppl
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {root / 'ppl.jsonl'}
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: text
+metric_list:
+  - metric: word_perplexity
+""")
+    return {"root": str(root), "task": task, "tok": tok, "examples": exs, "ppl_texts": [r["text"] for r in ppl_rows]}
 
 
 @pytest.fixture(scope="module")
 def ours(trained_mc: dict, local_tasks: dict) -> dict:
     """Our harness on the same items: likelihood argmax (acc, acc_norm) and generation scored by the task."""
-    cfg = load_config([], [f"likelihood.mc_num={MC_NUM}", *SAMPLER, "sampler.batch_size=16"])
+    cfg = load_config([], [f"likelihood.mc_num={MC_NUM}", *SAMPLER, *ROLLING, "sampler.batch_size=16"])
     spec = get_registry("engines").get("llada_plus")
     task, tok, exs = local_tasks["task"], local_tasks["tok"], local_tasks["examples"]
     model = spec.build_model(cfg.model, trained_mc["dir"], tok).eval()
@@ -98,7 +114,10 @@ def ours(trained_mc: dict, local_tasks: dict) -> dict:
     scores = spec.loglikelihood(model, items, cfg.likelihood, torch.Generator().manual_seed(0))
     per = [task.score_choices(task.choices(e), [s.value for s in scores[4 * i:4 * i + 4]]) for i, e in enumerate(exs)]
     gen = generate(model, spec, cfg.sampler, prompts[:N_GEN], tokenizer=tok, generator=torch.Generator().manual_seed(0))
-    return {"acc": sum(r["acc"] for r in per) / len(per), "acc_norm": sum(r["acc_norm"] for r in per) / len(per),
+    texts = [tok(t, add_special_tokens=False)["input_ids"] for t in local_tasks["ppl_texts"]]
+    first = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    rolling = spec.loglikelihood_rolling(model, texts, cfg.likelihood, torch.Generator().manual_seed(0), prefix=[first])
+    return {"rolling": [s.value for s in rolling], "rolling_chunks": [s.n_samples for s in rolling],"acc": sum(r["acc"] for r in per) / len(per), "acc_norm": sum(r["acc_norm"] for r in per) / len(per),
             "per": per, "values": [s.value for s in scores], "texts": gen.texts,
             "gen_acc": sum(task.score(t, e.gold_raw) for t, e in zip(gen.texts, exs)) / N_GEN}
 
@@ -110,9 +129,9 @@ def test_lm_eval_matches_our_scoring(trained_mc, local_tasks, ours, monkeypatch)
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    args = ",".join([f"pretrained={trained_mc['dir']}", f"likelihood.mc_num={MC_NUM}", *SAMPLER])
+    args = ",".join([f"pretrained={trained_mc['dir']}", f"likelihood.mc_num={MC_NUM}", *SAMPLER, *ROLLING])
     manager = TaskManager(include_path=local_tasks["root"], include_defaults=False)  # not lm-eval's own tasks
-    res = lm_eval.simple_evaluate(model="mdm", model_args=args, tasks=["mdm_arith_mc", "mdm_arith_gen"],
+    res = lm_eval.simple_evaluate(model="mdm", model_args=args, tasks=["mdm_arith_mc", "mdm_arith_gen", "mdm_arith_ppl"],
                                   task_manager=manager, device="cpu", batch_size=16, log_samples=True)
     mc = res["results"]["mdm_arith_mc"]
     assert mc["acc,none"] == pytest.approx(ours["acc"]) and mc["acc_norm,none"] == pytest.approx(ours["acc_norm"])
@@ -124,6 +143,12 @@ def test_lm_eval_matches_our_scoring(trained_mc, local_tasks, ours, monkeypatch)
     gen = sorted(res["samples"]["mdm_arith_gen"], key=lambda s: s["doc_id"])
     assert [s["resps"][0][0] for s in gen] == ours["texts"]  # the same texts as the platform's generate
     assert res["results"]["mdm_arith_gen"]["exact_match,last_number"] == pytest.approx(ours["gen_acc"])
+    ppl = sorted(res["samples"]["mdm_arith_ppl"], key=lambda s: s["doc_id"])
+    assert [float(s["resps"][0][0]) for s in ppl] == pytest.approx(ours["rolling"], rel=1e-4)
+    assert min(ours["rolling_chunks"]) >= 2  # the texts were cut into windows
+    words = sum(len(t.split()) for t in local_tasks["ppl_texts"])
+    assert res["results"]["mdm_arith_ppl"]["word_perplexity,none"] == pytest.approx(
+        math.exp(-sum(ours["rolling"]) / words), rel=1e-4)
 
 
 def test_lm_eval_command_line(trained_mc, local_tasks, ours, tmp_path, monkeypatch) -> None:
