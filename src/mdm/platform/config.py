@@ -11,8 +11,8 @@ This module adds what a person needs on top: unknown keys and bad values name th
 
 The schema is assembled from sections owned by the components that read them: the platform's
 (`data`, `ray`, `deepspeed`, `tracking`, `tune`, `eval`) and the chosen engine's (`train`, `model`,
-`sampler`, and `likelihood` when it scores likelihoods, from its `EngineSpec` in the `engines` registry). A field declares its allowed values with
-`choice(...)` or `registry_choice(...)` metadata.
+`sampler`, and `likelihood` when it scores likelihoods, from its `EngineSpec` in the `engines` registry). A
+field declares its allowed values with `choice(...)` or `registry_choice(...)` metadata.
 """
 
 from __future__ import annotations

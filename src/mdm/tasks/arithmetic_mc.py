@@ -9,9 +9,10 @@
 The problems and splits are `arithmetic`'s; the defaults are those of the offline demo
 (`experiments/arithmetic.py`: train.seed 42, operands 0-12, + and -, 200 held out, every other problem trained
 on), so `mdm infer --task arithmetic_mc --model outputs/arithmetic/model` scores the demo's held-out problems.
-Each choice is a whole response in the training format with the answer replaced; the wrong answers are `n_choices - 1` distinct non-negative numbers within `spread` of the
-right one, drawn (and all choices shuffled) by a generator seeded with the task seed and the example id: the
-same choices on every run and machine. Chance is 1 / n_choices.
+Each choice is a whole response in the training format with the answer replaced; the wrong answers are
+`n_choices - 1` distinct non-negative numbers within `spread` of the right one, drawn (and all choices
+shuffled) by a generator seeded with the task seed and the example id: the same choices on every run and
+machine. Chance is 1 / n_choices.
 """
 
 from __future__ import annotations
