@@ -64,6 +64,14 @@ def test_spec_has_the_hooks_and_section(spec) -> None:
     no_hooks = dataclasses.replace(spec, loglikelihood=None)
     with pytest.raises(ValueError, match="no likelihood hooks"):
         no_hooks.require_likelihood("other")
+    # the section configures evaluation, not training: it leaves the derived run name alone (the same command
+    # still resumes the same run)
+    from mdm.platform.config import load_config
+    from mdm.platform.runs import derive_run_name
+
+    base = load_config([], ["train.task=gsm8k"])
+    assert base.likelihood == LikelihoodConfig()
+    assert derive_run_name(load_config([], ["train.task=gsm8k", "likelihood.mc_num=7"])) == derive_run_name(base)
 
 
 def test_argmax_of_the_bound_against_exact_enumeration(model, spec) -> None:
