@@ -97,6 +97,19 @@ def test_argmax_of_the_bound_against_exact_enumeration(model, spec) -> None:
             assert res["acc"] == 1.0 and res["acc_norm"] == 1.0
 
 
+def test_answer_window_pads_with_eos(model, spec) -> None:
+    from mdm.engines.llada_plus.likelihood_hooks import pad_answers
+
+    prompt, short, long = [5, 9, 17], [40, 41], [40, 41, 42, 43, 44]
+    cfg = LikelihoodConfig(mc_num=64, masks="enumerate", answer_window=4)
+    got = spec.loglikelihood(model, [(prompt, short), (prompt, long)], cfg, None)
+    eos = model.config.eos_token_id
+    assert got[0].value == pytest.approx(exact_bound(model, prompt, short + [eos, eos], mask_id=MASK), rel=1e-5)
+    assert got[1].value == pytest.approx(exact_bound(model, prompt, long, mask_id=MASK), rel=1e-5)  # not cut
+    with pytest.raises(ValueError, match="eos_token_id is unset"):
+        pad_answers([(prompt, short)], 4, None)
+
+
 def test_greedy_flag_is_one_step_argmax(model, spec) -> None:
     prompt = [3, 14, 15, 92, 65]
     best = greedy_answer(model, prompt, 4)

@@ -5,7 +5,8 @@
     scores[0].value, scores[0].stderr, scores[0].greedy      # bound on log p(answer | prompt), its SE, bool
     spec.loglikelihood_rolling(model, [text_ids, ...], cfg.likelihood, generator, prefix=[bos_id])
 
-`loglikelihood` is `likelihood.estimate_loglik` with the `likelihood` section's knobs and the model's [MASK] id;
+`loglikelihood` is `likelihood.estimate_loglik` with the `likelihood` section's knobs and the model's [MASK] id
+(with `answer_window` N > 0, each answer is first padded with the model's EOS to N tokens: see config.py);
 `loglikelihood_rolling` is `likelihood_rolling.loglikelihood_rolling` (value: the summed chunk bounds).
 `greedy` (lm-eval's `is_greedy`) is computed only when asked: whether one forward with the whole answer masked
 predicts every answer token as its argmax (with the same guidance as the estimate) -- the answer a one-step
@@ -31,6 +32,13 @@ def mask_id_of(model: Any) -> int:
     if mask_id is None:
         raise ValueError("model.config.mask_token_id is not set; likelihood scoring needs the [MASK] id")
     return int(mask_id)
+
+
+def pad_answers(items: Sequence[Item], answer_window: int, eos_id: Optional[int]) -> list[Item]:
+    """Each (prompt, answer) with the answer padded by `eos_id` to `answer_window` tokens (longer ones unchanged)."""
+    if eos_id is None:
+        raise ValueError("likelihood.answer_window > 0 pads answers with EOS, but model.config.eos_token_id is unset")
+    return [(p, list(a) + [int(eos_id)] * max(0, answer_window - len(a))) for p, a in items]
 
 
 @torch.no_grad()
@@ -69,6 +77,8 @@ def loglikelihood(model: Any, items: Sequence[Item], cfg: Any, generator: Option
     """The bound on log p(answer | prompt) per (prompt_ids, answer_ids) item, with its standard error (nats);
     `cfg`: the `likelihood` section (LikelihoodConfig)."""
     mask_id = mask_id_of(model)
+    if cfg.answer_window > 0:
+        items = pad_answers(items, cfg.answer_window, getattr(model.config, "eos_token_id", None))
     ests = estimate_loglik(model, items, mask_id=mask_id, mc_num=cfg.mc_num, cfg_scale=cfg.cfg_scale,
                            masks=cfg.masks, max_tokens_per_forward=cfg.max_tokens_per_forward,
                            generator=generator, batch_rows=cfg.batch_rows)
