@@ -112,7 +112,7 @@ class LikelihoodConfig:
     lm-eval's convention); N > 0 first pads each answer with EOS to N tokens, the layout LLaDA's SFT trains on
     (responses EOS-padded to the answer window, `sampler.gen_length`: experiments/arithmetic.py, LLaDA-Instruct),
     and the padding EOS are scored with it. On the arithmetic demo's model this raised multiple-choice accuracy
-    from 46% to 75% (100 held-out problems, answer_window 16 = its gen_length).
+    from 52% to 75.5% (arithmetic_mc, 200 held-out problems, mc_num 32, answer_window 16 = its gen_length).
     """
 
     mc_num: int = 128
