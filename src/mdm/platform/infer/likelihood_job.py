@@ -2,7 +2,7 @@
 actor pool, pick the most likely, and report accuracy with per-item estimates and standard errors.
 
     mdm infer --mode likelihood --task arithmetic_mc --model outputs/arithmetic/model --out mc.jsonl \
-        --set likelihood.mc_num=64 --set eval.max_actors=4 [--set eval.mc_shards=4]
+        --set likelihood.mc_num=64 --set likelihood.answer_window=16 --set eval.max_actors=4 [--set eval.mc_shards=4]
     mdm infer --task arithmetic_mc ...          # eval.mode auto: likelihood, since the task is multiple choice
 
     from mdm.platform.infer.likelihood_job import run_likelihood
