@@ -1,4 +1,4 @@
-"""The `mdm` command line: `mdm train|tune|infer|score|preprocess|generate|list|config ...`.
+"""The `mdm` command line: `mdm train|tune|infer|score|preprocess|generate|lm-eval|list|config ...`.
 
     mdm train --config base.yaml --config overlay.yaml --set train.lr=1e-5 [--dump_config]
     mdm list p_models
@@ -30,6 +30,7 @@ DELEGATED = {
     "preprocess": ("mdm.tasks.preprocess", "task data -> processed JSONL {input_ids, prompt_length}"),
     "generate": ("mdm.platform.commands.generate", "sample from a model: --model DIR --prompt TEXT"),
     "tracking-server": ("mdm.platform.commands.tracking_server", "MLflow server for a cluster head (127.0.0.1)"),
+    "lm-eval": ("mdm.platform.commands.lm_eval", "lm-eval's CLI with --model mdm registered (extra: lm_eval)"),
 }
 
 
@@ -83,6 +84,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if cmd in DELEGATED:
             return _delegate(DELEGATED[cmd][0], rest)
     except (ConfigError, UnknownNameError, AutoImportError) as e:
+        print(f"mdm {cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:  # lm-eval is an optional extra; its import error says how to install it
+        if cmd != "lm-eval":
+            raise
         print(f"mdm {cmd}: error: {e}", file=sys.stderr)
         return 2
     print(f"mdm: unknown command {cmd!r}; commands: {', '.join(commands)}", file=sys.stderr)

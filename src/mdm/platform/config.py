@@ -11,8 +11,8 @@ This module adds what a person needs on top: unknown keys and bad values name th
 
 The schema is assembled from sections owned by the components that read them: the platform's
 (`data`, `ray`, `deepspeed`, `tracking`, `tune`, `eval`) and the chosen engine's (`train`, `model`,
-`sampler`, from its `EngineSpec` in the `engines` registry). A field declares its allowed values with
-`choice(...)` or `registry_choice(...)` metadata.
+`sampler`, and `likelihood` when it scores likelihoods, from its `EngineSpec` in the `engines` registry). A
+field declares its allowed values with `choice(...)` or `registry_choice(...)` metadata.
 """
 
 from __future__ import annotations
@@ -65,8 +65,10 @@ def _schema(engine: str, spec: Any) -> type:
         # The seed's hub-mirror switch (also accepted as train.china): see mdm.platform.hub.
         ("china", bool, field(default=False)),
     ]
-    for name, cls in [("train", spec.train_config), ("model", spec.model_config),
-                      ("sampler", spec.sampler_config)] + PLATFORM_SECTIONS:
+    engine_sections = [("train", spec.train_config), ("model", spec.model_config), ("sampler", spec.sampler_config)]
+    if spec.likelihood_config is not None:  # optional: engines that can score by likelihood
+        engine_sections.append(("likelihood", spec.likelihood_config))
+    for name, cls in engine_sections + PLATFORM_SECTIONS:
         fields.append((name, cls, field(default_factory=cls)))
     return dataclasses.make_dataclass("Config", fields)
 

@@ -6,7 +6,8 @@ An engine registers one `EngineSpec` in the `engines` registry:
     get_registry("engines").register("llada_plus", EngineSpec(
         train_config=TrainConfig, model_config=ModelConfig, sampler_config=SamplerConfig,
         build_model=..., build_objective=..., sample=..., end_token_ids=...,
-        conditions={"train.p_model": {"train.PPOTS": True}}))
+        conditions={"train.p_model": {"train.PPOTS": True}},
+        likelihood_config=LikelihoodConfig, loglikelihood=..., loglikelihood_rolling=...))   # optional
 
 The platform (config loader, trainer, sweeps, tracking, batch inference, the generation path) reaches the
 engine only through this spec, so it never imports an engine module.
@@ -90,6 +91,18 @@ class BaseTrainConfig:
 
 
 @dataclass(frozen=True)
+class LoglikScore:
+    """A likelihood hook's answer for one item: `value` (an estimate of, or bound on, log p in nats), its
+    standard error `stderr` (0 when exact, nan when unknown), `n_samples` (Monte Carlo samples behind it) and
+    `greedy` (lm-eval's is_greedy; None unless asked for)."""
+
+    value: float
+    stderr: float
+    n_samples: int = 0
+    greedy: Optional[bool] = None
+
+
+@dataclass(frozen=True)
 class EngineSpec:
     """An engine's sections and hooks.
 
@@ -104,6 +117,14 @@ class EngineSpec:
     conditions: {key: {other_key: value}}: `key` has an effect only when every `other_key` has its `value`
         (LLaDA+: `train.p_model` only matters when `train.PPOTS` is true). Sweeps deduplicate trials by it,
         tracking logs such keys as inert, and the engine's own code follows the same rule.
+    Likelihood scoring (optional; `mdm infer --mode likelihood`, the lm-eval model `mdm`):
+    likelihood_config: the dataclass of the engine's `likelihood` section (absent: no such section). An
+        `mc_num` field (samples per item) lets batch inference split an item's samples (`eval.mc_shards`).
+    loglikelihood(model, items, likelihood_cfg, generator, greedy=False) -> list[LoglikScore], one per
+        (prompt_ids, answer_ids) item: log p(answer | prompt) or a bound on it, with its standard error; an
+        item's value must not depend on the other items of the call (seed per item, not per call).
+    loglikelihood_rolling(model, texts, likelihood_cfg, generator, prefix=()) -> list[LoglikScore], one per
+        text (token ids): log p(text), scored in windows, given `prefix` (e.g. [BOS]).
     """
 
     train_config: type
@@ -114,6 +135,15 @@ class EngineSpec:
     sample: Callable[..., Any]
     end_token_ids: Callable[..., list[int]]
     conditions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, hash=False)
+    likelihood_config: Optional[type] = None
+    loglikelihood: Optional[Callable[..., list[LoglikScore]]] = None
+    loglikelihood_rolling: Optional[Callable[..., list[LoglikScore]]] = None
+
+    def require_likelihood(self, name: str = "this engine") -> None:
+        """Raise ValueError unless the engine can score likelihoods (its hooks and section are set)."""
+        if self.loglikelihood is None or self.likelihood_config is None:
+            raise ValueError(f"engine {name!r} has no likelihood hooks (EngineSpec.loglikelihood / "
+                             f"likelihood_config): it cannot score by likelihood; use generation")
 
 
 def inert_keys(conditions: Mapping[str, Mapping[str, Any]], flat: Mapping[str, Any]) -> set[str]:

@@ -26,11 +26,11 @@ from mdm.platform.config_ops import flatten, with_overrides
 # Left out of a run's derived name (prefixes of dotted keys).
 RUN_NAME_EXCLUDED = ("run_name", "ray.address", "ray.num_cpus", "ray.cpus_per_worker", "ray.gpus_per_worker",
                      "ray.storage_path", "ray.max_failures", "ray.num_to_keep", "tracking.", "tune.", "eval.",
-                     "sampler.", "train.logging_steps", "train.output_dir", "data.task_data_dir", "data.source",
-                     "china", "train.china")
+                     "sampler.", "likelihood.", "train.logging_steps", "train.output_dir", "data.task_data_dir",
+                     "data.source", "china", "train.china")
 # Left out of a sweep's derived name: where and how fast it runs, not what it searches.
 SWEEP_NAME_EXCLUDED = ("run_name", "tracking.", "ray.address", "ray.num_cpus", "tune.max_concurrent_trials",
-                       "tune.cpus_per_trial", "tune.reserve_cpus", "tune.max_failures")
+                       "tune.cpus_per_trial", "tune.reserve_cpus", "tune.max_failures", "likelihood.")
 # Config keys holding local paths: made absolute on the driver, since workers and trials run elsewhere.
 PATH_KEYS = ("train.train_data_path", "train.output_dir", "train.model", "data.eval_data_path", "data.tokenizer",
              "data.task_data_dir", "ray.storage_path", "deepspeed.config_path")

@@ -1,4 +1,4 @@
-"""Task registry and task packs (gsm8k, hitab, openscience, arithmetic).
+"""Task registry and task packs (gsm8k, hitab, openscience, arithmetic, arithmetic_mc).
 
 Importing this package registers the builtin packs in `get_registry("tasks")`:
 
@@ -11,7 +11,7 @@ See `mdm.tasks.base` for the Task contract, `mdm.tasks.data` for the processed-J
 """
 
 from mdm.tasks.base import TASKS, Example, Task, register_task  # noqa: F401
-from mdm.tasks import arithmetic, gsm8k, hitab, openscience  # noqa: F401  (registers the packs)
+from mdm.tasks import arithmetic, arithmetic_mc, gsm8k, hitab, openscience  # noqa: F401  (registers the packs)
 
 # The seed's harness names for the same packs (`mdm list tasks` shows them).
 for _name in ("gsm8k", "hitab", "openscience"):

@@ -18,6 +18,10 @@ A task pack is a `Task` subclass registered by name in the `tasks` registry:
 `score` compares extracted answers with `answers_match` (numbers numerically, strings normalised);
 `aggregate` turns per-example scores into {"accuracy", "n", "correct"}. Users' own packs register the same
 way and are imported with `--auto_import my_module`.
+
+Multiple choice (scored by likelihood: `mdm infer --mode likelihood`, see `mdm.tasks.choices`): a task whose
+examples have candidate answers overrides `choices(example) -> Choices(texts, gold)` (default None: not a
+multiple-choice example) and sets `multiple_choice = True` when likelihood is its default way to be evaluated.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from mdm.platform.prompts import render_prompt
 from mdm.platform.registry import get_registry
 from mdm.tasks import answers
 from mdm.tasks.sources import check_source
+from mdm.tasks.choices import Choices, pick
 
 TASKS = get_registry("tasks")
 
@@ -54,6 +59,7 @@ class Task:
 
     name: str = ""
     splits: tuple[str, ...] = ("train", "test")
+    multiple_choice: bool = False  # True: `mdm infer` scores it by likelihood unless told otherwise
 
     def __init__(self, data_dir: Optional[str] = None, source: str = "auto") -> None:
         # Where raw rows come from (`mdm.tasks.sources`): data_dir wins, then the hub when source="hub",
@@ -126,6 +132,19 @@ class Task:
         if pred is None or gold is None:
             return 0.0
         return 1.0 if answers.answers_match(pred, gold) else 0.0
+
+    # ------------------------------------------------------------------ multiple choice
+    def choices(self, example: Example) -> Optional[Choices]:
+        """The candidate continuations of `example` and the index of the right one, to score by likelihood;
+        None when `example` is not a multiple-choice question (the default)."""
+        return None
+
+    def score_choices(self, choices: Choices, logliks: list[float]) -> dict[str, float]:
+        """{"acc", "acc_norm"} (1.0 / 0.0) and the picked indices {"pred", "pred_norm"} for one example, from the
+        log-likelihood of each choice (see `mdm.tasks.choices`)."""
+        best, best_norm = pick(logliks, choices.texts)
+        return {"acc": float(best == choices.gold), "acc_norm": float(best_norm == choices.gold),
+                "pred": best, "pred_norm": best_norm}
 
     def aggregate(self, scores: list[float]) -> dict[str, float]:
         """{"accuracy": mean score (0.0 when empty), "n": count, "correct": sum}."""

@@ -9,6 +9,11 @@ Multiple-choice answers are letters: extraction reads the last `\\boxed{X}`, els
 "Answer: X", else a line that is just the letter. When the gold has no letter (an open question), the
 free-form rule of `hitab` applies to both sides.
 
+Scored by likelihood (`mdm infer --mode likelihood --task openscience`), a question whose input lists lettered
+options ("A) ...", "(B) ...", "C. ...", "D: ..." at the start of a line) and whose gold names one of them is a
+multiple-choice example: its choices are the option letters ("A", "B", ...), scored after the prompt as MMLU is
+(one-token answers: exact with `likelihood.mc_num: 1`). Open questions have no choices there.
+
 The data cannot ship with mdm: without a data_dir (`data.task_data_dir`) or `data.source: hub`, reading
 a split fails at once saying what to download. On the hub the dataset has only a train split; `test` is
 the rows whose input hashes into the held-out fraction (`test_fraction`, stable across runs and machines),
@@ -18,13 +23,16 @@ the rows whose input hashes into the held-out fraction (`test_fraction`, stable 
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any, Iterator, Optional
 
 from mdm.tasks import answers
 from mdm.tasks.base import Example, Task, register_task
+from mdm.tasks.choices import Choices
 from mdm.tasks.sources import task_rows
 
 DOWNLOAD = "nvidia/OpenScienceReasoning-2 (https://huggingface.co/datasets/nvidia/OpenScienceReasoning-2)"
+_OPTION = re.compile(r"^\s*\(?([A-J])[).:]\s+\S", re.MULTILINE)
 
 
 def in_holdout(text: str, fraction: float) -> bool:
@@ -70,3 +78,12 @@ class OpenScience(Task):
             return 1.0 if answers.extract_choice(prediction_text) == gold_letter else 0.0
         pred, gold = answers.extract_freeform(prediction_text), answers.extract_freeform(gold_raw)
         return 1.0 if pred is not None and gold is not None and answers.answers_match(pred, gold) else 0.0
+
+    def choices(self, example: Example) -> Optional[Choices]:
+        """The option letters listed in the prompt, in order, and the gold letter's index; None for an open
+        question (fewer than two options, or a gold that names none of them)."""
+        letters = list(dict.fromkeys(_OPTION.findall(example.prompt)))
+        gold = answers.extract_choice(example.gold_raw)
+        if len(letters) < 2 or gold not in letters:
+            return None
+        return Choices(tuple(letters), letters.index(gold))

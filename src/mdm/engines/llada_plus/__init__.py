@@ -1,4 +1,4 @@
-"""LLaDA+ engine: the LLaDA model, masked-diffusion objective (Normal/MIRROR), P-POTS, samplers.
+"""LLaDA+ engine: the LLaDA model, masked-diffusion objective (Normal/MIRROR), P-POTS, samplers, likelihood.
 
 Importing this package registers the engine `llada_plus` (its `EngineSpec`), its p_models (time_sampling)
 and its samplers `llada` (sampler) and `fast` (sampler_fast). Heavy modules load on first use.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from mdm.engines.llada_plus import sampler, sampler_fast, time_sampling  # noqa: F401  (they register names)
-from mdm.engines.llada_plus.config import CONDITIONS, ModelConfig, SamplerConfig, TrainConfig
+from mdm.engines.llada_plus.config import CONDITIONS, LikelihoodConfig, ModelConfig, SamplerConfig, TrainConfig
 from mdm.platform.engine_api import EngineSpec
 from mdm.platform.registry import get_registry
 
@@ -41,7 +41,20 @@ def _end_token_ids(model: Any, sampler_cfg: SamplerConfig) -> list[int]:
     return sampler.end_ids(sampler_cfg, getattr(model.config, "eos_token_id", None))
 
 
+def _loglikelihood(*args: Any, **kwargs: Any) -> Any:
+    from mdm.engines.llada_plus.likelihood_hooks import loglikelihood
+
+    return loglikelihood(*args, **kwargs)
+
+
+def _loglikelihood_rolling(*args: Any, **kwargs: Any) -> Any:
+    from mdm.engines.llada_plus.likelihood_hooks import loglikelihood_rolling
+
+    return loglikelihood_rolling(*args, **kwargs)
+
+
 get_registry("engines").register("llada_plus", EngineSpec(
     train_config=TrainConfig, model_config=ModelConfig, sampler_config=SamplerConfig,
     build_model=_build_model, build_objective=_build_objective, sample=_sample, end_token_ids=_end_token_ids,
-    conditions=CONDITIONS))
+    conditions=CONDITIONS, likelihood_config=LikelihoodConfig, loglikelihood=_loglikelihood,
+    loglikelihood_rolling=_loglikelihood_rolling))

@@ -2,6 +2,7 @@
 
     mdm infer --task gsm8k --model outputs/gsm8k-ab12/final --out preds.jsonl [--split test] [--limit N]
               [--sampler llada|fast] [--config eval.yaml] [--set sampler.steps=64 --set eval.max_actors=8]
+    mdm infer --mode likelihood --task arithmetic_mc --model DIR [--set likelihood.mc_num=64]   # likelihood_job
 
 The seed's `llada.cli.main infer` flags still work: `--model_name` (= --model), `--out_file` (= --out),
 `--steps N` and `--gen_length N` (= --set sampler.steps=N / sampler.gen_length=N, applied after --set).
@@ -16,6 +17,7 @@ from typing import Optional, Sequence
 from mdm.platform.config_args import add_config_args, config_or_dump
 from mdm.platform.fields import ConfigError
 from mdm.platform.infer.batch import InferenceError, run_inference
+from mdm.platform.infer.likelihood_job import MODES, resolve_mode, run_likelihood
 from mdm.platform.infer.model_source import ModelSourceError
 from mdm.platform.registry import UnknownNameError
 
@@ -33,6 +35,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--prompts", help="JSONL of {prompt, gold_raw?, id?} instead of the task's split")
     p.add_argument("--steps", type=int, help="the seed's flag: sampler.steps")
     p.add_argument("--gen_length", type=int, help="the seed's flag: sampler.gen_length")
+    p.add_argument("--mode", choices=MODES, help="generate | likelihood (score choices) | auto: likelihood for "
+                   "multiple-choice tasks (default eval.mode)")
     add_config_args(p)
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     args.overrides += [f"sampler.{k}={getattr(args, k)}" for k in ("steps", "gen_length")
@@ -41,8 +45,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = config_or_dump(args)
         if cfg is None:
             return 0
-        run_inference(cfg, model=args.model, task=args.task, out=args.out, split=args.split, limit=args.limit,
-                      sampler=args.sampler, prompts=args.prompts)
+        mode = resolve_mode(args.mode, cfg.eval.mode, args.task or cfg.eval.task, args.prompts or cfg.eval.prompts)
+        if mode == "likelihood":
+            if args.sampler:
+                raise InferenceError(f"--sampler {args.sampler}: likelihood mode samples nothing (its knobs are the "
+                                     f"`likelihood` section); use --mode generate to sample")
+            run_likelihood(cfg, model=args.model, task=args.task, out=args.out, split=args.split, limit=args.limit,
+                           prompts=args.prompts)
+        else:
+            run_inference(cfg, model=args.model, task=args.task, out=args.out, split=args.split, limit=args.limit,
+                          sampler=args.sampler, prompts=args.prompts)
     except (ConfigError, UnknownNameError, InferenceError, ModelSourceError) as e:
         print(f"mdm infer: error: {e}", file=sys.stderr)
         return 2

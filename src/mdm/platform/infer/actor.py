@@ -37,11 +37,12 @@ def _pick_device(device: str) -> str:
     return "cpu"
 
 
-class SamplerActor:
-    """Callable class for `map_batches`: one model per actor, one sampler call per batch."""
+class ModelActor:
+    """Base of the model-holding actors (this module's sampler, likelihood_actor's scorer): loads the tokenizer
+    and the model once per actor, through the engine's `build_model`."""
 
-    def __init__(self, model_path: str, engine: str, model_cfg: Any, sampler_cfg: Any, device: str = "auto",
-                 seed: int = 0, auto_import: tuple[str, ...] = ()) -> None:
+    def __init__(self, model_path: str, engine: str, model_cfg: Any, device: str = "auto",
+                 auto_import: tuple[str, ...] = ()) -> None:
         import ray
         import torch
 
@@ -56,13 +57,21 @@ class SamplerActor:
         self.tokenizer = load_tokenizer(model_path, model_cfg.trust_remote_code)
         self.spec = get_registry("engines").get(engine)
         self.model = self.spec.build_model(model_cfg, model_path, self.tokenizer).to(self.device).eval()
-        self.sampler_cfg = sampler_cfg
-        self.seed = seed
         self.load_s = time.perf_counter() - t0
         self.ready_at = time.time()  # wall clock: comparable across actors of one machine/cluster
         ctx = ray.get_runtime_context()
         self.actor_name = f"{ctx.get_node_id()}:{os.getpid()}"
         self._torch = torch
+
+
+class SamplerActor(ModelActor):
+    """Callable class for `map_batches`: one model per actor, one sampler call per batch."""
+
+    def __init__(self, model_path: str, engine: str, model_cfg: Any, sampler_cfg: Any, device: str = "auto",
+                 seed: int = 0, auto_import: tuple[str, ...] = ()) -> None:
+        super().__init__(model_path, engine, model_cfg, device, auto_import)
+        self.sampler_cfg = sampler_cfg
+        self.seed = seed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from mdm.platform.infer.generation import generate

@@ -7,6 +7,7 @@
       min_actors: 1          # the autoscaling sampler actor pool: ActorPoolStrategy(min, max, initial)
       max_actors: 4
       gpus_per_actor: null   # null: 1 when the cluster has GPUs, else 0 (CPU actors)
+      mode: auto             # generate | likelihood | auto (likelihood for multiple-choice tasks)
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ class EvalConfig:
     `metrics_out`: default `<out>.metrics.json`. `log_mlflow`: log metrics + predictions (also needs
     tracking.enabled) to the training run when the model came from one, else to a new run `eval_run_name`.
     `progress`: one bar of scored rows on stderr (Ray Data's per-operator bars stay off).
+    `mode`: generate (sample and extract an answer), likelihood (score each example's choices, or its reference
+    response, by the engine's likelihood hook with the engine's `likelihood` section: likelihood_job.py), or
+    auto (likelihood when the task declares `multiple_choice`, else generate). `mc_shards` (likelihood mode):
+    split each example's `likelihood.mc_num` samples into this many independent rows, so that few examples
+    still spread over many actors; the parts are combined weighted by their sample counts.
     """
 
     task: Optional[str] = registry_choice(None, "tasks")
@@ -63,6 +69,8 @@ class EvalConfig:
     log_mlflow: bool = True
     eval_run_name: Optional[str] = None
     progress: bool = True
+    mode: str = choice("auto", ("auto", "generate", "likelihood"))
+    mc_shards: int = 1
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -75,5 +83,7 @@ class EvalConfig:
                              f"{self.initial_actors}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"eval.limit must be >= 1 or null, got {self.limit}")
+        if self.mc_shards < 1:
+            raise ValueError(f"eval.mc_shards must be >= 1, got {self.mc_shards}")
         if self.cpus_per_actor < 0 or (self.gpus_per_actor is not None and self.gpus_per_actor < 0):
             raise ValueError("eval.cpus_per_actor / eval.gpus_per_actor must be >= 0")
