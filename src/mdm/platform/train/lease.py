@@ -87,6 +87,7 @@ class RunLease:
     holder: dict[str, Any]
     note: Optional[str] = None
     _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # a beat never rewrites a released lease
 
     @classmethod
     def acquire(cls, storage_root: str, run_name: str) -> "RunLease":
@@ -153,19 +154,23 @@ class RunLease:
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            current = self._read()
-            if current is None or current.get("token") != self.holder["token"]:
-                print(f"mdm: warning: the lease of run {self.run_name} was taken over by "
-                      f"{describe(current) if current else 'someone who deleted it'}", file=sys.stderr)
-                return
-            self.holder["heartbeat"] = time.time()
-            self._write()
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                current = self._read()
+                if current is None or current.get("token") != self.holder["token"]:
+                    print(f"mdm: warning: the lease of run {self.run_name} was taken over by "
+                          f"{describe(current) if current else 'someone who deleted it'}", file=sys.stderr)
+                    return
+                self.holder["heartbeat"] = time.time()
+                self._write()
 
     def release(self) -> None:
-        self._stop.set()
-        current = self._read()
-        if current is not None and current.get("token") == self.holder["token"]:
-            try:
-                self.fs.delete_file(self.path)
-            except FileNotFoundError:
-                pass
+        with self._lock:
+            self._stop.set()
+            current = self._read()
+            if current is not None and current.get("token") == self.holder["token"]:
+                try:
+                    self.fs.delete_file(self.path)
+                except FileNotFoundError:
+                    pass
