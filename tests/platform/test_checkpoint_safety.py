@@ -161,3 +161,37 @@ def test_deepspeed_checkpoints_load_through_the_allow_list_only(tmp_path):
     assert refused and "zero_pp_rank_0_mp_rank_00_optim_states.pt: it is not plain data" in refused[0], text
     assert "Python object exec" in refused[0] and not marker.exists()
 
+
+
+def test_export_replaces_whole_and_a_failed_export_keeps_the_old(tmp_path, arithmetic_data, monkeypatch):
+    """The HF export is written beside <output_dir>/<run>/final and moved into place: a reader never sees a
+    mix of two exports, and an export that fails half-way leaves the previous one as it was."""
+    from transformers import AutoTokenizer
+
+    from mdm.platform.registry import get_registry, load_builtins
+    from mdm.platform.train.checkpoint import export_hf
+
+    load_builtins()
+    tok = AutoTokenizer.from_pretrained(arithmetic_data["tokenizer"])
+    cfg = load_config([], ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.mlp_hidden_size=64"])
+    model = get_registry("engines").get("llada_plus").build_model(cfg.model, "tiny", tok)
+
+    class Holder:
+        module = model
+
+    final = tmp_path / "out" / "run" / "final"
+    final.mkdir(parents=True)
+    (final / "stale.bin").write_text("from an older export")
+    export_hf(Holder(), tok, str(final), zero_stage=0, rank=0)
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in final.iterdir()}
+    assert not (final / "stale.bin").exists() and os.listdir(final.parent) == ["final"]
+    before = {p.name: p.read_bytes() for p in final.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tok, "save_pretrained", broken)  # the weights are written, then the tokenizer fails
+    with pytest.raises(OSError, match="disk full"):
+        export_hf(Holder(), tok, str(final), zero_stage=0, rank=0)
+    assert {p.name: p.read_bytes() for p in final.iterdir()} == before  # untouched
+    assert os.listdir(final.parent) == ["final"]  # no half-written directory left beside it
