@@ -35,8 +35,11 @@ def test_second_live_holder_is_refused_naming_the_first(tmp_path):
         RunLease.acquire(str(tmp_path), "run-b").release()  # another name is another lease
     finally:
         first.release()
-    assert not (tmp_path / "run-a" / LEASE_FILE).exists()
-    RunLease.acquire(str(tmp_path), "run-a").release()  # released: free again
+    assert not (tmp_path / "run-a").exists()  # the lease made the run's directory; empty, it goes with it
+    again = RunLease.acquire(str(tmp_path), "run-a")  # released: free again
+    (tmp_path / "run-a" / "checkpoint_0").mkdir()  # the run wrote something: its directory stays
+    again.release()
+    assert sorted(p.name for p in (tmp_path / "run-a").iterdir()) == ["checkpoint_0"]
 
 
 def test_lease_of_a_process_that_exited_is_taken_over(tmp_path, capsys):

@@ -6,8 +6,8 @@
 
     mdm train --config experiments/gsm8k.yaml --set train.lr=1e-5   # = run(cfg)
 
-Order of work, so that mistakes surface before any worker starts: precision check, the run's lease, tracking
-store reachable, tokenizer loaded (`model.trust_remote_code` passed), Ray started or joined (ray_runtime),
+Order of work, so that mistakes surface before any worker starts: precision check, tracking store reachable,
+the run's lease, tokenizer loaded (`model.trust_remote_code` passed), Ray started or joined (ray_runtime),
 worker sizing leaves room for Ray Data, data validated (ingest), MLflow run opened or resumed (tracking),
 then `TorchTrainer.fit()`. The run name is `run_name`, else derived from the config (`mdm.platform.runs`: a
 hash of the keys that define the run, never a clock), so re-running the same command resumes: Ray Train
@@ -86,9 +86,10 @@ def _finished(previous: Any, total: int, save_strategy: str, run_name: str, run_
         print(f"mdm train {run_name}: already finished at step {m.get('step')} (model: {m['export_dir']}); "
               f"nothing to train ({afresh})", file=sys.stderr)
         return True
-    with previous.checkpoint.as_directory() as d:
-        resumable = os.path.exists(os.path.join(d, "worker_0.pt"))
-    if not resumable:
+    import pyarrow.fs as pafs
+
+    ckpt = previous.checkpoint  # looked at in place: no download of a (possibly large) checkpoint
+    if ckpt.filesystem.get_file_info(f"{ckpt.path}/worker_0.pt").type == pafs.FileType.NotFound:
         raise ValueError(f"run {run_name} finished at step {m.get('step')} with train.save_strategy: "
                          f"{save_strategy!r} and kept no training state to continue to step {total} from; {afresh}")
     return False
@@ -109,35 +110,36 @@ def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequenc
 
     `lease`: hold the run's lease (see the module docstring); a Tune trial passes False, since Tune already
     runs each trial once at a time and a restarted trial must not wait for its dead predecessor's lease."""
+    from mdm.platform.tracking.tracker import Tracker
     from mdm.platform.train.lease import RunLease
+    from mdm.platform.train.updater import check_precision
 
+    check_precision(cfg.deepspeed, on_gpu=cfg.ray.use_gpu)
+    if not cfg.train.train_data_path:
+        raise ValueError("train.train_data_path is not set: point it at processed JSONL (`mdm preprocess`)")
     run_name = run_name or derive_name(cfg)
+    tracker = Tracker.open(cfg.tracking) if cfg.tracking.enabled else None  # unreachable -> TrackingError now
     held = RunLease.acquire(storage_root(cfg), run_name) if lease else None
     try:
-        return _train(cfg, run_name, callbacks, mlflow_tags)
+        return _train(cfg, run_name, callbacks, mlflow_tags, tracker)
     finally:
         if held is not None:
             held.release()
 
 
-def _train(cfg: Any, run_name: str, callbacks: Sequence[Any], mlflow_tags: Optional[dict[str, str]]) -> Any:
+def _train(cfg: Any, run_name: str, callbacks: Sequence[Any], mlflow_tags: Optional[dict[str, str]],
+           tracker: Any) -> Any:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from mdm.platform.train.updater import check_precision
     from mdm.platform.train.ingest import build_datasets, ingest_options
     from mdm.platform.train.progress import ProgressCallback
     from mdm.platform.runtime.ray_runtime import check_worker_fit, ensure_ray
     from mdm.platform.tracking.attempts import current_run
-    from mdm.platform.tracking.tracker import Tracker
     from mdm.platform.train.worker import RunInfo, WorkerSections, train_fn_per_worker
     from mdm.platform.tokenizer import load_tokenizer
 
     rcfg, tcfg = cfg.ray, cfg.train
-    check_precision(cfg.deepspeed, on_gpu=rcfg.use_gpu)
-    if not tcfg.train_data_path:
-        raise ValueError("train.train_data_path is not set: point it at processed JSONL (`mdm preprocess`)")
-    tracker = Tracker.open(cfg.tracking) if cfg.tracking.enabled else None  # unreachable -> TrackingError now
     tok_path = tokenizer_path(cfg)  # before Ray: a missing or refused tokenizer starts nothing
     tokenizer = load_tokenizer(tok_path, cfg.model.trust_remote_code)
     run_dir = f"{storage_root(cfg).rstrip('/')}/{run_name}"

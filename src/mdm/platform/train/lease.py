@@ -86,6 +86,7 @@ class RunLease:
     run_name: str
     holder: dict[str, Any]
     note: Optional[str] = None
+    created_dir: bool = False  # the run's directory did not exist: removed again on release if still empty
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)  # a beat never rewrites a released lease
 
@@ -93,12 +94,13 @@ class RunLease:
     def acquire(cls, storage_root: str, run_name: str) -> "RunLease":
         fs, root = pafs.FileSystem.from_uri(storage_root)
         directory = f"{root.rstrip('/')}/{run_name}"
+        created = fs.get_file_info(directory).type == pafs.FileType.NotFound
         fs.create_dir(directory, recursive=True)
         now = time.time()
         holder = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _pid_start(os.getpid()),
                   "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)), "heartbeat": now,
                   "command": " ".join(sys.argv)[:300], "token": uuid.uuid4().hex}
-        lease = cls(fs, f"{directory}/{LEASE_FILE}", run_name, holder)
+        lease = cls(fs, f"{directory}/{LEASE_FILE}", run_name, holder, created_dir=created)
         where = storage_root.rstrip("/") + f"/{run_name}/{LEASE_FILE}"
         for _ in range(3):  # a lease deleted or taken over between our read and write: look again
             old = lease._read()
@@ -174,3 +176,6 @@ class RunLease:
                     self.fs.delete_file(self.path)
                 except FileNotFoundError:
                     pass
+            directory = self.path.rsplit("/", 1)[0]
+            if self.created_dir and not self.fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True)):
+                self.fs.delete_dir(directory)  # a run that failed before writing anything leaves no trace
