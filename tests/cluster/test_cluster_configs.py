@@ -197,7 +197,8 @@ def test_head_mlflow_command_serves_with_basic_auth(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     command = (command.replace("/home/ubuntu", str(home)).replace("--host 0.0.0.0", "--host 127.0.0.1")
-               .replace("--port 5000", f"--port {port} --workers 1").replace("(pgrep -f \"mlflow server\" > /dev/null) ||", "")
+               .replace("--port 5000", f"--port {port} --workers 1")
+               .replace("(pgrep -f \"mlflow server\" > /dev/null) ||", "")
                .replace("mlflow server", f"{sys.executable} -m mlflow server"))
     assert "0.0.0.0" not in command and command.endswith(" &")
     # In the foreground of its own session (not `&`), so the server and its workers are one process group.
