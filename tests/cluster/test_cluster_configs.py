@@ -5,11 +5,18 @@
 Launcher configs go through `prepare_config` (merge with the provider's defaults.yaml, as `ray up` does)
 and `validate_config` (Ray's JSON schema + cross-field checks). The runtime env goes through Ray's
 `RuntimeEnv` parser and Ray's own packager, so the excludes are checked by the code that uploads.
+
+Security fields: every node starts Ray with RAY_AUTH_MODE=token and the token copied to it; the VM heads bind
+the dashboard / job server to 127.0.0.1 and run MLflow with basic auth, whose config the head's own command
+writes -- run here in bash, then served by a real `mlflow server --app-name basic-auth` on 127.0.0.1, which
+must refuse a request without the password and accept one with it. KubeRay: token auth in every container
+(from one Secret, or the operator's authOptions), a NetworkPolicy admitting only the cluster's own pods.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import zipfile
 from pathlib import Path
 
@@ -23,7 +30,12 @@ CLUSTER = REPO / "cluster"
 
 
 def _load(name: str) -> dict:
-    return yaml.safe_load((CLUSTER / name).read_text())
+    return yaml.safe_load_all((CLUSTER / name).read_text()).__next__()
+
+
+def _docs(name: str) -> dict[str, dict]:
+    """A multi-document manifest by kind."""
+    return {d["kind"]: d for d in yaml.safe_load_all((CLUSTER / name).read_text())}
 
 
 def _gpus(node_type: dict) -> int:
@@ -116,7 +128,7 @@ def _check_cluster_spec(spec: dict, where: str) -> None:
 
 
 def test_kuberay_raycluster_manifest() -> None:
-    doc = _load("kuberay/raycluster.yaml")
+    doc = _docs("kuberay/raycluster.yaml")["RayCluster"]
     assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayCluster"
     assert doc["metadata"]["name"]
     _check_cluster_spec(doc["spec"], "RayCluster.spec")
@@ -134,3 +146,119 @@ def test_kuberay_rayjob_manifest_runs_the_gsm8k_experiment() -> None:
     RuntimeEnv(**yaml.safe_load(spec["runtimeEnvYAML"]))
     assert spec["shutdownAfterJobFinishes"] is True
     _check_cluster_spec(spec["rayClusterSpec"], "RayJob.spec.rayClusterSpec")
+
+
+# ----------------------------------------------------------------------------- security fields
+
+def _commands(cfg: dict, key: str) -> str:
+    return "\n".join(cfg[key])
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
+def test_launcher_config_is_private_and_authenticated(name: str) -> None:
+    cfg = prepare_config(_load(name))
+    text = (CLUSTER / name).read_text()
+    assert "RAY_AUTH_MODE=disabled" not in text and "dashboard-host=0.0.0.0" not in text
+    # The token file travels to every node; every `ray start` runs with token auth.
+    assert cfg["file_mounts"]["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in cfg[key] if "ray start" in c]
+        assert starts, key
+        for c in starts:
+            assert c.index("export RAY_AUTH_MODE=token;") < c.index("ray start"), f"{key}: {c}"
+            assert 'MLFLOW_TRACKING_PASSWORD="$(cat ~/.ray/auth_token)"' in c, f"{key}: workers need MLflow's password"
+    head = _commands(cfg, "head_start_ray_commands")
+    assert "--dashboard-host=127.0.0.1" in head
+    mlflow = next(c for c in cfg["head_start_ray_commands"] if "mlflow server" in c)
+    assert "--app-name basic-auth" in mlflow and "MLFLOW_AUTH_CONFIG_PATH=/home/ubuntu/mlflow_auth.ini" in mlflow
+    assert any("mlflow[auth]" in c for c in cfg["head_setup_commands"])
+
+
+@pytest.mark.slow
+def test_head_mlflow_command_serves_with_basic_auth(tmp_path: Path) -> None:
+    """The head's own MLflow command, run for real (paths moved under tmp, host 127.0.0.1)."""
+    import re
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    from mlflow.tracking import MlflowClient
+
+    cfg = prepare_config(_load("aws.yaml"))
+    command = next(c for c in cfg["head_start_ray_commands"] if "mlflow server" in c)
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    token = "tok-" + "7" * 40
+    (home / ".ray" / "auth_token").write_text(token)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = (command.replace("/home/ubuntu", str(home)).replace("--host 0.0.0.0", "--host 127.0.0.1")
+               .replace("--port 5000", f"--port {port} --workers 1")
+               .replace("(pgrep -f \"mlflow server\" > /dev/null) ||", "")
+               .replace("mlflow server", f"{sys.executable} -m mlflow server"))
+    assert "0.0.0.0" not in command and command.endswith(" &")
+    # In the foreground of its own session (not `&`), so the server and its workers are one process group.
+    # (MLflow's background job runner, a dozen huey processes, is not what is tested here.)
+    env = {**os.environ, "HOME": str(home), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(["bash", "-c", command[:-2]], env=env,
+                              start_new_session=True, stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except (urllib.error.URLError, OSError):
+                assert server.poll() is None and time.time() < deadline, (home / "mlflow.log").read_text()[-3000:]
+                time.sleep(0.5)
+        ini = (home / "mlflow_auth.ini").read_text()
+        assert re.search(rf"^admin_password = {token}$", ini, re.M)
+        assert (home / "mlflow_auth.ini").stat().st_mode & 0o077 == 0  # private to its user
+        with pytest.raises(urllib.error.HTTPError) as e:  # no password: refused
+            urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
+        assert e.value.code == 401
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = "mdm", token
+        try:  # what the workers do with the exported credentials
+            assert MlflowClient(tracking_uri=url).create_experiment("secured")
+        finally:
+            del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+    finally:
+        import signal
+
+        os.killpg(server.pid, signal.SIGTERM)  # the server this test started, with its workers
+        server.wait(timeout=60)
+
+
+def _ray_containers(spec: dict) -> list[dict]:
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    return [c for g in groups for c in g["template"]["spec"]["containers"]]
+
+
+def test_kuberay_raycluster_uses_token_auth_and_a_network_policy() -> None:
+    docs = _docs("kuberay/raycluster.yaml")
+    cluster = docs["RayCluster"]
+    secrets = set()
+    for c in _ray_containers(cluster["spec"]):
+        env = {e["name"]: e for e in c["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token", c["name"]
+        ref = env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert not ref.get("optional"), "a missing token Secret must stop the pod, not start it open"
+        secrets.add((ref["name"], ref["key"]))
+        assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert secrets == {("mdm-ray-auth", "auth_token")}, secrets  # one token for the whole cluster
+    policy = docs["NetworkPolicy"]["spec"]
+    own = {"ray.io/cluster": cluster["metadata"]["name"]}
+    assert policy["podSelector"]["matchLabels"] == own and policy["policyTypes"] == ["Ingress"]
+    assert policy["ingress"] == [{"from": [{"podSelector": {"matchLabels": own}}]}]
+
+
+def test_kuberay_rayjob_uses_token_auth() -> None:
+    spec = _load("kuberay/rayjob.yaml")["spec"]["rayClusterSpec"]
+    assert spec["authOptions"] == {"mode": "token"}
+    for c in _ray_containers(spec):
+        assert all(e.get("value") != "disabled" for e in c.get("env", [])), c["name"]

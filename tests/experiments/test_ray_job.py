@@ -155,10 +155,11 @@ def test_gsm8k_job_succeeds_and_logs_to_mlflow(head_node: str, shared_dir: Path,
     assert run.info.run_id == summary["mlflow_run_id"]
     metrics = run.data.metrics
     assert "eval/loss" in metrics and metrics["eval/loss"] > 0, sorted(metrics)
-    assert abs(metrics["infer/gsm8k/accuracy"] - summary["accuracy"]) < 1e-9, sorted(metrics)
-    arts = [a.path for a in client_ml.list_artifacts(run.info.run_id, "infer/gsm8k")]
+    prefix = "infer/gsm8k/test/llada"  # task / split / sampler (the tiny preset's)
+    assert abs(metrics[f"{prefix}/accuracy"] - summary["accuracy"]) < 1e-9, sorted(metrics)
+    arts = [a.path for a in client_ml.list_artifacts(run.info.run_id, prefix)]
     pred = [a for a in arts if a.endswith(".jsonl")]
-    assert pred, f"no predictions artifact under infer/gsm8k: {arts}"
+    assert pred, f"no predictions artifact under {prefix}: {arts}"
     local = client_ml.download_artifacts(run.info.run_id, pred[0], str(tmp_path / "dl"))
     rows = [json.loads(line) for line in Path(local).read_text().splitlines()]
     assert len(rows) == 4 and {"task", "prompt", "gold_raw", "prediction", "meta", "id"} <= set(rows[0])

@@ -87,16 +87,19 @@ def test_task_without_eval_split_fails_before_ray(tmp_path, model_dir, capsys):
 
 # ----------------------------------------------------------------------------- real runs (conftest's ray_local)
 
-def test_cli_infers_and_scores_32_arithmetic_problems(tmp_path, model_dir, ray_local):
+def test_cli_infers_and_scores_32_arithmetic_problems(tmp_path, model_dir, ray_local, capsys):
     from mlflow.tracking import MlflowClient
 
     from mdm.tasks.harness import score_files
 
     out = tmp_path / "preds.jsonl"
+    out.write_text('{"an": "earlier"}\n{"evaluation": 2}\n')  # replaced whole, and said so first
     sets = SAMPLER + [f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db", "eval.batch_size=4",
                       "eval.max_actors=2", "eval.cpus_per_actor=0.5", "eval.progress=false"]
     argv = ["--task", "arithmetic", "--model", model_dir, "--out", str(out), "--limit", "32", "--sampler", "llada"]
     assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
+    said = capsys.readouterr().out
+    assert f"mdm infer: {out} exists (2 predictions, written " in said and "it will be replaced" in said
 
     records = [json.loads(line) for line in out.read_text().splitlines()]
     task = get_registry("tasks").get("arithmetic")()
@@ -133,9 +136,12 @@ def test_cli_infers_and_scores_32_arithmetic_problems(tmp_path, model_dir, ray_l
     # Metrics and predictions reached MLflow (a new eval run: the model is not from a training run).
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns.db")
     run = client.get_run(metrics["mlflow_run_id"])
-    assert run.data.metrics["infer/arithmetic/accuracy"] == pytest.approx(metrics["accuracy"])
-    assert {"preds.jsonl", "preds.metrics.json"} <= {Path(a.path).name for a in
-                                                      client.list_artifacts(run.info.run_id, "infer/arithmetic")}
+    # Keyed by task, split and sampler: another split or sampler of this model would not overwrite them.
+    assert metrics["mlflow_prefix"] == "infer/arithmetic/test/llada"
+    assert run.data.metrics["infer/arithmetic/test/llada/accuracy"] == pytest.approx(metrics["accuracy"])
+    assert not [k for k in run.data.metrics if not k.startswith("infer/arithmetic/test/llada/")]
+    assert {"preds.jsonl", "preds.metrics.json"} <= {Path(a.path).name for a in client.list_artifacts(
+        run.info.run_id, "infer/arithmetic/test/llada")}
 
 
 def _sampler_actor_pids() -> list[int]:
@@ -189,4 +195,4 @@ def test_actor_killed_mid_job_every_row_exactly_once(tmp_path, model_dir, ray_lo
     assert m["rows"] == n
     assert m["mlflow_run_id"] == train_run
     logged = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns.db").get_run(train_run).data.metrics
-    assert logged["infer/arithmetic/rows"] == n
+    assert logged["infer/arithmetic/prompts-prompts/fast/rows"] == n

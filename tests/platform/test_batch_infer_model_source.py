@@ -1,7 +1,9 @@
 """`--model` resolution for batch inference: HF dirs, training run dirs, hub ids, MLflow runs (real sqlite store).
 
-No Ray and no real weights needed: an HF directory is config.json + a weights file, which is all
-`resolve_model` looks at; the MLflow case logs such a directory to a real store and downloads it back.
+No Ray and no real model needed: an HF directory is config.json + a (one-tensor) safetensors file, which is
+all `resolve_model` looks at; the MLflow case logs such a directory to a real store and downloads it back.
+Broken weights (truncated, random bytes, a shard index naming a missing shard) are refused here, on the
+driver, with the file and the reason.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from mdm.platform.infer.model_source import ModelSourceError, find_hf_dirs, resolve_model
 
@@ -19,7 +23,7 @@ from mdm.platform.infer.model_source import ModelSourceError, find_hf_dirs, reso
 def _hf_dir(path: Path, tag: str = "x") -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps({"model_type": "llada", "tag": tag}))
-    (path / "model.safetensors").write_bytes(b"\0" * 8)
+    save_file({"w": torch.zeros(4)}, str(path / "model.safetensors"))
     (path / "tokenizer.json").write_text("{}")
     return path
 
@@ -86,3 +90,27 @@ def test_mlflow_run_model_is_downloaded(tmp_path, monkeypatch):
         resolve_model(f"mlflow:{empty}", tracking_uri=uri)
     with pytest.raises(ModelSourceError, match="not found"):
         resolve_model("mlflow:0123456789abcdef0123456789abcdef", tracking_uri=uri)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random", "missing_shard"])
+def test_broken_weights_are_named_before_any_actor(tmp_path, damage):
+    """A truncated or garbled model.safetensors used to surface as a 329-line sampler-actor traceback."""
+    d = _hf_dir(tmp_path / "m")
+    weights = d / "model.safetensors"
+    save_file({"w": torch.zeros(256, 64)}, str(weights))
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:-1000])
+        match = (rf"weights file {weights} is unusable: it is shorter or longer than its header says: truncated, "
+                 rf"or not fully written \(.*, \d+ bytes\)")
+    elif damage == "random":
+        weights.write_bytes(os.urandom(4096))
+        match = rf"weights file {weights} is unusable: its header cannot be read: not a safetensors file"
+    else:
+        (d / "model.safetensors.index.json").write_text(json.dumps(
+            {"weight_map": {"w": "model.safetensors", "v": "model-00002-of-00002.safetensors"}}))
+        match = "names shards that are missing: model-00002-of-00002.safetensors"
+    with pytest.raises(ModelSourceError, match=match):
+        resolve_model(str(d))
+    # The same check on a run directory whose export is damaged.
+    with pytest.raises(ModelSourceError, match="unusable|missing"):
+        resolve_model(str(tmp_path))

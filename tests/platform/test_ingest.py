@@ -70,6 +70,21 @@ def test_skip_and_overlong_are_counted(ray_local, data_dir):
     assert max(lengths) == max_len
 
 
+def test_invalid_utf8_is_a_bad_row_with_file_and_line(ray_local, arithmetic_data, tmp_path):
+    """One stray byte (here 0xff inside a JSON string) used to abort the whole file in a Ray task with a
+    100-line traceback; now it is that line's error, on the driver, and `bad_rows: skip` counts it."""
+    rows = Path(arithmetic_data["train"]).read_bytes().splitlines()[:40]
+    rows[2] = rows[2][:-1] + b', "note": "caf\xff"}'
+    path = tmp_path / "bytes.jsonl"
+    path.write_bytes(b"\r\n".join(rows) + b"\n")  # CRLF too: still one line per row
+    with pytest.raises(DataError) as e:
+        _build(load_config().data, str(path))
+    assert str(e.value).startswith("1 invalid processed row(s); first: "
+                                   f"{path}:3: not valid UTF-8 (byte 0xff at column ")
+    skipped = _build(load_config([], ["data.bad_rows=skip"]).data, str(path))
+    assert (skipped.n_rows, skipped.n_bad, skipped.n_train + skipped.n_eval) == (40, 1, 39)
+
+
 def _rows_lenient(path: Path) -> list[dict]:
     out = []
     for line in path.read_text().splitlines():

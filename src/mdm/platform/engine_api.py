@@ -61,7 +61,7 @@ class BaseTrainConfig:
     max_len: int = 1024
     eval_strategy: str = choice("epoch", ("epoch", "steps", "no"))
     eval_steps: Optional[int] = 500
-    save_strategy: str = choice("last", ("last", "epoch", "steps", "no"))
+    save_strategy: str = choice("steps", ("last", "epoch", "steps", "no"))  # periodic: a killed run resumes
     save_steps: int = 500
     logging_steps: int = 10
     china: bool = False

@@ -5,7 +5,9 @@
 
 `trust_remote_code` is passed explicitly, always: False (the default, and `model.trust_remote_code`'s) means
 a tokenizer whose config points at custom Python code is refused instead of transformers asking on standard
-input, so nothing from a model directory or hub repository runs unless the config says so.
+input (where a "y" ran a model directory's Python), so nothing from a model directory or hub repository runs
+unless the config says so. The refusal is an OSError that names the directory, the code it points at and the
+key that would allow it.
 """
 
 from __future__ import annotations
@@ -18,8 +20,27 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
     """`AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=...)`; OSError saying what was tried."""
     from transformers import AutoTokenizer
 
+    where = "local directory" if os.path.isdir(str(name_or_path)) else "hub id (or path)"
     try:
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        where = "local directory" if os.path.isdir(str(name_or_path)) else "hub id (or path)"
+    except ValueError as e:
+        if not trust_remote_code and "trust_remote_code" in str(e):
+            raise OSError(f"refusing to load the tokenizer of {where} {name_or_path!r}: it points at custom Python "
+                          f"code ({_custom_code(name_or_path)}), which was not run. Set model.trust_remote_code: "
+                          f"true only if you trust that code") from None
         raise OSError(f"cannot load tokenizer from {where} {name_or_path!r}: {e}") from e
+    except OSError as e:
+        raise OSError(f"cannot load tokenizer from {where} {name_or_path!r}: {e}") from e
+
+
+def _custom_code(name_or_path: str) -> str:
+    """What a local tokenizer_config.json's auto_map names, for the refusal message."""
+    import json
+
+    try:
+        with open(os.path.join(name_or_path, "tokenizer_config.json")) as f:
+            auto_map = json.load(f).get("auto_map", {})
+        names = sorted({n for v in auto_map.values() for n in (v if isinstance(v, list) else [v]) if n})
+        return "auto_map: " + ", ".join(names) if names else "auto_map in its config"
+    except (OSError, ValueError, AttributeError):
+        return "auto_map in its config"

@@ -46,7 +46,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mdm.platform.infer.generation import generate
     from mdm.platform.registry import get_registry
 
-    tokenizer = load_tokenizer(args.model, cfg.model.trust_remote_code)
+    try:
+        tokenizer = load_tokenizer(args.model, cfg.model.trust_remote_code)
+    except OSError as e:  # e.g. a tokenizer pointing at custom code, refused: one line, not a traceback
+        print(f"mdm generate: error: {e}", file=sys.stderr)
+        return 2
     spec = get_registry("engines").get(cfg.engine)
     model = spec.build_model(cfg.model, args.model, tokenizer).to(args.device)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)

@@ -26,11 +26,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def run(cfg: Any) -> int:
     """`mdm train`: 0 on success; 2 with a one-line error for mistakes a person can fix."""
     from mdm.platform.train.ingest import DataError
+    from mdm.platform.train.lease import LeaseError
     from mdm.platform.tracking.tracker import TrackingError
 
     try:
         result = train_driver(cfg)
-    except (DataError, TrackingError, ValueError, FileNotFoundError) as e:
+    except (DataError, TrackingError, LeaseError, ValueError, FileNotFoundError) as e:
         print(f"mdm train: error: {e}", file=sys.stderr)
         return 2
     m = result.metrics or {}

@@ -13,7 +13,10 @@ split, bad JSONL line) fails before any actor starts. Then Ray Data: one block p
 actor; dead actors restart and their batches are retried) -> CPU `map_batches(Scorer)` -> streamed back
 to the driver, checked (every index exactly once), sorted by index and written as the seed's predictions
 JSONL `{"task","prompt","gold_raw","prediction","meta":{"index",...},"id"}` plus `<out>.metrics.json`,
-and logged to MLflow (the training run when the model came from one, else an eval run).
+and logged to MLflow (the training run when the model came from one, else an eval run) under
+`infer/<task>/<split>/<sampler>/<metric>` (split `prompts-<file stem>` for `--prompts`), so evaluations of
+other splits or samplers of one model sit side by side. An existing predictions file is named (one line) at
+the start and replaced only once the new one is complete (written beside it, then moved into place).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from mdm.platform.infer.model_source import ModelSource, resolve_model
+from mdm.platform.infer.outputs import announce_replace, metric_prefix, write_jsonl
 from mdm.platform.registry import auto_import, get_registry, load_builtins
 
 
@@ -86,11 +90,11 @@ def _prompt_rows(path: str, limit: Optional[int], task_name: str) -> list[dict[s
     return rows
 
 
-def _load_tokenizer(src: ModelSource) -> Any:
-    from transformers import AutoTokenizer
+def _load_tokenizer(src: ModelSource, trust_remote_code: bool) -> Any:
+    from mdm.platform.tokenizer import load_tokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(src.path)
+        return load_tokenizer(src.path, trust_remote_code)
     except (OSError, ValueError) as e:
         where = "hub id" if src.kind == "hub" else "model directory"
         raise InferenceError(f"--model {src.spec}: cannot load a tokenizer from the {where} {src.path} ({e}); "
@@ -185,7 +189,8 @@ def _record(task: str, r: dict) -> dict:
             "id": str(r["id"])}
 
 
-def _log_mlflow(cfg: Any, src: ModelSource, task: str, split: str, metrics: dict, files: list[str]) -> Optional[str]:
+def _log_mlflow(cfg: Any, src: ModelSource, task: str, split: str, metrics: dict, files: list[str],
+                prefix: str) -> Optional[str]:
     from mdm.platform.config_ops import dump_config, flatten
     from mdm.platform.tracking.tracker import RunLogger, Tracker
 
@@ -201,9 +206,9 @@ def _log_mlflow(cfg: Any, src: ModelSource, task: str, split: str, metrics: dict
         run_id = tracker.start_run(name, params={**params, "model": src.spec}, config_yaml=dump_config(cfg),
                                    tags={"mdm.kind": "eval"})
     log = RunLogger(tracker.uri, run_id)
-    log.metrics({f"infer/{task}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=0)
+    log.metrics({f"{prefix}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=0)
     for f in files:
-        log.artifact(f, f"infer/{task}")
+        log.artifact(f, prefix)
     if new_run:
         tracker.end_run(run_id)
     return run_id
@@ -216,7 +221,8 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
     """Sample, score and write predictions for `task`'s `split` (arguments override `cfg.eval.*`).
 
     Returns the metrics dict (the task's aggregate, e.g. accuracy/n/correct, plus rows, gen_tokens,
-    tokens_per_s, rows_per_s, wall_s, actors, predictions/metrics paths, mlflow_run_id).
+    tokens_per_s, rows_per_s, wall_s, actors, predictions/metrics paths, mlflow_run_id, mlflow_prefix: the
+    `infer/<task>/<split>/<sampler>` its MLflow metrics and files are under).
     `progress_callback(done_rows, total_rows)` is called as scored batches arrive.
     """
     import ray
@@ -239,7 +245,7 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
     the_task = _load_task(task_name, split, cfg.data, need_split=prompts is None)
     src = resolve_model(model or ev.model or "", tracking_uri=cfg.tracking.tracking_uri,
                         export_root=cfg.train.output_dir)
-    tokenizer = _load_tokenizer(src)
+    tokenizer = _load_tokenizer(src, cfg.model.trust_remote_code)
     rows = _prompt_rows(prompts, limit, task_name) if prompts else _task_rows(the_task, split, limit)
     if not rows:
         raise InferenceError(f"nothing to evaluate: {prompts or f'task {task_name!r} split {split!r}'} has no rows")
@@ -247,6 +253,7 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
     for r, ids in zip(rows, the_task.encode_prompts(tokenizer, [r["prompt"] for r in rows])):
         r["prompt_ids"] = [int(t) for t in ids]
 
+    announce_replace(out)
     started = ensure_ray(cfg.ray)
     import ray.data
 
@@ -274,10 +281,7 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
             ray.shutdown()
 
     records = [_record(task_name, r) for r in results]
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as f:
-        for rec in records:
-            f.write(json.dumps(rec) + "\n")
+    write_jsonl(out, records)  # an earlier file is replaced whole, never left half-written
     scores = [rec["meta"]["score"] for rec in records if rec["meta"]["score"] is not None]
     gen_tokens = sum(rec["meta"]["gen_tokens"] for rec in records)
     wall = time.perf_counter() - t0
@@ -294,9 +298,10 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
     metrics_out = ev.metrics_out or str(Path(out).with_suffix("")) + ".metrics.json"
     metrics["metrics_file"] = str(Path(metrics_out).resolve())
     metrics["mlflow_run_id"] = None
+    metrics["mlflow_prefix"] = prefix = metric_prefix(task_name, split, cfg.sampler.name, prompts)
     if ev.log_mlflow and cfg.tracking.enabled:
         Path(metrics_out).write_text(json.dumps(metrics, indent=2) + "\n")
-        metrics["mlflow_run_id"] = _log_mlflow(cfg, src, task_name, split, metrics, [out, metrics_out])
+        metrics["mlflow_run_id"] = _log_mlflow(cfg, src, task_name, split, metrics, [out, metrics_out], prefix)
     Path(metrics_out).write_text(json.dumps(metrics, indent=2) + "\n")
     acc = metrics.get("accuracy")
     print(f"mdm infer: {len(records)} rows, accuracy {acc if acc is None else f'{acc:.4f}'}, "

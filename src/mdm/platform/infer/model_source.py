@@ -13,7 +13,10 @@ tokenizer is expected alongside (`save_pretrained` of both, as the trainer's fin
 an HF model, so inside it we look (up to 3 levels deep) for HF directories and take the newest, else at
 `<train.output_dir>/<run name>/final`; none is an error that says what was looked for. An MLflow run's
 model is the shallowest logged folder with config.json (the trainer logs its export as `final_model`).
-Everything is resolved on the driver, before any actor starts, so a wrong `--model` fails fast.
+Everything is resolved on the driver, before any actor starts, so a wrong `--model` fails fast; that includes
+the weights: every `*.safetensors` header is opened with the `safetensors` library (which checks that the
+tensors it lists exactly cover the file), so a truncated or garbled file is named with its reason here
+rather than in a sampler actor's traceback (`check_weights`).
 """
 
 from __future__ import annotations
@@ -49,6 +52,37 @@ class ModelSource:
 def is_hf_dir(path: Path) -> bool:
     """True when `path` holds config.json and model weights."""
     return (path / "config.json").is_file() and any(any(path.glob(g)) for g in WEIGHT_GLOBS)
+
+
+def check_weights(path: Path) -> None:
+    """Raise ModelSourceError naming the file when a `*.safetensors` in `path` is not a whole safetensors file.
+
+    Reads only the headers (safe_open maps the file; no tensor is loaded); a sharded index must name shards
+    that exist."""
+    from safetensors import SafetensorError, safe_open
+
+    for f in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                sf.keys()
+        except (SafetensorError, OSError) as e:
+            text = str(e)
+            why = ("it is shorter or longer than its header says: truncated, or not fully written"
+                   if "not fully covered" in text else
+                   "its header cannot be read: not a safetensors file, or corrupted"
+                   if "header" in text else "it cannot be opened")
+            raise ModelSourceError(f"--model {path}: weights file {f} is unusable: {why} ({text}, "
+                                   f"{f.stat().st_size} bytes); export the model again") from None
+    for index in path.glob("*.safetensors.index.json"):
+        import json
+
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError) as e:
+            raise ModelSourceError(f"--model {path}: {index} is not a shard index ({e})") from None
+        missing = sorted(s for s in shards if not (path / s).is_file())
+        if missing:
+            raise ModelSourceError(f"--model {path}: {index} names shards that are missing: {', '.join(missing)}")
 
 
 def find_hf_dirs(root: Path, max_depth: int = 3) -> list[Path]:
@@ -145,12 +179,17 @@ def resolve_model(spec: str, *, tracking_uri: Optional[str] = None, download_dir
         if not run_id:
             raise ModelSourceError(f"--model {spec}: no run id (expected mlflow:<run_id> or runs:/<run_id>/<path>)")
         local = _mlflow_download(run_id, artifact, tracking_uri, download_dir)
-        return ModelSource(spec, str(_pick_export(local)), "mlflow", run_id)
+        picked = _pick_export(local)
+        check_weights(picked)
+        return ModelSource(spec, str(picked), "mlflow", run_id)
     path = Path(spec).expanduser()
     if path.is_dir():
         if is_hf_dir(path):
+            check_weights(path)
             return ModelSource(spec, str(path.resolve()), "hf_dir")
-        return ModelSource(spec, str(_pick_export(path, export_root).resolve()), "run_dir")
+        picked = _pick_export(path, export_root)
+        check_weights(picked)
+        return ModelSource(spec, str(picked.resolve()), "run_dir")
     if path.exists():
         raise ModelSourceError(f"--model {spec}: is a file; expected a model directory (config.json + weights)")
     looks_local = spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or not HUB_ID.match(spec)

@@ -7,9 +7,11 @@
     export_hf(updater, tokenizer, "outputs/run/final", zero_stage=2, rank=r)   # save_pretrained
 
 A checkpoint directory holds the updater's files (DeepSpeed's `ds/` shards, or `plain_updater.pt`), the
-objective's state (P-POTS fit) and one `worker_<rank>.pt` per rank with its step counter, data position and
-RNG states (torch, numpy, random, and the objective's generator), so the steps after a resume replay an
-uninterrupted run.
+objective's state (`objective.pt`, the P-POTS fit) and one `worker_<rank>.pt` per rank with its step counter,
+data position and RNG states (torch, numpy, random, and the objective's generator), so the steps after a
+resume replay an uninterrupted run. All of it is plain data (tensors, numbers, strings, lists, dicts: numpy's
+and Python's RNG states are converted) and is read back with `safe_load.load_plain` (`weights_only=True`):
+a file that asks for any other Python object is refused with `CheckpointError` naming it, never unpickled.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from mdm.platform.train.safe_load import load_plain
+
 
 @dataclass
 class TrainState:
@@ -37,15 +41,24 @@ class TrainState:
 
 
 def _rng_state(generator: torch.Generator) -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate(),
-            "generator": generator.get_state(),
+    """Every RNG's state as tensors and plain numbers (loadable with weights_only=True)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(), "generator": generator.get_state(),
+            "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+            "random": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
+                       "gauss_next": gauss_next},
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["random"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    r = state["random"]
+    random.setstate((r["version"], tuple(int(v) for v in r["internal"].tolist()), r["gauss_next"]))
     generator.set_state(state["generator"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -73,18 +86,24 @@ def cleanup(checkpoint: Any) -> None:
 
 def restore_checkpoint(checkpoint: Any, updater: Any, objective: Any, *, rank: int,
                        generator: torch.Generator) -> TrainState:
-    """Load updater, objective, counters and RNG states from a reported checkpoint (every rank calls it)."""
+    """Load updater, objective, counters and RNG states from a reported checkpoint (every rank calls it).
+
+    Raises CheckpointError naming the file when any of them is not plain data (see the module docstring)."""
+    where = str(checkpoint.path).rstrip("/")  # the address in storage, for messages (as_directory may copy)
     with checkpoint.as_directory() as directory:
-        updater.load(directory)
-        objective_path = os.path.join(directory, "objective.pt")
-        if os.path.exists(objective_path) and hasattr(objective, "load_state_dict"):
-            objective.load_state_dict(torch.load(objective_path, map_location="cpu", weights_only=False))
-        own = os.path.join(directory, f"worker_{rank}.pt")
-        same_rank = os.path.exists(own)
+        def load(name: str) -> Any:
+            return load_plain(os.path.join(directory, name), display=f"{where}/{name}")
+
+        # Our own files first: a planted one is refused before DeepSpeed reads anything.
+        own = f"worker_{rank}.pt"
+        same_rank = os.path.exists(os.path.join(directory, own))
         # A group grown since the checkpoint: take rank 0's counters, keep this rank's fresh RNG (the data
         # position is then approximate: shards are re-cut for the new world size).
-        saved = torch.load(own if same_rank else os.path.join(directory, "worker_0.pt"), map_location="cpu",
-                           weights_only=False)
+        saved = load(own if same_rank else "worker_0.pt")
+        objective_state = load("objective.pt") if os.path.exists(os.path.join(directory, "objective.pt")) else None
+        updater.load(directory, display=where)
+        if objective_state is not None and hasattr(objective, "load_state_dict"):
+            objective.load_state_dict(objective_state)
     if same_rank:
         _set_rng_state(saved["rng"], generator)
     return TrainState(**saved["state"])
@@ -108,8 +127,23 @@ def export_hf(updater: Any, tokenizer: Any, out_dir: str, *, zero_stage: int, ra
 
 
 def _save(module: Any, tokenizer: Any, out_dir: str) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
-    module.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out_dir)
+    """Write the export beside `out_dir`, then move it into place: a reader (or a crash) never sees half of it."""
+    out_dir = out_dir.rstrip("/")
+    parent = os.path.dirname(out_dir) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+        module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; an export is meant to be read
+        old = None
+        if os.path.exists(out_dir):  # a directory cannot be os.replace'd over a non-empty one: swap it aside
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
+            os.replace(out_dir, os.path.join(old, "final"))
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

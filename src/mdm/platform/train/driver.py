@@ -7,11 +7,16 @@
     mdm train --config experiments/gsm8k.yaml --set train.lr=1e-5   # = run(cfg)
 
 Order of work, so that mistakes surface before any worker starts: precision check, tracking store reachable,
-Ray started or joined (ray_runtime), worker sizing leaves room for Ray Data, data validated (ingest), MLflow
-run opened or resumed (tracking), then `TorchTrainer.fit()`. The run name is `run_name`, else derived from
-the config (`mdm.platform.runs`: a hash of the keys that define the run, never a clock), so re-running the
-same command resumes: Ray Train restores the latest checkpoint under
-`<ray.storage_path>/<run_name>` and MLflow logs into the run of that name.
+the run's lease, tokenizer loaded (`model.trust_remote_code` passed), Ray started or joined (ray_runtime),
+worker sizing leaves room for Ray Data, data validated (ingest), MLflow run opened or resumed (tracking),
+then `TorchTrainer.fit()`. The run name is `run_name`, else derived from the config (`mdm.platform.runs`: a
+hash of the keys that define the run, never a clock), so re-running the same command resumes: Ray Train
+restores the latest checkpoint under `<ray.storage_path>/<run_name>` and MLflow logs into the run of that name.
+
+Re-runs are safe: the driver holds a lease on the run name (`lease.py`) from before Ray starts until it
+returns, so a second live driver of the same run is refused at once, naming the first; a run that already
+finished (its last report carries `export_dir` at the planned step) is not trained again: one line says so
+and how to start afresh, the earlier `ray.train.Result` is returned and its MLflow run keeps its status.
 """
 
 from __future__ import annotations
@@ -70,34 +75,103 @@ def plan_steps(n_train: int, train_cfg: Any, world: int) -> tuple[int, int, int]
     return train_cfg.epochs * per_worker // train_cfg.grad_accum, steps_per_epoch, train_cfg.epochs
 
 
+def previous_result(storage: str, run_name: str) -> Any:
+    """The `ray.train.Result` of the run's latest reported checkpoint in storage, or None (a new run)."""
+    import logging
+
+    import pyarrow.fs as pafs
+    from ray.train import Result
+
+    fs, root = pafs.FileSystem.from_uri(storage)
+    run_dir = f"{root.rstrip('/')}/{run_name}"
+    if fs.get_file_info(f"{run_dir}/checkpoint_manager_snapshot.json").type == pafs.FileType.NotFound:
+        return None
+    log = logging.getLogger("ray.train")
+    level = log.level
+    log.setLevel(logging.WARNING)  # Ray explains at INFO that a snapshot was found: we say it our way
+    try:
+        result = Result.from_path(f"{storage.rstrip('/')}/{run_name}")
+    finally:
+        log.setLevel(level)
+    return result if result.checkpoint is not None else None
+
+
+def _finished(previous: Any, total: int, save_strategy: str, run_name: str, run_dir: str) -> bool:
+    """True when `previous` ended the run at `total` steps; ValueError when it ended earlier but cannot go on."""
+    m = (previous.metrics or {}) if previous is not None else {}
+    if "export_dir" not in m:
+        return False  # an interrupted run: resume it
+    afresh = f"to train afresh, set run_name to a new name or delete {run_dir}"
+    if int(m.get("step", 0)) >= total:
+        print(f"mdm train {run_name}: already finished at step {m.get('step')} (model: {m['export_dir']}); "
+              f"nothing to train ({afresh})", file=sys.stderr)
+        return True
+    import pyarrow.fs as pafs
+
+    ckpt = previous.checkpoint  # looked at in place: no download of a (possibly large) checkpoint
+    if ckpt.filesystem.get_file_info(f"{ckpt.path}/worker_0.pt").type == pafs.FileType.NotFound:
+        raise ValueError(f"run {run_name} finished at step {m.get('step')} with train.save_strategy: "
+                         f"{save_strategy!r} and kept no training state to continue to step {total} from; {afresh}")
+    return False
+
+
+def _close_finished(tracker: Any, run_name: str, previous: Any) -> Any:
+    """Return the finished run's result; its MLflow run keeps FINISHED (a RUNNING one is made FINISHED)."""
+    if tracker is not None and (found := tracker.find_run(run_name)) is not None:
+        # We hold the lease, so a RUNNING run of this name is a driver killed after it finished training.
+        if tracker.client.get_run(found).info.status == "RUNNING":
+            tracker.end_run(found, status="FINISHED")
+    return previous
+
+
 def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequence[Any] = (),
-                 mlflow_tags: Optional[dict[str, str]] = None) -> Any:
-    """Validate, then train with a TorchTrainer; returns the ray.train.Result (raises on failure)."""
+                 mlflow_tags: Optional[dict[str, str]] = None, lease: bool = True) -> Any:
+    """Validate, then train with a TorchTrainer; returns the ray.train.Result (raises on failure).
+
+    `lease`: hold the run's lease (see the module docstring); a Tune trial passes False, since Tune already
+    runs each trial once at a time and a restarted trial must not wait for its dead predecessor's lease."""
+    from mdm.platform.tracking.tracker import Tracker
+    from mdm.platform.train.lease import RunLease
+    from mdm.platform.train.updater import check_precision
+
+    check_precision(cfg.deepspeed, on_gpu=cfg.ray.use_gpu)
+    if not cfg.train.train_data_path:  # the seed's default, before the name: the data path is part of it
+        cfg = with_overrides(cfg, {"train.train_data_path": train_data_path(cfg)})
+    run_name = run_name or derive_name(cfg)
+    tracker = Tracker.open(cfg.tracking) if cfg.tracking.enabled else None  # unreachable -> TrackingError now
+    held = RunLease.acquire(storage_root(cfg), run_name) if lease else None
+    try:
+        return _train(cfg, run_name, callbacks, mlflow_tags, tracker)
+    finally:
+        if held is not None:
+            held.release()
+
+
+def _train(cfg: Any, run_name: str, callbacks: Sequence[Any], mlflow_tags: Optional[dict[str, str]],
+           tracker: Any) -> Any:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from mdm.platform.train.ds_config import ds_config_notes
-    from mdm.platform.train.updater import check_precision
-    from mdm.platform.train.ingest import build_datasets, ingest_options
-    from mdm.platform.train.progress import ProgressCallback
     from mdm.platform.runtime.ray_runtime import TRAIN_LOG_LEVEL, check_worker_fit, ensure_ray, is_local_cluster
+    from mdm.platform.tracking.attempts import current_run
+    from mdm.platform.train.ds_config import ds_config_notes
+    from mdm.platform.train.ingest import build_datasets, ingest_options
     from mdm.platform.train.local_pg import LocalTorchConfig
-    from mdm.platform.tracking.tracker import Tracker
+    from mdm.platform.train.progress import ProgressCallback
     from mdm.platform.train.worker import RunInfo, WorkerSections, train_fn_per_worker
     from mdm.platform.tokenizer import load_tokenizer
 
     rcfg, tcfg = cfg.ray, cfg.train
-    check_precision(cfg.deepspeed, on_gpu=rcfg.use_gpu)
-    if not tcfg.train_data_path:
-        cfg = with_overrides(cfg, {"train.train_data_path": train_data_path(cfg)})
-        rcfg, tcfg = cfg.ray, cfg.train
-    run_name = run_name or derive_name(cfg)
-    tracker = Tracker.open(cfg.tracking) if cfg.tracking.enabled else None  # unreachable -> TrackingError now
+    tok_path = tokenizer_path(cfg)  # before Ray: a missing or refused tokenizer starts nothing
+    tokenizer = load_tokenizer(tok_path, cfg.model.trust_remote_code)
+    run_dir = f"{storage_root(cfg).rstrip('/')}/{run_name}"
+    previous = previous_result(storage_root(cfg), run_name)
+    # With train.max_steps the plan is known now: a finished run is answered before Ray or the data pass.
+    if tcfg.max_steps > 0 and _finished(previous, tcfg.max_steps, tcfg.save_strategy, run_name, run_dir):
+        return _close_finished(tracker, run_name, previous)
     ensure_ray(rcfg)
     check_worker_fit(rcfg)
 
-    tok_path = tokenizer_path(cfg)
-    tokenizer = load_tokenizer(tok_path, cfg.model.trust_remote_code)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     data = build_datasets(cfg.data, train_path=tcfg.train_data_path, seed=tcfg.seed, train_ratio=tcfg.train_ratio,
                           max_len=tcfg.max_len, batch_size=tcfg.batch_size_per_gpu, pad_id=pad_id,
@@ -108,6 +182,9 @@ def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequenc
           f"worker(s)", file=sys.stderr)
     for note in ds_config_notes(cfg.deepspeed, tcfg, rcfg.num_workers, total_steps=total, on_gpu=rcfg.use_gpu):
         print(f"mdm train: {note}", file=sys.stderr)
+
+    if tcfg.max_steps <= 0 and _finished(previous, total, tcfg.save_strategy, run_name, run_dir):
+        return _close_finished(tracker, run_name, previous)
 
     run_id = None
     if tracker is not None:
@@ -144,8 +221,8 @@ def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequenc
         result = trainer.fit()
     except BaseException:
         if tracker is not None and run_id is not None:
-            tracker.end_run(run_id, status="FAILED")
+            tracker.end_run(current_run(tracker.client, run_id), status="FAILED")
         raise
     if tracker is not None and run_id is not None:
-        tracker.end_run(run_id, status="FINISHED")
+        tracker.end_run(current_run(tracker.client, run_id), status="FINISHED")  # rank 0 may have superseded it
     return result

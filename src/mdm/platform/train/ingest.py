@@ -13,7 +13,8 @@ several, comma-separated). Lines are read with their file and line number (pyarr
 `ray.data.read_json` drops both, and one malformed line aborts its whole file), parsed and checked with the
 processed-JSONL schema's `validate_row` (module `data.schema_module`, the tasks' `mdm.tasks.data` by default,
 imported by name so the platform stays free of task code). A driver-side validation pass runs before any
-worker starts: a bad row raises DataError naming file and line unless `data.bad_rows: skip`, then counted.
+worker starts: a bad row (invalid UTF-8, invalid JSON, or failing the schema) raises DataError naming file and
+line unless `data.bad_rows: skip`, then counted.
 Rows longer than `train.max_len` are truncated or dropped (`data.overlong`), and counted.
 
 The split is by a hash of (seed, file name, line): stable, streaming, no materialisation. The training rows
@@ -49,18 +50,29 @@ class DataError(ValueError):
     """Invalid processed data; the message names file and line of the first bad rows."""
 
 
+def _decode(raw: bytes) -> tuple[str, str]:
+    """(text, "") for a UTF-8 line, ("", what is wrong) otherwise: one bad byte fails its line, not its file."""
+    try:
+        return raw.decode("utf-8"), ""
+    except UnicodeDecodeError as e:
+        return "", f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+
+
 class _JsonlLines(FileBasedDatasource):
-    """Raw lines of JSONL files with their path and 1-based line number (blank lines skipped)."""
+    """Raw lines of JSONL files with their path, 1-based line number and decoding error (blank lines skipped).
+
+    Lines are split on bytes (\\n, \\r\\n, \\r) and decoded one by one, so line numbers are an editor's."""
 
     _FILE_EXTENSIONS = ["jsonl", "json"]
 
     def _read_stream(self, f: "pa.NativeFile", path: str) -> Iterator[pa.Table]:
-        lines = f.readall().decode("utf-8").splitlines()
+        lines = f.readall().splitlines()
         for start in range(0, len(lines), LINES_PER_BLOCK):
-            chunk = [(start + i + 1, t) for i, t in enumerate(lines[start:start + LINES_PER_BLOCK]) if t.strip()]
+            chunk = [(start + i + 1, *_decode(t)) for i, t in enumerate(lines[start:start + LINES_PER_BLOCK])
+                     if t.strip()]
             if chunk:
-                yield pa.table({"path": [path] * len(chunk), "line": [n for n, _ in chunk],
-                                "text": [t for _, t in chunk]})
+                yield pa.table({"path": [path] * len(chunk), "line": [n for n, _, _ in chunk],
+                                "text": [t for _, t, _ in chunk], "decode_error": [e for _, _, e in chunk]})
 
 
 def resolve_paths(spec: str | Sequence[str]) -> list[str]:
@@ -83,11 +95,14 @@ def _parse(batch: pa.Table, *, schema_module: str, vocab_size: Optional[int], ma
     validate = importlib.import_module(schema_module).validate_row
     out: dict[str, list] = {k: [] for k in ("path", "line", "input_ids", "prompt_length", "error", "overlong",
                                             "train")}
-    for path, line, text in zip(*(batch.column(c).to_pylist() for c in ("path", "line", "text"))):
+    columns = ("path", "line", "text", "decode_error")
+    for path, line, text, bad_bytes in zip(*(batch.column(c).to_pylist() for c in columns)):
         ids, pl = [], 0
         try:
-            row = json.loads(text)
-            err = validate(row, vocab_size)
+            err = bad_bytes or None
+            if err is None:
+                row = json.loads(text)
+                err = validate(row, vocab_size)
         except json.JSONDecodeError as e:
             err = f"not valid JSON ({e.msg} at column {e.colno})"
         if err is None:

@@ -6,7 +6,7 @@
         updater.backward(loss)
         if updater.step():                # True on a gradient-accumulation boundary (an optimizer step)
             print(updater.global_step, updater.lr, updater.grad_norm)
-    updater.save(ckpt_dir, rank); updater.load(ckpt_dir)   # every rank calls both
+    updater.save(ckpt_dir, rank); updater.load(ckpt_dir)   # every rank calls both; loads never unpickle code
 
 ("Engine" in this project names a model family, `mdm.engines`; DeepSpeed's own `DeepSpeedEngine` is wrapped
 here.) The Ray Train workers and experiments/arithmetic.py both train through it, so an optimizer step and
@@ -32,6 +32,7 @@ from mdm.platform.engine_api import BaseTrainConfig
 from mdm.platform.train.deepspeed_config import DeepSpeedConfig
 from mdm.platform.train.ds_config import build_ds_config  # noqa: F401  (the DeepSpeed JSON; re-exported)
 from mdm.platform.train.lr_schedule import build_lr_scheduler
+from mdm.platform.train.safe_load import install_safe_deepspeed_loader, load_plain
 
 
 def check_precision(ds_cfg: DeepSpeedConfig, on_gpu: bool) -> None:
@@ -99,8 +100,10 @@ class PlainUpdater:
                         "scheduler": self.scheduler.state_dict(), "global_step": self.global_step},
                        os.path.join(directory, "plain_updater.pt"))
 
-    def load(self, directory: str) -> None:
-        state = torch.load(os.path.join(directory, "plain_updater.pt"), map_location="cpu", weights_only=False)
+    def load(self, directory: str, display: Optional[str] = None) -> None:
+        """Restore from `directory` (`display`: its address in storage, for messages)."""
+        path = os.path.join(directory, "plain_updater.pt")
+        state = load_plain(path, display=f"{display or directory}/plain_updater.pt")
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -128,6 +131,7 @@ class DeepSpeedUpdater:
         # Ray Train already created the process group (gloo on CPU, nccl on GPU); DeepSpeed reuses it.
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=conf, dist_init_required=False)
+        install_safe_deepspeed_loader(self.engine)  # DeepSpeed's own loader unpickles (weights_only=False)
         self.module = self.engine.module
         self.grad_norm = float("nan")
 
@@ -153,7 +157,7 @@ class DeepSpeedUpdater:
     def save(self, directory: str, rank: int) -> None:
         self.engine.save_checkpoint(directory, tag=self.TAG, save_latest=False)
 
-    def load(self, directory: str) -> None:
+    def load(self, directory: str, display: Optional[str] = None) -> None:
         path, _ = self.engine.load_checkpoint(directory, tag=self.TAG)
         if path is None:
             raise RuntimeError(f"no DeepSpeed checkpoint (tag {self.TAG!r}) under {directory}")

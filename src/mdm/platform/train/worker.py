@@ -146,7 +146,11 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         state = restore_checkpoint(checkpoint, updater, objective, rank=rank, generator=gen)
-    else:
+    if logger:  # points an earlier attempt logged past the restored step must not stay beside ours
+        from mdm.platform.tracking.attempts import begin_attempt
+
+        logger.run_id = begin_attempt(logger.client, logger.run_id, state.step if checkpoint is not None else None)
+    if checkpoint is None:
         ppots = objective.prepare(updater.module, prepare_batches, device) or {}
         if logger and ppots:
             logger.metrics(ppots, step=0)

@@ -102,7 +102,8 @@ def _trial(config: dict[str, Any], *, base: Any, plugins: Sequence[str], space: 
     run_name = child_run_name(name, trial_id)
     cfg = with_overrides(base, {**space.overrides_for(config), "run_name": run_name})
     train_driver(cfg, run_name=run_name, callbacks=[_report_callback(cfg.tune.metric, cfg.tune.mode)],
-                 mlflow_tags=child_tags(parent_id, name, trial_id) if cfg.tracking.enabled else None)
+                 mlflow_tags=child_tags(parent_id, name, trial_id) if cfg.tracking.enabled else None,
+                 lease=False)  # Tune runs a trial once at a time; a retried trial must not wait for a dead lease
 
 
 def _trial_dirname(trial: Any) -> str:
