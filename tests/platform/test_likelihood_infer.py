@@ -158,7 +158,7 @@ def test_openscience_letters_exact_with_one_mask(tmp_path, trained_mc, ray_local
             {"input": "Pick the noble gas.\n(A) neon\n(B) sodium\n(C) chlorine", "output": "Answer: A"}]
     (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = str(tmp_path / "os.jsonl")
-    cfg = load_config([], POOL + ["likelihood.mc_num=1", f"eval.data_dir={tmp_path}", "eval.log_mlflow=false"])
+    cfg = load_config([], POOL + ["likelihood.mc_num=1", f"data.task_data_dir={tmp_path}", "eval.log_mlflow=false"])
     metrics = run_likelihood(cfg, model=trained_mc["dir"], task="openscience", out=out)
     recs = _read(out)
     assert [r["meta"]["multiple_choice"] for r in recs] == [True, False, True] and metrics["n"] == 2

@@ -38,6 +38,7 @@ from typing import Any, Callable, Optional
 from mdm.platform.infer.batch import (InferenceError, _check_complete, _collect, _gpus_per_actor, _load_task,
                                       _load_tokenizer, _log_mlflow, _restart_args)
 from mdm.platform.infer.model_source import ModelSource, resolve_model
+from mdm.platform.infer.outputs import announce_replace, metric_prefix, write_jsonl
 from mdm.platform.registry import auto_import, get_registry, load_builtins
 
 MODES = ("auto", "generate", "likelihood")
@@ -181,15 +182,16 @@ def run_likelihood(cfg: Any, model: Optional[str] = None, task: Optional[str] = 
                              f"a shard would run no sample")
     if ev.mc_shards > 1 and not hasattr(cfg.likelihood, "mc_num"):
         raise InferenceError(f"eval.mc_shards > 1 needs an `mc_num` in engine {cfg.engine!r}'s likelihood section")
-    the_task = _load_task(task_name, split, ev.data_dir, need_split=True)
+    the_task = _load_task(task_name, split, cfg.data, need_split=True)
     src: ModelSource = resolve_model(model or ev.model or "", tracking_uri=cfg.tracking.tracking_uri,
                                      export_root=cfg.train.output_dir)
-    tokenizer = _load_tokenizer(src)
+    tokenizer = _load_tokenizer(src, cfg.model.trust_remote_code)
     examples = _examples(the_task, task_name, split, limit, tokenizer)
     S = ev.mc_shards
     rows = [{"index": ex["index"] * S + s, "shard": s, "prompt_ids": ex["prompt_ids"],
              "items_json": json.dumps(ex["cont_ids"])} for ex in examples for s in range(S)]
 
+    announce_replace(out)
     started = ensure_ray(cfg.ray)
     import ray.data
 
@@ -213,10 +215,7 @@ def run_likelihood(cfg: Any, model: Optional[str] = None, task: Optional[str] = 
         shards = results[ex["index"] * S:(ex["index"] + 1) * S]  # sorted by row index: this example's shards
         parts = [json.loads(str(r["scores_json"])) for r in shards]
         records.append(_record(the_task, task_name, ex, combine_shards(parts), [str(r["actor"]) for r in shards]))
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as f:
-        for rec in records:
-            f.write(json.dumps(rec) + "\n")
+    write_jsonl(out, records)  # an earlier file is replaced whole, never left half-written
     n_items = sum(len(ex["cont_ids"]) for ex in examples)
     scoring_s = max(float(r["scored_at"]) for r in results) - min(float(r["actor_ready_at"]) for r in results)
     metrics: dict[str, Any] = _metrics(records)
@@ -229,9 +228,10 @@ def run_likelihood(cfg: Any, model: Optional[str] = None, task: Optional[str] = 
     metrics_out = ev.metrics_out or str(Path(out).with_suffix("")) + ".metrics.json"
     metrics["metrics_file"] = str(Path(metrics_out).resolve())
     metrics["mlflow_run_id"] = None
+    metrics["mlflow_prefix"] = prefix = metric_prefix(task_name, split, "likelihood")
     if ev.log_mlflow and cfg.tracking.enabled:
         Path(metrics_out).write_text(json.dumps(metrics, indent=2) + "\n")
-        metrics["mlflow_run_id"] = _log_mlflow(cfg, src, task_name, split, metrics, [out, metrics_out])
+        metrics["mlflow_run_id"] = _log_mlflow(cfg, src, task_name, split, metrics, [out, metrics_out], prefix)
     Path(metrics_out).write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"mdm infer --mode likelihood: {len(records)} examples ({metrics['n']} multiple choice), accuracy "
           f"{metrics['accuracy']:.4f}, acc_norm {metrics['acc_norm']:.4f}, gold log-likelihood "
