@@ -131,6 +131,8 @@ class MultiNodeCluster:
         self.node_ids: dict[str, str] = {}  # node name -> latest Ray node id (nodes(), wait_for_nodes())
         self._seen: dict[str, str] = {}  # every Ray node id seen -> node name
         self.host_listeners_at_start = host_listeners()
+        # Processes of earlier tests in this pytest session are not the harness's to judge.
+        self.preexisting = {p.pid for p in psutil.Process().children(recursive=True)}
 
     # -- environment and processes in the namespace ------------------------------------------------------
     @property
@@ -372,8 +374,10 @@ class MultiNodeCluster:
         return pids_in_ns("net", self.netns) if self.netns else []
 
     def escaped_processes(self) -> list[psutil.Process]:
-        """Descendants of this test process outside the private network namespace (should be none)."""
-        return [p for p in psutil.Process().children(recursive=True) if ns_id(p.pid, "net") not in (None, self.netns)]
+        """Descendants of this test process started since the harness was made, outside the private network
+        namespace (should be none)."""
+        return [p for p in psutil.Process().children(recursive=True)
+                if p.pid not in self.preexisting and ns_id(p.pid, "net") not in (None, self.netns)]
 
     def host_listener_leaks(self) -> list[tuple[str, int, str]]:
         """Listening sockets in the *host's* namespace, new since construction, owned by the harness's
