@@ -1,8 +1,9 @@
 """Sweeps end to end on CPU: real Ray Tune over real tiny training runs (train_driver), real MLflow sqlite store.
 
-- a 4-trial grid (Normal/MIRROR x PPOTS off/on) completes; the store holds 1 parent + 4 children with the
-  trials' params and metrics; the ranking agrees with the metrics the workers logged; the best-config YAML
-  loads and trains;
+- a 4-trial grid (Normal/MIRROR x PPOTS off/on) completes; the store holds 1 parent + 4 children named by
+  their swept values, with the trials' params (p_model "inert" with PPOTS off, no run_name) and metrics; the
+  parent's description holds the search space and the driver's context tags reach the children; the ranking
+  agrees with the metrics the workers logged; the best-config YAML loads and trains;
 - ASHA stops a trial whose learning rate diverges before its last step (trials run one after another, so the
   bad one meets a recorded rung), and its child run ends KILLED, never RUNNING.
 
@@ -83,10 +84,17 @@ def test_grid_sweep_parent_children_table_and_best_config(env):
     assert parent.data.params["space.train.PPOTS"] == "grid[false, true]"
     assert parent.data.params["tune.scheduler"] == "fifo"
     c, _ = _client(env)
-    by_name = {r.info.run_name: r for r in kids}
+    by_name = {r.data.tags["mdm.run"]: r for r in kids}
+    labels = {"Standard", "MIRROR", "PPOTS(EPR)", "MIRROR+PPOTS(EPR)"}
+    assert {r.info.run_name for r in kids} == labels and {r["label"] for r in res.rows} == labels
+    assert parent.data.tags["mlflow.user"] and "train.PPOTS: grid[false, true]" in parent.data.tags["mlflow.note.content"]
     for row in res.rows:
         kid = by_name[row["run_name"]]
+        assert kid.info.run_name == row["label"] and kid.data.tags["mdm.trial_id"] == row["trial_id"]
         assert kid.info.status == "FINISHED" and kid.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert "run_name" not in kid.data.params
+        assert kid.data.params["train.p_model"] == ("EPR" if row["params"]["train.PPOTS"] else "inert")
+        assert kid.data.tags["mlflow.source.name"] == parent.data.tags["mlflow.source.name"]
         assert kid.data.params["train.train_mode"] == row["params"]["train.train_mode"]
         assert kid.data.params["train.PPOTS"] == str(row["params"]["train.PPOTS"])
         # The ranking Tune saw agrees with what rank 0 logged to MLflow at the last step.

@@ -13,7 +13,8 @@ split, bad JSONL line) fails before any actor starts. Then Ray Data: one block p
 actor; dead actors restart and their batches are retried) -> CPU `map_batches(Scorer)` -> streamed back
 to the driver, checked (every index exactly once), sorted by index and written as the seed's predictions
 JSONL `{"task","prompt","gold_raw","prediction","meta":{"index",...},"id"}` plus `<out>.metrics.json`,
-and logged to MLflow (the training run when the model came from one, else an eval run).
+and logged to MLflow (the training run when the model came from one, else an eval run), the predictions
+also as an MLflow table (`infer/<task>/predictions_table.json`).
 """
 
 from __future__ import annotations
@@ -176,8 +177,10 @@ def _record(task: str, r: dict) -> dict:
             "id": str(r["id"])}
 
 
-def _log_mlflow(cfg: Any, src: ModelSource, task: str, split: str, metrics: dict, files: list[str]) -> Optional[str]:
+def _log_mlflow(cfg: Any, src: ModelSource, task: str, split: str, metrics: dict, files: list[str],
+                records: Optional[list[dict]] = None) -> Optional[str]:
     from mdm.platform.config_ops import dump_config, flatten
+    from mdm.platform.tracking.predictions import log_predictions
     from mdm.platform.tracking.tracker import RunLogger, Tracker
 
     tracker = Tracker.open(cfg.tracking)
@@ -195,6 +198,7 @@ def _log_mlflow(cfg: Any, src: ModelSource, task: str, split: str, metrics: dict
     log.metrics({f"infer/{task}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=0)
     for f in files:
         log.artifact(f, f"infer/{task}")
+    log_predictions(tracker.client, run_id, records or [], f"infer/{task}/predictions_table.json")
     if new_run:
         tracker.end_run(run_id)
     return run_id
@@ -276,7 +280,7 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
     metrics["mlflow_run_id"] = None
     if ev.log_mlflow and cfg.tracking.enabled:
         Path(metrics_out).write_text(json.dumps(metrics, indent=2) + "\n")
-        metrics["mlflow_run_id"] = _log_mlflow(cfg, src, task_name, split, metrics, [out, metrics_out])
+        metrics["mlflow_run_id"] = _log_mlflow(cfg, src, task_name, split, metrics, [out, metrics_out], records)
     Path(metrics_out).write_text(json.dumps(metrics, indent=2) + "\n")
     acc = metrics.get("accuracy")
     print(f"mdm infer: {len(records)} rows, accuracy {acc if acc is None else f'{acc:.4f}'}, "

@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from mdm.platform.config_ops import dump_config, flatten
+from mdm.platform.config_ops import dump_config
 from mdm.platform.runs import export_dir, run_name as derive_name, storage_root
 
 def tokenizer_path(cfg: Any) -> str:
@@ -51,8 +51,11 @@ def plan_steps(n_train: int, train_cfg: Any, world: int) -> tuple[int, int, int]
 
 
 def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequence[Any] = (),
-                 mlflow_tags: Optional[dict[str, str]] = None) -> Any:
-    """Validate, then train with a TorchTrainer; returns the ray.train.Result (raises on failure)."""
+                 mlflow_tags: Optional[dict[str, str]] = None, display_name: Optional[str] = None) -> Any:
+    """Validate, then train with a TorchTrainer; returns the ray.train.Result (raises on failure).
+
+    `mlflow_tags` go on the MLflow run (a sweep passes its parent and trial tags, and the context tags it
+    resolved on its driver); `display_name` is the run's name in the MLflow UI (default: `run_name`)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -60,6 +63,9 @@ def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequenc
     from mdm.platform.train.ingest import build_datasets, ingest_options
     from mdm.platform.train.progress import ProgressCallback
     from mdm.platform.runtime.ray_runtime import check_worker_fit, ensure_ray
+    from mdm.platform.runs import tracked_params
+    from mdm.platform.tracking.context import context_tags
+    from mdm.platform.tracking.dataset import describe_dataset, log_dataset
     from mdm.platform.tracking.tracker import Tracker
     from mdm.platform.train.worker import RunInfo, WorkerSections, train_fn_per_worker
     from mdm.platform.tokenizer import load_tokenizer
@@ -86,12 +92,18 @@ def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequenc
 
     run_id = None
     if tracker is not None:
-        run_id = tracker.start_run(run_name, params=flatten(cfg), config_yaml=dump_config(cfg), tags=mlflow_tags)
+        tags = {**({} if mlflow_tags and "mlflow.source.name" in mlflow_tags else context_tags()),
+                **(mlflow_tags or {})}
+        run_id = tracker.start_run(run_name, params=tracked_params(cfg), config_yaml=dump_config(cfg), tags=tags,
+                                   display_name=display_name)
+        log_dataset(tracker.client, run_id, describe_dataset(tcfg.train_data_path, rows=data.n_rows))
     has_eval = "eval" in datasets
     run = RunInfo(run_name=run_name, tokenizer=os.path.abspath(tok_path) if os.path.isdir(tok_path) else tok_path,
                   export_dir=export_dir(cfg, run_name),
                   total_steps=total, steps_per_epoch=per_epoch, epochs=epochs, has_eval=has_eval,
-                  tracking_uri=tracker.uri if tracker else None, mlflow_run_id=run_id)
+                  tracking_uri=tracker.uri if tracker else None, mlflow_run_id=run_id,
+                  system_metrics_s=cfg.tracking.system_metrics_interval_s,
+                  model_config_yaml=dump_config(cfg) if cfg.tracking.log_model else None)
     sections = WorkerSections(engine=cfg.engine, auto_import=list(cfg.auto_import), train=tcfg, model=cfg.model,
                               deepspeed=cfg.deepspeed)
     resources = {"CPU": rcfg.cpus_per_worker, **({"GPU": rcfg.gpus_per_worker} if rcfg.use_gpu else {})}
