@@ -127,7 +127,31 @@ def test_asha_stops_a_diverging_trial_early(env):
     assert bad["status"] == "KILLED" and bad["step"] < 8
     assert res.rows[0] is good
     c, _ = _client(env)
-    kids = {r.info.run_name: r for r in _runs(env, "asha") if r.data.tags.get("mdm.role") == "trial"}
+    kids = {r.data.tags["mdm.run"]: r for r in _runs(env, "asha") if r.data.tags.get("mdm.role") == "trial"}
+    assert {r.info.run_name for r in kids.values()} == {"lr=1e-3", "lr=30"}
     assert {r.info.status for r in kids.values()} == {"FINISHED", "KILLED"}
     assert kids[bad["run_name"]].info.status == "KILLED"
     assert max(h.step for h in c.get_metric_history(kids[bad["run_name"]].info.run_id, "train/loss")) < 8
+
+
+def test_comparison_with_ray_train_trials_scores_each_cell_with_batch_inference(env):
+    """compare.runner: ray_train: each cell a Train job, then run_inference into the same child run."""
+    from mdm.platform.tune.compare import run_comparison
+
+    cfg = load_config([str(env["base"])], [
+        "tune.name=cmp-raytrain", "train.task=arithmetic", "train.max_steps=2", "compare.runner=ray_train",
+        "compare.grid={train.train_mode: [Normal, MIRROR]}", "compare.seeds=[1]", "compare.eval_limit=4",
+        "eval.batch_size=4", "eval.cpus_per_actor=0.2", "eval.score_cpus=0.1",
+        "eval.progress=false", "sampler.gen_length=8", "sampler.block_length=8", "sampler.steps=8",
+        "tracking.log_model=false"])
+    res = run_comparison(cfg)
+    assert [r["status"] for r in res.rows] == ["FINISHED", "FINISHED"]
+    assert [g.label for g in res.groups] == ["Standard", "MIRROR"] and all(g.n == 1 for g in res.groups)
+    kids = {r.info.run_name: r for r in _runs(env, "cmp-raytrain") if r.data.tags.get("mdm.role") == "trial"}
+    assert set(kids) == {"Standard seed=1", "MIRROR seed=1"}
+    for name, kid in kids.items():
+        m = kid.data.metrics
+        # the accuracy the trial reported is the one batch inference logged into the same run
+        assert m["eval/accuracy"] == m["infer/arithmetic/accuracy"] and m["eval/n"] == 4
+        assert kid.data.params["train.batch_size_per_gpu"] == ("2" if name.startswith("MIRROR") else "4")
+        assert kid.info.status == "FINISHED"

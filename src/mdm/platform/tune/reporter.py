@@ -28,9 +28,10 @@ def parameter_columns(space: Any, keys: Optional[list[str]] = None) -> dict[str,
     return {f"{where.get(k, 'grid')}/{k}": (t if tails.count(t) == 1 else k) for k, t in zip(keys, tails)}
 
 
-def trial_reporter(space: Any, metrics: Mapping[str, str], metric: str, mode: str, every_s: float = 60.0,
-                   keys: Optional[list[str]] = None) -> Any:
-    """A CLIReporter showing `metrics` ({result key: column name}) and the swept keys, sorted by `metric`."""
+def trial_reporter(space: Any, metrics: Mapping[str, str], metric: Optional[str] = None, mode: Optional[str] = None,
+                   every_s: float = 60.0, keys: Optional[list[str]] = None) -> Any:
+    """A CLIReporter showing `metrics` ({result key: column name}) and the swept keys, sorted by `metric`
+    (leave `metric`/`mode` None when the TuneConfig has them: Tune refuses both)."""
     from ray.tune import CLIReporter
 
     class _OnChange(CLIReporter):

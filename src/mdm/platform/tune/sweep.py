@@ -221,8 +221,8 @@ def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any], *, callbacks: Seq
                                         search_alg=_searcher(cfg), trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1, callbacks=list(callbacks),
                                       failure_config=tune.FailureConfig(max_failures=tcfg.max_failures),
-                                      progress_reporter=trial_reporter(space, {tcfg.metric: tcfg.metric, "step": "step"},
-                                                                       tcfg.metric, tcfg.mode)))
+                                      progress_reporter=trial_reporter(space, {tcfg.metric: tcfg.metric,
+                                                                               "step": "step"})))
     with legacy_output():
         results = tuner.fit()
 
