@@ -15,6 +15,8 @@ objective's `prepare` (P-POTS, on the training rows in file order) and `loss`, t
 eval loss (fixed noise, seed + 7) and the metrics, `diag/` window included (`step_window.py`). What differs:
 one process (world size 1), and the data order, a permutation per epoch from `train.seed` and the epoch
 instead of Ray Data's shuffle. Each micro-batch is cut to its longest row (padding columns dropped).
+tests/platform/test_tune.py checks it against train_driver: with weights that cannot move (lr 1e-12) both
+log the same eval/loss, P-POTS fit and train/lr at every step.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Tune's live table in the terminal: the tune metric, accuracy and the swept keys by name, printed when a trial
-starts or ends (and at most every `every_s` seconds otherwise), not every few seconds.
+starts or ends (and every `every_s` seconds, 5 minutes by default, otherwise), not every few seconds.
 
     reporter = trial_reporter(space, metrics={"eval/loss": "eval loss", "eval/accuracy": "accuracy"},
                               metric="eval/loss", mode="min")
@@ -29,7 +29,7 @@ def parameter_columns(space: Any, keys: Optional[list[str]] = None) -> dict[str,
 
 
 def trial_reporter(space: Any, metrics: Mapping[str, str], metric: Optional[str] = None, mode: Optional[str] = None,
-                   every_s: float = 60.0, keys: Optional[list[str]] = None) -> Any:
+                   every_s: float = 300.0, keys: Optional[list[str]] = None) -> Any:
     """A CLIReporter showing `metrics` ({result key: column name}) and the swept keys, sorted by `metric`
     (leave `metric`/`mode` None when the TuneConfig has them: Tune refuses both)."""
     from ray.tune import CLIReporter
