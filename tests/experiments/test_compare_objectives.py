@@ -40,6 +40,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # the artifact downloads below
     root = tmp_path_factory.mktemp("compare")
     uri = f"sqlite:///{root}/mlruns.db"
     cmd = [sys.executable, str(REPO / "experiments" / "compare_objectives.py"), "--budget", "ci", "--regime", "small",
@@ -156,7 +157,7 @@ def _chromium(url: str, profile: Path, *extra: str) -> subprocess.CompletedProce
     assert exe, "headless Chromium is needed (Debian: apt-get install -y chromium; .ci/run installs it)"
     return subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                           f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--window-size=1600,1200",
+                           f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--window-size=1600,1200",
                            *extra, url], capture_output=True, text=True, timeout=120)
 
 
@@ -182,10 +183,9 @@ def test_browser_shows_child_names_and_the_aggregated_table(run, tmp_path):
                  "compare": compare_url(base, run["exp"], [k.info.run_id for k in run["kids"]])}
         assert all("workflowType=machine_learning" in u for u in pages.values())
         dom = {}
-        for name, url in pages.items():
-            dom[name] = _chromium(url, tmp_path / "profile", "--dump-dom").stdout
+        for name, url in pages.items():  # the app loads, then the DOM is dumped and the page screenshotted
             shot = tmp_path / f"{name}.png"
-            _chromium(url, tmp_path / "profile", f"--screenshot={shot}")
+            dom[name] = _chromium(url, tmp_path / "profile", "--dump-dom", f"--screenshot={shot}").stdout
             assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             print(f"\nscreenshot of the {name} page: {shot}")
     finally:

@@ -137,3 +137,20 @@ def test_tune_table_columns_name_the_swept_keys():
     assert parameter_columns(space, swept_keys(space)) == {
         "grid/train.train_mode": "train_mode", "grid/train.PPOTS": "PPOTS", "grid/train.p_model": "p_model",
         "grid/train.seed": "seed"}
+
+
+def test_the_papers_gpu_preset_composes():
+    """experiments/compare_objectives.py --preset gsm8k-llada-8b: the paper's evaluation settings, 4 x 3 trials of
+    batch 1 per GPU at equal batch (MIRROR is not halved), each a Ray Train job."""
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[2] / "experiments" / "configs"
+    cfg = load_config([str(configs / f) for f in ("base.yaml", "llada_8b.yaml", "gsm8k.yaml",
+                                                  "compare_gsm8k_llada8b.yaml")])
+    s = cfg.sampler
+    assert (s.name, s.gen_length, s.steps, s.block_length, s.temperature, s.threshold) == ("llada", 128, 128, 32, 0.0, None)
+    assert cfg.train.model == "GSAI-ML/LLaDA-8B-Instruct" and cfg.train.batch_size_per_gpu == 1
+    assert cfg.compare.runner == "ray_train" and cfg.compare.eval_limit == 1319 and cfg.deepspeed.enabled
+    space = comparison_space(cfg)
+    assert len(space.trials) == 12
+    assert {cell_overrides(cfg, t).get("train.batch_size_per_gpu") for t in space.trials} == {None}
