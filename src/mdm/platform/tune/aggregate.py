@@ -145,7 +145,7 @@ def bar_chart(groups: Sequence[Group], metric: str, path: str, title: str = "") 
 
 def loss_curves(rows: Sequence[dict[str, Any]], metric: str, path: str, title: str = "") -> str:
     """`metric` against step per configuration: the mean over seeds, and each seed faint (rows' `curve`:
-    [(step, {metric: value})])."""
+    [(step, {metric: value})]); a log scale when every value is positive."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,6 +170,8 @@ def loss_curves(rows: Sequence[dict[str, Any]], metric: str, path: str, title: s
             ax.plot(steps, [statistics.fmean(per_step[s]) for s in steps], color=color, label=label, linewidth=1.8)
     ax.set_xlabel("step")
     ax.set_ylabel(metric)
+    if all(v > 0 for line in ax.get_lines() for v in line.get_ydata()):
+        ax.set_yscale("log")  # losses fall by orders of magnitude; the late differences matter
     ax.set_title(title or f"{metric}: mean over seeds (faint: each seed)", fontsize=9)
     if labels:
         ax.legend(fontsize=7)

@@ -29,6 +29,7 @@ the trials sorted by `tune.metric`, writes the best trial's full config to
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -118,6 +119,11 @@ def _trial(config: dict[str, Any], *, base: Any, plugins: Sequence[str], space: 
 
 def _trial_dirname(trial: Any) -> str:
     return trial.trial_id  # so a result's directory names its trial even when it never reported
+
+
+def _trial_name(trial: Any, *, base: Any, space: SweepSpace) -> str:
+    """Tune's name of a trial (its terminal table's first column): the run's display name."""
+    return _label(base, space, space.overrides_for(trial.config or {}))
 
 
 def _scheduler(cfg: Any) -> Any:
@@ -218,7 +224,8 @@ def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any], *, callbacks: Seq
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(metric=tcfg.metric, mode=tcfg.mode, num_samples=tcfg.num_samples,
                                         max_concurrent_trials=concurrent, scheduler=_scheduler(cfg),
-                                        search_alg=_searcher(cfg), trial_dirname_creator=_trial_dirname),
+                                        search_alg=_searcher(cfg), trial_dirname_creator=_trial_dirname,
+                                        trial_name_creator=functools.partial(_trial_name, base=cfg, space=space)),
             run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1, callbacks=list(callbacks),
                                       failure_config=tune.FailureConfig(max_failures=tcfg.max_failures),
                                       progress_reporter=trial_reporter(space, {tcfg.metric: tcfg.metric,
