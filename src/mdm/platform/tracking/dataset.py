@@ -5,7 +5,8 @@
 
 The digest is a SHA-256 of the files' bytes (a directory: its *.jsonl/*.json files in name order; a
 comma-separated list: each in order), so two runs that trained on the same bytes show the same digest,
-whatever the path. Computed once per sweep by the driver and passed to every trial; a URI (s3://...) is
+whatever the path. Above `MAX_HASH_BYTES` in all it hashes names, sizes and modification times instead
+(prefix `stat-`), so a multi-GB corpus does not cost a second full read at every start. Computed once per sweep by the driver and passed to every trial; a URI (s3://...) is
 recorded with its address and no digest (reading it back only to hash it is not worth a download).
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 CHUNK = 1 << 20
+MAX_HASH_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,13 @@ def _files(spec: str) -> list[Path]:
 def file_digest(spec: str) -> str:
     """SHA-256 (first 16 hex digits) of the bytes of the files `spec` names (see the module docstring)."""
     h = hashlib.sha256()
-    for f in _files(spec):
+    files = _files(spec)
+    if sum(f.stat().st_size for f in files) > MAX_HASH_BYTES:
+        for f in files:
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+        return "stat-" + h.hexdigest()[:11]
+    for f in files:
         with open(f, "rb") as fh:
             while chunk := fh.read(CHUNK):
                 h.update(chunk)
