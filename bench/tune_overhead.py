@@ -75,7 +75,7 @@ def breakdown(res, timer, uri: str, steps: int) -> list[dict[str, float]]:
     out = []
     for row in res.rows:
         runs = c.search_runs([c.get_experiment_by_name("bench").experiment_id],
-                             filter_string=f"tags.`mlflow.runName` = '{row['run_name']}'")
+                             filter_string=f"tags.`mdm.run` = '{row['run_name']}'")  # the trial's identity
         hist = sorted(c.get_metric_history(runs[0].info.run_id, "train/loss"), key=lambda m: m.step)
         t0, t_end = timer.start[row["trial_id"]], timer.end[row["trial_id"]]
         opened, first, last = runs[0].info.start_time, hist[0].timestamp, hist[-1].timestamp
