@@ -11,7 +11,8 @@ embedded Ray and a sqlite MLflow store), shared by the tests of this module:
 - the diagnostics are in range and where they belong (IS weights with PPOTS, the pair correlation with MIRROR);
 - the predictions table re-scored with the task (rebuilt here) gives the logged accuracy;
 - the summary files equal mean and sample std computed here from the children's MLflow metrics;
-- the logged MLflow model (pyfunc) loads and samples the trial's predictions exactly (greedy sampler);
+- the logged MLflow model (pyfunc) loads and samples the trial's predictions exactly (greedy sampler), and
+  registers;
 - `mlflow server` on 127.0.0.1 renders, in headless Chromium (ML view), the parent with the aggregated table and
   the children's compare view with their names; screenshots are saved under the test's tmp dir.
 """
@@ -144,6 +145,8 @@ def test_logged_model_samples_the_trials_predictions(run):
     preds = [json.loads(line) for line in
              next((run["root"] / "out").glob(f"{kid.data.tags['mdm.run']}/predictions_test.jsonl")).read_text().splitlines()]
     assert model.predict([p["prompt"] for p in preds]) == [p["prediction"] for p in preds]
+    version = mlflow.register_model(f"models:/{output.model_id}", "compare-test-model")   # under Models
+    assert str(version.version) == "1" and version.run_id == kid.info.run_id
 
 
 def _free_port() -> int:

@@ -2,7 +2,8 @@
 
 - a 4-trial grid (Normal/MIRROR x PPOTS off/on) completes; the store holds 1 parent + 4 children named by
   their swept values, with the trials' params (p_model "inert" with PPOTS off, no run_name) and metrics; the
-  parent's description holds the search space and the driver's context tags reach the children; the ranking
+  parent's description holds the search space and the driver's context tags reach the children; each child
+  has the worker's diag/ window, system metrics, the dataset input and its export as an MLflow model; the ranking
   agrees with the metrics the workers logged; the best-config YAML loads and trains;
 - ASHA stops a trial whose learning rate diverges before its last step (trials run one after another, so the
   bad one meets a recorded rung), and its child run ends KILLED, never RUNNING.
@@ -95,6 +96,12 @@ def test_grid_sweep_parent_children_table_and_best_config(env):
         assert "run_name" not in kid.data.params
         assert kid.data.params["train.p_model"] == ("EPR" if row["params"]["train.PPOTS"] else "inert")
         assert kid.data.tags["mlflow.source.name"] == parent.data.tags["mlflow.source.name"]
+        # what the Ray Train worker adds: the diag/ window, system metrics, the dataset, the MLflow model
+        m = kid.data.metrics
+        assert m["diag/grad_norm_mean"] > 0 and ("diag/is_ess_frac" in m) == row["params"]["train.PPOTS"]
+        assert ("diag/mirror_corr" in m) == (row["params"]["train.train_mode"] == "MIRROR")
+        assert any(k.startswith("system/") for k in m) and len(kid.inputs.dataset_inputs) == 1
+        assert len(kid.outputs.model_outputs) == 1
         assert kid.data.params["train.train_mode"] == row["params"]["train.train_mode"]
         assert kid.data.params["train.PPOTS"] == str(row["params"]["train.PPOTS"])
         # The ranking Tune saw agrees with what rank 0 logged to MLflow at the last step.
