@@ -1,6 +1,7 @@
 """Benchmark: what a sweep trial costs outside training, and the trial-steps ASHA saves.
 
     python bench/tune_overhead.py [--trials 4] [--steps 8] [--cpus 2]
+    python bench/tune_overhead.py --compare [--steps 1500] [--trials 4]   # comparison trials (in-process)
 
 Runs the same lr grid twice, one trial at a time, on tiny CPU trials through `run_sweep` (real Ray Tune,
 real train_driver, real MLflow sqlite store): once with FIFO (every trial to the end), once with ASHA
@@ -12,6 +13,13 @@ Per FIFO trial, from the driver's Tune callback (trial start/end) and the MLflow
   train    first -> last step logged, scaled by steps/(steps-1) (the steps themselves)
   finish   last step -> trial end (HF export, final report, worker group teardown)
 and the fraction of the trial outside `train`. Then executed trial-steps FIFO vs ASHA, and wall times.
+
+With `--compare`: the same breakdown for comparison trials (`mdm.platform.tune.compare`, runner in_process),
+`--trials` cells (Standard / MIRROR / P-POTS / both, seed 1) of experiments/compare_objectives.py's CPU
+preset (large-batch regime) at `--steps` steps, 2 at a time on `--cpus` CPUs: per trial, from the driver's
+Tune callback (trial start -> end) and the trial's own timings (`time/setup_s`: run opened, model built,
+P-POTS prepared; `time/train_s`; `time/eval_s`: eval-loss passes and the held-out generation;
+`time/finish_s`: export and artifacts), the fraction of the trial's wall time outside training.
 """
 
 from __future__ import annotations
@@ -67,7 +75,7 @@ def breakdown(res, timer, uri: str, steps: int) -> list[dict[str, float]]:
     out = []
     for row in res.rows:
         runs = c.search_runs([c.get_experiment_by_name("bench").experiment_id],
-                             filter_string=f"tags.`mlflow.runName` = '{row['run_name']}'")
+                             filter_string=f"tags.`mdm.run` = '{row['run_name']}'")  # the trial's identity
         hist = sorted(c.get_metric_history(runs[0].info.run_id, "train/loss"), key=lambda m: m.step)
         t0, t_end = timer.start[row["trial_id"]], timer.end[row["trial_id"]]
         opened, first, last = runs[0].info.start_time, hist[0].timestamp, hist[-1].timestamp
@@ -79,12 +87,56 @@ def breakdown(res, timer, uri: str, steps: int) -> list[dict[str, float]]:
     return out
 
 
+def compare_overhead(args: argparse.Namespace) -> int:
+    """--compare: per-trial breakdown of in-process comparison trials (see the module docstring)."""
+    import ray
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import compare_objectives as co
+
+    from mdm.platform.config import load_config
+    from mdm.platform.tune.compare import run_comparison
+
+    root = Path(tempfile.mkdtemp(prefix="compare_bench_"))
+    files = [str(co.CONFIGS / f) for f in co.PRESETS["arithmetic"]]
+    grid = "{train.train_mode: [Normal, MIRROR], train.PPOTS: [false, true], train.p_model: [EPR]}"
+    overrides = [*co.REGIMES["large"], f"train.max_steps={args.steps}", f"compare.grid={grid}",
+                 "compare.seeds=[1]", f"tracking.tracking_uri=sqlite:///{root}/mlruns.db",
+                 f"train.output_dir={root}/out", f"ray.storage_path={root}/ray", "tune.name=bench-compare"]
+    cfg = load_config(files, overrides)
+    cfg = load_config(files, overrides + co.arithmetic_data(cfg, root / "data"))
+    ray.init(num_cpus=args.cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    timer = make_timer()
+    t0 = time.perf_counter()
+    res = run_comparison(cfg, callbacks=[timer])
+    wall = time.perf_counter() - t0
+    ray.shutdown()
+    rows = [r for r in res.rows if r["status"] == "FINISHED"][: args.trials]
+    print(f"\n== per comparison trial ({len(rows)} trials x {args.steps} steps, 2 at a time, {args.cpus} CPUs) ==")
+    parts = []
+    for r in rows:
+        m = r["metrics"]
+        trial_wall = (timer.end[r["trial_id"]] - timer.start[r["trial_id"]]) / 1e3
+        parts.append({"setup": m["time/setup_s"], "train": m["time/train_s"], "eval": m["time/eval_s"],
+                      "finish": m["time/finish_s"], "wall": trial_wall, "outside": 1 - m["time/train_s"] / trial_wall})
+        print(f"  {r['label']:<24} wall {trial_wall:6.1f} s  setup {m['time/setup_s']:5.1f}  train {m['time/train_s']:6.1f}"
+              f"  eval {m['time/eval_s']:5.1f}  finish {m['time/finish_s']:4.1f}  outside {parts[-1]['outside']:.0%}")
+    print(f"  outside training: {statistics.median(p['outside'] for p in parts):.0%} of trial wall time (median), "
+          f"comparison wall {wall:.0f} s")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--trials", type=int, default=4, help="lr grid size (the last lr diverges)")
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--trials", type=int, default=4, help="lr grid size (the last lr diverges); --compare: cells")
+    ap.add_argument("--steps", type=int, default=None, help="steps per trial (default 8; --compare 1500)")
     ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--compare", action="store_true", help="comparison trials instead of Ray Train sweep trials")
     args = ap.parse_args()
+    if args.compare:
+        args.steps = args.steps or 1500
+        return compare_overhead(args)
+    args.steps = args.steps or 8
 
     import ray
 

@@ -1,8 +1,10 @@
 """Sweeps end to end on CPU: real Ray Tune over real tiny training runs (train_driver), real MLflow sqlite store.
 
-- a 4-trial grid (Normal/MIRROR x PPOTS off/on) completes; the store holds 1 parent + 4 children with the
-  trials' params and metrics; the ranking agrees with the metrics the workers logged; the best-config YAML
-  loads and trains;
+- a 4-trial grid (Normal/MIRROR x PPOTS off/on) completes; the store holds 1 parent + 4 children named by
+  their swept values, with the trials' params (p_model "inert" with PPOTS off, no run_name) and metrics; the
+  parent's description holds the search space and the driver's context tags reach the children; each child
+  has the worker's diag/ window, system metrics, the dataset input and its export as an MLflow model; the ranking
+  agrees with the metrics the workers logged; the best-config YAML loads and trains;
 - ASHA stops a trial whose learning rate diverges before its last step (trials run one after another, so the
   bad one meets a recorded rung), and its child run ends KILLED, never RUNNING.
 
@@ -83,10 +85,23 @@ def test_grid_sweep_parent_children_table_and_best_config(env):
     assert parent.data.params["space.train.PPOTS"] == "grid[false, true]"
     assert parent.data.params["tune.scheduler"] == "fifo"
     c, _ = _client(env)
-    by_name = {r.info.run_name: r for r in kids}
+    by_name = {r.data.tags["mdm.run"]: r for r in kids}
+    labels = {"Standard", "MIRROR", "PPOTS(EPR)", "MIRROR+PPOTS(EPR)"}
+    assert {r.info.run_name for r in kids} == labels and {r["label"] for r in res.rows} == labels
+    assert parent.data.tags["mlflow.user"] and "train.PPOTS: grid[false, true]" in parent.data.tags["mlflow.note.content"]
     for row in res.rows:
         kid = by_name[row["run_name"]]
+        assert kid.info.run_name == row["label"] and kid.data.tags["mdm.trial_id"] == row["trial_id"]
         assert kid.info.status == "FINISHED" and kid.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert "run_name" not in kid.data.params
+        assert kid.data.params["train.p_model"] == ("EPR" if row["params"]["train.PPOTS"] else "inert")
+        assert kid.data.tags["mlflow.source.name"] == parent.data.tags["mlflow.source.name"]
+        # what the Ray Train worker adds: the diag/ window, system metrics, the dataset, the MLflow model
+        m = kid.data.metrics
+        assert m["diag/grad_norm_mean"] > 0 and ("diag/is_ess_frac" in m) == row["params"]["train.PPOTS"]
+        assert ("diag/mirror_corr" in m) == (row["params"]["train.train_mode"] == "MIRROR")
+        assert any(k.startswith("system/") for k in m) and len(kid.inputs.dataset_inputs) == 1
+        assert len(kid.outputs.model_outputs) == 1
         assert kid.data.params["train.train_mode"] == row["params"]["train.train_mode"]
         assert kid.data.params["train.PPOTS"] == str(row["params"]["train.PPOTS"])
         # The ranking Tune saw agrees with what rank 0 logged to MLflow at the last step.
@@ -119,7 +134,59 @@ def test_asha_stops_a_diverging_trial_early(env):
     assert bad["status"] == "KILLED" and bad["step"] < 8
     assert res.rows[0] is good
     c, _ = _client(env)
-    kids = {r.info.run_name: r for r in _runs(env, "asha") if r.data.tags.get("mdm.role") == "trial"}
+    kids = {r.data.tags["mdm.run"]: r for r in _runs(env, "asha") if r.data.tags.get("mdm.role") == "trial"}
+    assert {r.info.run_name for r in kids.values()} == {"lr=1e-3", "lr=30"}
     assert {r.info.status for r in kids.values()} == {"FINISHED", "KILLED"}
     assert kids[bad["run_name"]].info.status == "KILLED"
     assert max(h.step for h in c.get_metric_history(kids[bad["run_name"]].info.run_id, "train/loss")) < 8
+
+
+def test_comparison_with_ray_train_trials_scores_each_cell_with_batch_inference(env):
+    """compare.runner: ray_train: each cell a Train job, then run_inference into the same child run."""
+    from mdm.platform.tune.compare import run_comparison
+
+    cfg = load_config([str(env["base"])], [
+        "tune.name=cmp-raytrain", "train.task=arithmetic", "train.max_steps=2", "compare.runner=ray_train",
+        "compare.grid={train.train_mode: [Normal, MIRROR]}", "compare.seeds=[1]", "compare.eval_limit=4",
+        "eval.batch_size=4", "eval.cpus_per_actor=0.2", "eval.score_cpus=0.1",
+        "eval.progress=false", "sampler.gen_length=8", "sampler.block_length=8", "sampler.steps=8",
+        "tracking.log_model=false"])
+    res = run_comparison(cfg)
+    assert [r["status"] for r in res.rows] == ["FINISHED", "FINISHED"]
+    assert [g.label for g in res.groups] == ["Standard", "MIRROR"] and all(g.n == 1 for g in res.groups)
+    kids = {r.info.run_name: r for r in _runs(env, "cmp-raytrain") if r.data.tags.get("mdm.role") == "trial"}
+    assert set(kids) == {"Standard seed=1", "MIRROR seed=1"}
+    for name, kid in kids.items():
+        m = kid.data.metrics
+        # the accuracy the trial reported is the one batch inference logged into the same run
+        inferred = [k for k in m if k.startswith("infer/arithmetic/test/") and k.endswith("/accuracy")]
+        assert len(inferred) == 1 and m["eval/accuracy"] == m[inferred[0]] and m["eval/n"] == 4
+        assert kid.data.params["train.batch_size_per_gpu"] == ("2" if name.startswith("MIRROR") else "4")
+        assert kid.info.status == "FINISHED"
+
+
+def test_in_process_trainer_matches_a_ray_train_run_when_the_weights_cannot_move(env, arithmetic_data):
+    """The comparison's in-process trainer against train_driver on one config (MIRROR + P-POTS, linear schedule
+    with warmup) at lr 1e-12: the same initial weights, P-POTS fit, held-out split, eval noise and LR schedule
+    give the same eval/loss, ppots/p_max and train/lr at every logged step (the data order may differ; with
+    weights that cannot move it does not matter)."""
+    from mdm.platform.tokenizer import load_tokenizer
+    from mdm.platform.train.driver import train_driver
+    from mdm.platform.train.inprocess import fit_in_process, load_memory_data
+
+    cfg = load_config([str(env["base"])], [
+        "train.lr=1e-12", "train.lr_scheduler_type=linear", "train.warmup_steps=1", "train.max_steps=3",
+        "train.eval_steps=1", "train.train_mode=MIRROR", "train.PPOTS=true", "tracking.log_model=false",
+        "tracking.system_metrics_interval_s=0"])
+    train_driver(cfg, run_name="ray-train-reference")
+    c, exp = _client(env)
+    (run,) = c.search_runs([exp], filter_string="tags.`mdm.run` = 'ray-train-reference'")
+    tok = load_tokenizer(arithmetic_data["tokenizer"])
+    logged: dict[str, dict[int, float]] = {}
+    fit_in_process(cfg, tok, load_memory_data(cfg, pad_id=tok.pad_token_id, vocab_size=len(tok)),
+                   log=lambda step, m: [logged.setdefault(k, {}).__setitem__(step, v) for k, v in m.items()])
+    for key, steps in (("eval/loss", [1, 2, 3]), ("train/lr", [1, 2, 3]), ("ppots/p_max", [0])):
+        ray_side = {h.step: h.value for h in c.get_metric_history(run.info.run_id, key)}
+        assert sorted(ray_side) == steps == sorted(logged[key]), key
+        for s in steps:
+            assert logged[key][s] == pytest.approx(ray_side[s], rel=1e-6, abs=1e-12), (key, s)

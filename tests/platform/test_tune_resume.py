@@ -80,7 +80,7 @@ tune: {{name: resume, cpus_per_trial: 0.05, max_concurrent_trials: 1}}
     done = next(t for t, s in states.items() if s == "TERMINATED")
     done_result = exp_dir / done / "result.json"
     before = (done_result.read_text(), done_result.stat().st_mtime)
-    done_run = next(r for r in _runs(uri) if r.info.run_name == f"resume-{done}")
+    done_run = next(r for r in _runs(uri) if r.data.tags.get("mdm.run") == f"resume-{done}")
     assert done_run.info.status == "FINISHED"
     time.sleep(2)  # let the killed cluster's processes go before a new one starts
 
@@ -93,8 +93,9 @@ tune: {{name: resume, cpus_per_trial: 0.05, max_concurrent_trials: 1}}
     runs = _runs(uri)
     kids = [r for r in runs if r.data.tags.get("mdm.role") == "trial"]
     assert len([r for r in runs if r.data.tags.get("mdm.role") == "parent"]) == 1
-    assert sorted(r.info.run_name for r in kids) == sorted(f"resume-{t}" for t in states)
+    assert sorted(r.data.tags["mdm.run"] for r in kids) == sorted(f"resume-{t}" for t in states)
+    assert sorted(r.info.run_name for r in kids) == ["MIRROR", "Standard"]  # shown by their swept values
     assert {r.info.status for r in runs} == {"FINISHED"}
-    again = next(r for r in kids if r.info.run_name == done_run.info.run_name)
+    again = next(r for r in kids if r.info.run_id == done_run.info.run_id)
     assert again.info.end_time == done_run.info.end_time
     assert "mlflow ui --backend-store-uri" in second.stdout and "best_config.yaml" in second.stdout

@@ -10,7 +10,7 @@ This module adds what a person needs on top: unknown keys and bad values name th
 `--set` that brought them, and the nearest valid name.
 
 The schema is assembled from sections owned by the components that read them: the platform's
-(`data`, `ray`, `deepspeed`, `tracking`, `tune`, `eval`) and the chosen engine's (`train`, `model`,
+(`data`, `ray`, `deepspeed`, `tracking`, `tune`, `eval`, `compare`) and the chosen engine's (`train`, `model`,
 `sampler`, and `likelihood` when it scores likelihoods, from its `EngineSpec` in the `engines` registry). A
 field declares its allowed values with `choice(...)` or `registry_choice(...)` metadata.
 """
@@ -36,13 +36,14 @@ from mdm.platform.runtime.ray_config import RayConfig
 from mdm.platform.tracking.tracking_config import TrackingConfig
 from mdm.platform.train.data_config import DataConfig
 from mdm.platform.train.deepspeed_config import DeepSpeedConfig
+from mdm.platform.tune.compare_config import CompareConfig
 from mdm.platform.tune.tune_config import TuneConfig
 
 DEFAULT_ENGINE = "llada_plus"
 # The platform's sections; each class lives beside the component that reads it.
 PLATFORM_SECTIONS: list[tuple[str, type]] = [
     ("data", DataConfig), ("ray", RayConfig), ("deepspeed", DeepSpeedConfig), ("tracking", TrackingConfig),
-    ("tune", TuneConfig), ("eval", EvalConfig)]
+    ("tune", TuneConfig), ("eval", EvalConfig), ("compare", CompareConfig)]
 # Keys that moved: a file or --set that still uses one is told where it went, and why.
 MOVED = {"ray.run_name": ("run_name", "one key names a run"),
          "tracking.run_name": ("run_name", "one key names a run"),

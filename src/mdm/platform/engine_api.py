@@ -117,6 +117,11 @@ class EngineSpec:
     conditions: {key: {other_key: value}}: `key` has an effect only when every `other_key` has its `value`
         (LLaDA+: `train.p_model` only matters when `train.PPOTS` is true). Sweeps deduplicate trials by it,
         tracking logs such keys as inert, and the engine's own code follows the same rule.
+    label(flat_config) -> a short name of the training configuration that `label_keys` describe (LLaDA+:
+        "Standard", "MIRROR", "PPOTS(EPR)", "MIRROR+PPOTS(EPR)"), used in run names and comparison tables
+        (`mdm.platform.runs.trial_label`); None: those keys are shown as key=value like any other.
+    forwards_per_sequence(flat_config) -> model forward rows per training sequence (LLaDA+: 2 with MIRROR,
+        else 1); a comparison at equal sequence-forwards divides `train.batch_size_per_gpu` by it.
     Likelihood scoring (optional; `mdm infer --mode likelihood`, the lm-eval model `mdm`):
     likelihood_config: the dataclass of the engine's `likelihood` section (absent: no such section). An
         `mc_num` field (samples per item) lets batch inference split an item's samples (`eval.mc_shards`).
@@ -135,6 +140,9 @@ class EngineSpec:
     sample: Callable[..., Any]
     end_token_ids: Callable[..., list[int]]
     conditions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, hash=False)
+    label: Optional[Callable[[Mapping[str, Any]], str]] = None
+    label_keys: tuple[str, ...] = ()
+    forwards_per_sequence: Optional[Callable[[Mapping[str, Any]], int]] = None
     likelihood_config: Optional[type] = None
     loglikelihood: Optional[Callable[..., list[LoglikScore]]] = None
     loglikelihood_rolling: Optional[Callable[..., list[LoglikScore]]] = None

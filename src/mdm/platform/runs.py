@@ -5,6 +5,8 @@
     storage_root(cfg)                    # Ray Train / Tune storage: an absolute local path or a URI
     export_dir(cfg, name)                # <train.output_dir>/<run>/final, the Hugging Face export
     sweep_name(cfg, space); child_run_name(sweep, trial_id)
+    trial_label(flat, ["train.train_mode", "train.lr", "train.seed"], engine=spec)  # "MIRROR lr=1e-3 seed=1"
+    tracked_params(cfg)                  # the params a run logs: no per-run-unique key, inert keys as "inert"
 
 Names never contain a clock: the same command (the same config) gets the same name again, so Ray Train
 restores the run's last checkpoint from `<ray.storage_path>/<run>` and MLflow logs into the run of that
@@ -12,6 +14,10 @@ name. Keys that say where or how a run is watched, not what is trained, are left
 (`RUN_NAME_EXCLUDED`); `ray.num_workers` and `ray.use_gpu` stay in, since they change the global batch and
 the numerics. `train.output_dir` is left out on purpose: moving the exports elsewhere continues the same
 run (its checkpoints are under `ray.storage_path`), it does not start a new one.
+
+A trial's identity (`child_run_name`, its Train directory, the `mdm.run` tag MLflow finds it by) differs
+from what a person reads: its MLflow display name is `trial_label`, the swept values (the engine names its
+objective, e.g. `MIRROR+PPOTS(EPR) lr=1e-3 seed=1`), with the trial id in the tag `mdm.trial_id`.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, Mapping, Optional, Sequence
 
 from mdm.platform.config_ops import flatten, with_overrides
+from mdm.platform.engine_api import inert_keys
+from mdm.platform.registry import get_registry
 
 # Left out of a run's derived name (prefixes of dotted keys).
 RUN_NAME_EXCLUDED = ("run_name", "ray.address", "ray.num_cpus", "ray.cpus_per_worker", "ray.gpus_per_worker",
@@ -31,6 +39,9 @@ RUN_NAME_EXCLUDED = ("run_name", "ray.address", "ray.num_cpus", "ray.cpus_per_wo
 # Left out of a sweep's derived name: where and how fast it runs, not what it searches.
 SWEEP_NAME_EXCLUDED = ("run_name", "tracking.", "ray.address", "ray.num_cpus", "tune.max_concurrent_trials",
                        "tune.cpus_per_trial", "tune.reserve_cpus", "tune.max_failures", "likelihood.")
+# Logged nowhere as params: unique to one run, so they clutter every comparison (the name is a tag).
+RUN_UNIQUE = ("run_name",)
+INERT = "inert"  # the param value of a key that cannot change the run (EngineSpec.conditions)
 # Config keys holding local paths: made absolute on the driver, since workers and trials run elsewhere.
 PATH_KEYS = ("train.train_data_path", "train.output_dir", "train.model", "data.eval_data_path", "data.tokenizer",
              "data.task_data_dir", "ray.storage_path", "deepspeed.config_path")
@@ -66,6 +77,41 @@ def sweep_name(cfg: Any, space: Any) -> str:
 def child_run_name(sweep: str, trial_id: str) -> str:
     """A trial's Train run name and MLflow child run name: stable across restarts and resumes."""
     return f"{sweep}-{trial_id}"
+
+
+def format_value(v: Any) -> str:
+    """A swept value as a person writes it: 0.001 -> 1e-3, 3e-4, 0.25, 64, True -> true."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4):
+            mant, exp = f"{v:.2e}".split("e")
+            return f"{mant.rstrip('0').rstrip('.')}e{int(exp)}"
+        return f"{v:g}"
+    return str(v)
+
+
+def trial_label(flat: Mapping[str, Any], keys: Sequence[str], engine: Optional[Any] = None) -> str:
+    """A readable name of one trial from its swept `keys` (values looked up in `flat`, the trial's flattened
+    config): the engine's label of its `label_keys` when any of them is swept, then `name=value` for the
+    others (the last part of the dotted key, unless two keys share it), skipping inert keys."""
+    spec = engine if engine is not None else get_registry("engines").get(flat.get("engine", "llada_plus"))
+    inert = inert_keys(spec.conditions, flat)
+    covered = set(spec.label_keys) if spec.label is not None else set()
+    parts = [spec.label(flat)] if covered & set(keys) else []
+    rest = [k for k in keys if k not in covered and k not in inert]
+    tails = [k.rsplit(".", 1)[-1] for k in rest]
+    for k, tail in zip(rest, tails):
+        parts.append(f"{tail if tails.count(tail) == 1 else k}={format_value(flat.get(k))}")
+    return " ".join(parts) or "default"
+
+
+def tracked_params(cfg: Any) -> dict[str, Any]:
+    """The flattened config as a run's params: per-run-unique keys (RUN_UNIQUE) left out, and keys that
+    cannot change this run (the engine's conditions, e.g. train.p_model with train.PPOTS off) as "inert"."""
+    flat = flatten(cfg)
+    inert = inert_keys(get_registry("engines").get(cfg.engine).conditions, flat)
+    return {k: INERT if k in inert else v for k, v in flat.items() if k not in RUN_UNIQUE}
 
 
 def is_uri(path: str) -> bool:

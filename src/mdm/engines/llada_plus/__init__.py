@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from mdm.engines.llada_plus import sampler, sampler_fast, time_sampling  # noqa: F401  (they register names)
-from mdm.engines.llada_plus.config import CONDITIONS, LikelihoodConfig, ModelConfig, SamplerConfig, TrainConfig
+from mdm.engines.llada_plus.config import (CONDITIONS, LABEL_KEYS, LikelihoodConfig, ModelConfig, SamplerConfig,
+                                           TrainConfig, forwards_per_sequence, label)
 from mdm.platform.engine_api import EngineSpec
 from mdm.platform.registry import get_registry
 
@@ -56,5 +57,5 @@ def _loglikelihood_rolling(*args: Any, **kwargs: Any) -> Any:
 get_registry("engines").register("llada_plus", EngineSpec(
     train_config=TrainConfig, model_config=ModelConfig, sampler_config=SamplerConfig,
     build_model=_build_model, build_objective=_build_objective, sample=_sample, end_token_ids=_end_token_ids,
-    conditions=CONDITIONS, likelihood_config=LikelihoodConfig, loglikelihood=_loglikelihood,
-    loglikelihood_rolling=_loglikelihood_rolling))
+    conditions=CONDITIONS, label=label, label_keys=LABEL_KEYS, forwards_per_sequence=forwards_per_sequence,
+    likelihood_config=LikelihoodConfig, loglikelihood=_loglikelihood, loglikelihood_rolling=_loglikelihood_rolling))

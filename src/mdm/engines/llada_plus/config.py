@@ -10,7 +10,7 @@ the platform's sweeps (deduplication) and tracking (inert params) alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from mdm.platform.fields import choice, registry_choice
 from mdm.platform.engine_api import BaseTrainConfig
@@ -20,6 +20,21 @@ from mdm.platform.engine_api import BaseTrainConfig
 _PPOTS_KNOBS = ("p_model", "num_samples_x0", "num_samples_t", "num_samples_xt", "n_starts", "max_is_weight",
                 "mix_uniform", "ppots_reestimate_steps")
 CONDITIONS: dict[str, dict[str, Any]] = {f"train.{k}": {"train.PPOTS": True} for k in _PPOTS_KNOBS}
+# The keys `label` names (the EngineSpec's `label_keys`): the objective being compared.
+LABEL_KEYS = ("train.train_mode", "train.PPOTS", "train.p_model")
+
+
+def label(flat: Mapping[str, Any]) -> str:
+    """The objective's short name from a flattened config: Standard, MIRROR, PPOTS(EPR), MIRROR+PPOTS(EPR)."""
+    parts = ["MIRROR"] if flat.get("train.train_mode") == "MIRROR" else []
+    if flat.get("train.PPOTS"):
+        parts.append(f"PPOTS({flat.get('train.p_model')})")
+    return "+".join(parts) or "Standard"
+
+
+def forwards_per_sequence(flat: Mapping[str, Any]) -> int:
+    """Model forward rows per training sequence: MIRROR runs both masks of a sequence (2), Normal one."""
+    return 2 if flat.get("train.train_mode") == "MIRROR" else 1
 
 
 @dataclass

@@ -67,7 +67,7 @@ def diffusion_loss(model: Any, batch: dict[str, torch.Tensor], t: torch.Tensor, 
     batch: `input_ids` [B, L], `labels` [B, L], optional `attention_mask` [B, L]. mode "Normal" draws one
     mask per sequence; "MIRROR" draws the antithetic pair and runs both as one [2B, L] forward.
     stats (detached tensors): `per_seq` [B] (MIRROR: the pair average), `n_masked` (total masked tokens
-    over all masks), `n_eligible`.
+    over all masks), `n_eligible`; MIRROR adds `halves` [2, B], the loss of each sequence under M1 and M2.
     """
     input_ids, labels = batch["input_ids"], batch["labels"]
     attn = batch.get("attention_mask")
@@ -86,9 +86,12 @@ def diffusion_loss(model: Any, batch: dict[str, torch.Tensor], t: torch.Tensor, 
         # Mean over 2B rows == (loss(M1) + loss(M2)) / 2 since both halves have B rows.
         loss, per_row = masked_ce_loss(logits, labels.repeat(2, 1), masked, p.repeat(2), w2)
         per_seq = 0.5 * (per_row[: len(t)] + per_row[len(t):])
+        halves = per_row.detach().view(2, len(t))
         n_masked = masked.sum()
     else:
         raise ValueError(f"train.train_mode must be 'Normal' or 'MIRROR', got {mode!r}")
     stats = {"per_seq": per_seq.detach(), "n_masked": n_masked.detach(),
              "n_eligible": eligible(labels).sum().detach()}
+    if mode == "MIRROR":
+        stats["halves"] = halves
     return loss, stats

@@ -5,13 +5,16 @@
     for step, batch in ...:
         loss, metrics = objective.loss(model, batch, generator)     # scalar, graph-connected
         objective.maybe_reestimate(step, model, batches, device)    # every train.ppots_reestimate_steps
+    objective.window_metrics()      # importance weights / MIRROR correlation pooled since the last call
     objective.eval_loss(model, batch, generator)          # t ~ U(0,1), Normal mask, no weight
     objective.save_plot("ppots.png"); state = objective.state_dict()
 
 `batch` is the collate dict as tensors on the device: input_ids, labels (-100 on prompt and padding),
 attention_mask. The mask id is `model.config.mask_token_id` (DeepSpeed/DDP `.module` unwrapped). All
 random draws come from the passed generator, so training is reproducible and resumable; the fitted
-p(t) is part of `state_dict()`. The loss normalisation is documented in loss.py.
+p(t) is part of `state_dict()`. The loss normalisation is documented in loss.py; the diagnostics that
+`loss` and `window_metrics` return (importance-weight mean/max/ESS/capped fraction with P-POTS, the
+correlation of MIRROR's two halves) in diagnostics.py.
 prepare() and maybe_reestimate() are collective under torch.distributed: call them on every rank.
 """
 
@@ -25,6 +28,7 @@ import torch
 
 from mdm.engines.llada_plus.config import TrainConfig
 from mdm.engines.llada_plus.density import PiecewiseLinearDensity
+from mdm.engines.llada_plus.diagnostics import PooledWindow, pearson, weight_stats
 from mdm.engines.llada_plus.loss import diffusion_loss
 from mdm.engines.llada_plus.ppots_estimate import WStats, measure_w
 from mdm.engines.llada_plus.time_sampling import TimeSampler, fit_density, uniform_grid
@@ -52,6 +56,7 @@ class LLaDAPlusObjective:
         self.stats: WStats | None = None
         self.fitted: PiecewiseLinearDensity | None = None
         self.rounds = 0
+        self.window = PooledWindow()
 
     # -- P-POTS estimation -------------------------------------------------------------------------
     def prepare(self, model: Any, batches: Iterable[dict[str, torch.Tensor]], device: Any) -> dict[str, float]:
@@ -94,7 +99,10 @@ class LLaDAPlusObjective:
     # -- losses ------------------------------------------------------------------------------------
     def loss(self, model: Any, batch: dict[str, torch.Tensor],
              generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        """Training loss: t from the sampler (P-POTS weight when on), Normal or MIRROR masks."""
+        """Training loss: t from the sampler (P-POTS weight when on), Normal or MIRROR masks.
+
+        Metrics of this micro-batch: loss, t_mean, masked_frac, is_weight_mean; with P-POTS also
+        is_weight_max, is_ess_frac, is_capped_frac; with MIRROR mirror_corr (diagnostics.py)."""
         ids = batch["input_ids"]
         t, weight = self.sampler.sample(ids.shape[0], generator, ids.device)
         loss, st = diffusion_loss(model, batch, t, weight if self.cfg.PPOTS else None,
@@ -104,7 +112,18 @@ class LLaDAPlusObjective:
         metrics = {"loss": float(loss.detach()), "t_mean": float(t.mean()),
                    "is_weight_mean": float(weight.mean()),
                    "masked_frac": float(st["n_masked"]) / max(n_masks * float(st["n_eligible"]), 1.0)}
+        if self.cfg.PPOTS:
+            metrics.update(weight_stats(weight, self.cfg.max_is_weight))
+        if "halves" in st:
+            metrics["mirror_corr"] = pearson(st["halves"][0], st["halves"][1])
+        self.window.add(weights=weight if self.cfg.PPOTS else None, cap=self.cfg.max_is_weight,
+                        halves=st.get("halves"))
         return loss, metrics
+
+    def window_metrics(self) -> dict[str, float]:
+        """The P-POTS weight statistics and MIRROR correlation over every sequence trained on since the last
+        call (a window of micro-batches, so a batch of one sequence still gets a correlation)."""
+        return self.window.pop()
 
     def eval_loss(self, model: Any, batch: dict[str, torch.Tensor],
                   generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:

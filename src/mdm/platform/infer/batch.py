@@ -15,7 +15,8 @@ to the driver, checked (every index exactly once), sorted by index and written a
 JSONL `{"task","prompt","gold_raw","prediction","meta":{"index",...},"id"}` plus `<out>.metrics.json`,
 and logged to MLflow (the training run when the model came from one, else an eval run) under
 `infer/<task>/<split>/<sampler>/<metric>` (split `prompts-<file stem>` for `--prompts`), so evaluations of
-other splits or samplers of one model sit side by side. An existing predictions file is named (one line) at
+other splits or samplers of one model sit side by side; the predictions also as an MLflow table
+(`<prefix>/predictions_table.json`). An existing predictions file is named (one line) at
 the start and replaced only once the new one is complete (written beside it, then moved into place).
 """
 
@@ -190,8 +191,9 @@ def _record(task: str, r: dict) -> dict:
 
 
 def _log_mlflow(cfg: Any, src: ModelSource, task: str, split: str, metrics: dict, files: list[str],
-                prefix: str) -> Optional[str]:
+                prefix: str, records: Optional[list[dict]] = None) -> Optional[str]:
     from mdm.platform.config_ops import dump_config, flatten
+    from mdm.platform.tracking.predictions import log_predictions
     from mdm.platform.tracking.tracker import RunLogger, Tracker
 
     tracker = Tracker.open(cfg.tracking)
@@ -209,6 +211,7 @@ def _log_mlflow(cfg: Any, src: ModelSource, task: str, split: str, metrics: dict
     log.metrics({f"{prefix}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=0)
     for f in files:
         log.artifact(f, prefix)
+    log_predictions(tracker.client, run_id, records or [], f"{prefix}/predictions_table.json")
     if new_run:
         tracker.end_run(run_id)
     return run_id
@@ -301,7 +304,8 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
     metrics["mlflow_prefix"] = prefix = metric_prefix(task_name, split, cfg.sampler.name, prompts)
     if ev.log_mlflow and cfg.tracking.enabled:
         Path(metrics_out).write_text(json.dumps(metrics, indent=2) + "\n")
-        metrics["mlflow_run_id"] = _log_mlflow(cfg, src, task_name, split, metrics, [out, metrics_out], prefix)
+        metrics["mlflow_run_id"] = _log_mlflow(cfg, src, task_name, split, metrics, [out, metrics_out], prefix,
+                                               records)
     Path(metrics_out).write_text(json.dumps(metrics, indent=2) + "\n")
     acc = metrics.get("accuracy")
     print(f"mdm infer: {len(records)} rows, accuracy {acc if acc is None else f'{acc:.4f}'}, "

@@ -3,12 +3,15 @@
     tracker = Tracker.open(cfg.tracking)                 # checks the server is reachable, else TrackingError
     run_id = tracker.start_run("gsm8k-ab12cd34", params=flatten(cfg), config_yaml=dump_config(cfg),
                                tags={"mlflow.parentRunId": parent})   # same name again -> same run
+    tracker.start_run("sweep-1-ab_00001", ..., display_name="MIRROR lr=1e-3 seed=1")  # identity != display
     # in the rank-0 worker:
     log = RunLogger(tracker.uri, run_id); log.metrics({"train/loss": 1.2}, step=10); log.artifact(path)
 
 The default store is `sqlite:///mlruns.db` in the driver's working directory, made absolute so Ray workers
 (whose working directory differs) write to the same file; its artifacts go to `mlartifacts/` beside it.
 An http(s) server is probed once at start so a wrong address fails the run before any training.
+A run is found again by its identity, the tag `mdm.run` (runs written before that tag, by their name), so
+its display name (`mlflow.runName`) can be what a person reads, e.g. a sweep trial's swept values.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from mlflow.tracking import MlflowClient
 DEFAULT_URI = "sqlite:///mlruns.db"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 BATCH = 100             # MLflow's limit on params per log_batch call
+RUN_TAG = "mdm.run"     # a run's identity (the run name the platform derives), whatever its display name
 
 
 class TrackingError(RuntimeError):
@@ -86,17 +90,24 @@ class Tracker:
         return self.client.create_experiment(self.experiment_name, artifact_location=location)
 
     def find_run(self, run_name: str) -> Optional[str]:
-        """The id of the run named `run_name` in this experiment, if any (the oldest, if several)."""
-        runs = self.client.search_runs([self.experiment_id()], filter_string=f"tags.`mlflow.runName` = '{run_name}'",
-                                       order_by=["attributes.start_time ASC"], max_results=1)
-        return runs[0].info.run_id if runs else None
+        """The id of the run `run_name` (tag `mdm.run`, else display name) in this experiment, if any (the
+        oldest, if several)."""
+        for key in (RUN_TAG, "mlflow.runName"):
+            runs = self.client.search_runs([self.experiment_id()], filter_string=f"tags.`{key}` = '{run_name}'",
+                                           order_by=["attributes.start_time ASC"], max_results=1)
+            if runs:
+                return runs[0].info.run_id
+        return None
 
     def start_run(self, run_name: str, *, params: dict[str, Any], config_yaml: str,
-                  tags: Optional[dict[str, str]] = None) -> str:
-        """Create the run `run_name`, or resume it when it exists; log params, tags and the config YAML."""
+                  tags: Optional[dict[str, str]] = None, display_name: Optional[str] = None) -> str:
+        """Create the run `run_name` (shown as `display_name` when given), or resume it when it exists; log
+        params, tags and the config YAML."""
         run_id = self.find_run(run_name)
         if run_id is None:
-            run_id = self.client.create_run(self.experiment_id(), run_name=run_name, tags=dict(tags or {})).info.run_id
+            tags = {**(tags or {}), RUN_TAG: run_name}
+            run_id = self.client.create_run(self.experiment_id(), run_name=display_name or run_name,
+                                            tags=tags).info.run_id
         else:
             self.client.update_run(run_id, status="RUNNING")
             if tags:

@@ -26,7 +26,7 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from mdm.platform.config_ops import dump_config, flatten, with_overrides
+from mdm.platform.config_ops import dump_config, with_overrides
 from mdm.platform.runs import export_dir, run_name as derive_name, storage_root
 
 SEED_DATA_PATH = "./data/train/{task}.jsonl"  # the seed's default for an unset train.train_data_path
@@ -125,9 +125,12 @@ def _close_finished(tracker: Any, run_name: str, previous: Any) -> Any:
 
 
 def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequence[Any] = (),
-                 mlflow_tags: Optional[dict[str, str]] = None, lease: bool = True) -> Any:
+                 mlflow_tags: Optional[dict[str, str]] = None, display_name: Optional[str] = None,
+                 lease: bool = True) -> Any:
     """Validate, then train with a TorchTrainer; returns the ray.train.Result (raises on failure).
 
+    `mlflow_tags` go on the MLflow run (a sweep passes its parent and trial tags, and the context tags it
+    resolved on its driver); `display_name` is the run's name in the MLflow UI (default: `run_name`).
     `lease`: hold the run's lease (see the module docstring); a Tune trial passes False, since Tune already
     runs each trial once at a time and a restarted trial must not wait for its dead predecessor's lease."""
     from mdm.platform.tracking.tracker import Tracker
@@ -141,14 +144,14 @@ def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequenc
     tracker = Tracker.open(cfg.tracking) if cfg.tracking.enabled else None  # unreachable -> TrackingError now
     held = RunLease.acquire(storage_root(cfg), run_name) if lease else None
     try:
-        return _train(cfg, run_name, callbacks, mlflow_tags, tracker)
+        return _train(cfg, run_name, callbacks, mlflow_tags, display_name, tracker)
     finally:
         if held is not None:
             held.release()
 
 
 def _train(cfg: Any, run_name: str, callbacks: Sequence[Any], mlflow_tags: Optional[dict[str, str]],
-           tracker: Any) -> Any:
+           display_name: Optional[str], tracker: Any) -> Any:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -158,6 +161,9 @@ def _train(cfg: Any, run_name: str, callbacks: Sequence[Any], mlflow_tags: Optio
     from mdm.platform.train.ingest import build_datasets, ingest_options
     from mdm.platform.train.local_pg import LocalTorchConfig
     from mdm.platform.train.progress import ProgressCallback
+    from mdm.platform.runs import tracked_params
+    from mdm.platform.tracking.context import context_tags
+    from mdm.platform.tracking.dataset import describe_dataset, log_dataset
     from mdm.platform.train.worker import RunInfo, WorkerSections, train_fn_per_worker
     from mdm.platform.tokenizer import load_tokenizer
 
@@ -188,12 +194,18 @@ def _train(cfg: Any, run_name: str, callbacks: Sequence[Any], mlflow_tags: Optio
 
     run_id = None
     if tracker is not None:
-        run_id = tracker.start_run(run_name, params=flatten(cfg), config_yaml=dump_config(cfg), tags=mlflow_tags)
+        tags = {**({} if mlflow_tags and "mlflow.source.name" in mlflow_tags else context_tags()),
+                **(mlflow_tags or {})}
+        run_id = tracker.start_run(run_name, params=tracked_params(cfg), config_yaml=dump_config(cfg), tags=tags,
+                                   display_name=display_name)
+        log_dataset(tracker.client, run_id, describe_dataset(tcfg.train_data_path, rows=data.n_rows))
     has_eval = "eval" in datasets
     run = RunInfo(run_name=run_name, tokenizer=os.path.abspath(tok_path) if os.path.isdir(tok_path) else tok_path,
                   export_dir=export_dir(cfg, run_name),
                   total_steps=total, steps_per_epoch=per_epoch, epochs=epochs, has_eval=has_eval,
-                  tracking_uri=tracker.uri if tracker else None, mlflow_run_id=run_id)
+                  tracking_uri=tracker.uri if tracker else None, mlflow_run_id=run_id,
+                  system_metrics_s=cfg.tracking.system_metrics_interval_s,
+                  model_config_yaml=dump_config(cfg) if cfg.tracking.log_model else None)
     sections = WorkerSections(engine=cfg.engine, auto_import=list(cfg.auto_import), train=tcfg, model=cfg.model,
                               deepspeed=cfg.deepspeed)
     resources = {"CPU": rcfg.cpus_per_worker, **({"GPU": rcfg.gpus_per_worker} if rcfg.use_gpu else {})}

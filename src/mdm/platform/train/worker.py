@@ -4,8 +4,10 @@ Built by `mdm.platform.train.driver.train_driver`, which passes `{"sections": Wo
 TorchTrainer's `train_loop_config`. Each worker: imports the registries' plugins, builds the model through the
 engine spec, wraps it in an updater (DeepSpeed or plain torch: `updater.py`), restores the latest checkpoint or runs the objective's `prepare` (P-POTS),
 then streams its shard of ready micro-batches and steps until `run.total_steps`. Every `train.logging_steps`
-it reports metrics (averaged over ranks) to Ray Train and, on rank 0, to MLflow; evals and checkpoints follow
-`train.eval_strategy` / `train.save_strategy`; at the end rank 0 exports the model in Hugging Face format.
+it reports metrics (averaged over ranks; the `diag/` window of step_window.py is rank 0's) to Ray Train and,
+on rank 0, to MLflow (with MLflow's system metrics while it trains); evals and checkpoints follow
+`train.eval_strategy` / `train.save_strategy`; at the end rank 0 exports the model in Hugging Face format
+(and, with `tracking.log_model`, logs it as an MLflow model).
 All ranks report at the same steps (`ray.train.report` is a barrier).
 """
 
@@ -46,6 +48,8 @@ class RunInfo:
     has_eval: bool
     tracking_uri: Optional[str] = None
     mlflow_run_id: Optional[str] = None
+    system_metrics_s: float = 0.0            # MLflow system-metrics sampling interval (0: off)
+    model_config_yaml: Optional[str] = None  # set: log the export as an MLflow model with this config
 
 
 class _Shard:
@@ -117,7 +121,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     from mdm.platform.train.progress import quiet_ray_console
     from mdm.platform.train.updater import build_updater
     from mdm.platform.registry import auto_import, get_registry, load_builtins
+    from mdm.platform.tracking.system_metrics import start_system_metrics
     from mdm.platform.tracking.tracker import RunLogger
+    from mdm.platform.train.step_window import StepWindow
     from mdm.platform.tokenizer import load_tokenizer
 
     sec: WorkerSections = config["sections"]
@@ -176,8 +182,11 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     # Data position: the restored epoch, minus the micro-batches of it that the restored steps consumed.
     stream = _Shard("train", device).epochs(state.epoch, state.microbatches, run.epochs, tcfg.seed)
     window = {"loss": 0.0, "n": 0, "tokens": 0, "wait": 0.0, "time": 0.0}
+    diag = StepWindow()
     last_eval: Optional[float] = state.eval_loss
     last_train: dict[str, float] = {}
+    stop_monitor = start_system_metrics(run.tracking_uri, run.mlflow_run_id if logger else None,
+                                        run.system_metrics_s)
     while state.step < run.total_steps:
         t0 = time.perf_counter()
         for _ in range(tcfg.grad_accum):
@@ -192,11 +201,13 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                 state.epoch, state.microbatches = epoch, 0
             window["tokens"] += int(mb.pop("n_tokens"))
             state.microbatches += 1
-            loss, _ = objective.loss(updater.module, mb, gen)
+            loss, loss_metrics = objective.loss(updater.module, mb, gen)
+            diag.add_micro(loss_metrics)
             updater.backward(loss)
             updater.step()
             window["loss"] += float(loss.detach())
             window["n"] += 1
+        diag.add_step(updater.grad_norm)
         state.step += 1
         window["time"] += time.perf_counter() - t0
         re = objective.maybe_reestimate(state.step, updater.module, prepare_batches, device)
@@ -218,6 +229,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             "train/loss": loss_mean, "train/lr": updater.lr, "train/grad_norm": updater.grad_norm,
             "train/tokens_per_s": tokens * world / max(dt, 1e-9), "train/data_wait_fraction": wait / max(dt, 1e-9)}
         window = {k: 0 * v for k, v in window.items()}
+        metrics.update(diag.flush(objective))
         last_train = {k: v for k, v in metrics.items() if k.startswith("train/")}
         if do_eval:
             last_eval = state.eval_loss = _evaluate(objective, updater.module, device, tcfg.seed, rank, world)
@@ -231,6 +243,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         if not final:
             report(metrics, with_checkpoint=do_save)
 
+    stop_monitor()
     # Final: export, artifacts, and one report with a checkpoint so Result.metrics carries it all.
     export_hf(updater, tokenizer, run.export_dir, zero_stage=sec.deepspeed.zero_stage if sec.deepspeed.enabled else 0,
               rank=rank)
@@ -242,6 +255,10 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             if plot:
                 logger.artifact(plot)
         logger.artifact(run.export_dir, "final_model")
+        if run.model_config_yaml is not None:
+            from mdm.platform.tracking.model_log import log_sampler_model
+
+            log_sampler_model(run.tracking_uri, run.mlflow_run_id, run.export_dir, run.model_config_yaml)
     final_metrics = {"step": state.step, "epoch": state.epoch, "total_steps": run.total_steps,
                      "optimizer_steps": updater.global_step, "export_dir": run.export_dir}
     if last_eval is not None:

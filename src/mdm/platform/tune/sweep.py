@@ -16,7 +16,11 @@ by `max_concurrent_trials` (see `tune_config`). ASHA's time axis is the reported
 
 Names are deterministic (`mdm.platform.runs`): the sweep is `tune.name`, else `sweep-<hash of config and sweep>`; its Tune
 experiment lives in `<ray.storage_path>/<sweep>`, each trial's Train run in `<ray.storage_path>/<sweep>-<trial
-id>`, which is also its MLflow child run's name. Re-running the same command after the driver was killed
+id>`, which is also its MLflow child run's identity (tag `mdm.run`); the child is shown by its swept values
+(`runs.trial_label`, e.g. `MIRROR lr=3e-4`) with the trial id in the tag `mdm.trial_id`. The parent's
+description holds the command line and the search space; MLflow's context tags (user, source, git commit)
+are resolved here, on the driver, and given to every child. Tune's terminal table shows the metric and the
+swept keys by name (`reporter.py`). Re-running the same command after the driver was killed
 restores the experiment (`Tuner.restore`): finished trials are kept, unfinished ones restart (resuming their
 Train checkpoint and MLflow run). At the end the driver closes child runs left open (`sweep_tracking`), prints
 the trials sorted by `tune.metric`, writes the best trial's full config to
@@ -25,6 +29,7 @@ the trials sorted by `tune.metric`, writes the best trial's full config to
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -34,7 +39,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from mdm.platform.config_ops import dump_config, flatten, with_overrides
 from mdm.platform.fields import ConfigError
-from mdm.platform.runs import absolute_paths, child_run_name, storage_root, sweep_name
+from mdm.platform.runs import absolute_paths, child_run_name, storage_root, sweep_name, trial_label
 from mdm.platform.tune.space import SweepSpace, load_sweep
 from mdm.platform.tune.sweep_tracking import (child_tags, close_children, finish_parent,
                                          format_table, open_parent, rank_rows)
@@ -85,8 +90,13 @@ def _report_callback(metric: str, mode: str) -> Any:
     return _Report()
 
 
+def _label(base: Any, space: SweepSpace, params: Mapping[str, Any]) -> str:
+    """The trial's display name: its swept values (`runs.trial_label`)."""
+    return trial_label(flatten(with_overrides(base, dict(params))), [d.key for d in space.dims])
+
+
 def _trial(config: dict[str, Any], *, base: Any, plugins: Sequence[str], space: SweepSpace, name: str,
-           parent_id: Optional[str]) -> None:
+           parent_id: Optional[str], context: Optional[dict[str, str]] = None) -> None:
     """One trial (runs in a Tune actor): the base config + this trial's overrides -> train_driver.
 
     `base` arrives pickled; the registries its names are checked against are filled first (the builtins and
@@ -100,14 +110,21 @@ def _trial(config: dict[str, Any], *, base: Any, plugins: Sequence[str], space: 
     auto_import(list(plugins))
     trial_id = tune.get_context().get_trial_id()
     run_name = child_run_name(name, trial_id)
-    cfg = with_overrides(base, {**space.overrides_for(config), "run_name": run_name})
+    params = space.overrides_for(config)
+    cfg = with_overrides(base, {**params, "run_name": run_name})
+    tags = {**(context or {}), **child_tags(parent_id, name, trial_id)}
     train_driver(cfg, run_name=run_name, callbacks=[_report_callback(cfg.tune.metric, cfg.tune.mode)],
-                 mlflow_tags=child_tags(parent_id, name, trial_id) if cfg.tracking.enabled else None,
+                 mlflow_tags=tags if cfg.tracking.enabled else None, display_name=_label(base, space, params),
                  lease=False)  # Tune runs a trial once at a time; a retried trial must not wait for a dead lease
 
 
 def _trial_dirname(trial: Any) -> str:
     return trial.trial_id  # so a result's directory names its trial even when it never reported
+
+
+def _trial_name(trial: Any, *, base: Any, space: SweepSpace) -> str:
+    """Tune's name of a trial (its terminal table's first column): the run's display name."""
+    return _label(base, space, space.overrides_for(trial.config or {}))
 
 
 def _scheduler(cfg: Any) -> Any:
@@ -134,7 +151,7 @@ def _searcher(cfg: Any) -> Any:
     return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.train.seed))
 
 
-def _rows(results: Any, space: SweepSpace, name: str, metric: str) -> list[dict[str, Any]]:
+def _rows(results: Any, space: SweepSpace, name: str, metric: str, base: Any) -> list[dict[str, Any]]:
     rows = []
     for r in results:
         trial_id = Path(r.path).name
@@ -148,8 +165,9 @@ def _rows(results: Any, space: SweepSpace, name: str, metric: str) -> list[dict[
                 step = int(df["step"].dropna().iloc[-1])
             completed = COMPLETED_KEY in df and df[COMPLETED_KEY].notna().any()
         status = "FAILED" if r.error is not None else "FINISHED" if completed else "KILLED"
+        params = space.overrides_for(r.config or {})
         rows.append({"trial_id": trial_id, "run_name": child_run_name(name, trial_id), "status": status,
-                     "metric": value, "step": step, "params": space.overrides_for(r.config or {}),
+                     "label": _label(base, space, params), "metric": value, "step": step, "params": params,
                      "error": None if r.error is None else str(r.error).splitlines()[0][:300]})
     return rows
 
@@ -162,7 +180,9 @@ def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any], *, callbacks: Seq
     from ray import tune
 
     from mdm.platform.runtime.ray_runtime import ensure_ray
+    from mdm.platform.tracking.context import DESCRIPTION_TAG, context_tags, describe_command, run_link
     from mdm.platform.tracking.tracker import Tracker
+    from mdm.platform.tune.reporter import legacy_output, trial_reporter
 
     space = load_sweep(sweep, cfg)  # every key and value checked before anything starts
     cfg = absolute_paths(cfg)
@@ -178,18 +198,21 @@ def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any], *, callbacks: Seq
           f"experiment {exp_path}", file=sys.stderr)
 
     parent_id = None
+    context = context_tags()
     if tracker is not None:
+        space_yaml = "\n".join(f"{k}: {v}" for k, v in space.describe().items())
         parent_id = open_parent(tracker, name, {
             **{f"space.{k}": v for k, v in space.describe().items()},
             **{k: v for k, v in flatten(cfg).items() if k.startswith("tune.")},
             "grid_trials": len(space.trials), "grid_before_dedup": space.n_grid_raw,
-            "max_concurrent_trials": concurrent})
+            "max_concurrent_trials": concurrent},
+            tags={**context, DESCRIPTION_TAG: describe_command(f"mdm tune {name}", space_yaml)})
 
     # Trials report eval/loss only at eval steps; Tune's strict check would fail their first train-only report.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=cfg, plugins=tuple(cfg.auto_import), space=space, name=name,
-                             parent_id=parent_id),
+                             parent_id=parent_id, context=context),
         {"CPU": tcfg.cpus_per_trial})
     param_space = space.param_space(tcfg.searcher)
     restored = tune.Tuner.can_restore(exp_path)
@@ -202,14 +225,18 @@ def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any], *, callbacks: Seq
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(metric=tcfg.metric, mode=tcfg.mode, num_samples=tcfg.num_samples,
                                         max_concurrent_trials=concurrent, scheduler=_scheduler(cfg),
-                                        search_alg=_searcher(cfg), trial_dirname_creator=_trial_dirname),
+                                        search_alg=_searcher(cfg), trial_dirname_creator=_trial_dirname,
+                                        trial_name_creator=functools.partial(_trial_name, base=cfg, space=space)),
             run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1, callbacks=list(callbacks),
-                                      failure_config=tune.FailureConfig(max_failures=tcfg.max_failures)))
-    results = tuner.fit()
+                                      failure_config=tune.FailureConfig(max_failures=tcfg.max_failures),
+                                      progress_reporter=trial_reporter(space, {tcfg.metric: tcfg.metric,
+                                                                               "step": "step"})))
+    with legacy_output():
+        results = tuner.fit()
 
-    rows = rank_rows(_rows(results, space, name, tcfg.metric), tcfg.mode)
+    rows = rank_rows(_rows(results, space, name, tcfg.metric, cfg), tcfg.mode)
     if tracker is not None and parent_id is not None:
-        close_children(tracker, parent_id, {r["run_name"]: r["status"] for r in rows})
+        close_children(tracker, parent_id, {r["trial_id"]: r["status"] for r in rows})
     best_path = None
     best = next((r for r in rows if r["metric"] is not None), None)
     if best is not None:
@@ -234,5 +261,5 @@ def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any], *, callbacks: Seq
         finish_parent(tracker, parent_id, rows, tcfg.metric, tcfg.mode,
                       artifacts=[p for p in (best_path, str(table)) if p],
                       status="FINISHED" if any(r["status"] != "FAILED" for r in rows) else "FAILED")
-        print(f"compare runs: mlflow ui --backend-store-uri {tracker.uri}")
+        print(f"compare runs: {run_link(tracker.uri, tracker.experiment_id(), parent_id)}")
     return SweepResult(name, exp_path, rows, best_path, parent_id, tracker.uri if tracker else None, restored, space)

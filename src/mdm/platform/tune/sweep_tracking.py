@@ -3,7 +3,7 @@
     tracker = Tracker.open(cfg.tracking)
     parent = open_parent(tracker, "sweep-ab12cd34", params={"space.train.lr": "loguniform[1e-05, 0.001]", ...})
     # each trial: train_driver(..., run_name=child_run_name(sweep, trial_id), mlflow_tags=child_tags(parent, ...))
-    close_children(tracker, parent, {"sweep-ab12cd34-1a2b3_00000": "FINISHED", ...})   # after tuner.fit()
+    close_children(tracker, parent, {"1a2b3_00000": "FINISHED", ...})   # by trial id, after tuner.fit()
     print(format_table(rows, "eval/loss", ["train.lr"]))
     finish_parent(tracker, parent, rows, metric="eval/loss", mode="min", artifacts=[best_yaml])
 
@@ -36,8 +36,10 @@ def child_tags(parent_id: Optional[str], sweep_name: str, trial_id: str) -> dict
     return tags
 
 
-def open_parent(tracker: Tracker, sweep_name: str, params: Mapping[str, Any]) -> str:
-    """Create the sweep's parent run, or reopen it (same name) when the sweep resumes; returns its id."""
+def open_parent(tracker: Tracker, sweep_name: str, params: Mapping[str, Any],
+                tags: Optional[Mapping[str, str]] = None) -> str:
+    """Create the sweep's parent run, or reopen it (same name) when the sweep resumes; returns its id.
+    `tags` (context tags, the description) are set either way."""
     exp = tracker.experiment_id()
     found = tracker.client.search_runs([exp], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep_name}' and "
                                                           f"tags.`{ROLE_TAG}` = 'parent'",
@@ -50,6 +52,8 @@ def open_parent(tracker: Tracker, sweep_name: str, params: Mapping[str, Any]) ->
         run_id = tracker.client.create_run(exp, run_name=sweep_name,
                                            tags={SWEEP_TAG: sweep_name, ROLE_TAG: "parent"}).info.run_id
         old = {}
+    if tags:
+        tracker.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
     # MLflow refuses to change a param: log only the ones not logged before (the space is part of the name).
     items = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in sorted(params.items()) if k not in old]
     for i in range(0, len(items), 100):
@@ -65,11 +69,11 @@ def children(tracker: Tracker, parent_id: str) -> list[Any]:
 
 
 def close_children(tracker: Tracker, parent_id: str, statuses: Mapping[str, str]) -> dict[str, str]:
-    """Give each child its trial's final status (by run name; KILLED when unknown: an interrupted trial), so
-    none stays RUNNING, and tag it with that status. Returns {run name: final MLflow status}."""
+    """Give each child its trial's final status (by trial id, the tag `mdm.trial_id`; KILLED when unknown: an
+    interrupted trial), so none stays RUNNING, and tag it with that status. Returns {trial id: status}."""
     out: dict[str, str] = {}
     for run in children(tracker, parent_id):
-        name = run.info.run_name
+        name = run.data.tags.get(TRIAL_TAG, run.info.run_name)
         status = statuses.get(name, "KILLED")
         if run.info.status != status:
             # The trial's outcome is the authority: a trial stopped by the scheduler sees its fit() interrupted,
@@ -109,12 +113,13 @@ def rank_rows(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
 
 
 def format_table(rows: list[dict[str, Any]], metric: str, keys: list[str]) -> str:
-    """A fixed-width text table: trial, status, metric, last step, then the swept `keys`."""
-    head = ["trial", "status", metric, "step", *keys]
+    """A fixed-width text table: trial, run (its display name), status, metric, last step, the swept `keys`."""
+    head = ["trial", "run", "status", metric, "step", *keys]
     body = []
     for r in rows:
         m = r.get("metric")
-        body.append([str(r["trial_id"]), r["status"], "-" if m is None else f"{m:.5g}",
+        body.append([str(r["trial_id"]), str(r.get("label", r.get("run_name", ""))), r["status"],
+                     "-" if m is None else f"{m:.5g}",
                      "-" if r.get("step") is None else str(r["step"]),
                      *[_fmt(r["params"].get(k)) for k in keys]])
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]

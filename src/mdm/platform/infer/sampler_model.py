@@ -1,0 +1,59 @@
+"""The MLflow model of an exported checkpoint: a pyfunc that samples (text prompts in, generated texts out).
+
+    model = mlflow.pyfunc.load_model("models:/<model id>")        # or runs:/..., models:/<name>/<version>
+    model.predict(["What is 7 plus 5?"])                           # -> ["7 + 5 = 12\n#### 12"]
+    model.predict(["What is 7 plus 5?"], params={"seed": 1})       # the sampler's seed (temperature > 0)
+
+Logged by `mdm.platform.tracking.model_log.log_sampler_model` as "models from code": MLflow stores this
+file and the `mdm` package next to the weights and runs them at load time, so nothing is unpickled. The
+artifacts are the Hugging Face export (`hf_model`) and the run's config (`config`, the YAML `mdm train`
+takes, dumped from a validated config); its `model` and `sampler` sections become the engine's dataclasses,
+prompts are laid out as the config's task lays them out (else the platform's default layout) and sampled
+through the one generation path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+
+class SamplerModel(PythonModel):
+    """Loads tokenizer and model once; `predict` samples one text per prompt."""
+
+    def load_context(self, context: Any) -> None:
+        import torch
+        import yaml
+
+        from mdm.platform.registry import auto_import, get_registry, load_builtins
+        from mdm.platform.tokenizer import load_tokenizer
+
+        path = context.artifacts["hf_model"]
+        with open(context.artifacts["config"]) as f:
+            cfg = yaml.safe_load(f)
+        load_builtins()
+        auto_import(list(cfg.get("auto_import") or []))
+        self.spec = get_registry("engines").get(cfg["engine"])
+        model_cfg = self.spec.model_config(**cfg.get("model", {}))
+        self.sampler_cfg = self.spec.sampler_config(**cfg.get("sampler", {}))
+        self.tokenizer = load_tokenizer(path, model_cfg.trust_remote_code)
+        self.model = self.spec.build_model(model_cfg, path, self.tokenizer).eval()
+        task = (cfg.get("eval") or {}).get("task") or (cfg.get("train") or {}).get("task")
+        self.task = get_registry("tasks").get(task)() if task else None
+        self.torch = torch
+
+    def predict(self, context: Any, model_input: list[str], params: Optional[dict[str, Any]] = None) -> list[str]:
+        """One sampled text per prompt (the type hints are the model's signature: MLflow reads them)."""
+        from mdm.platform.infer.generation import generate
+
+        prompts = [str(p) for p in model_input]
+        ids = self.task.encode_prompts(self.tokenizer, prompts) if self.task is not None else prompts
+        gen = self.torch.Generator().manual_seed(int((params or {}).get("seed", 0)))
+        with self.torch.inference_mode():
+            out = generate(self.model, self.spec, self.sampler_cfg, ids, tokenizer=self.tokenizer, generator=gen)
+        return list(out.texts or [])
+
+
+mlflow.models.set_model(SamplerModel())

@@ -1,0 +1,202 @@
+"""One comparison trial, run by Ray Tune: train one cell of the grid, score it on the held-out split, and
+record it as an MLflow child run of the comparison.
+
+    tune.with_parameters(comparison_trial, inputs=TrialInputs(...))     # built by compare.run_comparison
+
+`compare.runner: in_process` trains in this (Tune trial) process with `train.inprocess.fit_in_process` on the
+data the driver validated once, with `compare.cpus_per_trial` torch threads, then samples the held-out
+answers with the trained model still in memory (`compare_eval.score_held_out`). `ray_train` runs the cell as a
+Ray Train job (`train_driver`) and scores its export with batch inference (`run_inference`).
+
+Either way the child run is named by its swept values (`MIRROR+PPOTS(EPR) lr=1e-3 seed=1`, identity
+`<sweep>-<trial id>` in the tag `mdm.run`, trial id in `mdm.trial_id`, configuration in `mdm.group`), logs
+the config without per-run-unique keys and with inert keys as "inert", MLflow's context tags from the
+driver, the training data as a dataset input, system metrics while training, the losses and `diag/` metrics
+at every logging step, `eval/accuracy` with the predictions as a table and a JSONL file, the timings
+(`time/setup_s`, `time/train_s`, `time/train_cpu_s`, `time/eval_s`, `time/finish_s`, `time/trial_s`), and the export as files
+(`final_model`) and as an MLflow model (`tracking.log_model`). Every report to Tune carries `step`; the last
+one carries `eval/accuracy`, which marks the trial complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from mdm.platform.config_ops import dump_config, flatten, with_overrides
+from mdm.platform.runs import child_run_name, export_dir, trial_label, tracked_params
+from mdm.platform.tune.compare_space import cell_overrides, group_label, swept_keys
+from mdm.platform.tune.space import SweepSpace
+from mdm.platform.tune.sweep_tracking import child_tags
+
+GROUP_TAG = "mdm.group"
+DONE_KEY = "eval/accuracy"
+
+
+@dataclass
+class TrialInputs:
+    """What the driver prepared once for every trial (shipped through the object store)."""
+
+    base: Any
+    space: SweepSpace
+    sweep: str
+    parent_id: Optional[str]
+    tokenizer_path: str
+    eval_rows: list[dict[str, Any]]
+    context: dict[str, str] = field(default_factory=dict)
+    dataset: Any = None                      # tracking.dataset.DatasetRecord
+    data: Any = None                         # train.inprocess.MemoryData (in_process runner)
+
+
+def trial_config(inputs: TrialInputs, config: dict[str, Any], trial_id: str) -> tuple[Any, str, str, str]:
+    """(config of this cell, run name, display label, configuration label) for a Tune trial config."""
+    params = cell_overrides(inputs.base, inputs.space.overrides_for(config))
+    run_name = child_run_name(inputs.sweep, trial_id)
+    cfg = with_overrides(inputs.base, {**params, "run_name": run_name})
+    flat = flatten(cfg)
+    return cfg, run_name, trial_label(flat, swept_keys(inputs.space)), group_label(flat, inputs.space)
+
+
+def tune_trial_name(trial: Any, *, base: Any, space: SweepSpace) -> str:
+    """Tune's name for a trial (its terminal table's first column): the run's display label."""
+    return trial_label({**flatten(base), **space.overrides_for(trial.config or {})}, swept_keys(space))
+
+
+def comparison_trial(config: dict[str, Any], *, inputs: TrialInputs) -> None:
+    """The Tune function trainable (see the module docstring)."""
+    from ray import tune
+
+    from mdm.platform.registry import auto_import, load_builtins
+
+    t_start = time.perf_counter()
+    _quiet()
+    load_builtins()
+    auto_import(list(inputs.base.auto_import))
+    trial_id = tune.get_context().get_trial_id()
+    cfg, run_name, label, group = trial_config(inputs, config, trial_id)
+    tags = {**inputs.context, **child_tags(inputs.parent_id, inputs.sweep, trial_id), GROUP_TAG: group,
+            "mdm.equalize": cfg.compare.equalize}
+    if cfg.compare.runner == "in_process":
+        _in_process(cfg, inputs, run_name, label, tags, t_start)
+    else:
+        _ray_train(cfg, inputs, run_name, label, tags)
+
+
+def _quiet() -> None:
+    """The trial's output reaches the driver's terminal: keep MLflow's and transformers' chatter out of it."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    hf_logging.disable_progress_bar()
+
+
+def _in_process(cfg: Any, inputs: TrialInputs, run_name: str, label: str, tags: dict[str, str],
+                t_start: float) -> None:
+    import torch
+    from ray import tune
+
+    from mdm.platform.tokenizer import load_tokenizer
+    from mdm.platform.tracking.dataset import log_dataset
+    from mdm.platform.tracking.system_metrics import start_system_metrics
+    from mdm.platform.tracking.tracker import RunLogger, Tracker
+    from mdm.platform.train.inprocess import fit_in_process
+    from mdm.platform.tune.compare_eval import build_eval_task, score_held_out
+
+    torch.set_num_threads(max(1, int(cfg.compare.cpus_per_trial)))
+    tokenizer = load_tokenizer(inputs.tokenizer_path, cfg.model.trust_remote_code)
+    tracker = Tracker.open(cfg.tracking) if cfg.tracking.enabled else None
+    run_id = logger = None
+    if tracker is not None:
+        run_id = tracker.start_run(run_name, params=tracked_params(cfg), config_yaml=dump_config(cfg), tags=tags,
+                                   display_name=label)
+        if inputs.dataset is not None:
+            log_dataset(tracker.client, run_id, inputs.dataset)
+        logger = RunLogger(tracker.uri, run_id)
+    stop_monitor = start_system_metrics(tracker.uri if tracker else None, run_id,
+                                        cfg.tracking.system_metrics_interval_s)
+
+    def log(step: int, metrics: dict[str, float]) -> None:
+        if logger:
+            logger.metrics(metrics, step=step)
+        tune.report({"step": step, **metrics})
+
+    try:
+        t_fit = time.perf_counter()
+        fit = fit_in_process(cfg, tokenizer, inputs.data, log=log)
+        t_eval = time.perf_counter()
+        task = build_eval_task(cfg)
+        ev, records = score_held_out(fit.model, cfg, tokenizer, task, inputs.eval_rows)
+        t_finish = time.perf_counter()
+        out = export_dir(cfg, run_name)
+        fit.model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        if tracker is not None:
+            _log_outputs(tracker, run_id, cfg, out, records)
+        step = int(fit.final["step"])
+        now = time.perf_counter()
+        final = {**fit.final, DONE_KEY: ev["accuracy"], "eval/n": ev["n"], "eval/nfe": ev["nfe"],
+                 "time/setup_s": (t_fit - t_start) + fit.timings["setup_s"], "time/train_s": fit.timings["train_s"],
+                 "time/train_cpu_s": fit.timings["train_cpu_s"],
+                 "time/eval_s": fit.timings["eval_s"] + (t_finish - t_eval), "time/finish_s": now - t_finish,
+                 "time/trial_s": now - t_start, "batch_size": cfg.train.batch_size_per_gpu}
+        final["time/outside_frac"] = 1.0 - final["time/train_s"] / final["time/trial_s"]
+        stop_monitor()
+        if logger:
+            logger.metrics({k: v for k, v in final.items() if "/" in k}, step=step)
+            tracker.end_run(run_id, "FINISHED")
+        tune.report({**final, "step": step})
+    except BaseException:
+        stop_monitor()
+        if tracker is not None and run_id is not None:
+            tracker.end_run(run_id, "FAILED")
+        raise
+
+
+def _log_outputs(tracker: Any, run_id: str, cfg: Any, export: str, records: list[dict[str, Any]]) -> None:
+    """Predictions (JSONL artifact and MLflow table) and the model (files, and an MLflow model)."""
+    from mdm.platform.tracking.model_log import log_sampler_model
+    from mdm.platform.tracking.predictions import log_predictions
+
+    split = cfg.compare.eval_split
+    preds = Path(export).parent / f"predictions_{split}.jsonl"
+    preds.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tracker.client.log_artifact(run_id, str(preds), "eval")
+    log_predictions(tracker.client, run_id, records, f"eval/predictions_{split}.json")
+    tracker.client.log_artifacts(run_id, export, "final_model")
+    if cfg.tracking.log_model:
+        log_sampler_model(tracker.uri, run_id, export, dump_config(cfg))
+
+
+def _ray_train(cfg: Any, inputs: TrialInputs, run_name: str, label: str, tags: dict[str, str]) -> None:
+    """A Ray Train job for the cell, then batch inference on the held-out split into the same run."""
+    from ray import tune
+
+    from mdm.platform.infer.batch import run_inference
+    from mdm.platform.tracking.tracker import RunLogger, Tracker
+    from mdm.platform.train.driver import train_driver
+    from mdm.platform.tune.sweep import _report_callback
+
+    result = train_driver(cfg, run_name=run_name, callbacks=[_report_callback(cfg.tune.metric, cfg.tune.mode)],
+                          mlflow_tags=tags if cfg.tracking.enabled else None, display_name=label)
+    m = dict(result.metrics or {})
+    export = m["export_dir"]
+    split = cfg.compare.eval_split
+    ev = run_inference(cfg, model=export, task=cfg.eval.task or cfg.train.task, split=split,
+                       limit=cfg.compare.eval_limit, out=str(Path(export).parent / f"predictions_{split}.jsonl"))
+    final = {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and "/" in k}
+    final.update({DONE_KEY: float(ev["accuracy"]), "eval/n": float(ev["n"]),
+                  "batch_size": float(cfg.train.batch_size_per_gpu)})
+    step = int(m.get("step", 0))
+    if cfg.tracking.enabled:
+        tracker = Tracker.open(cfg.tracking)
+        run_id = tracker.find_run(run_name)
+        if run_id is not None:
+            RunLogger(tracker.uri, run_id).metrics({k: v for k, v in final.items() if "/" in k}, step=step)
+    tune.report({**final, "step": step})

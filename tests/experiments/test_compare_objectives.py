@@ -1,0 +1,201 @@
+"""experiments/compare_objectives.py at the CI budget, checked against independent sources, then read in a browser.
+
+    pytest tests/experiments/test_compare_objectives.py -q -s      # -s prints where the screenshots are
+
+One run of the script (4 configurations x 2 seeds, 4 steps per trial, the variance-limited regime, a real
+embedded Ray and a sqlite MLflow store), shared by the tests of this module:
+- the terminal table and the store agree: 1 parent, 8 children named by their swept values, FINISHED;
+  MIRROR trains on half the sequences at equal forwards; p_model is "inert" with PPOTS off; no run_name param;
+- MLflow's context tags match this process (user) and this checkout (`git rev-parse HEAD`); the dataset
+  input's digest is the SHA-256 of the processed file, computed here; system metrics were sampled;
+- the diagnostics are in range and where they belong (IS weights with PPOTS, the pair correlation with MIRROR);
+- the predictions table re-scored with the task (rebuilt here) gives the logged accuracy;
+- the summary files equal mean and sample std computed here from the children's MLflow metrics;
+- the logged MLflow model (pyfunc) loads and samples the trial's predictions exactly (greedy sampler), and
+  registers;
+- `mlflow server` on 127.0.0.1 renders, in headless Chromium (ML view), the parent with the aggregated table and
+  the children's compare view with their names; screenshots are saved under the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SEEDS = (1, 2)
+CONFIGS = ("Standard", "MIRROR", "PPOTS(EPR)", "MIRROR+PPOTS(EPR)")
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # the artifact downloads below
+    root = tmp_path_factory.mktemp("compare")
+    uri = f"sqlite:///{root}/mlruns.db"
+    cmd = [sys.executable, str(REPO / "experiments" / "compare_objectives.py"), "--budget", "ci", "--regime", "small",
+           "--work-dir", str(root / "data"), "--set", f"compare.seeds=[{','.join(map(str, SEEDS))}]",
+           "--set", f"tracking.tracking_uri={uri}", "--set", f"train.output_dir={root / 'out'}",
+           "--set", f"ray.storage_path={root / 'ray'}", "--set", "ray.num_cpus=2",
+           "--set", "tracking.system_metrics_interval_s=0.5"]
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=800)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    print(f"\ncompare_objectives.py --budget ci: {time.time() - t0:.0f} s")
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("compare-arithmetic")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("mdm.role") == "parent"]
+    kids = [r for r in runs if r.data.tags.get("mdm.role") == "trial"]
+    assert len(parents) == 1, [r.info.run_name for r in runs]
+    return {"root": root, "uri": uri, "client": client, "exp": exp.experiment_id, "stdout": proc.stdout,
+            "parent": parents[0], "kids": kids}
+
+
+def test_table_names_params_and_tags(run):
+    out = run["stdout"]
+    for name in CONFIGS:  # the terminal table: every configuration with its two seeds
+        assert any(line.split()[:2] == [name, str(len(SEEDS))] for line in out.splitlines()), out[-3000:]
+    kids = run["kids"]
+    assert sorted(k.info.run_name for k in kids) == sorted(f"{c} seed={s}" for c in CONFIGS for s in SEEDS)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    for k in kids:
+        p, t = k.data.params, k.data.tags
+        assert k.info.status == "FINISHED" and t["mlflow.parentRunId"] == run["parent"].info.run_id
+        assert t["mdm.run"].startswith(t["mdm.sweep"]) and t["mdm.trial_id"] in t["mdm.run"]
+        assert t["mdm.group"] == k.info.run_name.rsplit(" seed=", 1)[0] and t["mdm.equalize"] == "forwards"
+        assert "run_name" not in p and p["compare.equalize"] == "forwards"
+        assert p["train.batch_size_per_gpu"] == ("4" if p["train.train_mode"] == "MIRROR" else "8")
+        assert p["train.p_model"] == ("EPR" if p["train.PPOTS"] == "True" else "inert")
+        assert t["mlflow.user"] and t["mlflow.source.name"].endswith("compare_objectives.py")
+        if commit.returncode == 0:
+            assert t["mlflow.source.git.commit"] == commit.stdout.strip()
+    desc = run["parent"].data.tags["mlflow.note.content"]
+    assert "compare_objectives.py --budget ci" in desc and "train.train_mode: grid" in desc
+    assert "equal **forwards**" in desc and "| configuration | n | eval/accuracy (%)" in desc
+
+
+def test_dataset_system_metrics_and_diagnostics(run):
+    data = next((run["root"] / "data" / "arithmetic").glob("*/train.jsonl"))
+    digest = hashlib.sha256(data.read_bytes()).hexdigest()[:16]
+    for k in run["kids"]:
+        (ds,) = k.inputs.dataset_inputs
+        assert ds.dataset.digest == digest and json.loads(ds.dataset.source)["uri"] == str(data)
+        m = k.data.metrics
+        assert any(key.startswith("system/cpu") for key in m), sorted(m)
+        assert m["diag/grad_norm_mean"] > 0 and m["time/train_s"] > 0 and 0 < m["time/outside_frac"] < 1
+        ppots, mirror = k.data.params["train.PPOTS"] == "True", k.data.params["train.train_mode"] == "MIRROR"
+        assert ("diag/is_ess_frac" in m) == ppots and ("diag/mirror_corr" in m) == mirror
+        if ppots:
+            assert 0 < m["diag/is_ess_frac"] <= 1 and 0 <= m["diag/is_capped_frac"] <= 1
+            assert m["diag/is_weight_max"] <= float(k.data.params["train.max_is_weight"]) + 1e-6
+        if mirror:
+            assert -1 <= m["diag/mirror_corr"] <= 1
+
+
+def test_predictions_rescored_and_summary_recomputed(run):
+    from mdm.tasks.arithmetic import Arithmetic
+
+    client = run["client"]
+    task = Arithmetic(seed=42, max_operand=12, n_test=200, n_train=0)  # the experiment's task_args
+    golds = {raw["id"]: raw["answer"] for raw in task.load_split("test")}
+    for k in run["kids"]:
+        path = client.download_artifacts(k.info.run_id, "eval/predictions_test.json", str(run["root"] / k.info.run_id))
+        table = json.loads(Path(path).read_text())
+        rows = [dict(zip(table["columns"], r)) for r in table["data"]]
+        assert len(rows) == 16 and all(golds[r["id"]] == r["gold"] for r in rows)
+        acc = sum(task.score(r["prediction"], r["gold"]) for r in rows) / len(rows)
+        assert acc == pytest.approx(k.data.metrics["eval/accuracy"])
+    summary = json.loads(next((run["root"] / "out").glob("compare-*/summary.json")).read_text())
+    for g in summary["groups"]:
+        members = [k for k in run["kids"] if k.data.tags["mdm.group"] == g["configuration"]]
+        assert g["n"] == len(members) == len(SEEDS)
+        for metric in ("eval/accuracy", "eval/loss", "train/loss"):
+            vals = [k.data.metrics[metric] for k in members]
+            assert g[f"{metric} mean"] == pytest.approx(statistics.fmean(vals))
+            assert g[f"{metric} std"] == pytest.approx(statistics.stdev(vals))
+    arts = {a.path for a in client.list_artifacts(run["parent"].info.run_id)}
+    assert {"summary.csv", "summary.json", "summary.txt", "accuracy.png", "eval_loss.png",
+            "curves_train_loss.png"} <= arts
+
+
+def test_logged_model_samples_the_trials_predictions(run):
+    import mlflow
+
+    kid = next(k for k in run["kids"] if k.info.run_name == "MIRROR seed=1")
+    (output,) = kid.outputs.model_outputs
+    mlflow.set_tracking_uri(run["uri"])
+    model = mlflow.pyfunc.load_model(f"models:/{output.model_id}")
+    preds = [json.loads(line) for line in
+             next((run["root"] / "out").glob(f"{kid.data.tags['mdm.run']}/predictions_test.jsonl")).read_text().splitlines()]
+    assert model.predict([p["prompt"] for p in preds]) == [p["prediction"] for p in preds]
+    version = mlflow.register_model(f"models:/{output.model_id}", "compare-test-model")   # under Models
+    assert str(version.version) == "1" and version.run_id == kid.info.run_id
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _chromium(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert exe, "headless Chromium is needed (Debian: apt-get install -y chromium; .ci/run installs it)"
+    return subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--window-size=1600,1200",
+                           *extra, url], capture_output=True, text=True, timeout=120)
+
+
+def test_browser_shows_child_names_and_the_aggregated_table(run, tmp_path):
+    from mdm.platform.tracking.context import compare_url, run_url
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", run["uri"],
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(f"{base}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+                time.sleep(1)
+        pages = {"parent": run_url(base, run["exp"], run["parent"].info.run_id),
+                 "compare": compare_url(base, run["exp"], [k.info.run_id for k in run["kids"]])}
+        assert all("workflowType=machine_learning" in u for u in pages.values())
+        dom = {}
+        for name, url in pages.items():  # the app loads, then the DOM is dumped and the page screenshotted
+            shot = tmp_path / f"{name}.png"
+            dom[name] = _chromium(url, tmp_path / "profile", "--dump-dom", f"--screenshot={shot}").stdout
+            assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            print(f"\nscreenshot of the {name} page: {shot}")
+    finally:
+        os.killpg(server.pid, 15)  # the server we started and its workers (its own session)
+        server.wait(timeout=30)
+    for c in CONFIGS:   # the aggregated table (markdown in the description) on the parent's page
+        assert f">{c}</td>" in dom["parent"], dom["parent"][-2000:]
+    assert "eval/accuracy (%)" in dom["parent"] and "±" in dom["parent"]
+    for k in run["kids"]:  # every child by its swept values in the compare view
+        assert k.info.run_name in dom["compare"], k.info.run_name
