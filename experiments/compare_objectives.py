@@ -98,8 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mdm.platform.config_ops import dump_config
 
     files = [str(CONFIGS / f) for f in PRESETS[args.preset]]
-    data_dir = [f"data.task_data_dir={Path(args.data_dir).resolve()}", f"eval.data_dir={Path(args.data_dir).resolve()}"] \
-        if args.data_dir else []
+    data_dir = [f"data.task_data_dir={Path(args.data_dir).resolve()}"] if args.data_dir else []
     regimes = ["large", "small"] if args.regime == "both" else [args.regime]
     if args.preset != "arithmetic":
         regimes = ["paper"]

@@ -67,7 +67,7 @@ def _check(cfg: Any) -> None:
                           "deepspeed.enabled: false, or compare.runner: ray_train")
     if c.runner == "ray_train" and c.task_args:
         raise ConfigError("compare.task_args: batch inference (compare.runner: ray_train) builds the task from the "
-                          "registry with eval.data_dir only; leave compare.task_args empty or use runner in_process")
+                          "registry with data.task_data_dir only; leave compare.task_args empty or use runner in_process")
 
 
 def _trial_dirname(trial: Any) -> str:

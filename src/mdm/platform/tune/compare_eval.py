@@ -24,12 +24,14 @@ from mdm.platform.registry import get_registry
 
 
 def build_eval_task(cfg: Any) -> Any:
-    """The task the comparison scores on, built from the registry with `eval.data_dir` and `compare.task_args`."""
+    """The task the comparison scores on, built from the registry with `data.task_data_dir`, `data.source` and
+    `compare.task_args` (as batch inference builds it)."""
     name = cfg.eval.task or cfg.train.task
     if not name:
         raise ConfigError("a comparison scores every trial on a task's held-out split: set train.task or eval.task")
     try:
-        task = get_registry("tasks").get(name)(data_dir=cfg.eval.data_dir, **cfg.compare.task_args)
+        source = {"source": cfg.data.source} if cfg.data.source != "auto" else {}
+        task = get_registry("tasks").get(name)(data_dir=cfg.data.task_data_dir, **source, **cfg.compare.task_args)
     except TypeError as e:
         raise ConfigError(f"compare.task_args {cfg.compare.task_args} do not fit task {name!r}: {e}") from None
     if cfg.compare.eval_split not in task.splits:
