@@ -9,12 +9,12 @@
     ds["prepare"]  # training rows in file order, for P-POTS estimation (not split across workers)
 
 Paths: a file, a directory (its *.jsonl/*.json files) or a list of them (`train.train_data_path` may hold
-several, comma-separated). Lines are read with their file and line number (pyarrow's JSON reader behind
-`ray.data.read_json` drops both, and one malformed line aborts its whole file), parsed and checked with the
-processed-JSONL schema's `validate_row` (module `data.schema_module`, the tasks' `mdm.tasks.data` by default,
-imported by name so the platform stays free of task code). A driver-side validation pass runs before any
-worker starts: a bad row (invalid UTF-8, invalid JSON, or failing the schema) raises DataError naming file and
-line unless `data.bad_rows: skip`, then counted.
+several, comma-separated), local or URIs (`s3://`, `gs://`: read by Ray Data's tasks on whichever node).
+Lines are read with their file and line number (pyarrow's JSON reader behind `ray.data.read_json` drops both,
+and one malformed line aborts its whole file), parsed and checked with the processed-JSONL schema's
+`validate_row` (module `data.schema_module`, the tasks' `mdm.tasks.data` by default, imported by name so the
+platform stays free of task code). A driver-side validation pass runs before any worker starts: a bad row
+(invalid UTF-8, invalid JSON, or failing the schema) raises DataError naming file and line unless `data.bad_rows: skip`, then counted.
 Rows longer than `train.max_len` are truncated or dropped (`data.overlong`), and counted.
 
 The split is by a hash of (seed, file name, line): stable, streaming, no materialisation. The training rows
@@ -76,12 +76,19 @@ class _JsonlLines(FileBasedDatasource):
 
 
 def resolve_paths(spec: str | Sequence[str]) -> list[str]:
-    """Files/directories from a path, a comma-separated list, or a list; checked to exist."""
+    """Files/directories from a path, a comma-separated list, or a list; checked to exist. Local paths are
+    made absolute; URIs (`s3://`, `gs://`) stay as they are: Ray Data's read tasks open them on any node."""
+    from mdm.platform import storage
+
     items = [p.strip() for p in spec.split(",")] if isinstance(spec, str) else list(spec)
     for p in items:
-        if not os.path.exists(p):
+        try:
+            found = storage.exists(p)
+        except OSError as e:  # no such bucket, no credentials, unreachable endpoint
+            raise DataError(f"processed data path {p} cannot be checked: {e}") from None
+        if not found:
             raise DataError(f"processed data path {p} does not exist (run `mdm preprocess` first)")
-    return [os.path.abspath(p) for p in items if p]
+    return [p if storage.is_uri(p) else os.path.abspath(p) for p in items if p]
 
 
 def _in_train(seed: int, path: str, line: int, train_ratio: float) -> bool:
