@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -43,6 +44,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.data.datasource import FileBasedDatasource
 
 LINES_PER_BLOCK = 4096
+BLOCK_BYTES = 64 << 20  # a read block of processed JSONL (`read_blocks`)
 MAX_ERRORS_SHOWN = 5
 
 
@@ -227,8 +229,29 @@ def epoch_batches(shard: Any, epoch: int, seed: int, prefetch: int = 4) -> Any:
     return shard_batches(shard, prefetch, shuffle_seed=seed * 1000 + epoch)
 
 
+def read_blocks(paths: list[str]) -> int:
+    """How many blocks the read makes: one per file, more for big files (BLOCK_BYTES each), from the data alone.
+
+    Ray Data's default depends on the cluster's CPUs at planning time, and `random_shuffle(seed)` permutes
+    differently for a different block count: a run resumed on fewer nodes would see other data."""
+    import pyarrow.fs as pafs
+
+    from mdm.platform import storage
+
+    files, size = 0, 0
+    for p in paths:
+        fs, path = storage.resolve(p)
+        info = fs.get_file_info(path)
+        found = (fs.get_file_info(pafs.FileSelector(path, recursive=True)) if info.type == pafs.FileType.Directory
+                 else [info])
+        for f in found:
+            if f.type == pafs.FileType.File and f.path.endswith(tuple(f".{e}" for e in _JsonlLines._FILE_EXTENSIONS)):
+                files, size = files + 1, size + (f.size or 0)
+    return max(1, files, math.ceil(size / BLOCK_BYTES))
+
+
 def _read(paths: list[str], parse: Any) -> Any:
-    ds = ray.data.read_datasource(_JsonlLines(paths))
+    ds = ray.data.read_datasource(_JsonlLines(paths), override_num_blocks=read_blocks(paths))
     return ds.map_batches(parse, batch_format="pyarrow", batch_size=LINES_PER_BLOCK)
 
 
