@@ -126,3 +126,17 @@ def test_gsm8k_work_dir_on_s3_is_made_once_and_reused(s3, capsys):
     again = dict(o.split("=", 1) for o in gsm8k.prepare_data(cfg, argparse.Namespace(**vars(args))))
     assert again == first
     assert "trained a" not in capsys.readouterr().out  # reused, not made again
+
+
+def test_the_cluster_environment_sets_the_storage_root(monkeypatch):
+    import argparse
+
+    from mdm.platform.config_args import add_config_args, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_config_args(p)
+    monkeypatch.setenv("MDM_STORAGE_PATH", "s3://bucket/mdm")
+    assert config_from_args(p.parse_args([])).ray.storage_path == "s3://bucket/mdm"
+    assert config_from_args(p.parse_args(["--set", "ray.storage_path=/nfs/x"])).ray.storage_path == "/nfs/x"
+    monkeypatch.delenv("MDM_STORAGE_PATH")
+    assert config_from_args(p.parse_args([])).ray.storage_path == "ray_results"
