@@ -20,8 +20,9 @@ copy of the working dir, so pass absolute paths or URIs for anything that must o
   train.output_dir (outputs)    <run_name>/final (HF export), predictions_test.jsonl, summary.json
   ray.storage_path              Ray Train checkpoints;  tracking.tracking_uri  MLflow (default
   sqlite:///mlruns.db, or MLFLOW_TRACKING_URI when set, as on the cluster configs in cluster/).
-On a cluster (`--set ray.storage_path=s3://bucket/mdm`, the storage root every node reads) the work dir
-defaults to <storage root>/data/gsm8k and a local train.output_dir to <storage root>/outputs.
+On a cluster (`--set ray.storage_path=s3://bucket/mdm`, the storage root every node reads) a relative work
+dir goes under the storage root (<storage root>/data/gsm8k) and a local train.output_dir becomes
+<storage root>/outputs.
 Ray: RAY_ADDRESS (set inside `ray job submit`) or ray.address joins a cluster; else an embedded Ray starts.
 Re-running the same command resumes the same run (deterministic run name) instead of starting over.
 """
@@ -55,8 +56,8 @@ def parse_args(argv: Optional[Sequence[str]], parents: Sequence[argparse.Argumen
                    help="local GSM8K copy (train.jsonl, test.jsonl) = data.task_data_dir; default: the copy "
                         "shipped with mdm (data.source=hub: openai/gsm8k with `datasets`)")
     p.add_argument("--work-dir", default=None,
-                   help=f"tokenizer + processed JSONL, a local dir or a URI (default {DEFAULT_WORK_DIR}; on a cluster "
-                        f"<ray.storage_path>/data/gsm8k)")
+                   help=f"tokenizer + processed JSONL, a local dir or a URI (default {DEFAULT_WORK_DIR}; a relative "
+                        f"dir is under ray.storage_path on a cluster)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training examples")
     add_config_args(p)
     return p.parse_args(argv)
@@ -72,18 +73,20 @@ def build_config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
 
 
 def work_root(cfg: Any, args: argparse.Namespace) -> str:
-    """Where the tokenizer and processed data go: --work-dir, except that on a cluster (an object-store storage
-    root, or Ray joined at an address) the default goes under the storage root, which every node reads."""
+    """Where the tokenizer and processed data go: --work-dir (default data/gsm8k). A URI or an absolute path is
+    used as given; a relative one is taken against the current directory on one machine, and under the storage
+    root on a cluster (an object-store root, or Ray joined at an address), where every node reads it."""
     from mdm.platform import storage
     from mdm.platform.runs import storage_root
     from mdm.platform.runtime.ray_runtime import is_local_cluster
 
+    work = args.work_dir or DEFAULT_WORK_DIR
+    if storage.is_uri(work) or Path(work).is_absolute():
+        return work
     root = storage_root(cfg)
-    if args.work_dir is None:
-        if storage.is_uri(root) or not is_local_cluster(cfg.ray):
-            return storage.join(root, "data", "gsm8k")
-        return str(Path(DEFAULT_WORK_DIR).resolve())
-    return args.work_dir if storage.is_uri(args.work_dir) else str(Path(args.work_dir).resolve())
+    if storage.is_uri(root) or not is_local_cluster(cfg.ray):
+        return storage.join(root, work)
+    return str(Path(work).resolve())
 
 
 def prepare_data(cfg: Any, args: argparse.Namespace) -> list[str]:

@@ -140,3 +140,20 @@ def test_the_cluster_environment_sets_the_storage_root(monkeypatch):
     assert config_from_args(p.parse_args(["--set", "ray.storage_path=/nfs/x"])).ray.storage_path == "/nfs/x"
     monkeypatch.delenv("MDM_STORAGE_PATH")
     assert config_from_args(p.parse_args([])).ray.storage_path == "ray_results"
+
+
+def test_gsm8k_work_dir_is_under_the_storage_root_on_a_cluster(monkeypatch, tmp_path):
+    from experiments import gsm8k
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("MDM_EMBEDDED_RAY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    args = gsm8k.parse_args(["--preset", "tiny"])
+    local = gsm8k.build_config(args)
+    assert gsm8k.work_root(local, args) == str(tmp_path / "data/gsm8k")  # one machine: as before
+    s3 = gsm8k.build_config(gsm8k.parse_args(["--set", "ray.storage_path=s3://b/mdm"]))
+    assert gsm8k.work_root(s3, args) == "s3://b/mdm/data/gsm8k"
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a cluster with a shared mount as the storage root
+    nfs = gsm8k.build_config(gsm8k.parse_args(["--set", "ray.storage_path=/mnt/nfs/mdm"]))
+    assert gsm8k.work_root(nfs, args) == "/mnt/nfs/mdm/data/gsm8k"
+    assert gsm8k.work_root(nfs, gsm8k.parse_args(["--work-dir", "/data/mine"])) == "/data/mine"
