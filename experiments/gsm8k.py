@@ -20,6 +20,9 @@ copy of the working dir, so pass absolute paths or URIs for anything that must o
   train.output_dir (outputs)    <run_name>/final (HF export), predictions_test.jsonl, summary.json
   ray.storage_path              Ray Train checkpoints;  tracking.tracking_uri  MLflow (default
   sqlite:///mlruns.db, or MLFLOW_TRACKING_URI when set, as on the cluster configs in cluster/).
+On a cluster (`--set ray.storage_path=s3://bucket/mdm`, the storage root every node reads) a relative work
+dir goes under the storage root (<storage root>/data/gsm8k) and a local train.output_dir becomes
+<storage root>/outputs.
 Ray: RAY_ADDRESS (set inside `ray job submit`) or ray.address joins a cluster; else an embedded Ray starts.
 Re-running the same command resumes the same run (deterministic run name) instead of starting over.
 """
@@ -37,6 +40,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 PRESETS = {"tiny": ["base.yaml", "tiny.yaml", "gsm8k.yaml"],
            "llada-8b": ["base.yaml", "llada_8b.yaml", "gsm8k.yaml"]}
 TINY_VOCAB = 1024
+DEFAULT_WORK_DIR = "data/gsm8k"
 
 
 def parse_args(argv: Optional[Sequence[str]], parents: Sequence[argparse.ArgumentParser] = (),
@@ -51,7 +55,9 @@ def parse_args(argv: Optional[Sequence[str]], parents: Sequence[argparse.Argumen
     p.add_argument("--data-dir", default=None,
                    help="local GSM8K copy (train.jsonl, test.jsonl) = data.task_data_dir; default: the copy "
                         "shipped with mdm (data.source=hub: openai/gsm8k with `datasets`)")
-    p.add_argument("--work-dir", default="data/gsm8k", help="tokenizer + processed JSONL (default data/gsm8k)")
+    p.add_argument("--work-dir", default=None,
+                   help=f"tokenizer + processed JSONL, a local dir or a URI (default {DEFAULT_WORK_DIR}; a relative "
+                        f"dir is under ray.storage_path on a cluster)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training examples")
     add_config_args(p)
     return p.parse_args(argv)
@@ -66,15 +72,65 @@ def build_config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
     return config_from_args(args, [str(CONFIGS / f) for f in PRESETS[args.preset]], [*data_dir, *extra])
 
 
+def work_root(cfg: Any, args: argparse.Namespace) -> str:
+    """Where the tokenizer and processed data go: --work-dir (default data/gsm8k). A URI or an absolute path is
+    used as given; a relative one is taken against the current directory on one machine, and under the storage
+    root on a cluster (an object-store root, or Ray joined at an address), where every node reads it."""
+    from mdm.platform import storage
+    from mdm.platform.runs import storage_root
+    from mdm.platform.runtime.ray_runtime import is_local_cluster
+
+    work = args.work_dir or DEFAULT_WORK_DIR
+    if storage.is_uri(work) or Path(work).is_absolute():
+        return work
+    root = storage_root(cfg)
+    if storage.is_uri(root) or not is_local_cluster(cfg.ray):
+        return storage.join(root, work)
+    return str(Path(work).resolve())
+
+
 def prepare_data(cfg: Any, args: argparse.Namespace) -> list[str]:
-    """Tokenizer (trained locally for train.model=tiny) + processed train JSONL; returns the overrides."""
+    """Tokenizer (trained locally for train.model=tiny) + processed train JSONL; returns the overrides.
+
+    With a URI work root, what is already there is fetched into a local staging folder, the rest is made
+    there and uploaded (`storage.upload`), and the overrides name the URIs every node reads."""
+    import tempfile
+
+    from mdm.platform import storage
+
+    root = work_root(cfg, args)
+    tag = "tiny" if cfg.train.model == "tiny" else cfg.train.model.replace("/", "--")
+    # One folder per (model, --limit): a tokenizer trained on N examples and its data stay together.
+    parts = (tag, "all" if args.limit is None else f"first{args.limit}")
+    if not storage.is_uri(root):
+        out = _prepare_in(cfg, args, Path(root).joinpath(*parts))
+    else:
+        remote, work = storage.join(root, *parts), Path(tempfile.mkdtemp(prefix="mdm_gsm8k_"))
+        for name, marker in (("tokenizer", "tokenizer/tokenizer.json"), (_data_name(cfg), _data_name(cfg))):
+            if storage.exists(storage.join(remote, marker)):
+                storage.download(storage.join(remote, name), str(work / name))
+                print(f"gsm8k: reusing {storage.join(remote, name)}", flush=True)
+        out = _prepare_in(cfg, args, work)
+        for key, value in out.items():
+            if value is not None and Path(value).is_relative_to(work):
+                dest = storage.join(remote, Path(value).relative_to(work).as_posix())
+                if not storage.exists(dest):
+                    storage.upload(value, dest)
+                    print(f"gsm8k: uploaded {value} -> {dest}", flush=True)
+                out[key] = dest
+    return [f"{k}={v}" for k, v in out.items() if v is not None]
+
+
+def _data_name(cfg: Any) -> str:
+    return f"train-len{cfg.train.max_len}.jsonl"
+
+
+def _prepare_in(cfg: Any, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Make (or find) the tokenizer and the processed JSONL in the local folder `work`; their config keys."""
     from mdm.tasks.preprocess import build_task, preprocess
     from mdm.tasks.tokenize import train_bpe
 
     task = build_task(cfg.train.task, data_dir=cfg.data.task_data_dir, source=cfg.data.source)
-    tag = "tiny" if cfg.train.model == "tiny" else cfg.train.model.replace("/", "--")
-    # One folder per (model, --limit): a tokenizer trained on N examples and its data stay together.
-    work = Path(args.work_dir).resolve() / tag / ("all" if args.limit is None else f"first{args.limit}")
     tok = cfg.data.tokenizer
     if tok is None and cfg.train.model == "tiny":
         tok_dir = work / "tokenizer"
@@ -85,14 +141,14 @@ def prepare_data(cfg: Any, args: argparse.Namespace) -> list[str]:
         tok = str(tok_dir)
     out = {"data.tokenizer": tok}
     if cfg.train.train_data_path is None:
-        path = work / f"train-len{cfg.train.max_len}.jsonl"
+        path = work / _data_name(cfg)
         if not path.is_file():
             stats = preprocess(task, "train", tok or cfg.train.model, path, max_len=cfg.train.max_len,
                                limit=args.limit, progress=True)
             print(f"gsm8k: preprocessed {stats['written']} rows ({stats['dropped_overlong']} over "
                   f"train.max_len dropped) -> {path}", flush=True)
         out["train.train_data_path"] = str(path)
-    return [f"{k}={v}" for k, v in out.items() if v is not None]
+    return out
 
 
 def describe_source(cfg: Any) -> str:
@@ -122,6 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"gsm8k: data: {describe_source(cfg)}", flush=True)
     cfg = build_config(args, prepare_data(cfg, args))
 
+    from mdm.platform import storage
     from mdm.platform.infer.batch import run_inference
     from mdm.platform.runtime.ray_runtime import ensure_ray
     from mdm.platform.tracking.tracker import resolve_uri
@@ -132,10 +189,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run_name = derive_name(cfg)
     result = train_driver(cfg, run_name=run_name)
     m = result.metrics or {}
-    export = m["export_dir"]
-    run_dir = Path(export).parent
-    preds = run_dir / f"predictions_{cfg.eval.split}.jsonl"
-    ev = run_inference(cfg, model=export, task=cfg.eval.task or cfg.train.task, out=str(preds),
+    export = m["export_dir"]  # a local path, or a URI under the storage root
+    run_dir = export.rstrip("/").rsplit("/", 1)[0]
+    preds = storage.join(run_dir, f"predictions_{cfg.eval.split}.jsonl")
+    ev = run_inference(cfg, model=export, task=cfg.eval.task or cfg.train.task, out=preds,
                        split=cfg.eval.split)
     uri = resolve_uri(cfg.tracking.tracking_uri)
     summary = {
@@ -146,7 +203,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "mlflow_experiment": cfg.tracking.experiment_name, "mlflow_run_id": ev.get("mlflow_run_id"),
         "wall_s": round(time.time() - t0, 1),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    storage.write_text(storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
     print("\n== gsm8k summary ==\n" + json.dumps(summary, indent=2))
     if cfg.tracking.enabled:
         print(f"MLflow: mlflow ui --backend-store-uri {uri}   (experiment {cfg.tracking.experiment_name!r}, "

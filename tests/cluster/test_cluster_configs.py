@@ -8,7 +8,7 @@ and `validate_config` (Ray's JSON schema + cross-field checks). The runtime env 
 
 Security fields: every node starts Ray with RAY_AUTH_MODE=token and the token copied to it; the VM heads bind
 the dashboard / job server to 127.0.0.1 and run MLflow with basic auth, whose config the head's own command
-writes -- run here in bash, then served by a real `mlflow server --app-name basic-auth` on 127.0.0.1, which
+writes -- run here in bash, then served by a real `mdm tracking-server --auth` (MLflow's basic-auth app) on 127.0.0.1, which
 must refuse a request without the password and accept one with it. KubeRay: token auth in every container
 (from one Secret, or the operator's authOptions), a NetworkPolicy admitting only the cluster's own pods.
 """
@@ -170,7 +170,11 @@ def test_launcher_config_is_private_and_authenticated(name: str) -> None:
     head = _commands(cfg, "head_start_ray_commands")
     assert "--dashboard-host=127.0.0.1" in head
     mlflow = next(c for c in cfg["head_start_ray_commands"] if "mlflow server" in c)
-    assert "--app-name basic-auth" in mlflow and "MLFLOW_AUTH_CONFIG_PATH=/home/ubuntu/mlflow_auth.ini" in mlflow
+    assert "mdm tracking-server --auth" in mlflow and "MLFLOW_AUTH_CONFIG_PATH=/home/ubuntu/mlflow_auth.ini" in mlflow
+    # The storage root every node reads, set for every job through the environment (no keys in the file).
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        assert all("export MDM_STORAGE_PATH=" in c for c in cfg[key] if "ray start" in c), key
+    assert "AWS_SECRET_ACCESS_KEY" not in text and "GOOGLE_APPLICATION_CREDENTIALS" not in text
     assert any("mlflow[auth]" in c for c in cfg["head_setup_commands"])
 
 
@@ -199,7 +203,7 @@ def test_head_mlflow_command_serves_with_basic_auth(tmp_path: Path) -> None:
     command = (command.replace("/home/ubuntu", str(home)).replace("--host 0.0.0.0", "--host 127.0.0.1")
                .replace("--port 5000", f"--port {port} --workers 1")
                .replace("(pgrep -f \"mlflow server\" > /dev/null) ||", "")
-               .replace("mlflow server", f"{sys.executable} -m mlflow server"))
+               .replace("mdm tracking-server", f"{sys.executable} -m mdm tracking-server"))
     assert "0.0.0.0" not in command and command.endswith(" &")
     # In the foreground of its own session (not `&`), so the server and its workers are one process group.
     # (MLflow's background job runner, a dozen huey processes, is not what is tested here.)

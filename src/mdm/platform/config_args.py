@@ -7,17 +7,23 @@
         return 0
 
 `mdm train|tune|infer|generate|config` and the scripts in experiments/ all use these, so the seed's flags
-mean the same everywhere.
+mean the same everywhere. On a cluster `MDM_STORAGE_PATH` (set by the cluster/ configs) is the storage root,
+`ray.storage_path`, of every job: above the YAML files, below --set.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Optional, Sequence
 
 from mdm.platform.config import load_config
 from mdm.platform.config_ops import dump_config
 from mdm.platform.hub import apply_hub_mirror
+
+# The storage root of a cluster (`s3://bucket/mdm`, an NFS mount), set once in the cluster's environment
+# (cluster/ configs): every job's `ray.storage_path` unless its --set says otherwise.
+STORAGE_ENV = "MDM_STORAGE_PATH"
 
 
 def add_config_args(parser: Any) -> None:
@@ -32,10 +38,18 @@ def add_config_args(parser: Any) -> None:
                         help="print the merged, defaulted config as YAML and exit")
 
 
+def environment_overrides() -> list[str]:
+    """Overrides a cluster sets for every job: `MDM_STORAGE_PATH` -> `ray.storage_path` (the storage root)."""
+    root = os.environ.get(STORAGE_ENV, "").strip()
+    return [f"ray.storage_path={root}"] if root else []
+
+
 def config_from_args(args: Any, files_before: Sequence[str] = (), overrides_before: Sequence[str] = ()) -> Any:
-    """`files_before` + `--config` files merged in order, then `overrides_before`, then `--set` (wins).
+    """`files_before` + `--config` files merged in order, then the environment's (`environment_overrides`),
+    then `overrides_before`, then `--set` (wins).
     The config's `china` switch takes effect here, before anything can download (`mdm.platform.hub`)."""
-    cfg = load_config([*files_before, *args.config], [*overrides_before, *args.overrides], args.auto_import)
+    cfg = load_config([*files_before, *args.config], [*environment_overrides(), *overrides_before, *args.overrides],
+                      args.auto_import)
     apply_hub_mirror(cfg)
     return cfg
 

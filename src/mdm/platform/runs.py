@@ -3,7 +3,8 @@
     name = run_name(cfg)                 # `run_name`, else "<task or data file>-<8 hex of the run-defining keys>"
     cfg = absolute_paths(cfg)            # local paths absolute (workers and trials run elsewhere)
     storage_root(cfg)                    # Ray Train / Tune storage: an absolute local path or a URI
-    export_dir(cfg, name)                # <train.output_dir>/<run>/final, the Hugging Face export
+    output_root(cfg)                     # train.output_dir; <storage root>/outputs when that is a URI
+    export_dir(cfg, name)                # <output_root>/<run>/final, the Hugging Face export
     sweep_name(cfg, space); child_run_name(sweep, trial_id)
     trial_label(flat, ["train.train_mode", "train.lr", "train.seed"], engine=spec)  # "MIRROR lr=1e-3 seed=1"
     tracked_params(cfg)                  # the params a run logs: no per-run-unique key, inert keys as "inert"
@@ -149,7 +150,19 @@ def storage_root(cfg: Any) -> str:
     return path if is_uri(path) else os.path.abspath(path)
 
 
+def output_root(cfg: Any) -> str:
+    """Where a run's outputs go (exports, predictions, summaries): `train.output_dir`, except that with an
+    object-store storage root (`ray.storage_path: s3://...`) a local `train.output_dir` becomes
+    `<storage root>/outputs`: a local path written on one node of a cluster is not there on the others."""
+    out, root = cfg.train.output_dir, storage_root(cfg)
+    if is_uri(out):
+        return out.rstrip("/")
+    if is_uri(root):
+        return f"{root.rstrip('/')}/outputs"
+    return os.path.abspath(out)
+
+
 def export_dir(cfg: Any, name: str) -> str:
-    """Where a run's final Hugging Face export goes: `<train.output_dir>/<run name>/final`."""
-    out = cfg.train.output_dir
-    return f"{out.rstrip('/')}/{name}/final" if is_uri(out) else os.path.abspath(os.path.join(out, name, "final"))
+    """Where a run's final Hugging Face export goes: `<output_root(cfg)>/<run name>/final`."""
+    out = output_root(cfg)
+    return f"{out}/{name}/final" if is_uri(out) else os.path.join(out, name, "final")

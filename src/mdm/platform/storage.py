@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 _DONE = ".mdm_complete"
 
@@ -146,9 +146,13 @@ def cache_dir() -> str:
     return os.environ.get("MDM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mdm")
 
 
-def local_copy(path: str, cache: Optional[str] = None) -> str:
-    """A local path holding what `path` holds: the path itself when local, else a per-node cached download."""
-    if not is_uri(path):
+def local_copy(path: str, cache: Optional[str] = None,
+               fetch: Optional[Callable[[str, str], None]] = None) -> str:
+    """A local path holding what `path` holds: the path itself when local, else a per-node cached download.
+
+    `fetch(path, target)` downloads what is not a storage URI (e.g. an MLflow `runs:/` artifact) into the
+    local `target`, under the same lock and completion marker; the default is `download`."""
+    if not is_uri(path) and fetch is None:
         return _local(path)
     root = Path(cache or cache_dir())
     root.mkdir(parents=True, exist_ok=True)
@@ -162,7 +166,7 @@ def local_copy(path: str, cache: Optional[str] = None) -> str:
             return str(target)
         if target.exists():  # an interrupted earlier download
             shutil.rmtree(target) if target.is_dir() else target.unlink()
-        download(path, str(target))
+        (fetch or download)(path, str(target))
         marker.write_text(str(path))
     return str(target)
 

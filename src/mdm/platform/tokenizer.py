@@ -1,6 +1,7 @@
 """Loading a tokenizer: the one place the platform, the engines and the tasks call `AutoTokenizer`.
 
     tok = load_tokenizer("GSAI-ML/LLaDA-8B-Instruct")            # hub id or local directory
+    tok = load_tokenizer("s3://bucket/mdm/data/tokenizer")       # a storage URI: downloaded once per node
     tok = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code)
 
 `trust_remote_code` is passed explicitly, always: False (the default, and `model.trust_remote_code`'s) means
@@ -20,6 +21,13 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
     """`AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=...)`; OSError saying what was tried."""
     from transformers import AutoTokenizer
 
+    from mdm.platform import storage
+
+    if storage.is_uri(str(name_or_path)):  # s3://, gs://: a per-node cached copy (storage.local_copy)
+        try:
+            name_or_path = storage.local_copy(str(name_or_path))
+        except (OSError, FileNotFoundError) as e:
+            raise OSError(f"cannot load tokenizer from {name_or_path}: {e}") from e
     where = "local directory" if os.path.isdir(str(name_or_path)) else "hub id (or path)"
     try:
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)

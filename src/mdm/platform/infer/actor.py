@@ -42,10 +42,11 @@ class ModelActor:
     and the model once per actor, through the engine's `build_model`."""
 
     def __init__(self, model_path: str, engine: str, model_cfg: Any, device: str = "auto",
-                 auto_import: tuple[str, ...] = ()) -> None:
+                 auto_import: tuple[str, ...] = (), tracking_uri: Optional[str] = None) -> None:
         import ray
         import torch
 
+        from mdm.platform.infer.model_source import actor_model_path
         from mdm.platform.registry import auto_import as _auto_import
         from mdm.platform.registry import get_registry, load_builtins
         from mdm.platform.tokenizer import load_tokenizer
@@ -54,6 +55,7 @@ class ModelActor:
         _auto_import(list(auto_import))
         t0 = time.perf_counter()
         self.device = _pick_device(device)
+        model_path = actor_model_path(model_path, tracking_uri)  # a URI / runs:/ spec: this node's cached copy
         self.tokenizer = load_tokenizer(model_path, model_cfg.trust_remote_code)
         self.spec = get_registry("engines").get(engine)
         self.model = self.spec.build_model(model_cfg, model_path, self.tokenizer).to(self.device).eval()
@@ -68,8 +70,8 @@ class SamplerActor(ModelActor):
     """Callable class for `map_batches`: one model per actor, one sampler call per batch."""
 
     def __init__(self, model_path: str, engine: str, model_cfg: Any, sampler_cfg: Any, device: str = "auto",
-                 seed: int = 0, auto_import: tuple[str, ...] = ()) -> None:
-        super().__init__(model_path, engine, model_cfg, device, auto_import)
+                 seed: int = 0, auto_import: tuple[str, ...] = (), tracking_uri: Optional[str] = None) -> None:
+        super().__init__(model_path, engine, model_cfg, device, auto_import, tracking_uri)
         self.sampler_cfg = sampler_cfg
         self.seed = seed
 

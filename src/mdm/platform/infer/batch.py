@@ -104,6 +104,12 @@ def _load_tokenizer(src: ModelSource, trust_remote_code: bool) -> Any:
 
 # ----------------------------------------------------------------------------- the Ray Data job
 
+def _tracking_uri(cfg: Any) -> Optional[str]:
+    from mdm.platform.tracking.tracker import resolve_uri
+
+    return resolve_uri(cfg.tracking.tracking_uri)
+
+
 def _gpus_per_actor(eval_cfg: Any) -> float:
     import ray
 
@@ -117,6 +123,38 @@ def _restart_args(eval_cfg: Any) -> dict[str, int]:
     forever (-1, -1); pass the knobs only when changed (Ray 2.60 deprecates passing remote args)."""
     args = {"max_restarts": eval_cfg.max_restarts, "max_task_retries": eval_cfg.max_task_retries}
     return {} if args == {"max_restarts": -1, "max_task_retries": -1} else args
+
+
+def _stage(path: str) -> tuple[str, Optional[str]]:
+    """(local path to write, the storage URI to upload it to afterwards, or None when `path` is local)."""
+    import os
+    import tempfile
+
+    from mdm.platform import storage
+
+    if not storage.is_uri(path):
+        return path, None
+    return os.path.join(tempfile.mkdtemp(prefix="mdm_infer_"), path.rstrip("/").rsplit("/", 1)[-1]), path
+
+
+def _metrics_path(out: str) -> str:
+    """`<out without its extension>.metrics.json`, for a local path or a URI."""
+    head, _, name = out.rpartition("/")
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    return f"{head}/{stem}.metrics.json" if head or out.startswith("/") else f"{stem}.metrics.json"
+
+
+def _actor_model(src: ModelSource, cfg: Any) -> str:
+    """What the sampler actors load: the driver's local path when the cluster is this machine, else what an
+    actor can fetch on its own node (`src.remote`: a storage URI or an MLflow runs:/ path)."""
+    from mdm.platform.runtime.ray_runtime import is_local_cluster
+
+    if src.remote is None or is_local_cluster(cfg.ray):
+        if src.kind not in ("hub",) and not is_local_cluster(cfg.ray):
+            print(f"mdm infer: warning: --model {src.spec} is a path on this machine; actors on other nodes "
+                  f"see it only on a shared mount (give a storage URI or mlflow:<run> otherwise)", file=sys.stderr)
+        return src.path
+    return src.remote
 
 
 def _build_dataset(rows: list[dict], cfg: Any, model_path: str, task: str) -> Any:
@@ -145,7 +183,7 @@ def _build_dataset(rows: list[dict], cfg: Any, model_path: str, task: str) -> An
         SamplerActor, batch_size=ev.batch_size, batch_format="numpy", compute=compute,
         fn_constructor_kwargs={"model_path": model_path, "engine": cfg.engine, "model_cfg": cfg.model,
                                "sampler_cfg": cfg.sampler, "device": device, "seed": ev.seed,
-                               "auto_import": tuple(cfg.auto_import)},
+                               "auto_import": tuple(cfg.auto_import), "tracking_uri": _tracking_uri(cfg)},
         num_gpus=gpus or None, num_cpus=ev.cpus_per_actor, **_restart_args(ev))
     return ds.map_batches(
         Scorer, batch_format="numpy", num_cpus=ev.score_cpus, compute=ray.data.ActorPoolStrategy(size=1),
@@ -198,8 +236,9 @@ def _log_mlflow(cfg: Any, src: ModelSource, task: str, split: str, metrics: dict
 
     tracker = Tracker.open(cfg.tracking)
     run_id = src.run_id
-    if run_id is None and src.kind in ("hf_dir", "run_dir") and Path(src.path).name == "final":
-        run_id = tracker.find_run(Path(src.path).parent.name)  # the trainer's <output_dir>/<run_name>/final
+    where = src.spec.rstrip("/") if src.kind == "uri" else src.path
+    if run_id is None and src.kind in ("hf_dir", "run_dir", "uri") and where.rsplit("/", 1)[-1] == "final":
+        run_id = tracker.find_run(where.rsplit("/", 2)[-2])  # the trainer's <output_dir>/<run_name>/final
     new_run = run_id is None
     if new_run:
         digest = hashlib.sha1(f"{src.spec}|{task}|{split}".encode()).hexdigest()[:8]
@@ -238,6 +277,8 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
     limit = limit if limit is not None else ev.limit
     prompts = prompts or ev.prompts
     out = out or ev.out or f"predictions_{task_name}_{split}.jsonl"
+    out, remote_out = _stage(out)  # a storage URI: written here, then uploaded
+    metrics_out, remote_metrics = _stage(ev.metrics_out or _metrics_path(remote_out or out))
     load_builtins()
     auto_import(list(cfg.auto_import))
     if sampler:
@@ -258,6 +299,7 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
 
     announce_replace(out)
     started = ensure_ray(cfg.ray)
+    model_for_actors = _actor_model(src, cfg)
     import ray.data
 
     bar = None
@@ -272,7 +314,7 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.enable_progress_bars, ctx.wait_for_min_actors_s)  # process-wide: put them back after
     try:
-        ds = _build_dataset(rows, cfg, src.path, task_name)
+        ds = _build_dataset(rows, cfg, model_for_actors, task_name)
         t_job = time.perf_counter()
         results = _check_complete(_collect(ds, len(rows), progress_callback), len(rows))
         job_s = time.perf_counter() - t_job
@@ -297,9 +339,8 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
                    tokens_per_s=gen_tokens / job_s if job_s > 0 else 0.0, rows_per_s=len(records) / job_s,
                    job_s=job_s, wall_s=wall, actors=len({rec["meta"]["actor"] for rec in records}),
                    task=task_name, split=split if not prompts else f"prompts:{prompts}", model=src.spec,
-                   sampler=cfg.sampler.name, predictions=str(Path(out).resolve()))
-    metrics_out = ev.metrics_out or str(Path(out).with_suffix("")) + ".metrics.json"
-    metrics["metrics_file"] = str(Path(metrics_out).resolve())
+                   sampler=cfg.sampler.name, predictions=remote_out or str(Path(out).resolve()))
+    metrics["metrics_file"] = remote_metrics or str(Path(metrics_out).resolve())
     metrics["mlflow_run_id"] = None
     metrics["mlflow_prefix"] = prefix = metric_prefix(task_name, split, cfg.sampler.name, prompts)
     if ev.log_mlflow and cfg.tracking.enabled:
@@ -307,8 +348,14 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
         metrics["mlflow_run_id"] = _log_mlflow(cfg, src, task_name, split, metrics, [out, metrics_out], prefix,
                                                records)
     Path(metrics_out).write_text(json.dumps(metrics, indent=2) + "\n")
+    if remote_out is not None or remote_metrics is not None:
+        from mdm.platform import storage
+
+        for local, remote in ((out, remote_out), (metrics_out, remote_metrics)):
+            if remote is not None:
+                storage.upload(local, remote)
     acc = metrics.get("accuracy")
     print(f"mdm infer: {len(records)} rows, accuracy {acc if acc is None else f'{acc:.4f}'}, "
           f"{metrics['tokens_per_s']:.1f} tokens/s, {metrics['rows_per_s']:.2f} rows/s, {metrics['actors']} actor(s), "
-          f"wall {wall:.1f}s -> {out}", flush=True)
+          f"wall {wall:.1f}s -> {remote_out or out}", flush=True)
     return metrics

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -40,8 +40,9 @@ class LikelihoodActor(ModelActor):
     """Callable class for `map_batches`: one model per actor, one hook call per shard present in a batch."""
 
     def __init__(self, model_path: str, engine: str, model_cfg: Any, likelihood_cfg: Any, mc_shards: int = 1,
-                 device: str = "auto", seed: int = 0, auto_import: tuple[str, ...] = ()) -> None:
-        super().__init__(model_path, engine, model_cfg, device, auto_import)
+                 device: str = "auto", seed: int = 0, auto_import: tuple[str, ...] = (),
+                 tracking_uri: Optional[str] = None) -> None:
+        super().__init__(model_path, engine, model_cfg, device, auto_import, tracking_uri)
         self.spec.require_likelihood(engine)
         self.likelihood_cfg, self.mc_shards, self.seed = likelihood_cfg, mc_shards, seed
 

@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from mdm.platform.infer.batch import (InferenceError, _check_complete, _collect, _gpus_per_actor, _load_task,
-                                      _load_tokenizer, _log_mlflow, _restart_args)
+from mdm.platform.infer.batch import (InferenceError, _actor_model, _check_complete, _collect, _gpus_per_actor,
+                                      _load_task, _load_tokenizer, _log_mlflow, _restart_args, _tracking_uri)
 from mdm.platform.infer.model_source import ModelSource, resolve_model
 from mdm.platform.infer.outputs import announce_replace, metric_prefix, write_jsonl
 from mdm.platform.registry import auto_import, get_registry, load_builtins
@@ -100,7 +100,8 @@ def _build_dataset(rows: list[dict], cfg: Any, model_path: str) -> Any:
         LikelihoodActor, batch_size=ev.batch_size, batch_format="numpy", compute=compute,
         fn_constructor_kwargs={"model_path": model_path, "engine": cfg.engine, "model_cfg": cfg.model,
                                "likelihood_cfg": cfg.likelihood, "mc_shards": ev.mc_shards, "device": device,
-                               "seed": ev.seed, "auto_import": tuple(cfg.auto_import)},
+                               "seed": ev.seed, "auto_import": tuple(cfg.auto_import),
+                               "tracking_uri": _tracking_uri(cfg)},
         num_gpus=gpus or None, num_cpus=ev.cpus_per_actor, **_restart_args(ev))
 
 
@@ -201,7 +202,7 @@ def run_likelihood(cfg: Any, model: Optional[str] = None, task: Optional[str] = 
         ctx.enable_progress_bars = bool(ev.progress)
         if ev.wait_for_actors_s > 0:
             ctx.wait_for_min_actors_s = ev.wait_for_actors_s
-        ds = _build_dataset(rows, cfg, src.path)
+        ds = _build_dataset(rows, cfg, _actor_model(src, cfg))  # a URI / runs:/ path on a cluster
         t_job = time.perf_counter()
         results = _check_complete(_collect(ds, len(rows), progress_callback), len(rows))
         job_s = time.perf_counter() - t_job

@@ -6,6 +6,8 @@ a hub id, or an MLflow run.
     src = resolve_model("GSAI-ML/LLaDA-8B-Instruct")     # kind="hub": from_pretrained resolves it
     src = resolve_model("mlflow:0123abcd...")            # the run's logged HF model, downloaded
     src = resolve_model("runs:/0123abcd.../final")        # that artifact path of the run, downloaded
+    src = resolve_model("s3://bucket/mdm/outputs/gsm8k-ab12/final")   # a storage URI, cached per node
+    actor_model_path(src.remote or src.path, tracking_uri)  # in an actor on any node: a local directory
 
 An HF directory is one with `config.json` and weights (`*.safetensors` or `pytorch_model*.bin`); the
 tokenizer is expected alongside (`save_pretrained` of both, as the trainer's final export writes it to
@@ -13,6 +15,8 @@ tokenizer is expected alongside (`save_pretrained` of both, as the trainer's fin
 an HF model, so inside it we look (up to 3 levels deep) for HF directories and take the newest, else at
 `<train.output_dir>/<run name>/final`; none is an error that says what was looked for. An MLflow run's
 model is the shallowest logged folder with config.json (the trainer logs its export as `final_model`).
+On a cluster, actors on other nodes cannot read the driver's download: they get `ModelSource.remote` (the URI,
+or `runs:/<run_id>/<artifact path>`) and make it local on their node with `actor_model_path`.
 Everything is resolved on the driver, before any actor starts, so a wrong `--model` fails fast; that includes
 the weights: every `*.safetensors` header is opened with the `safetensors` library (which checks that the
 tensors it lists exactly cover the file), so a truncated or garbled file is named with its reason here
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +50,11 @@ class ModelSource:
 
     spec: str
     path: str
-    kind: str  # hf_dir | run_dir | hub | mlflow
+    kind: str  # hf_dir | run_dir | hub | mlflow | uri
     run_id: Optional[str] = None
+    # What a remote actor loads (`actor_model_path` makes it local on its node): a storage URI, an MLflow
+    # `runs:/<run_id>/<artifact>`; None: `path` (a local path is only usable when the cluster is this machine).
+    remote: Optional[str] = None
 
 
 def is_hf_dir(path: Path) -> bool:
@@ -122,7 +130,8 @@ def _pick_export(root: Path, export_root: Optional[str] = None) -> Path:
 
 
 def _mlflow_download(run_id: str, artifact_path: Optional[str], tracking_uri: Optional[str],
-                     dst: Optional[str]) -> Path:
+                     dst: Optional[str]) -> tuple[Path, str]:
+    """(the downloaded folder, its artifact path in the run)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -144,7 +153,7 @@ def _mlflow_download(run_id: str, artifact_path: Optional[str], tracking_uri: Op
     dst = dst or tempfile.mkdtemp(prefix="mdm_model_")
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=dst,
                                                 tracking_uri=uri)
-    return Path(local)
+    return Path(local), artifact_path
 
 
 def _find_model_artifact(client: Any, run_id: str, max_depth: int = 3) -> Optional[str]:
@@ -170,6 +179,18 @@ def resolve_model(spec: str, *, tracking_uri: Optional[str] = None, download_dir
     to `<export_root>/<its name>/final` (the same run's export)."""
     if not spec:
         raise ModelSourceError("--model is required (an HF directory, a run directory, a hub id or mlflow:<run_id>)")
+    from mdm.platform import storage
+
+    if storage.is_uri(spec):  # s3://, gs://: an HF directory in storage, cached once per node
+        try:
+            local = Path(storage.local_copy(spec))
+        except (OSError, FileNotFoundError) as e:
+            raise ModelSourceError(f"--model {spec}: cannot download it ({e})") from None
+        if not is_hf_dir(local):
+            raise ModelSourceError(f"--model {spec}: not an HF model directory (config.json + *.safetensors "
+                                   f"expected; the trainer exports to <output root>/<run_name>/final)")
+        check_weights(local)
+        return ModelSource(spec, str(local), "uri", remote=spec)
     if spec.startswith("mlflow:") or spec.startswith("runs:/"):
         if spec.startswith("mlflow:"):
             run_id, artifact = spec[len("mlflow:"):].strip("/"), None
@@ -178,10 +199,11 @@ def resolve_model(spec: str, *, tracking_uri: Optional[str] = None, download_dir
             artifact = artifact.strip("/") or None
         if not run_id:
             raise ModelSourceError(f"--model {spec}: no run id (expected mlflow:<run_id> or runs:/<run_id>/<path>)")
-        local = _mlflow_download(run_id, artifact, tracking_uri, download_dir)
+        local, artifact = _mlflow_download(run_id, artifact, tracking_uri, download_dir)
         picked = _pick_export(local)
         check_weights(picked)
-        return ModelSource(spec, str(picked), "mlflow", run_id)
+        inside = "/".join(p for p in (artifact, picked.relative_to(local).as_posix()) if p not in ("", "."))
+        return ModelSource(spec, str(picked), "mlflow", run_id, remote=f"runs:/{run_id}/{inside}")
     path = Path(spec).expanduser()
     if path.is_dir():
         if is_hf_dir(path):
@@ -196,3 +218,23 @@ def resolve_model(spec: str, *, tracking_uri: Optional[str] = None, download_dir
     if looks_local:
         raise ModelSourceError(f"--model {spec}: no such directory (resolved to {path.resolve()})")
     return ModelSource(spec, spec, "hub")
+
+
+def actor_model_path(load: str, tracking_uri: Optional[str] = None) -> str:
+    """What an actor passes to `from_pretrained`, on its own node: a storage URI or an MLflow `runs:/<run>/<path>`
+    downloaded once per node (storage.local_copy's cache and lock), anything else as it is."""
+    from mdm.platform import storage
+
+    if load.startswith("runs:/"):
+        def fetch(src: str, target: str) -> None:
+            import mlflow
+
+            run_id, _, artifact = src[len("runs:/"):].partition("/")
+            tmp = tempfile.mkdtemp(prefix=".mdm_mlflow_", dir=os.path.dirname(target))
+            got = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact or None, dst_path=tmp,
+                                                      tracking_uri=tracking_uri)
+            os.replace(got, target)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+        return storage.local_copy(load, fetch=fetch)
+    return storage.local_copy(load) if storage.is_uri(load) else load

@@ -74,8 +74,18 @@ def cluster_address(ray_cfg: Any) -> Optional[str]:
 
 def is_local_cluster(ray_cfg: Any) -> bool:
     """True when every node of the Ray this process uses is this machine, sharing its disk: a Ray started in
-    this process (embedded, or a test's `ray.init()`), or a worker of mdm's embedded Ray."""
-    return os.environ.get("MDM_EMBEDDED_RAY") == "1" or cluster_address(ray_cfg) is None
+    this process (embedded, or a test's `ray.init()`), or a worker of mdm's embedded Ray. A worker of any
+    other Ray (a Tune trial's driver on a cluster, which may see no RAY_ADDRESS) is not."""
+    if os.environ.get("MDM_EMBEDDED_RAY") == "1":
+        return True
+    if cluster_address(ray_cfg) is not None:
+        return False
+    return not (ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE)
+
+
+def alive_nodes() -> int:
+    """How many nodes of the Ray this process joined are alive (Ray must be initialised)."""
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
 
 
 def _quiet(env: dict[str, str]) -> None:

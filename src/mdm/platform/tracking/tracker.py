@@ -65,6 +65,16 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
                             f"tracking.tracking_uri (default {DEFAULT_URI}), or tracking.enabled: false") from None
 
 
+def check_cluster_store(uri: str, nodes: int) -> None:
+    """Raise TrackingError when a file-backed store (sqlite, ./mlruns) would be written on a multi-node Ray:
+    rank 0 opens it on whichever node it runs, so its metrics land on a disk nobody reads."""
+    if nodes > 1 and uri.startswith(("sqlite:", "file:")):
+        raise TrackingError(f"the MLflow store {uri} is a file on one machine, but Ray is a cluster of {nodes} "
+                            f"nodes whose workers log from their own disks: start a tracking server on the head "
+                            f"(`mdm tracking-server`) and set tracking.tracking_uri (or MLFLOW_TRACKING_URI) to "
+                            f"its http://HOST:PORT address, or set tracking.enabled: false")
+
+
 @dataclass
 class Tracker:
     """The driver's handle on the tracking store."""

@@ -4,7 +4,7 @@
     ckpt = save_checkpoint(updater, objective, state, rank=r)        # -> ray.train.Checkpoint (a temp dir)
     ray.train.report(metrics, checkpoint=ckpt)                       # Ray merges all ranks' files in storage
     state = restore_checkpoint(ray.train.get_checkpoint(), updater, objective, rank=r, generator=gen)
-    export_hf(updater, tokenizer, "outputs/run/final", zero_stage=2, rank=r)   # save_pretrained
+    export_hf(updater, tokenizer, "outputs/run/final", zero_stage=2, rank=r)   # save_pretrained (or s3://...)
 
 A checkpoint directory holds the updater's files (DeepSpeed's `ds/` shards, or `plain_updater.pt`), the
 objective's state (`objective.pt`, the P-POTS fit) and one `worker_<rank>.pt` per rank with its step counter,
@@ -110,20 +110,34 @@ def restore_checkpoint(checkpoint: Any, updater: Any, objective: Any, *, rank: i
 
 
 def export_hf(updater: Any, tokenizer: Any, out_dir: str, *, zero_stage: int, rank: int) -> str:
-    """`save_pretrained` the full model (+ tokenizer) into `out_dir` on rank 0; collective under ZeRO-3."""
+    """`save_pretrained` the full model (+ tokenizer) into `out_dir` on rank 0; collective under ZeRO-3.
+
+    `out_dir` may be a storage URI (`s3://...`): rank 0 writes a local copy on its node, then uploads it.
+    Returns the local directory holding the export (on rank 0; `out_dir` itself when it is local)."""
+    from mdm.platform import storage
+
     module = updater.module
+    local = out_dir
+    if storage.is_uri(out_dir):
+        local = os.path.join(tempfile.mkdtemp(prefix="mdm_export_"), "final")
+
+    def save() -> None:
+        _save(module, tokenizer, local)
+        if local != out_dir:
+            storage.upload(local, out_dir)
+
     if zero_stage == 3 and getattr(updater, "engine", None) is not None:
         import deepspeed
 
         # ZeRO-3 partitions every parameter: gather them on all ranks, rank 0 writes.
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
             if rank == 0:
-                _save(module, tokenizer, out_dir)
+                save()
     elif rank == 0:
-        _save(module, tokenizer, out_dir)
+        save()
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-    return out_dir
+    return local
 
 
 def _save(module: Any, tokenizer: Any, out_dir: str) -> None:

@@ -177,6 +177,11 @@ def _train(cfg: Any, run_name: str, callbacks: Sequence[Any], mlflow_tags: Optio
         return _close_finished(tracker, run_name, previous)
     ensure_ray(rcfg)
     check_worker_fit(rcfg)
+    if tracker is not None and not is_local_cluster(rcfg):
+        from mdm.platform.tracking.tracker import check_cluster_store
+        from mdm.platform.runtime.ray_runtime import alive_nodes
+
+        check_cluster_store(tracker.uri, alive_nodes())
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     data = build_datasets(cfg.data, train_path=tcfg.train_data_path, seed=tcfg.seed, train_ratio=tcfg.train_ratio,

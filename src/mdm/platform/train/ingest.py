@@ -9,12 +9,12 @@
     ds["prepare"]  # training rows in file order, for P-POTS estimation (not split across workers)
 
 Paths: a file, a directory (its *.jsonl/*.json files) or a list of them (`train.train_data_path` may hold
-several, comma-separated). Lines are read with their file and line number (pyarrow's JSON reader behind
-`ray.data.read_json` drops both, and one malformed line aborts its whole file), parsed and checked with the
-processed-JSONL schema's `validate_row` (module `data.schema_module`, the tasks' `mdm.tasks.data` by default,
-imported by name so the platform stays free of task code). A driver-side validation pass runs before any
-worker starts: a bad row (invalid UTF-8, invalid JSON, or failing the schema) raises DataError naming file and
-line unless `data.bad_rows: skip`, then counted.
+several, comma-separated), local or URIs (`s3://`, `gs://`: read by Ray Data's tasks on whichever node).
+Lines are read with their file and line number (pyarrow's JSON reader behind `ray.data.read_json` drops both,
+and one malformed line aborts its whole file), parsed and checked with the processed-JSONL schema's
+`validate_row` (module `data.schema_module`, the tasks' `mdm.tasks.data` by default, imported by name so the
+platform stays free of task code). A driver-side validation pass runs before any worker starts: a bad row
+(invalid UTF-8, invalid JSON, or failing the schema) raises DataError naming file and line unless `data.bad_rows: skip`, then counted.
 Rows longer than `train.max_len` are truncated or dropped (`data.overlong`), and counted.
 
 The split is by a hash of (seed, file name, line): stable, streaming, no materialisation. The training rows
@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -43,6 +44,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.data.datasource import FileBasedDatasource
 
 LINES_PER_BLOCK = 4096
+BLOCK_BYTES = 64 << 20  # a read block of processed JSONL (`read_blocks`)
 MAX_ERRORS_SHOWN = 5
 
 
@@ -76,12 +78,19 @@ class _JsonlLines(FileBasedDatasource):
 
 
 def resolve_paths(spec: str | Sequence[str]) -> list[str]:
-    """Files/directories from a path, a comma-separated list, or a list; checked to exist."""
+    """Files/directories from a path, a comma-separated list, or a list; checked to exist. Local paths are
+    made absolute; URIs (`s3://`, `gs://`) stay as they are: Ray Data's read tasks open them on any node."""
+    from mdm.platform import storage
+
     items = [p.strip() for p in spec.split(",")] if isinstance(spec, str) else list(spec)
     for p in items:
-        if not os.path.exists(p):
+        try:
+            found = storage.exists(p)
+        except OSError as e:  # no such bucket, no credentials, unreachable endpoint
+            raise DataError(f"processed data path {p} cannot be checked: {e}") from None
+        if not found:
             raise DataError(f"processed data path {p} does not exist (run `mdm preprocess` first)")
-    return [os.path.abspath(p) for p in items if p]
+    return [p if storage.is_uri(p) else os.path.abspath(p) for p in items if p]
 
 
 def _in_train(seed: int, path: str, line: int, train_ratio: float) -> bool:
@@ -220,8 +229,29 @@ def epoch_batches(shard: Any, epoch: int, seed: int, prefetch: int = 4) -> Any:
     return shard_batches(shard, prefetch, shuffle_seed=seed * 1000 + epoch)
 
 
+def read_blocks(paths: list[str]) -> int:
+    """How many blocks the read makes: one per file, more for big files (BLOCK_BYTES each), from the data alone.
+
+    Ray Data's default depends on the cluster's CPUs at planning time, and `random_shuffle(seed)` permutes
+    differently for a different block count: a run resumed on fewer nodes would see other data."""
+    import pyarrow.fs as pafs
+
+    from mdm.platform import storage
+
+    files, size = 0, 0
+    for p in paths:
+        fs, path = storage.resolve(p)
+        info = fs.get_file_info(path)
+        found = (fs.get_file_info(pafs.FileSelector(path, recursive=True)) if info.type == pafs.FileType.Directory
+                 else [info])
+        for f in found:
+            if f.type == pafs.FileType.File and f.path.endswith(tuple(f".{e}" for e in _JsonlLines._FILE_EXTENSIONS)):
+                files, size = files + 1, size + (f.size or 0)
+    return max(1, files, math.ceil(size / BLOCK_BYTES))
+
+
 def _read(paths: list[str], parse: Any) -> Any:
-    ds = ray.data.read_datasource(_JsonlLines(paths))
+    ds = ray.data.read_datasource(_JsonlLines(paths), override_num_blocks=read_blocks(paths))
     return ds.map_batches(parse, batch_format="pyarrow", batch_size=LINES_PER_BLOCK)
 
 

@@ -245,8 +245,10 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
 
     stop_monitor()
     # Final: export, artifacts, and one report with a checkpoint so Result.metrics carries it all.
-    export_hf(updater, tokenizer, run.export_dir, zero_stage=sec.deepspeed.zero_stage if sec.deepspeed.enabled else 0,
-              rank=rank)
+    # A URI export_dir (the storage root is an object store): written on this node, then uploaded; the MLflow
+    # artifacts below are logged from the local copy.
+    local_export = export_hf(updater, tokenizer, run.export_dir, rank=rank,
+                             zero_stage=sec.deepspeed.zero_stage if sec.deepspeed.enabled else 0)
     if logger:
         import tempfile
 
@@ -254,11 +256,11 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             plot = objective.save_plot(os.path.join(tmp, "ppots.png")) if hasattr(objective, "save_plot") else None
             if plot:
                 logger.artifact(plot)
-        logger.artifact(run.export_dir, "final_model")
+        logger.artifact(local_export, "final_model")
         if run.model_config_yaml is not None:
             from mdm.platform.tracking.model_log import log_sampler_model
 
-            log_sampler_model(run.tracking_uri, run.mlflow_run_id, run.export_dir, run.model_config_yaml)
+            log_sampler_model(run.tracking_uri, run.mlflow_run_id, local_export, run.model_config_yaml)
     final_metrics = {"step": state.step, "epoch": state.epoch, "total_steps": run.total_steps,
                      "optimizer_steps": updater.global_step, "export_dir": run.export_dir}
     if last_eval is not None:

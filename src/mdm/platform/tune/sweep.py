@@ -24,7 +24,8 @@ swept keys by name (`reporter.py`). Re-running the same command after the driver
 restores the experiment (`Tuner.restore`): finished trials are kept, unfinished ones restart (resuming their
 Train checkpoint and MLflow run). At the end the driver closes child runs left open (`sweep_tracking`), prints
 the trials sorted by `tune.metric`, writes the best trial's full config to
-`<train.output_dir>/<sweep>/best_config.yaml` and prints the `mlflow ui` command.
+`<output root>/<sweep>/best_config.yaml` (`runs.output_root`: `train.output_dir`, or under an object-store
+storage root) and prints the `mlflow ui` command.
 """
 
 from __future__ import annotations
@@ -33,13 +34,15 @@ import functools
 import math
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from mdm.platform.config_ops import dump_config, flatten, with_overrides
 from mdm.platform.fields import ConfigError
-from mdm.platform.runs import absolute_paths, child_run_name, storage_root, sweep_name, trial_label
+from mdm.platform import storage
+from mdm.platform.runs import absolute_paths, child_run_name, output_root, storage_root, sweep_name, trial_label
 from mdm.platform.tune.space import SweepSpace, load_sweep
 from mdm.platform.tune.sweep_tracking import (child_tags, close_children, finish_parent,
                                          format_table, open_parent, rank_rows)
@@ -179,9 +182,9 @@ def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any], *, callbacks: Seq
     import ray
     from ray import tune
 
-    from mdm.platform.runtime.ray_runtime import ensure_ray
+    from mdm.platform.runtime.ray_runtime import alive_nodes, ensure_ray, is_local_cluster
     from mdm.platform.tracking.context import DESCRIPTION_TAG, context_tags, describe_command, run_link
-    from mdm.platform.tracking.tracker import Tracker
+    from mdm.platform.tracking.tracker import Tracker, check_cluster_store
     from mdm.platform.tune.reporter import legacy_output, trial_reporter
 
     space = load_sweep(sweep, cfg)  # every key and value checked before anything starts
@@ -190,9 +193,11 @@ def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any], *, callbacks: Seq
     tcfg = cfg.tune
     tracker = Tracker.open(cfg.tracking) if cfg.tracking.enabled else None
     ensure_ray(cfg.ray)
+    if tracker is not None and not is_local_cluster(cfg.ray):
+        check_cluster_store(tracker.uri, alive_nodes())  # trials log from other nodes
     concurrent = max_concurrent(cfg, ray.cluster_resources())
-    storage = storage_root(cfg)
-    exp_path = f"{storage.rstrip('/')}/{name}"
+    root = storage_root(cfg)
+    exp_path = f"{root.rstrip('/')}/{name}"
     print(f"mdm tune {name}: {len(space.trials)} grid trial(s) (from {space.n_grid_raw} before dedup of ignored "
           f"keys) x {tcfg.num_samples} sample(s); {tcfg.scheduler}/{tcfg.searcher}; up to {concurrent} at once; "
           f"experiment {exp_path}", file=sys.stderr)
@@ -227,7 +232,7 @@ def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any], *, callbacks: Seq
                                         max_concurrent_trials=concurrent, scheduler=_scheduler(cfg),
                                         search_alg=_searcher(cfg), trial_dirname_creator=_trial_dirname,
                                         trial_name_creator=functools.partial(_trial_name, base=cfg, space=space)),
-            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1, callbacks=list(callbacks),
+            run_config=tune.RunConfig(name=name, storage_path=root, verbose=1, callbacks=list(callbacks),
                                       failure_config=tune.FailureConfig(max_failures=tcfg.max_failures),
                                       progress_reporter=trial_reporter(space, {tcfg.metric: tcfg.metric,
                                                                                "step": "step"})))
@@ -238,11 +243,13 @@ def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any], *, callbacks: Seq
     if tracker is not None and parent_id is not None:
         close_children(tracker, parent_id, {r["trial_id"]: r["status"] for r in rows})
     best_path = None
+    # The sweep's files: in <output root>/<sweep>; with an object-store root written here, then uploaded.
+    remote = storage.join(output_root(cfg), name) if storage.is_uri(output_root(cfg)) else None
+    out = Path(tempfile.mkdtemp(prefix="mdm_sweep_")) / name if remote else Path(output_root(cfg)) / name
+    out.mkdir(parents=True, exist_ok=True)
     best = next((r for r in rows if r["metric"] is not None), None)
     if best is not None:
         best_cfg = with_overrides(cfg, {**best["params"], "run_name": None})
-        out = Path(cfg.train.output_dir) / name
-        out.mkdir(parents=True, exist_ok=True)
         best_path = str(out / "best_config.yaml")
         Path(best_path).write_text(dump_config(best_cfg))
     keys = [d.key for d in space.dims]
@@ -252,14 +259,17 @@ def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any], *, callbacks: Seq
         print(f"mdm tune {name}: no trial reported {tcfg.metric}; check tune.metric against the trainer's "
               f"metrics (eval/loss needs eval data and train.eval_strategy other than 'no')", file=sys.stderr)
     else:
-        print(f"best: {best['trial_id']} ({tcfg.metric} {best['metric']:.5g}); config: {best_path}\n"
-              f"  train it: mdm train --config {best_path}")
+        shown = storage.join(remote, "best_config.yaml") if remote else best_path
+        print(f"best: {best['trial_id']} ({tcfg.metric} {best['metric']:.5g}); config: {shown}\n"
+              f"  train it: mdm train --config {shown if not remote else 'best_config.yaml (download it first)'}")
     if tracker is not None and parent_id is not None:
-        table = Path(cfg.train.output_dir) / name / "trials.txt"
-        table.parent.mkdir(parents=True, exist_ok=True)
+        table = out / "trials.txt"
         table.write_text(format_table(rows, tcfg.metric, keys) + "\n")
         finish_parent(tracker, parent_id, rows, tcfg.metric, tcfg.mode,
                       artifacts=[p for p in (best_path, str(table)) if p],
                       status="FINISHED" if any(r["status"] != "FAILED" for r in rows) else "FAILED")
         print(f"compare runs: {run_link(tracker.uri, tracker.experiment_id(), parent_id)}")
+    if remote is not None:
+        storage.upload(str(out), remote)
+        best_path = best_path and storage.join(remote, "best_config.yaml")
     return SweepResult(name, exp_path, rows, best_path, parent_id, tracker.uri if tracker else None, restored, space)

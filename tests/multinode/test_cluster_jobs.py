@@ -1,0 +1,308 @@
+"""The project's own jobs on a real 3-node cluster whose nodes share no disk (issue #14), end to end.
+
+    python -m pytest -q tests/multinode/test_cluster_jobs.py --durations=0     # needs root; a few minutes
+
+One cluster (head with 0 CPUs, node_a, node_b, S3 on 127.0.0.1:9000, the MLflow tracking server on
+127.0.0.1:5000; see harness.py) serves the module. Everything that crosses nodes goes through the storage root
+`s3://mdm/...` (`ray.storage_path`) or the tracking server; the job's working directory and the drivers' files
+stay on the head, hidden from the workers. Every process imports mdm from this checkout (PYTHONPATH), so the
+workers run the code under test, not whatever copy is installed. The node-failure tests come last; one that
+kills a node restarts it when a later test needs both.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .harness import BIN, MultiNodeCluster, last_json
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+REPO = Path(__file__).resolve().parents[2]
+ROOT = "s3://mdm/cluster"
+# A few steps of the tiny preset: enough to checkpoint, export, sample and score.
+STEPS = 8
+TINY = [f"train.max_steps={STEPS}", "train.save_steps=3", "train.logging_steps=1", "train.warmup_steps=1",
+        "eval.limit=6", "eval.batch_size=3", "sampler.steps=8", "sampler.gen_length=16", "sampler.block_length=16",
+        "ray.num_workers=2", "ray.cpus_per_worker=0.5", "eval.cpus_per_actor=0.5"]
+
+
+@pytest.fixture(scope="module")
+def cluster_options() -> dict[str, Any]:
+    # The GCS declares a killed node dead after ~3 missed 1 s health checks (Ray's default: ~5 x 3 s, plus a
+    # 10 s timeout), so the node-failure tests wait seconds, not half a minute, for Ray to react.
+    fast_death = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "3000",
+                  "RAY_health_check_failure_threshold": "3"}
+    return {"extra_env": {"PYTHONPATH": str(REPO / "src")}, "head_env": fast_death}
+
+
+def sets(*pairs: str) -> list[str]:
+    return [a for p in pairs for a in ("--set", p)]
+
+
+def job_dir(tmp_path: Path) -> Path:
+    """The job's working directory (under /tmp: on the head only): the experiment scripts and their configs."""
+    d = tmp_path / "job"
+    shutil.copytree(REPO / "experiments", d / "experiments", ignore=shutil.ignore_patterns("__pycache__"))
+    return d
+
+
+def summary_of(logs: str) -> dict[str, Any]:
+    text = logs[logs.rindex("== gsm8k summary =="):].split("\n", 1)[1]
+    return json.JSONDecoder().raw_decode(text.lstrip())[0]
+
+
+TRAIN_WORKERS_AND_RUN = """
+import json, sys
+import mlflow, ray
+from mlflow.tracking import MlflowClient
+from ray.util.state import list_actors
+from mdm.platform import storage
+
+ray.init(logging_level="ERROR")
+run_id, model, preds = sys.argv[1:4]
+nodes = sorted({a.node_id for a in list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True,
+                                               limit=1000)})
+client = MlflowClient()
+run = client.get_run(run_id)
+def files(path=None):
+    out = []
+    for e in client.list_artifacts(run_id, path):
+        out += files(e.path) if e.is_dir else [e.path]
+    return out
+print(json.dumps({"train_nodes": nodes, "metrics": sorted(run.data.metrics), "status": run.info.status,
+                  "artifacts": files(), "model_in_s3": storage.exists(storage.join(model, "model.safetensors")),
+                  "preds_in_s3": storage.exists(preds),
+                  "n_preds": sum(1 for line in storage.iter_lines(preds) if line.strip())}))
+"""
+
+
+def gsm8k_job(cluster: MultiNodeCluster, tmp_path: Path, *extra: str, timeout: float = 420) -> dict[str, Any]:
+    """`ray job submit -- python experiments/gsm8k.py --preset tiny ...` on the S3 storage root; its summary."""
+    job = cluster.submit_job(["python", "experiments/gsm8k.py", "--preset", "tiny", "--limit", "64",
+                              *sets(f"ray.storage_path={ROOT}", *TINY, *extra)], working_dir=job_dir(tmp_path),
+                             timeout=timeout)
+    assert job.status == "SUCCEEDED", f"{job.status}\n{job.logs[-8000:]}\n{cluster.diagnostics()}"
+    return summary_of(job.logs)
+
+
+@pytest.fixture(scope="module")
+def trained(cluster: MultiNodeCluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The main job, run once: its summary (run name, model and predictions URIs, MLflow run id)."""
+    return gsm8k_job(cluster, tmp_path_factory.mktemp("main"))
+
+
+def test_gsm8k_job_on_the_cluster_then_infer_from_a_fresh_driver(cluster: MultiNodeCluster,
+                                                                  trained: dict[str, Any]) -> None:
+    s = trained
+    assert s["model"] == f"{ROOT}/outputs/{s['run_name']}/final", s
+    assert s["predictions"] == f"{ROOT}/outputs/{s['run_name']}/predictions_test.jsonl", s
+    assert s["steps"] == STEPS and s["n_eval"] == 6 and s["mlflow_tracking_uri"] == cluster.mlflow_uri, s
+
+    cluster.nodes()
+    out = cluster.python_json(TRAIN_WORKERS_AND_RUN, s["mlflow_run_id"], s["model"], s["predictions"])
+    workers = {cluster.node_ids["node_a"], cluster.node_ids["node_b"]}
+    assert out["train_nodes"] and set(out["train_nodes"]) <= workers, (out, cluster.node_ids)
+    assert out["status"] == "FINISHED"
+    assert {"train/loss", "train/lr", "infer/gsm8k/test/llada/accuracy"} <= set(out["metrics"]), out["metrics"]
+    assert "final_model/config.json" in out["artifacts"], out["artifacts"]
+    assert "infer/gsm8k/test/llada/predictions_test.jsonl" in out["artifacts"], out["artifacts"]
+    assert out["model_in_s3"] and out["preds_in_s3"] and out["n_preds"] == 6, out
+
+    # A fresh driver on the head, knowing only the MLflow run: the actors fetch the model on their own nodes.
+    fresh = f"{ROOT}/fresh/preds.jsonl"
+    cluster.run([str(BIN / "mdm"), "infer", "--task", "gsm8k", "--model", f"mlflow:{s['mlflow_run_id']}",
+                 "--out", fresh, "--limit", "4", "--config", str(REPO / "experiments/configs/tiny.yaml"),
+                 *sets("sampler.steps=8", "sampler.gen_length=16", "sampler.block_length=16", "eval.batch_size=2",
+                       "eval.cpus_per_actor=0.5", "eval.progress=false")],
+                timeout=240, env={"RAY_ADDRESS": cluster.gcs_address})
+    check = cluster.python_json("import json, sys\nfrom mdm.platform import storage\n"
+                                "print(json.dumps([json.loads(l)['meta']['index'] for l in storage.iter_lines("
+                                "sys.argv[1]) if l.strip()]))", fresh)
+    assert check == [0, 1, 2, 3]
+
+
+SWEEP_RUNS = """
+import json, sys
+import pyarrow.fs as pafs
+from mlflow.tracking import MlflowClient
+from mdm.platform import storage
+
+name, root = sys.argv[1:3]
+client = MlflowClient()
+exp = client.get_experiment_by_name("sweep")
+runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`mdm.sweep` = '{name}'")
+parent = [r for r in runs if r.data.tags.get("mdm.role") == "parent"]
+children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == (parent[0].info.run_id if parent else None)]
+fs, path = storage.resolve(root)
+ckpts = sorted(i.path.rsplit("/", 3)[-3] for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+               if i.path.endswith("/worker_0.pt"))
+print(json.dumps({"parents": len(parent), "parent_status": parent[0].info.status if parent else None,
+                  "children": sorted((r.data.tags.get("mdm.run"), r.info.status, "train/loss" in r.data.metrics)
+                                     for r in children), "ckpt_runs": ckpts,
+                  "best": storage.exists(f"{root}/outputs/{name}/best_config.yaml")}))
+"""
+
+
+def test_tune_sweep_runs_its_trials_on_the_workers(cluster: MultiNodeCluster, trained: dict[str, Any],
+                                                   tmp_path: Path) -> None:
+    """`mdm tune` from a driver on the head: 2 trials on the worker nodes, checkpoints in S3, the parent and
+    both child runs on the tracking server. The data and tokenizer are the main job's, in S3."""
+    data = f"{ROOT}/data/gsm8k/tiny/first64"
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("train.lr: {grid: [1.0e-3, 3.0e-3]}\n")
+    root = f"{ROOT}/sweeps"
+    out = cluster.run([str(BIN / "mdm"), "tune", "--config", str(REPO / "experiments/configs/base.yaml"),
+                       "--config", str(REPO / "experiments/configs/tiny.yaml"), "--sweep", str(sweep),
+                       *sets(f"ray.storage_path={root}", f"train.train_data_path={data}/train-len384.jsonl",
+                             f"data.tokenizer={data}/tokenizer", "train.max_steps=4", "train.save_steps=2",
+                             "train.logging_steps=2", "train.warmup_steps=1", "ray.cpus_per_worker=0.5",
+                             "tune.metric=train/loss", "tune.max_concurrent_trials=2", "tune.name=cluster-sweep",
+                             "tracking.experiment_name=sweep")],
+                      timeout=400, env={"RAY_ADDRESS": cluster.gcs_address}, cwd=tmp_path)
+    res = cluster.python_json(SWEEP_RUNS, "cluster-sweep", root)
+    assert res["parents"] == 1 and res["parent_status"] == "FINISHED", (res, out.stdout[-3000:])
+    assert len(res["children"]) == 2 and all(st == "FINISHED" and loss for _, st, loss in res["children"]), res
+    trial_runs = sorted(run for run, _, _ in res["children"])
+    assert sorted(set(res["ckpt_runs"])) == trial_runs, res  # each trial's Train checkpoints are in S3
+    assert res["best"], res
+
+
+LOSSES = """
+import json, sys
+from mlflow.tracking import MlflowClient
+from mdm.platform.tracking.attempts import RESUMED_FROM, current_run
+
+client = MlflowClient()
+out = {}
+for run_id in sys.argv[1:]:
+    run_id = current_run(client, run_id)
+    out[run_id] = {"loss": {m.step: m.value for m in client.get_metric_history(run_id, "train/loss")},
+                   "resumed_from": client.get_run(run_id).data.tags.get(RESUMED_FROM)}
+print(json.dumps(list(out.values())))
+"""
+
+
+TRAIN_ONLY = f"""
+import json, sys
+sys.path.insert(0, {str(REPO)!r})
+from experiments import gsm8k
+from mdm.platform.tracking.tracker import Tracker
+from mdm.platform.train.driver import train_driver
+
+# The main job's config, data and run (same preset, same --set), trained without the evaluation after it.
+args = gsm8k.parse_args(sys.argv[1:])
+cfg = gsm8k.build_config(args)
+cfg = gsm8k.build_config(args, gsm8k.prepare_data(cfg, args))
+result = train_driver(cfg)
+print(json.dumps({{"steps": result.metrics["step"], "mlflow_run_id": Tracker.open(cfg.tracking).find_run(cfg.run_name)}}))
+"""
+
+
+def train_nodes(cluster: MultiNodeCluster) -> list[str]:
+    """The worker nodes where a Ray Train worker process runs now (found by its process title)."""
+    import psutil
+
+    from .procfs import pids_in_ns
+
+    found = []
+    for name, node in cluster.workers.items():
+        for pid in pids_in_ns("mnt", node.mnt_ns) if node.alive else []:
+            try:
+                if "RayTrainWorker" in " ".join(psutil.Process(pid).cmdline()):
+                    found.append(name)
+                    break
+            except psutil.Error:
+                continue
+    return found
+
+
+def test_training_survives_the_loss_of_a_worker_node(cluster: MultiNodeCluster, trained: dict[str, Any],
+                                                      tmp_path: Path) -> None:
+    """Kill the node of the Train workers after the first checkpoint: Ray Train restarts the group on the other
+    node from the checkpoint in S3, and every step's loss equals the uninterrupted run's (the main job, same
+    config and seed) within 1e-4: the restored model, optimizer, RNG states and data position replay it."""
+    import re
+    import time
+
+    cmd = [sys.executable, str(cluster.driver_script(TRAIN_ONLY)), "--preset", "tiny", "--limit", "64",
+           *sets(f"ray.storage_path={ROOT}", *TINY, "run_name=gsm8k-nodekill", "ray.max_failures=2")]
+    driver = cluster.popen(cmd, "nodekill", env={"RAY_ADDRESS": cluster.gcs_address}, cwd=tmp_path)
+    deadline, step, victims = time.time() + 240, 0, []
+    while step <= 3 or not victims:  # a checkpoint at step 3 is in S3 once step 4 shows
+        assert driver.poll() is None and time.time() < deadline, cluster.log_tail("nodekill", 8000)
+        steps = re.findall(rf"(\d+)\.00/{STEPS}\.0", cluster.log_tail("nodekill", 3000))  # tqdm: "4.00/12.0"
+        step = int(steps[-1]) if steps else 0
+        victims = train_nodes(cluster)
+        time.sleep(0.3)
+    assert step < STEPS, "training finished before the node could be killed"
+    cluster.kill_node(victims[0])
+    assert driver.wait(timeout=400) == 0, cluster.log_tail("nodekill", 8000)
+    s = last_json(cluster.log_tail("nodekill", 20000))
+    assert s["steps"] == STEPS, s
+    cluster.start_node(victims[0])
+
+    ref, killed = cluster.python_json(LOSSES, trained["mlflow_run_id"], s["mlflow_run_id"])
+    resumed = int(killed["resumed_from"] or 0)
+    print(f"killed {victims[0]} at step {step}; resumed from step {resumed}; losses {killed['loss']} vs "
+          f"uninterrupted {ref['loss']}")
+    assert resumed in (3, 6), killed  # the checkpoint steps (save_steps=3)
+    assert sorted(map(int, killed["loss"])) == list(range(1, STEPS + 1)), killed
+    for k, v in ref["loss"].items():
+        assert killed["loss"][k] == pytest.approx(v, abs=1e-4), (k, killed["loss"], ref["loss"])
+
+
+INFER_WITH_PROGRESS = """
+import json, sys
+from mdm.platform.config import load_config
+from mdm.platform.infer.batch import run_inference
+
+model, out, progress, tiny = sys.argv[1:5]
+# 1.5 CPUs an actor on 2-CPU nodes: one sampler actor on each worker node.
+cfg = load_config([tiny], ["eval.min_actors=2", "eval.max_actors=2", "eval.initial_actors=2", "eval.batch_size=1",
+                           "eval.cpus_per_actor=1.5", "eval.wait_for_actors_s=120", "eval.progress=false",
+                           "eval.log_mlflow=false", "sampler.steps=32", "sampler.gen_length=32",
+                           "sampler.block_length=32"])
+
+def note(done, total):
+    with open(progress, "a") as f:
+        f.write(f"{done}\\n")
+
+m = run_inference(cfg, model=model, task="gsm8k", out=out, split="test", limit=int(sys.argv[5]),
+                  progress_callback=note)
+rows = [json.loads(line) for line in open(out)]
+print(json.dumps({"indices": [r["meta"]["index"] for r in rows], "actors": sorted({r["meta"]["actor"] for r in rows}),
+                  "rows": m["rows"]}))
+"""
+
+
+def test_batch_inference_survives_the_loss_of_a_worker_node(cluster: MultiNodeCluster, trained: dict[str, Any],
+                                                             tmp_path: Path) -> None:
+    """Sampler actors on both worker nodes; one node dies mid-job; every index comes back exactly once."""
+    import time
+
+    cluster.nodes()
+    ids = dict(cluster.node_ids)
+    n, progress, out = 20, tmp_path / "progress.txt", tmp_path / "preds.jsonl"
+    driver = cluster.popen([sys.executable, str(cluster.driver_script(INFER_WITH_PROGRESS)), trained["model"],
+                            str(out), str(progress), str(REPO / "experiments/configs/tiny.yaml"), str(n)],
+                           "infer_kill", env={"RAY_ADDRESS": cluster.gcs_address})
+    deadline = time.time() + 240
+    while not progress.exists() or int(progress.read_text().split()[-1]) < 4:
+        assert driver.poll() is None and time.time() < deadline, cluster.log_tail("infer_kill", 8000)
+        time.sleep(0.2)
+    done_at_kill = int(progress.read_text().split()[-1])
+    cluster.kill_node("node_a")
+    assert driver.wait(timeout=300) == 0, cluster.log_tail("infer_kill", 8000)
+    res = last_json(cluster.log_tail("infer_kill", 20000))
+    served = {a.split(":")[0] for a in res["actors"]}  # "<node id>:<pid>" of the actor that sampled each row
+    print(f"killed node_a after {done_at_kill} of {n} rows; actors {res['actors']}")
+    assert done_at_kill < n, "inference finished before the node could be killed"
+    assert served == {ids["node_a"], ids["node_b"]}, (res["actors"], ids)  # both nodes sampled rows
+    assert sorted(res["indices"]) == list(range(n)) and res["rows"] == n
