@@ -157,3 +157,26 @@ def test_gsm8k_work_dir_is_under_the_storage_root_on_a_cluster(monkeypatch, tmp_
     nfs = gsm8k.build_config(gsm8k.parse_args(["--set", "ray.storage_path=/mnt/nfs/mdm"]))
     assert gsm8k.work_root(nfs, args) == "/mnt/nfs/mdm/data/gsm8k"
     assert gsm8k.work_root(nfs, gsm8k.parse_args(["--work-dir", "/data/mine"])) == "/data/mine"
+
+
+def test_evaluation_outputs_to_a_uri_are_staged_then_uploaded_and_the_staging_removed(s3, tmp_path):
+    from mdm.platform.infer.outputs import OutputFiles, metrics_path, write_jsonl
+
+    assert metrics_path("preds.jsonl") == "preds.metrics.json"
+    assert metrics_path("/a/b/preds.jsonl") == "/a/b/preds.metrics.json"
+    assert metrics_path(f"{s3}/evals/p.jsonl") == f"{s3}/evals/p.metrics.json"
+    local = OutputFiles.plan(str(tmp_path / "p.jsonl"))  # a local --out: written in place, nothing staged
+    assert (local.out, local.metrics, local.staging) == (str(tmp_path / "p.jsonl"), str(tmp_path / "p.metrics.json"),
+                                                         None)
+
+    files = OutputFiles.plan(f"{s3}/evals/p.jsonl")
+    assert files.shown_out == f"{s3}/evals/p.jsonl" and files.shown_metrics == f"{s3}/evals/p.metrics.json"
+    assert Path(files.out).parent == Path(files.staging) == Path(files.metrics).parent
+    assert (Path(files.out).name, Path(files.metrics).name) == ("p.jsonl", "p.metrics.json")  # MLflow's names
+    write_jsonl(files.out, [{"index": 0}, {"index": 1}])
+    files.write_metrics({"accuracy": 0.5})
+    assert not storage.exists(f"{s3}/evals/p.jsonl")  # nothing reaches storage before publish
+    files.publish()
+    assert storage.read_text(f"{s3}/evals/p.jsonl").splitlines() == ['{"index": 0}', '{"index": 1}']
+    assert json.loads(storage.read_text(f"{s3}/evals/p.metrics.json")) == {"accuracy": 0.5}
+    assert not os.path.exists(files.staging)

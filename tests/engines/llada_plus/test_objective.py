@@ -203,7 +203,7 @@ def test_two_gloo_workers_match_single_process_over_the_union(tmp_path):
     # One spawn for both p_models: starting the interpreters dominates the cost.
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     for p_model in P_MODELS:
-        states = [torch.load(tmp_path / f"{p_model}_rank{r}.pt", weights_only=False) for r in range(2)]
+        states = [torch.load(tmp_path / f"{p_model}_rank{r}.pt", weights_only=True) for r in range(2)]
         torch.manual_seed(0)
         single = build_objective(cfg(p_model=p_model))
         single.prepare(TinyLM(), make_batches(16, 5), "cpu")

@@ -17,12 +17,12 @@ and logged to MLflow (the training run when the model came from one, else an eva
 `infer/<task>/<split>/<sampler>/<metric>` (split `prompts-<file stem>` for `--prompts`), so evaluations of
 other splits or samplers of one model sit side by side; the predictions also as an MLflow table
 (`<prefix>/predictions_table.json`). An existing predictions file is named (one line) at
-the start and replaced only once the new one is complete (written beside it, then moved into place).
+the start and replaced only once the new one is complete (written beside it, then moved into place). `--out`
+may be a storage URI (`s3://...`): the files are staged locally and uploaded at the end (`outputs.OutputFiles`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from mdm.platform.infer.model_source import ModelSource, resolve_model
-from mdm.platform.infer.outputs import announce_replace, metric_prefix, write_jsonl
+from mdm.platform.infer.outputs import OutputFiles, announce_replace, log_evaluation, metric_prefix, write_jsonl
 from mdm.platform.registry import auto_import, get_registry, load_builtins
 
 
@@ -125,25 +125,6 @@ def _restart_args(eval_cfg: Any) -> dict[str, int]:
     return {} if args == {"max_restarts": -1, "max_task_retries": -1} else args
 
 
-def _stage(path: str) -> tuple[str, Optional[str]]:
-    """(local path to write, the storage URI to upload it to afterwards, or None when `path` is local)."""
-    import os
-    import tempfile
-
-    from mdm.platform import storage
-
-    if not storage.is_uri(path):
-        return path, None
-    return os.path.join(tempfile.mkdtemp(prefix="mdm_infer_"), path.rstrip("/").rsplit("/", 1)[-1]), path
-
-
-def _metrics_path(out: str) -> str:
-    """`<out without its extension>.metrics.json`, for a local path or a URI."""
-    head, _, name = out.rpartition("/")
-    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
-    return f"{head}/{stem}.metrics.json" if head or out.startswith("/") else f"{stem}.metrics.json"
-
-
 def _actor_model(src: ModelSource, cfg: Any) -> str:
     """What the sampler actors load: the driver's local path when the cluster is this machine, else what an
     actor can fetch on its own node (`src.remote`: a storage URI or an MLflow runs:/ path)."""
@@ -228,34 +209,6 @@ def _record(task: str, r: dict) -> dict:
             "id": str(r["id"])}
 
 
-def _log_mlflow(cfg: Any, src: ModelSource, task: str, split: str, metrics: dict, files: list[str],
-                prefix: str, records: Optional[list[dict]] = None) -> Optional[str]:
-    from mdm.platform.config_ops import dump_config, flatten
-    from mdm.platform.tracking.predictions import log_predictions
-    from mdm.platform.tracking.tracker import RunLogger, Tracker
-
-    tracker = Tracker.open(cfg.tracking)
-    run_id = src.run_id
-    where = src.spec.rstrip("/") if src.kind == "uri" else src.path
-    if run_id is None and src.kind in ("hf_dir", "run_dir", "uri") and where.rsplit("/", 1)[-1] == "final":
-        run_id = tracker.find_run(where.rsplit("/", 2)[-2])  # the trainer's <output_dir>/<run_name>/final
-    new_run = run_id is None
-    if new_run:
-        digest = hashlib.sha1(f"{src.spec}|{task}|{split}".encode()).hexdigest()[:8]
-        name = cfg.eval.eval_run_name or f"eval-{task}-{split}-{digest}"
-        params = {k: v for k, v in flatten(cfg).items() if k.split(".")[0] in ("eval", "sampler")}
-        run_id = tracker.start_run(name, params={**params, "model": src.spec}, config_yaml=dump_config(cfg),
-                                   tags={"mdm.kind": "eval"})
-    log = RunLogger(tracker.uri, run_id)
-    log.metrics({f"{prefix}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=0)
-    for f in files:
-        log.artifact(f, prefix)
-    log_predictions(tracker.client, run_id, records or [], f"{prefix}/predictions_table.json")
-    if new_run:
-        tracker.end_run(run_id)
-    return run_id
-
-
 def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = None, out: Optional[str] = None,
                   split: Optional[str] = None, limit: Optional[int] = None, *, sampler: Optional[str] = None,
                   prompts: Optional[str] = None,
@@ -277,8 +230,8 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
     limit = limit if limit is not None else ev.limit
     prompts = prompts or ev.prompts
     out = out or ev.out or f"predictions_{task_name}_{split}.jsonl"
-    out, remote_out = _stage(out)  # a storage URI: written here, then uploaded
-    metrics_out, remote_metrics = _stage(ev.metrics_out or _metrics_path(remote_out or out))
+    files = OutputFiles.plan(out, ev.metrics_out)  # a storage URI: written here, then uploaded (publish)
+    out = files.out
     load_builtins()
     auto_import(list(cfg.auto_import))
     if sampler:
@@ -339,23 +292,18 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
                    tokens_per_s=gen_tokens / job_s if job_s > 0 else 0.0, rows_per_s=len(records) / job_s,
                    job_s=job_s, wall_s=wall, actors=len({rec["meta"]["actor"] for rec in records}),
                    task=task_name, split=split if not prompts else f"prompts:{prompts}", model=src.spec,
-                   sampler=cfg.sampler.name, predictions=remote_out or str(Path(out).resolve()))
-    metrics["metrics_file"] = remote_metrics or str(Path(metrics_out).resolve())
+                   sampler=cfg.sampler.name, predictions=files.shown_out)
+    metrics["metrics_file"] = files.shown_metrics
     metrics["mlflow_run_id"] = None
     metrics["mlflow_prefix"] = prefix = metric_prefix(task_name, split, cfg.sampler.name, prompts)
     if ev.log_mlflow and cfg.tracking.enabled:
-        Path(metrics_out).write_text(json.dumps(metrics, indent=2) + "\n")
-        metrics["mlflow_run_id"] = _log_mlflow(cfg, src, task_name, split, metrics, [out, metrics_out], prefix,
-                                               records)
-    Path(metrics_out).write_text(json.dumps(metrics, indent=2) + "\n")
-    if remote_out is not None or remote_metrics is not None:
-        from mdm.platform import storage
-
-        for local, remote in ((out, remote_out), (metrics_out, remote_metrics)):
-            if remote is not None:
-                storage.upload(local, remote)
+        files.write_metrics(metrics)
+        metrics["mlflow_run_id"] = log_evaluation(cfg, src, task_name, split, metrics, [out, files.metrics], prefix,
+                                                  records)
+    files.write_metrics(metrics)
+    files.publish()
     acc = metrics.get("accuracy")
     print(f"mdm infer: {len(records)} rows, accuracy {acc if acc is None else f'{acc:.4f}'}, "
           f"{metrics['tokens_per_s']:.1f} tokens/s, {metrics['rows_per_s']:.2f} rows/s, {metrics['actors']} actor(s), "
-          f"wall {wall:.1f}s -> {remote_out or out}", flush=True)
+          f"wall {wall:.1f}s -> {files.remote_out or out}", flush=True)
     return metrics

@@ -32,13 +32,12 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 from mdm.platform.infer.batch import (InferenceError, _actor_model, _check_complete, _collect, _gpus_per_actor,
-                                      _load_task, _load_tokenizer, _log_mlflow, _restart_args, _tracking_uri)
+                                      _load_task, _load_tokenizer, _restart_args, _tracking_uri)
 from mdm.platform.infer.model_source import ModelSource, resolve_model
-from mdm.platform.infer.outputs import announce_replace, metric_prefix, write_jsonl
+from mdm.platform.infer.outputs import OutputFiles, announce_replace, log_evaluation, metric_prefix, write_jsonl
 from mdm.platform.registry import auto_import, get_registry, load_builtins
 
 MODES = ("auto", "generate", "likelihood")
@@ -167,7 +166,8 @@ def run_likelihood(cfg: Any, model: Optional[str] = None, task: Optional[str] = 
     ev = cfg.eval
     task_name, split = task or ev.task, split or ev.split
     limit = limit if limit is not None else ev.limit
-    out = out or ev.out or f"predictions_{task_name}_{split}.jsonl"
+    files = OutputFiles.plan(out or ev.out or f"predictions_{task_name}_{split}.jsonl", ev.metrics_out)
+    out = files.out  # a storage URI: written here, then uploaded (publish)
     load_builtins()
     auto_import(list(cfg.auto_import))
     if prompts or ev.prompts:
@@ -225,17 +225,17 @@ def run_likelihood(cfg: Any, model: Optional[str] = None, task: Optional[str] = 
                    rows_per_s=len(records) / job_s if job_s > 0 else 0.0, job_s=job_s,
                    wall_s=time.perf_counter() - t0, actors=len({str(r["actor"]) for r in results}),
                    task=task_name, split=split, model=src.spec, mode="likelihood",
-                   predictions=str(Path(out).resolve()))
-    metrics_out = ev.metrics_out or str(Path(out).with_suffix("")) + ".metrics.json"
-    metrics["metrics_file"] = str(Path(metrics_out).resolve())
+                   predictions=files.shown_out)
+    metrics["metrics_file"] = files.shown_metrics
     metrics["mlflow_run_id"] = None
     metrics["mlflow_prefix"] = prefix = metric_prefix(task_name, split, "likelihood")
     if ev.log_mlflow and cfg.tracking.enabled:
-        Path(metrics_out).write_text(json.dumps(metrics, indent=2) + "\n")
-        metrics["mlflow_run_id"] = _log_mlflow(cfg, src, task_name, split, metrics, [out, metrics_out], prefix)
-    Path(metrics_out).write_text(json.dumps(metrics, indent=2) + "\n")
+        files.write_metrics(metrics)
+        metrics["mlflow_run_id"] = log_evaluation(cfg, src, task_name, split, metrics, [out, files.metrics], prefix)
+    files.write_metrics(metrics)
+    files.publish()
     print(f"mdm infer --mode likelihood: {len(records)} examples ({metrics['n']} multiple choice), accuracy "
           f"{metrics['accuracy']:.4f}, acc_norm {metrics['acc_norm']:.4f}, gold log-likelihood "
           f"{metrics['gold_loglik']:.3f} nats, {metrics['items_per_s']:.2f} items/s, {metrics['actors']} actor(s), "
-          f"wall {metrics['wall_s']:.1f}s -> {out}", flush=True)
+          f"wall {metrics['wall_s']:.1f}s -> {files.remote_out or out}", flush=True)
     return metrics

@@ -14,6 +14,7 @@ All ranks report at the same steps (`ray.train.report` is a barrier).
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
@@ -261,6 +262,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             from mdm.platform.tracking.model_log import log_sampler_model
 
             log_sampler_model(run.tracking_uri, run.mlflow_run_id, local_export, run.model_config_yaml)
+    if local_export != run.export_dir:  # a URI export: its local copy (uploaded, logged above) is not kept
+        shutil.rmtree(os.path.dirname(local_export), ignore_errors=True)
     final_metrics = {"step": state.step, "epoch": state.epoch, "total_steps": run.total_steps,
                      "optimizer_steps": updater.global_step, "export_dir": run.export_dir}
     if last_eval is not None:
