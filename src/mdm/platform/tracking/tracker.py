@@ -150,6 +150,11 @@ class RunLogger:
         if items:
             self.client.log_batch(self.run_id, metrics=items)
 
+    def tags(self, values: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in values.items()])
+
     def artifact(self, path: str, artifact_path: Optional[str] = None) -> None:
         if os.path.isdir(path):
             self.client.log_artifacts(self.run_id, path, artifact_path)

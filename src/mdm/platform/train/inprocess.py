@@ -29,6 +29,8 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 import torch
 
+from mdm.platform.train.digests import DATA_TAG, INIT_TAG, batch_digest, weights_digest
+
 
 @dataclass
 class MemoryData:
@@ -76,6 +78,7 @@ class FitResult:
     final: dict[str, float]
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)      # digests.INIT_TAG / DATA_TAG: what pairs runs
 
 
 def _batches(data: dict[str, torch.Tensor], size: int, order: Optional[torch.Tensor] = None
@@ -122,6 +125,7 @@ def fit_in_process(cfg: Any, tokenizer: Any, data: MemoryData, *,
     torch.manual_seed(tcfg.seed)  # the same initial weights as a Ray Train run of this config
     model = spec.build_model(cfg.model, tcfg.model, tokenizer)
     model.train()
+    tags = {INIT_TAG: weights_digest(model)}
     updater = build_updater(model, cfg.deepspeed, tcfg, total_steps=total, world_size=1, on_gpu=False)
     objective = spec.build_objective(tcfg)
     gen = torch.Generator().manual_seed(tcfg.seed)
@@ -145,6 +149,8 @@ def fit_in_process(cfg: Any, tokenizer: Any, data: MemoryData, *,
         t_step, c_step = time.perf_counter(), time.process_time()
         for _ in range(tcfg.grad_accum):
             mb = next(stream)
+            if not losses and step == 1:
+                tags[DATA_TAG] = batch_digest(mb)
             tokens += int(mb["attention_mask"].sum())
             loss, metrics = objective.loss(updater.module, mb, gen)
             window.add_micro(metrics)
@@ -173,4 +179,5 @@ def fit_in_process(cfg: Any, tokenizer: Any, data: MemoryData, *,
             log(step, out)
         losses, tokens, t_window = [], 0, time.perf_counter()
     model.eval()
-    return FitResult(model=updater.module, final={"step": float(total), **final}, history=history, timings=timings)
+    return FitResult(model=updater.module, final={"step": float(total), **final}, history=history, timings=timings,
+                     tags=tags)

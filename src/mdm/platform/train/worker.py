@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from mdm.platform.train.checkpoint import TrainState, cleanup, export_hf, restore_checkpoint, save_checkpoint
+from mdm.platform.train.digests import DATA_TAG, INIT_TAG, batch_digest, weights_digest
 
 
 @dataclass
@@ -142,6 +143,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(tcfg.seed)  # the same initial weights on every rank
     model = spec.build_model(sec.model, tcfg.model, tokenizer).to(device)
     model.train()
+    init_digest = weights_digest(model) if rank == 0 else None
     updater = build_updater(model, sec.deepspeed, tcfg, total_steps=run.total_steps, world_size=world,
                           on_gpu=device.type == "cuda")
     objective = spec.build_objective(tcfg)
@@ -161,6 +163,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         ppots = objective.prepare(updater.module, prepare_batches, device) or {}
         if logger and ppots:
             logger.metrics(ppots, step=0)
+        if logger:
+            logger.tags({INIT_TAG: init_digest})
 
     def report(metrics: dict[str, Any], with_checkpoint: bool, light: bool = False) -> None:
         if not with_checkpoint:
@@ -201,6 +205,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             if epoch != state.epoch:
                 state.epoch, state.microbatches = epoch, 0
             window["tokens"] += int(mb.pop("n_tokens"))
+            if logger and state.step == 0 and state.microbatches == 0:
+                logger.tags({DATA_TAG: batch_digest(mb)})
             state.microbatches += 1
             loss, loss_metrics = objective.loss(updater.module, mb, gen)
             diag.add_micro(loss_metrics)
