@@ -1,8 +1,10 @@
 """The search space of a comparison: the `compare` section as a grid sweep, and what one cell trains.
 
-    space = comparison_space(cfg)             # SweepSpace: compare.grid x compare.lrs x compare.seeds, deduped
+    space = comparison_space(cfg)             # SweepSpace: compare.grid x compare.lrs x compare.seeds, deduped,
+                                              # plus the baseline's positive-control arms (k x its batch)
     cell = cell_overrides(cfg, space.trials[0])   # + train.batch_size_per_gpu under compare.equalize
     group_label(flat, space)                  # "MIRROR+PPOTS(EPR) lr=1e-3": the configuration, seed left out
+    cell_label(flat, space)                   # the same with the seed: a trial's display name
     swept_keys(space)                         # the grid keys in order, seed last
 
 A comparison is a sweep whose every dimension is a grid (`mdm.platform.tune.space` validates each key and
@@ -10,6 +12,10 @@ value against the config schema and drops the cells that differ only by inert ke
 gets the same learning rates and the same seeds and nothing else varies. The batch a cell trains with
 follows `compare.equalize` (see compare_config.py); a cell whose batch cannot be divided evenly is an
 error naming the keys, before anything starts.
+
+Positive controls (`compare.control_batch_multipliers: [1.6, 2]`): for every seed (and learning rate), the
+baseline configuration (`compare.baseline`, default Standard) again with `compare.batch_multiplier` = k, i.e.
+round(k x its batch) sequences per micro-batch; their label is the baseline's with " batch×k".
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from mdm.platform.tune.space import SweepSpace, parse_sweep
 SEED_KEY = "train.seed"
 LR_KEY = "train.lr"
 BATCH_KEY = "train.batch_size_per_gpu"
+MULT_KEY = "compare.batch_multiplier"
 
 
 def comparison_space(cfg: Any) -> SweepSpace:
@@ -45,6 +52,7 @@ def comparison_space(cfg: Any) -> SweepSpace:
         sweep[LR_KEY] = {"grid": list(c.lrs)}
     sweep[SEED_KEY] = {"grid": list(c.seeds)}
     space = parse_sweep(sweep, cfg, "compare")
+    space.trials += control_trials(cfg, space)
     for trial in space.trials:
         cell_overrides(cfg, trial)  # every cell's batch divides evenly, or fail now
     return space
@@ -78,7 +86,25 @@ def cell_overrides(cfg: Any, params: Mapping[str, Any]) -> dict[str, Any]:
                               f"{batch}/{per_seq} sequences per micro-batch ({per_seq} forward rows each); make "
                               f"{BATCH_KEY} ({batch}) a multiple of {per_seq}, or set compare.equalize: batch")
         out[BATCH_KEY] = batch // per_seq
+    mult = float(out.get(MULT_KEY, 1.0))
+    if mult != 1.0:
+        out[BATCH_KEY] = max(1, round(out.get(BATCH_KEY, cfg.train.batch_size_per_gpu) * mult))
     return out
+
+
+def control_trials(cfg: Any, space: SweepSpace) -> list[dict[str, Any]]:
+    """The baseline's cells again with `compare.batch_multiplier` = k, for each k in
+    `compare.control_batch_multipliers` (every seed and learning rate of the baseline)."""
+    mults = list(cfg.compare.control_batch_multipliers)
+    if not mults:
+        return []
+    base = [t for t in space.trials if objective_label({**space.base, **t}, space) == cfg.compare.baseline]
+    if not base:
+        labels = sorted({objective_label({**space.base, **t}, space) for t in space.trials})
+        raise ConfigError(f"compare.control_batch_multipliers: the baseline {cfg.compare.baseline!r} "
+                          f"(compare.baseline) is not a configuration of compare.grid; its configurations: "
+                          f"{', '.join(labels)}")
+    return [{**t, MULT_KEY: float(k)} for k in mults for t in base]
 
 
 def swept_keys(space: SweepSpace) -> list[str]:
@@ -88,5 +114,22 @@ def swept_keys(space: SweepSpace) -> list[str]:
 
 
 def group_label(flat: Mapping[str, Any], space: SweepSpace) -> str:
-    """The configuration a trial belongs to: its label without the seed."""
-    return trial_label(flat, [k for k in swept_keys(space) if k != SEED_KEY])
+    """The configuration a trial belongs to: its label without the seed (" batch×k" on a control arm)."""
+    label = trial_label(flat, [k for k in swept_keys(space) if k != SEED_KEY])
+    mult = float(flat.get(MULT_KEY, 1.0))
+    return label if mult == 1.0 else f"{label} batch×{mult:g}"
+
+
+def objective_label(flat: Mapping[str, Any], space: SweepSpace) -> str:
+    """The configuration's training objective alone (the engine's label: "Standard", "MIRROR+PPOTS(EPR)"),
+    without learning rate or other swept keys: what `compare.baseline` names."""
+    spec = get_registry("engines").get(flat.get("engine", "llada_plus"))
+    if spec.label is None:
+        return group_label(flat, space)
+    mult = float(flat.get(MULT_KEY, 1.0))
+    return spec.label(flat) if mult == 1.0 else f"{spec.label(flat)} batch×{mult:g}"
+
+
+def cell_label(flat: Mapping[str, Any], space: SweepSpace) -> str:
+    """A trial's display name: its configuration label and its seed ("MIRROR lr=1e-3 seed=1")."""
+    return f"{group_label(flat, space)} {trial_label(flat, [SEED_KEY])}"
