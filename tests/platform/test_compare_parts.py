@@ -6,6 +6,9 @@
   `tracked_params` (inert keys, no run_name);
 - aggregation: mean and sample std per configuration against statistics by hand; unfinished trials left out;
   the CSV / JSON / markdown carry the same numbers; the figures are PNG files;
+- paired statistics in the summary: the Δ column, its footer, the JSON "paired" / "paired_all" and the CSV
+  columns carry paired_stats' numbers (themselves checked against scipy in test_paired_stats.py), the
+  interval against scipy.stats.ttest_rel; metrics no trial reported print "-";
 - the logging window: means, maxima, the gradient-norm variance (n - 1) by hand; the objective's pooled values win;
 - Tune's table columns: the swept keys by name.
 """
@@ -112,6 +115,47 @@ def test_aggregate_mean_std_and_files(tmp_path):
     single = agg.aggregate(_rows()[:1])
     assert single[0].n == 1 and math.isnan(single[0].stats["eval/accuracy"][1])
     assert "50.0" in agg.format_table(single) and "±" not in agg.format_table(single)
+
+
+def test_aggregate_paired_against_the_baseline(tmp_path):
+    from scipy import stats
+
+    rows = _rows()
+    rows[4]["metrics"]["eval/accuracy"] = 0.45  # b seed 2: paired differences -0.3, -0.25
+    groups = agg.aggregate(rows, baseline="a")
+    a, b = groups
+    assert a.is_baseline and a.paired == {} and a.primary is None and list(b.paired) == list(agg.PAIRED_METRICS)
+    p = b.primary  # eval/accuracy, seeds 1 and 2 (b's seed 3 did not finish)
+    ci = stats.ttest_rel([0.2, 0.45], [0.5, 0.7]).confidence_interval(0.95)
+    assert p.metric == "eval/accuracy" and p.n == 2 and p.delta_mean == pytest.approx(-0.275)
+    assert p.ci95 == pytest.approx((ci.low, ci.high)) and b.paired["eval/loss"].delta_mean == pytest.approx(1.75)
+    assert b.paired["eval/loss_quad"].n == 0  # no trial reported it
+    table = agg.format_table(groups)
+    head, first, second, footer = table.splitlines()
+    assert "Δ eval/accuracy (pts) vs a [95% CI], p" in head and "baseline" in first
+    exact = stats.permutation_test(([0.2, 0.45], [0.5, 0.7]), lambda x, y, axis: (x - y).mean(axis=axis),
+                                   permutation_type="samples", n_resamples=float("inf")).pvalue
+    assert f"-27.5 [{ci.low * 100:+.1f}, {ci.high * 100:+.1f}], p={exact:.3f}" in second
+    assert footer.startswith("Δ = configuration - a on eval/accuracy, paired by seed") and "b n=2 MDD" in footer
+    cols, body = agg.table_rows(groups)
+    assert [body[1][cols.index(m)] for m in ("eval/loss_quad", "eval/loglik_per_token")] == ["-", "-"]  # missing
+    md = agg.markdown_table(groups)
+    assert "| a | 3 | 70.0 ± 20.0 |" in md and md.splitlines()[2].endswith("| baseline |") and "b n=2" in md
+    js = json.loads(open(agg.write_json(groups, str(tmp_path / "s.json"), {"equalize": "forwards"})).read())
+    ja, jb = js["groups"]
+    assert js["baseline"] == "a" and js["equalize"] == "forwards" and ja["paired"] is None and ja["paired_all"] == {}
+    assert set(jb["paired"]) == {"baseline", "metric", "delta_mean", "ci95", "p_value", "n", "sd", "mdd"}
+    assert jb["paired"]["ci95"] == pytest.approx([ci.low, ci.high]) and jb["paired"]["baseline"] == "a"
+    assert list(jb["paired_all"]) == list(agg.PAIRED_METRICS)
+    assert jb["paired_all"]["eval/loss_quad"]["ci95"] == [None, None]
+    with open(agg.write_csv(groups, str(tmp_path / "s.csv"))) as f:
+        ca, cb = list(csv.DictReader(f))
+    key = "Δ eval/accuracy vs a"
+    assert ca[key] == "" and float(cb[key]) == pytest.approx(-0.275)
+    assert float(cb[f"{key} ci95 low"]) == pytest.approx(ci.low)
+    assert cb[f"{key} n"] == "2" and float(cb[f"{key} p_value"]) == pytest.approx(p.p_value)
+    with pytest.raises(ValueError, match="baseline 'c'"):
+        agg.aggregate(rows, baseline="c")
 
 
 def test_step_window_by_hand():

@@ -1,13 +1,22 @@
-"""A comparison's result over seeds: mean +- std (and n) per configuration, as text, CSV, JSON, markdown and
-figures.
+"""A comparison's result over seeds: mean +- std (and n) per configuration and, given a baseline, each other
+configuration's paired difference from it (paired_stats: by seed, 95% CI, permutation p, minimum detectable
+difference), as text, CSV, JSON, markdown and figures.
 
-    groups = aggregate(rows, METRICS)            # rows: {"group", "status", "metrics": {...}, "curve": [...]}
+    groups = aggregate(rows, METRICS)            # rows: {"group", "status", "seed", "metrics": {...}, "curve": [...]}
+    groups = aggregate(rows, METRICS, baseline="Standard lr=1e-3", paired_metrics=PAIRED_METRICS)
     print(format_table(groups))                  # the terminal table
     write_csv(groups, "summary.csv"); write_json(groups, "summary.json"); markdown_table(groups)
     bar_chart(groups, "eval/accuracy", "accuracy.png"); loss_curves(rows, "train/loss", "curves.png")
 
 Only FINISHED trials count. `std` is the sample standard deviation (n - 1) over the seeds of a
-configuration (undefined, shown "-", for n = 1); groups keep the order in which the grid lists them.
+configuration (undefined, shown "-", for n = 1); groups keep the order in which the grid lists them; a metric
+no trial reported shows "-".
+
+With a baseline, every other Group carries `paired` ({metric: paired_stats.Paired}, in paired_metrics' order;
+the first is the primary one): the tables gain a column "Δ <metric> vs <baseline> [95% CI], p" for it (the baseline's
+row says "baseline") and a footer line with each pair's n and minimum detectable difference; the JSON gains
+per group "paired" (the primary metric's Paired.as_dict(), null for the baseline) and "paired_all"
+({metric: as_dict}); the CSV gains the primary metric's delta, ci95 low / high, p_value, n and mdd columns.
 """
 
 from __future__ import annotations
@@ -19,8 +28,13 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-# What a comparison reports per configuration: held-out exact match, then the final losses.
-METRICS = ("eval/accuracy", "eval/loss", "train/loss")
+from mdm.platform.tune.paired_stats import POWER, Paired, format_delta, format_mdd, paired_table
+
+# What a comparison reports per configuration: held-out exact match, the held-out losses (one time-sample, by
+# quadrature over t), the held-out log-likelihood bound per token, then the final training loss.
+METRICS = ("eval/accuracy", "eval/loss", "eval/loss_quad", "eval/loglik_per_token", "train/loss")
+# Compared by seed against the baseline, the first one the primary (the tables' Δ column, the JSON's "paired").
+PAIRED_METRICS = ("eval/accuracy", "eval/loss_quad", "eval/loglik_per_token", "eval/loss", "train/loss")
 
 
 @dataclass
@@ -30,6 +44,17 @@ class Group:
     label: str
     seeds: list[Any] = field(default_factory=list)
     stats: dict[str, tuple[float, float, int]] = field(default_factory=dict)
+    baseline: Optional[str] = None  # the baseline's label when paired statistics were asked for
+    paired: dict[str, Paired] = field(default_factory=dict)  # {metric: against the baseline}; empty for it
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.baseline is not None and self.label == self.baseline
+
+    @property
+    def primary(self) -> Optional[Paired]:
+        """The paired result on the primary (first) paired metric, None for the baseline or without one."""
+        return next(iter(self.paired.values()), None)
 
     @property
     def n(self) -> int:
@@ -43,8 +68,11 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
     return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else float("nan"), len(vals)
 
 
-def aggregate(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = METRICS) -> list[Group]:
-    """Group FINISHED rows by `group` (first-seen order) and summarise each metric over their seeds."""
+def aggregate(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = METRICS, baseline: Optional[str] = None,
+              paired_metrics: Sequence[str] = PAIRED_METRICS) -> list[Group]:
+    """Group FINISHED rows by `group` (first-seen order) and summarise each metric over their seeds; with a
+    `baseline` (a group label: ValueError if no row has it), pair every other group with it by seed on each of
+    `paired_metrics`."""
     groups: dict[str, Group] = {}
     members: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
@@ -55,6 +83,10 @@ def aggregate(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = METRICS) 
             members[r["group"]].append(r)
     for label, g in groups.items():
         g.stats = {m: _mean_std([r["metrics"].get(m) for r in members[label]]) for m in metrics}
+    if baseline is not None and paired_metrics:
+        table = paired_table(rows, baseline, paired_metrics)
+        for label, g in groups.items():
+            g.baseline, g.paired = baseline, table.get(label, {})
     return list(groups.values())
 
 
@@ -69,11 +101,37 @@ def _header(metric: str) -> str:
     return f"{metric} (%)" if metric.endswith("accuracy") else metric
 
 
+def _baseline(groups: Sequence[Group]) -> Optional[str]:
+    return next((g.baseline for g in groups if g.baseline is not None), None)
+
+
+def _primary_metric(groups: Sequence[Group]) -> Optional[str]:
+    return next((g.primary.metric for g in groups if g.primary is not None), None)
+
+
 def table_rows(groups: Sequence[Group], metrics: Sequence[str] = METRICS) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the summary: configuration, n, then mean ± std per metric (accuracy in %)."""
+    """Header and rows of the summary: configuration, n, then mean ± std per metric (accuracy in %), and with
+    a baseline "Δ vs <baseline> [95% CI], p" on the primary paired metric."""
     head = ["configuration", "n", *(_header(m) for m in metrics)]
-    body = [[g.label, str(g.n), *(_pm(g.stats[m][0], g.stats[m][1], m) for m in metrics)] for g in groups]
+    body = [[g.label, str(g.n), *(_pm(*g.stats[m][:2], m) if m in g.stats else "-" for m in metrics)]
+            for g in groups]
+    base, primary = _baseline(groups), _primary_metric(groups)
+    if base is not None and primary is not None:
+        head.append(f"Δ {primary}{' (pts)' if primary.endswith('accuracy') else ''} vs {base} [95% CI], p")
+        for g, row in zip(groups, body):
+            row.append("baseline" if g.is_baseline else format_delta(g.primary) if g.primary else "-")
     return head, body
+
+
+def paired_footer(groups: Sequence[Group]) -> str:
+    """One line under the table: what the Δ column is, and each pair's n and minimum detectable difference
+    ("" without paired statistics)."""
+    base, primary = _baseline(groups), _primary_metric(groups)
+    if base is None or primary is None:
+        return ""
+    pairs = "; ".join(f"{g.label} n={g.primary.n} MDD {format_mdd(g.primary)}" for g in groups if g.primary)
+    return (f"Δ = configuration - {base} on {primary}, paired by seed: mean [Student t 95% CI], sign-flip "
+            f"permutation p (exact up to 16 pairs); MDD (two-sided 0.05, power {POWER}, observed sd): {pairs}")
 
 
 def format_table(groups: Sequence[Group], metrics: Sequence[str] = METRICS) -> str:
@@ -82,14 +140,16 @@ def format_table(groups: Sequence[Group], metrics: Sequence[str] = METRICS) -> s
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
-    return "\n".join(lines)
+    footer = paired_footer(groups)
+    return "\n".join(lines + ([footer] if footer else []))
 
 
 def markdown_table(groups: Sequence[Group], metrics: Sequence[str] = METRICS) -> str:
     """The same table in markdown (the parent run's description, the README)."""
     head, body = table_rows(groups, metrics)
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body])
+    footer = paired_footer(groups)
+    return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body] + (["", footer] if footer else []))
 
 
 def _records(groups: Sequence[Group]) -> list[dict[str, Any]]:
@@ -104,17 +164,38 @@ def _records(groups: Sequence[Group]) -> list[dict[str, Any]]:
 
 
 def write_json(groups: Sequence[Group], path: str, extra: Optional[dict[str, Any]] = None) -> str:
-    """{"groups": [{configuration, n, seeds, "<metric> mean", "<metric> std"}], **extra} at `path`."""
+    """{"groups": [{configuration, n, seeds, "<metric> mean", "<metric> std"}], **extra} at `path`; with a
+    baseline each group also has "paired" (Paired.as_dict() of the primary metric, null for the baseline) and
+    "paired_all" ({metric: Paired.as_dict()}, {} for the baseline), and the top level "baseline"."""
+    recs = _records(groups)
+    base = _baseline(groups)
+    if base is not None:
+        for g, rec in zip(groups, recs):
+            rec["paired"] = g.primary.as_dict() if g.primary else None
+            rec["paired_all"] = {m: p.as_dict() for m, p in g.paired.items()}
     with open(path, "w") as f:
-        json.dump({"groups": _records(groups), **(extra or {})}, f, indent=2)
+        json.dump({"groups": recs, **({"baseline": base} if base is not None else {}), **(extra or {})}, f,
+                  indent=2)
     return path
 
 
+def _csv_paired(g: Group) -> dict[str, Any]:
+    p = g.primary
+    if p is None:
+        return {}
+    d = p.as_dict()
+    pre = f"Δ {p.metric} vs {p.baseline}"
+    return {f"{pre}": d["delta_mean"], f"{pre} ci95 low": d["ci95"][0], f"{pre} ci95 high": d["ci95"][1],
+            f"{pre} p_value": d["p_value"], f"{pre} n": d["n"], f"{pre} mdd": d["mdd"]}
+
+
 def write_csv(groups: Sequence[Group], path: str) -> str:
-    """One row per configuration: configuration, n, seeds, then mean and std of each metric."""
-    recs = _records(groups)
+    """One row per configuration: configuration, n, seeds, then mean and std of each metric, and with a
+    baseline the primary paired metric's delta, ci95 low / high, p_value, n and mdd (empty for the baseline)."""
+    recs = [{**r, **_csv_paired(g)} for g, r in zip(groups, _records(groups))]
+    fields = list(dict.fromkeys(k for r in recs for k in r)) or ["configuration"]
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(recs[0]) if recs else ["configuration"])
+        w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for r in recs:
             w.writerow({**r, "seeds": " ".join(str(s) for s in r["seeds"])})
