@@ -59,12 +59,16 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def encode_split(task: Any, tok: Any, split: str, gen_length: int) -> tuple[list[dict], list[Any]]:
-    """Rows {"input_ids", "prompt_length"} with the response EOS-padded to `gen_length`, and the examples."""
+def encode_split(task: Any, tok: Any, split: str, gen_length: Optional[int]) -> tuple[list[dict], list[Any]]:
+    """Rows {"input_ids", "prompt_length"} with the response EOS-padded to `gen_length` (None: not padded,
+    response + one EOS), and the examples."""
     rows = []
     examples = list(task.examples(split))
     for ex, (ids, plen) in zip(examples, task.encode_examples(tok, examples)):  # prompt + response + EOS
         n_resp = len(ids) - plen
+        if gen_length is None:
+            rows.append({"input_ids": ids, "prompt_length": plen})
+            continue
         if n_resp > gen_length:
             raise ValueError(f"{split} example {ex.id}: response is {n_resp} tokens (with EOS) but "
                              f"sampler.gen_length is {gen_length}; raise --set sampler.gen_length")

@@ -1,7 +1,7 @@
 """Standard vs MIRROR vs P-POTS vs P-POTS+MIRROR over seeds, with held-out accuracy: the paper's comparison.
 
-    python experiments/compare_objectives.py                       # CPU: arithmetic, both regimes (~30 min, 2 cores)
-    python experiments/compare_objectives.py --regime small        # only the variance-limited (small-batch) regime
+    python experiments/compare_objectives.py                       # CPU: arithmetic, all three regimes (2 cores)
+    python experiments/compare_objectives.py --regime short        # short unpadded answers: where P-POTS can gain most
     python experiments/compare_objectives.py --budget ci           # a few steps per trial (the test)
     python experiments/compare_objectives.py --preset gsm8k-llada-8b   # GPUs: LLaDA-8B-Instruct on GSM8K
     python experiments/compare_objectives.py --set compare.equalize=batch --set 'compare.seeds=[1,2,3,4,5]'
@@ -17,7 +17,11 @@ Presets:
                     in_process`), 1 CPU each, and are scored on 200 held-out problems. Two regimes: `large`,
                     64 sequence-forwards per step (the demo's batch), 1,500 steps at lr 2e-3, and `small`, 8 per
                     step, 5,000 steps at lr 1e-3: the variance-limited regime (the paper trains with batch 1 per
-                    GPU), where an estimator's gradient variance matters most. `--budget ci` trains a few steps.
+                    GPU), where an estimator's gradient variance matters most. `short`: the regime where P-POTS
+                    can gain most before training (R* smallest: responses not EOS-padded, so ~13 answer tokens
+                    instead of 16 and the one-masked-token tail is heavier), 8 per step, with positive-control
+                    arms (Standard with 1.6x and 2x the batch) and seeds added until the paired CIs resolve the
+                    predicted effect. `--budget ci` trains a few steps.
   gsm8k-llada-8b    {base,llada_8b,gsm8k,compare_gsm8k_llada8b}.yaml: the paper's setup (batch 1 per GPU, greedy
                     reference sampler with generation length 128, 128 steps, blocks of 32), each trial a Ray Train
                     job with DeepSpeed and batch inference on the whole test split; data as experiments/gsm8k.py
@@ -41,10 +45,16 @@ PRESETS = {"arithmetic": ["base.yaml", "arithmetic.yaml", "compare_arithmetic.ya
 REGIMES = {"large": ["train.batch_size_per_gpu=64", "train.max_steps=1500", "train.warmup_steps=50", "train.lr=2e-3",
                      "train.eval_steps=250", "train.logging_steps=25"],
            "small": ["train.batch_size_per_gpu=8", "train.max_steps=5000", "train.warmup_steps=100", "train.lr=1e-3",
-                     "train.eval_steps=1000", "train.logging_steps=100"]}
+                     "train.eval_steps=1000", "train.logging_steps=100"],
+           "short": ["train.batch_size_per_gpu=8", "train.max_steps=1500", "train.warmup_steps=50", "train.lr=1e-3",
+                     "train.eval_steps=500", "train.logging_steps=100", "compare.control_batch_multipliers=[1.6,2]",
+                     "compare.target_halfwidth=0.01", "compare.max_seeds=12", "likelihood.answer_window=0"]}
+# How the responses are laid out: EOS-padded to sampler.gen_length (the demo's SFT layout), or as they are.
+UNPADDED = {"short"}
 BUDGETS = {"full": [], "ci": ["train.max_steps=4", "train.warmup_steps=0", "train.eval_steps=2",
                               "train.logging_steps=2", "compare.eval_limit=16", "train.num_samples_x0=8",
                               "train.num_samples_t=4", "train.num_samples_xt=1", "model.n_layers=1",
+                              "compare.quad_points=4", "compare.loglik_mc=4", "compare.max_seeds=3",
                               "model.d_model=32", "model.n_heads=2", "model.mlp_hidden_size=64"]}
 
 
@@ -54,7 +64,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="arithmetic")
-    p.add_argument("--regime", choices=["large", "small", "both"], default="both", help="CPU preset: batch regime")
+    p.add_argument("--regime", choices=["large", "small", "short", "both", "all"], default="all",
+                   help="CPU preset: batch regime (both = large and small; all = the three)")
     p.add_argument("--budget", choices=sorted(BUDGETS), default="full", help="full, or ci: a few steps per trial")
     p.add_argument("--work-dir", default="data/compare", help="tokenizer + processed JSONL (reused when present)")
     p.add_argument("--data-dir", default=None, help="gsm8k preset: local GSM8K copy (train.jsonl, test.jsonl)")
@@ -63,8 +74,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def arithmetic_data(cfg: Any, work: Path) -> list[str]:
-    """Tokenizer + processed JSONL of the arithmetic training split (EOS-padded answers, as the demo trains)."""
+def arithmetic_data(cfg: Any, work: Path, padded: bool = True) -> list[str]:
+    """Tokenizer + processed JSONL of the arithmetic training split: answers EOS-padded to the answer window
+    (as the demo trains), or with `padded=False` as they are (response + one EOS)."""
     import arithmetic  # experiments/arithmetic.py: Python puts a script's own directory first on sys.path
 
     from mdm.platform.tokenizer import load_tokenizer
@@ -72,14 +84,16 @@ def arithmetic_data(cfg: Any, work: Path) -> list[str]:
     from mdm.tasks.tokenize import train_bpe
 
     args = dict(cfg.compare.task_args)
-    tag = "-".join(f"{k}{v}" for k, v in sorted(args.items())) + f"-gen{cfg.sampler.gen_length}"
+    tag = "-".join(f"{k}{v}" for k, v in sorted(args.items())) + (f"-gen{cfg.sampler.gen_length}" if padded
+                                                                   else "-unpadded")
     out = work / "arithmetic" / tag
     path = out / "train.jsonl"
     if not path.is_file():
         task = Arithmetic(**args)
         tok_dir = train_bpe([f"{ex.prompt}\n{ex.response}" for ex in task.examples("train")], str(out / "tokenizer"),
                             vocab_size=320)
-        rows, _ = arithmetic.encode_split(task, load_tokenizer(tok_dir), "train", cfg.sampler.gen_length)
+        rows, _ = arithmetic.encode_split(task, load_tokenizer(tok_dir), "train",
+                                          cfg.sampler.gen_length if padded else None)
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         print(f"compare: {len(rows)} training problems -> {path}", flush=True)
     return [f"train.train_data_path={path}", f"data.tokenizer={out / 'tokenizer'}"]
@@ -99,7 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     files = [str(CONFIGS / f) for f in PRESETS[args.preset]]
     data_dir = [f"data.task_data_dir={Path(args.data_dir).resolve()}"] if args.data_dir else []
-    regimes = ["large", "small"] if args.regime == "both" else [args.regime]
+    regimes = {"both": ["large", "small"], "all": ["large", "small", "short"]}.get(args.regime, [args.regime])
     if args.preset != "arithmetic":
         regimes = ["paper"]
 
@@ -115,7 +129,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0, tables = time.time(), []
     for regime in regimes:
         cfg = config(regime)
-        prepared = arithmetic_data(cfg, Path(args.work_dir).resolve()) if args.preset == "arithmetic" \
+        prepared = arithmetic_data(cfg, Path(args.work_dir).resolve(), regime not in UNPADDED) \
+            if args.preset == "arithmetic" \
             else gsm8k_data(cfg, args)
         cfg = config(regime, prepared)
         res = run_comparison(cfg, argv=sys.argv if argv is None else ["compare_objectives.py", *argv])

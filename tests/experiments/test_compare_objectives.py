@@ -2,15 +2,19 @@
 
     pytest tests/experiments/test_compare_objectives.py -q -s      # -s prints where the screenshots are
 
-One run of the script (4 configurations x 2 seeds, 4 steps per trial, the variance-limited regime, a real
-embedded Ray and a sqlite MLflow store), shared by the tests of this module:
+One run of the script (4 configurations and a positive-control arm (Standard with 2x the batch), 2 seeds, then a
+second round adding a third seed because the target CI half-width is not met; 4 steps per trial, the
+variance-limited regime, a real embedded Ray and a sqlite MLflow store), shared by the tests of this module:
 - the terminal table and the store agree: 1 parent, 8 children named by their swept values, FINISHED;
   MIRROR trains on half the sequences at equal forwards; p_model is "inert" with PPOTS off; no run_name param;
 - MLflow's context tags match this process (user) and this checkout (`git rev-parse HEAD`); the dataset
   input's digest is the SHA-256 of the processed file, computed here; system metrics were sampled;
 - the diagnostics are in range and where they belong (IS weights with PPOTS, the pair correlation with MIRROR);
 - the predictions table re-scored with the task (rebuilt here) gives the logged accuracy;
-- the summary files equal mean and sample std computed here from the children's MLflow metrics;
+- the summary files equal mean and sample std computed here from the children's MLflow metrics, and each
+  configuration's paired difference from Standard equals scipy's paired t interval and an exact sign-flip
+  p-value computed here from the children's metrics; within a seed every child has the same
+  `mdm.init_digest`, and the same `mdm.data_digest` exactly when it trains the same batch size;
 - the logged MLflow model (pyfunc) loads and samples the trial's predictions exactly (greedy sampler), and
   registers;
 - `mlflow server` on 127.0.0.1 renders, in headless Chromium (ML view), the parent with the aggregated table and
@@ -34,8 +38,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SEEDS = (1, 2)
+SEEDS = (1, 2, 3)        # 1, 2 in the first round; 3 added by compare.target_halfwidth (max_seeds 3)
 CONFIGS = ("Standard", "MIRROR", "PPOTS(EPR)", "MIRROR+PPOTS(EPR)")
+CONTROL = "Standard batch×2"
+ARMS = CONFIGS + (CONTROL,)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
@@ -45,7 +51,8 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
     uri = f"sqlite:///{root}/mlruns.db"
     cmd = [sys.executable, str(REPO / "experiments" / "compare_objectives.py"), "--budget", "ci", "--regime", "small",
-           "--work-dir", str(root / "data"), "--set", f"compare.seeds=[{','.join(map(str, SEEDS))}]",
+           "--work-dir", str(root / "data"), "--set", "compare.seeds=[1,2]", "--set", "compare.max_seeds=3",
+           "--set", "compare.target_halfwidth=1e-9", "--set", "compare.control_batch_multipliers=[2]",
            "--set", f"tracking.tracking_uri={uri}", "--set", f"train.output_dir={root / 'out'}",
            "--set", f"ray.storage_path={root / 'ray'}", "--set", "ray.num_cpus=2",
            "--set", "tracking.system_metrics_interval_s=0.5"]
@@ -65,15 +72,18 @@ def run(tmp_path_factory):
     kids = [r for r in runs if r.data.tags.get("mdm.role") == "trial"]
     assert len(parents) == 1, [r.info.run_name for r in runs]
     return {"root": root, "uri": uri, "client": client, "exp": exp.experiment_id, "stdout": proc.stdout,
+            "stderr": proc.stderr,
             "parent": parents[0], "kids": kids}
 
 
 def test_table_names_params_and_tags(run):
     out = run["stdout"]
-    for name in CONFIGS:  # the terminal table: every configuration with its two seeds
-        assert any(line.split()[:2] == [name, str(len(SEEDS))] for line in out.splitlines()), out[-3000:]
+    for name in ARMS:  # the terminal table: every configuration with its three seeds
+        assert any(line.startswith(name + " ") and line[len(name):].split()[0] == str(len(SEEDS))
+                   for line in out.splitlines()), out[-3000:]
+    assert "round 2, seeds [3]" in run["stderr"]
     kids = run["kids"]
-    assert sorted(k.info.run_name for k in kids) == sorted(f"{c} seed={s}" for c in CONFIGS for s in SEEDS)
+    assert sorted(k.info.run_name for k in kids) == sorted(f"{c} seed={s}" for c in ARMS for s in SEEDS)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
     for k in kids:
         p, t = k.data.params, k.data.tags
@@ -81,7 +91,8 @@ def test_table_names_params_and_tags(run):
         assert t["mdm.run"].startswith(t["mdm.sweep"]) and t["mdm.trial_id"] in t["mdm.run"]
         assert t["mdm.group"] == k.info.run_name.rsplit(" seed=", 1)[0] and t["mdm.equalize"] == "forwards"
         assert "run_name" not in p and p["compare.equalize"] == "forwards"
-        assert p["train.batch_size_per_gpu"] == ("4" if p["train.train_mode"] == "MIRROR" else "8")
+        want = "4" if p["train.train_mode"] == "MIRROR" else "16" if k.info.run_name.startswith(CONTROL) else "8"
+        assert p["train.batch_size_per_gpu"] == want
         assert p["train.p_model"] == ("EPR" if p["train.PPOTS"] == "True" else "inert")
         assert t["mlflow.user"] and t["mlflow.source.name"].endswith("compare_objectives.py")
         if commit.returncode == 0:
@@ -130,9 +141,50 @@ def test_predictions_rescored_and_summary_recomputed(run):
             vals = [k.data.metrics[metric] for k in members]
             assert g[f"{metric} mean"] == pytest.approx(statistics.fmean(vals))
             assert g[f"{metric} std"] == pytest.approx(statistics.stdev(vals))
+    _check_paired(summary, run["kids"])
     arts = {a.path for a in client.list_artifacts(run["parent"].info.run_id)}
     assert {"summary.csv", "summary.json", "summary.txt", "accuracy.png", "eval_loss.png",
             "curves_train_loss.png"} <= arts
+
+
+def _check_paired(summary, kids):
+    """Every non-baseline configuration's `paired` block against scipy and an enumeration done here."""
+    import itertools
+
+    import numpy as np
+    from scipy import stats
+
+    metric = summary["paired_metric"]
+    by = {(k.data.tags["mdm.group"], int(k.data.params["train.seed"])): k.data.metrics.get(metric) for k in kids}
+    assert summary["baseline"] == "Standard"
+    for g in summary["groups"]:
+        if g["configuration"] == "Standard":
+            assert not g.get("paired")
+            continue
+        d = np.array([by[(g["configuration"], s)] - by[("Standard", s)] for s in SEEDS])
+        p = g["paired"]
+        assert set(p) >= {"baseline", "metric", "delta_mean", "ci95", "p_value", "n"}
+        assert p["baseline"] == "Standard" and p["metric"] == metric and p["n"] == len(SEEDS)
+        assert p["delta_mean"] == pytest.approx(d.mean())
+        if d.std() > 0:
+            ci = stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
+            assert p["ci95"] == pytest.approx([ci.low, ci.high])
+        flips = [abs(np.mean(d * np.array(sg))) >= abs(d.mean()) - 1e-12
+                 for sg in itertools.product((1, -1), repeat=len(d))]
+        assert p["p_value"] == pytest.approx(np.mean(flips))
+
+
+def test_children_of_a_seed_are_paired(run):
+    for seed in SEEDS:
+        kids = [k for k in run["kids"] if k.data.params["train.seed"] == str(seed)]
+        assert len(kids) == len(ARMS)
+        assert len({k.data.tags["mdm.init_digest"] for k in kids}) == 1   # the same initial weights
+        data = {}
+        for k in kids:
+            data.setdefault(k.data.params["train.batch_size_per_gpu"], set()).add(k.data.tags["mdm.data_digest"])
+        assert all(len(v) == 1 for v in data.values()), data             # the same first batch at the same size
+        assert len(set.union(*data.values())) == len(data)               # and a different one at another size
+    assert len({k.data.tags["mdm.init_digest"] for k in run["kids"]}) == len(SEEDS)
 
 
 def test_logged_model_samples_the_trials_predictions(run):
@@ -194,7 +246,7 @@ def test_browser_shows_child_names_and_the_aggregated_table(run, tmp_path):
     finally:
         os.killpg(server.pid, 15)  # the server we started and its workers (its own session)
         server.wait(timeout=30)
-    for c in CONFIGS:   # the aggregated table (markdown in the description) on the parent's page
+    for c in ARMS:   # the aggregated table (markdown in the description) on the parent's page
         assert f">{c}</td>" in dom["parent"], dom["parent"][-2000:]
     assert "eval/accuracy (%)" in dom["parent"] and "±" in dom["parent"]
     for k in run["kids"]:  # every child by its swept values in the compare view

@@ -130,6 +130,15 @@ def objective_label(flat: Mapping[str, Any], space: SweepSpace) -> str:
     return spec.label(flat) if mult == 1.0 else f"{spec.label(flat)} batch×{mult:g}"
 
 
+def stratum_label(flat: Mapping[str, Any], space: SweepSpace) -> str:
+    """What a configuration shares with the baseline it is paired against: its swept keys other than the
+    objective's and the seed ("lr=1e-3"; "" when only the objective is swept)."""
+    spec = get_registry("engines").get(flat.get("engine", "llada_plus"))
+    covered = set(spec.label_keys) if spec.label is not None else set()
+    keys = [k for k in swept_keys(space) if k != SEED_KEY and k not in covered]
+    return trial_label(flat, keys) if keys else ""
+
+
 def cell_label(flat: Mapping[str, Any], space: SweepSpace) -> str:
     """A trial's display name: its configuration label and its seed ("MIRROR lr=1e-3 seed=1")."""
     return f"{group_label(flat, space)} {trial_label(flat, [SEED_KEY])}"

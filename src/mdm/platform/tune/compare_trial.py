@@ -1,5 +1,6 @@
 """One comparison trial, run by Ray Tune: train one cell of the grid, score it on the held-out split, and
-record it as an MLflow child run of the comparison.
+record it as an MLflow child run of the comparison (tagged with the digests that show it is paired with the
+other configurations of its seed: `mdm.init_digest`, `mdm.data_digest`).
 
     tune.with_parameters(comparison_trial, inputs=TrialInputs(...))     # built by compare.run_comparison
 
@@ -12,7 +13,7 @@ Either way the child run is named by its swept values (`MIRROR+PPOTS(EPR) lr=1e-
 `<sweep>-<trial id>` in the tag `mdm.run`, trial id in `mdm.trial_id`, configuration in `mdm.group`), logs
 the config without per-run-unique keys and with inert keys as "inert", MLflow's context tags from the
 driver, the training data as a dataset input, system metrics while training, the losses and `diag/` metrics
-at every logging step, `eval/accuracy` with the predictions as a table and a JSONL file, the timings
+at every logging step, `eval/accuracy`, `eval/loss_quad` and `eval/loglik_per_token` (compare_eval.low_noise_eval) with the predictions as a table and a JSONL file, the timings
 (`time/setup_s`, `time/train_s`, `time/train_cpu_s`, `time/eval_s`, `time/finish_s`, `time/trial_s`), and the export as files
 (`final_model`) and as an MLflow model (`tracking.log_model`). Every report to Tune carries `step`; the last
 one carries `eval/accuracy`, which marks the trial complete.
@@ -28,8 +29,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mdm.platform.config_ops import dump_config, flatten, with_overrides
-from mdm.platform.runs import child_run_name, export_dir, trial_label, tracked_params
-from mdm.platform.tune.compare_space import cell_overrides, group_label, swept_keys
+from mdm.platform.runs import child_run_name, export_dir, tracked_params
+from mdm.platform.tune.compare_space import cell_label, cell_overrides, group_label
 from mdm.platform.tune.space import SweepSpace
 from mdm.platform.tune.sweep_tracking import child_tags
 
@@ -58,12 +59,12 @@ def trial_config(inputs: TrialInputs, config: dict[str, Any], trial_id: str) -> 
     run_name = child_run_name(inputs.sweep, trial_id)
     cfg = with_overrides(inputs.base, {**params, "run_name": run_name})
     flat = flatten(cfg)
-    return cfg, run_name, trial_label(flat, swept_keys(inputs.space)), group_label(flat, inputs.space)
+    return cfg, run_name, cell_label(flat, inputs.space), group_label(flat, inputs.space)
 
 
 def tune_trial_name(trial: Any, *, base: Any, space: SweepSpace) -> str:
     """Tune's name for a trial (its terminal table's first column): the run's display label."""
-    return trial_label({**flatten(base), **space.overrides_for(trial.config or {})}, swept_keys(space))
+    return cell_label({**flatten(base), **space.overrides_for(trial.config or {})}, space)
 
 
 def comparison_trial(config: dict[str, Any], *, inputs: TrialInputs) -> None:
@@ -107,7 +108,7 @@ def _in_process(cfg: Any, inputs: TrialInputs, run_name: str, label: str, tags: 
     from mdm.platform.tracking.system_metrics import start_system_metrics
     from mdm.platform.tracking.tracker import RunLogger, Tracker
     from mdm.platform.train.inprocess import fit_in_process
-    from mdm.platform.tune.compare_eval import build_eval_task, score_held_out
+    from mdm.platform.tune.compare_eval import build_eval_task, low_noise_eval, score_held_out
 
     torch.set_num_threads(max(1, int(cfg.compare.cpus_per_trial)))
     tokenizer = load_tokenizer(inputs.tokenizer_path, cfg.model.trust_remote_code)
@@ -133,15 +134,17 @@ def _in_process(cfg: Any, inputs: TrialInputs, run_name: str, label: str, tags: 
         t_eval = time.perf_counter()
         task = build_eval_task(cfg)
         ev, records = score_held_out(fit.model, cfg, tokenizer, task, inputs.eval_rows)
+        low_noise = low_noise_eval(fit.model, cfg, inputs.data.eval, inputs.eval_rows)
         t_finish = time.perf_counter()
         out = export_dir(cfg, run_name)
         fit.model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
         if tracker is not None:
+            logger.tags(fit.tags)
             _log_outputs(tracker, run_id, cfg, out, records)
         step = int(fit.final["step"])
         now = time.perf_counter()
-        final = {**fit.final, DONE_KEY: ev["accuracy"], "eval/n": ev["n"], "eval/nfe": ev["nfe"],
+        final = {**fit.final, **low_noise, DONE_KEY: ev["accuracy"], "eval/n": ev["n"], "eval/nfe": ev["nfe"],
                  "time/setup_s": (t_fit - t_start) + fit.timings["setup_s"], "time/train_s": fit.timings["train_s"],
                  "time/train_cpu_s": fit.timings["train_cpu_s"],
                  "time/eval_s": fit.timings["eval_s"] + (t_finish - t_eval), "time/finish_s": now - t_finish,

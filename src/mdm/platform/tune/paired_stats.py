@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Hashable, Iterable, Mapping, Sequence, Union
+from typing import Any, Hashable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from scipy import stats
@@ -207,3 +207,45 @@ def control_verdict(table: Mapping[str, Mapping[str, Paired]], controls: Sequenc
         verdict = "separable" if p.separable else "not separable: " + NOT_SEPARABLE.format(subject=subject)
         out.append(ControlVerdict(label, p, p.separable, f"{head}: {verdict}"))
     return out
+
+
+def next_seed_count(pairs: Sequence[Paired], target: float, n_now: int, max_seeds: int) -> int:
+    """How many seeds in all the next round should reach: n_now when every interval's half-width is <= target
+    (or max_seeds is reached), else the n at which the widest interval would shrink to the target if its sd
+    held (half-width ~ 1/sqrt(n); the t quantile also falls, so this is conservative), at least n_now + 1 and at
+    most max_seeds. An interval that cannot be computed yet (n < 2) asks for one more seed."""
+    if n_now >= max_seeds or (pairs and halfwidths_met(list(pairs), target)):
+        return n_now
+    widths = [p.halfwidth for p in pairs if math.isfinite(p.halfwidth)]
+    if len(widths) < len(pairs) or not widths:
+        return min(n_now + 1, max_seeds)
+    need = math.ceil(n_now * (max(widths) / target) ** 2 - 1e-9)  # 16.0000001 from rounding is 16
+    return int(min(max(need, n_now + 1), max_seeds))
+
+
+def verdict_lines(pairs: Sequence[Paired], labels: Sequence[str], controls: Sequence[str], *,
+                  target: Optional[float] = None, subject: str = "P-POTS") -> list[str]:
+    """The comparison's conclusion in words, one line per configuration (`pairs[i]` is `labels[i]` against the
+    baseline on the headline metric): controls first (separable or not, i.e. whether this regime can show an
+    effect that size at all), then each configuration: "established" when its 95% CI excludes 0, else "not
+    established" with the minimum detectable difference at this n; then whether the half-width target was met."""
+    lines = []
+    if pairs and all(p.n == 0 for p in pairs):
+        return [f"no paired values of {pairs[0].metric}: no verdict (is the metric logged by every trial?)"]
+    table = {label: {p.metric: p} for p, label in zip(pairs, labels) if p.n > 0}
+    for v in control_verdict(table, [c for c in controls if c in table], pairs[0].metric if pairs else "",
+                             subject=subject):
+        lines.append(v.sentence)
+    for p, label in zip(pairs, labels):
+        if label in controls or p.n == 0:
+            continue
+        head = f"{label} vs {p.baseline} on {p.metric} = {format_delta(p)} (n={p.n})"
+        if p.n >= 2 and p.separable:
+            lines.append(f"{head}: established at 95% ({'higher' if p.delta_mean > 0 else 'lower'})")
+        else:
+            lines.append(f"{head}: not established (the CI includes 0; detectable at this n: {format_mdd(p)})")
+    if target is not None and pairs:
+        met = halfwidths_met(list(pairs), target)
+        lines.append(f"target CI half-width {target:g} on {pairs[0].metric}: "
+                     + ("met" if met else "not met within compare.max_seeds"))
+    return lines

@@ -1,0 +1,97 @@
+"""A comparison's results: Tune's trial results as rows, and the summary files written from them.
+
+    rows = result_rows(results, inputs)         # one dict per trial: label, group, seed, status, metrics, curve
+    files = write_results(res, out_dir, cfg)    # summary.txt/.csv/.json, accuracy and loss bars, loss curves
+
+Rows are what `aggregate` groups (by configuration, over seeds) and pairs (by seed, against the baseline).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from mdm.platform.config_ops import flatten
+from mdm.platform.tune import aggregate as agg
+from mdm.platform.tune.compare_space import MULT_KEY, objective_label, stratum_label
+from mdm.platform.tune.compare_trial import DONE_KEY, TrialInputs, trial_config
+
+CURVE_METRICS = ("train/loss", "eval/loss")
+
+
+def _numbers(record: Any) -> dict[str, float]:
+    return {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _curve(df: Any) -> list[tuple[int, dict[str, float]]]:
+    curve = []
+    if df is not None and "step" in df:
+        for _, rec in df.iterrows():
+            vals = {m: float(rec[m]) for m in CURVE_METRICS if m in rec and isinstance(rec[m], float)
+                    and math.isfinite(rec[m])}
+            if vals and rec["step"] > 0:
+                curve.append((int(rec["step"]), vals))
+    return curve
+
+
+def result_rows(results: Any, inputs: TrialInputs) -> list[dict[str, Any]]:
+    """One row per Tune result: {trial_id, run_name, label, group, objective, stratum, control, status, seed,
+    metrics (last report), curve, error}; FINISHED when the trial's last report carries the held-out accuracy.
+    `objective` is what `compare.baseline` names, `stratum` what a configuration shares with its baseline
+    (e.g. the learning rate), `control` marks a positive-control arm."""
+    rows = []
+    for r in results:
+        trial_id = Path(r.path).name
+        cfg, run_name, label, group = trial_config(inputs, r.config or {}, trial_id)
+        df = r.metrics_dataframe
+        last = {} if df is None or not len(df) else _numbers(df.iloc[-1])
+        done = df is not None and DONE_KEY in df and df[DONE_KEY].notna().any()
+        status = "FAILED" if r.error is not None else "FINISHED" if done else "KILLED"
+        flat = flatten(cfg)
+        rows.append({"trial_id": trial_id, "run_name": run_name, "label": label, "group": group,
+                     "objective": objective_label(flat, inputs.space), "stratum": stratum_label(flat, inputs.space),
+                     "control": float(flat.get(MULT_KEY, 1.0)) != 1.0, "status": status,
+                     "seed": cfg.train.seed, "metrics": last, "curve": _curve(df),
+                     "error": None if r.error is None else str(r.error).splitlines()[0][:300]})
+    return sorted(rows, key=lambda x: x["trial_id"])
+
+
+def write_results(res: Any, out: Path, cfg: Any, extra: dict[str, Any]) -> dict[str, str]:
+    """The summary files of a ComparisonResult under `out`; `extra` goes into summary.json beside the groups."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"summary.txt": str(out / "summary.txt")}
+    Path(files["summary.txt"]).write_text(res.table + "\n")
+    files["summary.csv"] = agg.write_csv(res.groups, str(out / "summary.csv"))
+    metrics = list(dict.fromkeys([*agg.METRICS, *cfg.compare.paired_metrics]))
+    files["summary.json"] = agg.write_json(res.groups, str(out / "summary.json"), extra={
+        "sweep": res.name, "equalize": cfg.compare.equalize, "runner": cfg.compare.runner, **extra,
+        "trials": [{k: r[k] for k in ("trial_id", "label", "group", "seed", "status")} |
+                   {"metrics": {m: r["metrics"].get(m) for m in metrics}} for r in res.rows]})
+    title = f"{res.name} (equal {cfg.compare.equalize})"
+    files["accuracy.png"] = agg.bar_chart(res.groups, "eval/accuracy", str(out / "accuracy.png"), title)
+    files["eval_loss.png"] = agg.bar_chart(res.groups, "eval/loss", str(out / "eval_loss.png"), title)
+    for m in CURVE_METRICS:
+        if any(m in v for r in res.rows for _, v in r["curve"]):
+            path = str(out / f"curves_{m.replace('/', '_')}.png")
+            files[Path(path).name] = agg.loss_curves(res.rows, m, path, f"{m} per configuration ({res.name})")
+    return files
+
+
+def group_rows(cfg: Any, rows: list[dict[str, Any]]) -> list[agg.Group]:
+    """`aggregate` of the rows, each configuration paired by seed with the baseline of its stratum (the
+    configuration whose objective is `compare.baseline` at the same learning rate and other swept values)."""
+    c = cfg.compare
+    metrics = list(dict.fromkeys([*agg.METRICS, *c.paired_metrics]))
+    groups: list[agg.Group] = []
+    for stratum in dict.fromkeys(r["stratum"] for r in rows):
+        sub = [r for r in rows if r["stratum"] == stratum]
+        base = next((r["group"] for r in sub if r["objective"] == c.baseline), None)
+        groups += agg.aggregate(sub, metrics, baseline=base, paired_metrics=list(c.paired_metrics))
+    return groups
+
+
+def headline(groups: list[agg.Group]) -> tuple[list[Any], list[str]]:
+    """The non-baseline groups' paired results on the headline (first paired) metric, and their labels."""
+    pairs = [(g.primary, g.label) for g in groups if not g.is_baseline and g.primary is not None]
+    return [p for p, _ in pairs], [label for _, label in pairs]
