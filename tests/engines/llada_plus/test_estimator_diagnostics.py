@@ -13,20 +13,33 @@ Bernoulli(p) masks, weight 1/q). Statistical tolerances are stated where used.
 
 from __future__ import annotations
 
+import json
 import math
+import socket
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 import torch.nn as nn
 from test_objective import MASK, VOCAB, TinyLM, make_batches
 
 from mdm.engines.llada_plus.density import PiecewiseLinearDensity
 from mdm.engines.llada_plus.diffusion import IGNORE_INDEX
 from mdm.engines.llada_plus.estimator_diagnostics import mirror_within_corr, pack_rows, realised_grad_variance
+from mdm.engines.llada_plus.eval_quadrature import quadrature_eval_loss
 from mdm.engines.llada_plus.loss import diffusion_loss
 from mdm.engines.llada_plus.time_sampling import TimeSampler
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is fastest, and a busy shared core cannot stall a second one (seen: 6x)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class BiasLM(nn.Module):
@@ -193,3 +206,65 @@ def test_realised_variance_matches_closed_form(y):
         assert r["realised_grad_R"] > 1.2
     elif y[0] > y[1]:
         assert r["realised_grad_R"] < 1.0
+
+
+# -- two workers on gloo: the collective paths of mirror_within_corr and quadrature_eval_loss ----------------
+
+class CountingLM(TinyLM):
+    """TinyLM that counts its forwards (ZeRO-3 needs the same count on every rank)."""
+
+    def forward(self, input_ids, attention_mask=None):
+        self.calls = getattr(self, "calls", 0) + 1
+        return super().forward(input_ids, attention_mask)
+
+
+def shard_rows() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    rows = []
+    for batch in make_batches(7, 9, batch_size=7):
+        for b in range(7):
+            keep = batch["attention_mask"][b] != 0
+            rows.append((batch["input_ids"][b][keep], batch["labels"][b][keep]))
+    return rows
+
+
+def as_batches(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    return [{"input_ids": i[None], "labels": l[None], "attention_mask": torch.ones_like(i)[None]} for i, l in rows]
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}")
+    try:
+        torch.manual_seed(0)
+        model, rows = CountingLM(), shard_rows()
+        # Mirror: rank 0 holds rows 0-2, rank 1 rows 3-6 (takes 3 of them): the union is rows 0-5.
+        mirror = mirror_within_corr(model, as_batches(rows[:3] if rank == 0 else rows[3:]), mask_id=MASK,
+                                    t_values=(0.5,), pairs=4, num_sequences=6, max_tokens_per_forward=48, seed=2)
+        model.calls = 0
+        # Quadrature: unequal shards (2 and 5 rows), so rank 0 must pad with dummy forwards.
+        quad = quadrature_eval_loss(model, as_batches(rows[:2] if rank == 0 else rows[2:]), mask_id=MASK,
+                                    masks_per_point=2, seed=4, max_tokens_per_forward=48)
+        res = {"mirror": mirror, "quad": [quad[0], quad[1], quad[2].tolist()], "calls": model.calls}
+        with open(f"{out}/rank{rank}.json", "w") as f:
+            json.dump(res, f)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_workers_match_single_process_over_the_union(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)  # not fork: OpenMP state hangs it
+    res = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert res[0]["mirror"] == res[1]["mirror"]
+    assert res[0]["quad"] == res[1]["quad"] and res[0]["calls"] == res[1]["calls"]
+    torch.manual_seed(0)
+    model, rows = CountingLM(), shard_rows()
+    mirror = mirror_within_corr(model, as_batches(rows[:6]), mask_id=MASK, t_values=(0.5,), pairs=4,
+                                num_sequences=6, max_tokens_per_forward=48, seed=2)
+    quad = quadrature_eval_loss(model, as_batches(rows), mask_id=MASK, masks_per_point=2, seed=4,
+                                max_tokens_per_forward=48)
+    assert res[0]["mirror"] == pytest.approx(mirror, rel=1e-6)
+    assert res[0]["quad"][:2] == pytest.approx([quad[0], quad[1]], rel=1e-6)
+    assert np.allclose(res[0]["quad"][2], quad[2], rtol=1e-6)
