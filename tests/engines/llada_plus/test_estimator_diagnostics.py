@@ -156,6 +156,12 @@ def test_same_sampler_gives_ratio_exactly_one():
     r = realised_grad_variance(model, batch, TimeSampler(None), mask_id=MASK, draws=20, seed=3)
     assert r["realised_grad_R"] == 1.0 and r["realised_loss_R"] == 1.0 and r["grad_mean_gap2"] == 0.0
     assert all(p.grad is None for p in model.parameters())  # autograd.grad leaves .grad alone
+    # The trace is additive over coordinates: a partition of the parameters splits it exactly (same draws).
+    head = list(model.head.parameters())
+    rest = [p for p in model.parameters() if all(p is not h for h in head)]
+    parts = [realised_grad_variance(model, batch, TimeSampler(None), mask_id=MASK, draws=20, seed=3, params=ps)
+             for ps in (head, rest)]
+    assert parts[0]["tr_cov_grad_q"] + parts[1]["tr_cov_grad_q"] == pytest.approx(r["tr_cov_grad_q"], rel=1e-9)
 
 
 def closed_form(theta: torch.Tensor, batch: dict[str, torch.Tensor], q, eps: float) -> tuple[float, float, float]:

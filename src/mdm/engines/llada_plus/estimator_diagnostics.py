@@ -211,7 +211,8 @@ def _draw_stats(model: Any, batch: dict[str, torch.Tensor], sampler: TimeSampler
                 *, mask_id: int, draws: int, seed: int, eps: float, mode: str) -> dict[str, Any]:
     """Loss values and Welford gradient moments of `draws` training estimates on `batch` with `sampler`."""
     g = torch.Generator().manual_seed(seed)
-    mean = torch.zeros(sum(p.numel() for p in params), dtype=torch.float64)
+    # Moments on the parameters' device: no host copy of the gradient per draw.
+    mean = torch.zeros(sum(p.numel() for p in params), dtype=torch.float64, device=params[0].device)
     m2 = torch.zeros_like(mean)
     losses = []
     device = batch["input_ids"].device
@@ -219,27 +220,30 @@ def _draw_stats(model: Any, batch: dict[str, torch.Tensor], sampler: TimeSampler
         t, weight = sampler.sample(batch["input_ids"].shape[0], g, device)
         loss, _ = diffusion_loss(model, batch, t, weight, mask_id=mask_id, eps=eps, mode=mode, generator=g)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
-        flat = torch.cat([(torch.zeros_like(p) if gr is None else gr).reshape(-1).double().cpu()
+        flat = torch.cat([(torch.zeros_like(p) if gr is None else gr).reshape(-1).to(mean)
                           for p, gr in zip(params, grads)])
         losses.append(float(loss.detach()))
         delta = flat - mean
         mean += delta / (r + 1)
         m2 += delta * (flat - mean)
-    return {"losses": np.array(losses), "grad_mean": mean, "tr_cov": float(m2.sum()) / (draws - 1)}
+    return {"losses": np.array(losses), "grad_mean": mean.cpu(), "tr_cov": float(m2.sum()) / (draws - 1)}
 
 
 def realised_grad_variance(model: Any, batch: dict[str, torch.Tensor], sampler_q: TimeSampler, *, mask_id: int,
-                           draws: int, seed: int = 0, eps: float = 1e-3, mode: str = "Normal") -> dict[str, float]:
+                           draws: int, seed: int = 0, eps: float = 1e-3, mode: str = "Normal",
+                           params: Sequence[torch.Tensor] | None = None) -> dict[str, float]:
     """tr Cov[g] of the training gradient on `batch` under `sampler_q` (weights 1/q(t)) and under U(0, 1).
 
     batch: input_ids [B, L], labels [B, L], attention_mask [B, L] on the model's device. Eval mode (dropout
     off, so only t and the masks vary), the previous mode restored. Keys: tr_cov_grad_q, tr_cov_grad_uniform,
     realised_grad_R (= q / uniform), loss_var_q, loss_var_uniform, realised_loss_R, loss_mean_q, loss_se_q,
     loss_mean_uniform, loss_se_uniform, grad_mean_gap2 (||mean g_q - mean g_u||^2) and grad_mean_gap2_indep
-    ((tr_q + tr_u) / draws, its expectation if the two runs were independent and both unbiased)."""
+    ((tr_q + tr_u) / draws, its expectation if the two runs were independent and both unbiased)).
+    `params` (default: every trainable parameter) restricts the gradient to a subset, e.g. a few layers of a
+    large model: the Welford moments take 2 float64 copies of the flattened gradient."""
     if draws < 2:
         raise ValueError(f"realised_grad_variance needs draws >= 2, got {draws}")
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
     kw = dict(mask_id=mask_id, draws=draws, seed=seed, eps=eps, mode=mode)
     with eval_mode(model):
         q = _draw_stats(model, batch, sampler_q, params, **kw)
