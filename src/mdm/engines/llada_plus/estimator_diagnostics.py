@@ -29,7 +29,12 @@ the sampler with weight 1/q(t) (loss.diffusion_loss, so exactly the training est
 t ~ U(0, 1); tr Cov[g] by Welford in float64 over the flattened gradient of the trainable parameters
 (torch.autograd.grad, so .grad fields and DeepSpeed hooks are untouched). Single process; call it on a plain
 (or ZeRO <= 2, unwrapped) module: under ZeRO-3 the parameters are shards. Both estimators start from the same
-generator seed, so `TimeSampler(None)` as the sampler gives identical draws and a ratio of exactly 1.
+generator seed, so `TimeSampler(None)` as the sampler gives identical draws and a ratio of exactly 1. The
+sampler's weight cap (max_is_weight) applies, as in training.
+
+Shared row machinery (also used by eval_quadrature): take_sequences (rows with response tokens, padding
+stripped), pack_rows (greedy packing under max_tokens_per_forward), row_losses (collective, equal forward
+counts on every rank), eval_mode, all_reduce, dist_rank_world. ppots_estimate has private equivalents.
 """
 
 from __future__ import annotations
