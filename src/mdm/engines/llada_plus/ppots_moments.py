@@ -95,7 +95,8 @@ class PPOTSMoments:
     def _interp(self, s: np.ndarray, t: Any) -> np.ndarray:
         return np.interp(np.sqrt(np.clip(np.asarray(t, dtype=np.float64), 0.0, 1.0)), np.sqrt(self.grid), s)
 
-    def _single(self, t: Any, a: int) -> np.ndarray:
+    def single_part(self, t: Any, a: int) -> np.ndarray:
+        """The exact one-masked-token part (1/N) sum_i P_i(k=1|t) m_a,i / (n_i p)^a at t [M]."""
         p = np.atleast_1d(self._p(t))
         m = self.m1 if a == 1 else self.m2
         terms = p_single(self.n, p) * m[None, :] / (self.n[None, :] * p[:, None]) ** a
@@ -103,11 +104,11 @@ class PPOTSMoments:
 
     def second(self, t: Any) -> np.ndarray:
         """E[l^2 | t] (grad: E[||g||^2 | t]) at t [M]."""
-        return self._single(t, 2) + self._interp(self.s2, t)
+        return self.single_part(t, 2) + self._interp(self.s2, t)
 
     def first(self, t: Any) -> np.ndarray:
         """E[l | t] at t [M] (loss target only)."""
-        return self._single(t, 1) + self._interp(self.s1, t)
+        return self.single_part(t, 1) + self._interp(self.s1, t)
 
     def w(self, t: Any) -> np.ndarray:
         """w(t) = sqrt(E[l^2 | t]), the optimal density up to normalisation."""
