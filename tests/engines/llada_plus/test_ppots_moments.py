@@ -79,13 +79,13 @@ def closed_r_star(n: int, c: float) -> float:
     return (iw * iw - c * c) / (iw2 - c * c)
 
 
-def closed_moments(n: int, c: float, points: int = 256) -> PPOTSMoments:
+def closed_moments(n: int, c: float, points: int = 256, eps: float = EPS) -> PPOTSMoments:
     """The constant-CE moments in PPOTSMoments form, with the k >= 2 part exact at the grid points."""
     grid = make_grid("sqrt", points)
-    p = (1 - EPS) * grid + EPS
+    p = (1 - eps) * grid + eps
     ek1 = n * p - p_single([n], p)[:, 0]                               # E[k 1{k>=2}]
     ek2 = n * p * (1 - p) + (n * p) ** 2 - p_single([n], p)[:, 0]      # E[k^2 1{k>=2}]
-    return PPOTSMoments(target="loss", eps=EPS, grid=grid, s1=c * ek1 / (n * p), s2=c * c * ek2 / (n * p) ** 2,
+    return PPOTSMoments(target="loss", eps=eps, grid=grid, s1=c * ek1 / (n * p), s2=c * c * ek2 / (n * p) ** 2,
                         n=np.array([float(n)]), m1=np.array([c]), m2=np.array([c * c]))
 
 
@@ -134,8 +134,9 @@ def test_single_token_part_and_k2_part_match_mask_enumeration():
 
 
 def test_r_matches_monte_carlo_of_the_weighted_estimator():
-    n, c = 4, 1.0
-    m = closed_moments(n, c)
+    # eps = 0.02 keeps the 4th moment of l (~ 1 / p^3 at small p) small enough for a precise MC variance.
+    n, c, eps = 4, 1.0, 0.02
+    m = closed_moments(n, c, eps=eps)
     fg = make_grid("sqrt", 64)
     density = fit_density("AP", fg, m.w(fg), mix_uniform=0.1)
     rng = np.random.default_rng(0)
@@ -143,17 +144,20 @@ def test_r_matches_monte_carlo_of_the_weighted_estimator():
 
     def estimates(q_density, cap: float) -> np.ndarray:
         t = rng.uniform(size=draws) if q_density is None else q_density.icdf(rng.uniform(size=draws))
-        p = (1 - EPS) * t + EPS
+        p = (1 - eps) * t + eps
         l = c * rng.binomial(n, p) / (n * p)
         return l if q_density is None else l * np.minimum(1 / q_density.pdf(t), cap)
 
     base = estimates(None, np.inf)
-    for cap in (np.inf, 3.0):  # 3 binds: 1/q reaches 10 near t = 1 (q ~ 0.1 + ...), a bias the formula counts
+    # cap 1 binds wherever q < 1 (most of t > 0.2 here): a biased estimator whose variance the formula counts.
+    for cap in (np.inf, 1.0):
         x = estimates(density, cap)
         ratio = x.var() / base.var()
         # relative SE of a sample variance: sqrt((kurtosis - 1) / N); of the ratio, both combined.
         rel = math.sqrt(sum((np.mean((y - y.mean()) ** 4) / y.var() ** 2 - 1) / draws for y in (x, base)))
         assert variance_ratio(m, density.pdf, cap) == pytest.approx(ratio, rel=4 * rel), (cap, rel)
+    # The cap matters here by more than the tolerance (so ignoring it would fail), and R(uniform) = 1.
+    assert variance_ratio(m, density.pdf) > 1.05 * variance_ratio(m, density.pdf, 1.0)
     assert variance_ratio(m, lambda t: np.ones_like(t)) == pytest.approx(1.0, abs=1e-12)
 
 
@@ -183,3 +187,64 @@ def test_eprs_fit_reaches_r_star_on_a_tiny_llada():
     fitted = fit_density("EPRS", fg, m.w(fg), mix_uniform=0.0, n_starts=4).fitted
     assert 0 < m.r_star() < 1
     assert variance_ratio(m, fitted.pdf) <= 1.1 * m.r_star()
+
+
+def test_grad_moments_match_brute_force_gradients():
+    from mdm.engines.llada_plus.ppots_moments import quadrature_nodes
+
+    torch.manual_seed(1)
+    model, n, n_seq = ContextLM(), 3, 4
+    # Copies of one sequence: then the population mean gradient is that sequence's, which enumeration gives
+    # exactly (with distinct sequences the halves estimate the population mean, not these 4 sequences').
+    batches = [{k: v[:1].repeat(n_seq, 1) for k, v in batches_of(n, 1, seed=5)[0].items()}]
+    m = measure(model, batches, n_seq=n_seq, n_xt=24, target="grad")["grad"]
+    params = list(model.parameters())
+    masks = torch.tensor([[(b >> j) & 1 for j in range(n)] for b in range(1, 2 ** n)], dtype=torch.bool)
+    k = masks.sum(1).double().numpy()
+    t, wq = quadrature_nodes()
+    p = (1 - EPS) * t + EPS
+    # ∫ P(M | t) / (n p) dt for each mask M: E[l | t] = sum_M P(M | t) raw(M) / (n p).
+    coef = np.array([np.sum(wq * p ** kk * (1 - p) ** (n - kk) / (n * p)) for kk in k])
+    mu = torch.zeros(sum(q.numel() for q in params), dtype=torch.float64)
+    single2 = 0.0
+    for b in range(n_seq):
+        ids, labels = batches[0]["input_ids"][b:b + 1], batches[0]["labels"][b:b + 1]
+        for mi, mask in enumerate(masks):
+            full = torch.zeros_like(ids, dtype=torch.bool)
+            full[0, 2:] = mask
+            raw = masked_ce_loss(model(torch.where(full, MASK, ids)).logits, labels, full, torch.ones(1))[1][0] * n
+            g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(raw, params)]).double()
+            mu += coef[mi] * g / n_seq
+            if k[mi] == 1:
+                single2 += float(g @ g) / (n * n_seq)  # mean over tokens and sequences of ||grad CE_j||^2
+    t0 = np.array([1e-4, 0.1])
+    p0 = (1 - EPS) * t0 + EPS
+    expect = n * p0 * (1 - p0) ** (n - 1) * single2 / (n * p0) ** 2
+    assert np.allclose(m.single_part(t0, 2), expect, rtol=1e-4)  # exact (float32 gradients)
+    # ||mu_g||^2 from two halves of 2 sequences with 24 masks per grid point: MC + grid quadrature; the
+    # spread over 6 mask seeds was 1 %, so 5 %.
+    assert m.mu_sq() == pytest.approx(float(mu @ mu), rel=0.05)
+    assert 0 < m.r_star() < 1
+
+
+def test_objective_reports_r_for_grad_target_and_falls_back_under_zero3(capsys):
+    from mdm.engines.llada_plus.config import TrainConfig
+    from mdm.engines.llada_plus.objective import build_objective
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(PPOTS=True, num_samples_x0=4, num_samples_t=6, num_samples_xt=2, n_starts=2,
+                      ppots_target="grad", max_tokens_per_forward=256)
+    model = ContextLM()
+    obj = build_objective(cfg)
+    metrics = obj.prepare(model, batches_of(4, 4), "cpu")
+    for key in ("ppots/R_star_loss", "ppots/R_fit_loss", "ppots/R_star_grad", "ppots/R_fit_grad"):
+        assert np.isfinite(metrics[key]), key
+    assert metrics["ppots/R_fit_grad"] >= metrics["ppots/R_star_grad"] - 1e-9  # q* is optimal
+    assert all(q.grad is None for q in model.parameters())  # autograd.grad only
+    resumed = build_objective(cfg)
+    resumed.load_state_dict(obj.state_dict())
+    assert resumed.variance_ratios() == pytest.approx({k: v for k, v in metrics.items() if "/R_" in k})
+    next(model.parameters()).ds_numel = 1  # looks like a ZeRO-3 partitioned parameter
+    metrics = build_objective(cfg).prepare(model, batches_of(4, 4), "cpu")
+    assert "ZeRO-3" in capsys.readouterr().err
+    assert "ppots/R_star_loss" in metrics and "ppots/R_star_grad" not in metrics

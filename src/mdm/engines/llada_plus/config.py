@@ -44,7 +44,7 @@ def forwards_per_sequence(flat: Mapping[str, Any]) -> int:
 class TrainConfig(BaseTrainConfig):
     train_mode: str = choice("Normal", ("Normal", "MIRROR"))
     PPOTS: bool = False
-    p_model: str = registry_choice("EPR", "p_models")
+    p_model: str = registry_choice("EPRS", "p_models")
     num_samples_x0: int = 32
     num_samples_t: int = 16
     num_samples_xt: int = 4
