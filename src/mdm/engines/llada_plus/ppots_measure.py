@@ -10,7 +10,7 @@ Per sequence (n eligible tokens) two kinds of forward rows:
 - k >= 2: at every grid t, `num_samples_xt` masks drawn conditionally on k >= 2 (k from the binomial
   truncated to >= 2, then a uniform k-subset), weighted by P(k >= 2 | t) (sequences with n = 1 have none).
 target "grad": one backward per row with torch.autograd.grad (no .grad is touched, so DeepSpeed ZeRO-1/2
-hooks do not fire), rows one per forward; ||mu_g||^2 is the dot product of the means of two independent
+hooks do not fire; a DDP wrapper is looked through), rows one per forward; ||mu_g||^2 is the dot product of the means of two independent
 halves of the sequences (even / odd global index), so it has no squared-mean bias. Under ZeRO-3
 (partitioned parameters) gradients cannot be taken this way: the loss target is used, said on stderr.
 
@@ -99,6 +99,9 @@ def measure_moments(model: Any, batches: Iterable[dict[str, torch.Tensor]], *, m
         print("P-POTS: ppots_target=grad needs unpartitioned parameters; under DeepSpeed ZeRO-3 the loss target "
               "is used instead", file=sys.stderr)
         target = "loss"
+    if target == "grad" and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        # DDP's forward under grad would arm a gradient all-reduce that autograd.grad never completes.
+        model = model.module
     rank, world = dist_info()
     shares = [num_samples_x0 // world + (r < num_samples_x0 % world) for r in range(world)]
     offset = sum(shares[:rank])
