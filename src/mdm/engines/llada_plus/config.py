@@ -1,13 +1,15 @@
 """The LLaDA+ engine's config sections: `train` (the seed's keys), `model`, `sampler` and `likelihood`.
 
-`train.PPOTS: true` turns on importance sampling over t: before training, `w(t)` = sqrt(E[l^2|t]) is measured
-(ppots_measure.py) on `num_samples_t` grid points (`ppots_grid`: sqrt = t = u^2, dense near 0, or uniform)
-from `num_samples_x0` sequences x `num_samples_xt` masks with >= 2 masked tokens, plus the exact
-one-masked-token part from up to `ppots_single_token_cap` single-token forwards per sequence; `ppots_target`
-loss or grad (E[||g||^2|t]) picks which second moment; a density of family `p_model` is fitted, mixed with
-uniform by `mix_uniform`, and each sampled t is weighted by 1/p(t) (capped at `max_is_weight`). The
-objective logs R = Var(P-POTS) / Var(uniform t) of the fit and of the optimum (ppots/R_fit_*, R_star_*). Those knobs have no effect when PPOTS is off: `CONDITIONS` says so once, for
-the platform's sweeps (deduplication) and tracking (inert params) alike.
+`train.PPOTS: true` turns on importance sampling over t: before training, `w(t)` = sqrt(E[l^2|t]) is
+measured (ppots_measure.py) on `num_samples_t` grid points (`ppots_grid`: sqrt = t = u^2, dense near 0,
+or uniform) from `num_samples_x0` sequences x `num_samples_xt` masks with >= 2 masked tokens, plus the
+exact one-masked-token part from up to `ppots_single_token_cap` single-token forwards per sequence;
+`ppots_target` loss or grad (E[||g||^2|t]) picks which second moment; a density of family `p_model`
+(default EPRS, which follows the t^-1/2 rise of w near 0) is fitted, mixed with uniform by `mix_uniform`,
+and each sampled t is weighted by 1/p(t) (capped at `max_is_weight`). The objective logs R = Var(P-POTS)
+/ Var(uniform t) of the fit and of the optimum (ppots/R_fit_*, R_star_*). Those knobs have no effect when
+PPOTS is off: `CONDITIONS` says so once, for the platform's sweeps (deduplication) and tracking (inert
+params) alike.
 """
 
 from __future__ import annotations

@@ -11,13 +11,14 @@
 
 `batch` is the collate dict as tensors on the device: input_ids, labels (-100 on prompt and padding),
 attention_mask. The mask id is `model.config.mask_token_id` (DeepSpeed/DDP `.module` unwrapped). All
-random draws come from the passed generator, so training is reproducible and resumable; the fitted
-p(t) and the measured moments (for R) are part of `state_dict()`. `prepare` / `maybe_reestimate` return
+random draws come from the passed generator, so training is reproducible and resumable; the fitted p(t)
+and the measured moments (for R) are part of `state_dict()`. `prepare` / `maybe_reestimate` return
 ppots/R_star_loss, ppots/R_fit_loss (and _grad with train.ppots_target=grad): the variance of the
-estimate relative to uniform t, for the optimum and for the density in use. R is the measure of
-P-POTS' effect, not the ESS of the importance weights (ESS can read 0.98 while R = 0.74). The loss normalisation is documented in loss.py; the diagnostics that
-`loss` and `window_metrics` return (importance-weight mean/max/ESS/capped fraction with P-POTS, the
-correlation of MIRROR's two halves) in diagnostics.py.
+estimate relative to uniform t, for the optimum and for the density in use. R is the measure of P-POTS'
+effect, not the ESS of the importance weights (ESS can read 0.98 while R = 0.74). The p_model is fitted
+to w on FIT_POINTS times t = u^2 (dense near 0). The loss normalisation is documented in loss.py; the
+diagnostics that `loss` and `window_metrics` return (importance-weight mean/max/ESS/capped fraction with
+P-POTS, the correlation of MIRROR's two halves) in diagnostics.py.
 prepare() and maybe_reestimate() are collective under torch.distributed: call them on every rank.
 """
 

@@ -1,5 +1,9 @@
 """Measuring w(t) = sqrt(E[l | t]^2 + Var[l | t]) on a grid of t, for P-POTS (on one or many workers).
 
+The objective now measures with ppots_measure.measure_moments (exact one-masked-token part, w at any t);
+this plain-sample-moment version is kept for comparison: on a uniform grid it misses the t^-1/2 rise of w
+below its first point. Its helpers (take_sequences, pack_rows, dist_info, stats_device) are shared.
+
     stats = measure_w(model, batches, mask_id=126336, grid=uniform_grid(16), num_samples_x0=32,
                       num_samples_xt=4, max_tokens_per_forward=16384, seed=0, device="cpu")
     stats.grid, stats.mean, stats.var, stats.count, stats.w      # numpy [T]

@@ -10,9 +10,10 @@ Per sequence (n eligible tokens) two kinds of forward rows:
 - k >= 2: at every grid t, `num_samples_xt` masks drawn conditionally on k >= 2 (k from the binomial
   truncated to >= 2, then a uniform k-subset), weighted by P(k >= 2 | t) (sequences with n = 1 have none).
 target "grad": one backward per row with torch.autograd.grad (no .grad is touched, so DeepSpeed ZeRO-1/2
-hooks do not fire; a DDP wrapper is looked through), rows one per forward; ||mu_g||^2 is the dot product of the means of two independent
-halves of the sequences (even / odd global index), so it has no squared-mean bias. Under ZeRO-3
-(partitioned parameters) gradients cannot be taken this way: the loss target is used, said on stderr.
+hooks do not fire; a DDP wrapper is looked through), rows one per forward; ||mu_g||^2 is the dot product
+of the means of two independent halves of the sequences (even / odd global index), so it has no squared-
+mean bias. Under ZeRO-3 (partitioned parameters) gradients cannot be taken this way: the loss target is
+used, said on stderr.
 
 Distributed: like ppots_estimate.measure_w, rank r takes its share of the sequences, draws come from
 generators seeded by (seed, global sequence index), sums are all-reduced and every rank runs the same
@@ -139,7 +140,8 @@ class Accumulator:
 
     def __init__(self, n_slots: int, n_grid: int, offset: int, n_elig: np.ndarray, p_grid: np.ndarray,
                  grid_w: np.ndarray, n_xt: int, cap: int, eps: float, grad_model: Any) -> None:
-        self.offset, self.n_elig, self.p_grid, self.grid_w, self.n_xt, self.eps = offset, n_elig, p_grid, grid_w, n_xt, eps
+        self.offset, self.n_elig, self.p_grid, self.grid_w = offset, n_elig, p_grid, grid_w
+        self.n_xt, self.eps = n_xt, eps
         self.cnt = np.minimum(n_elig, cap)
         self.single = torch.zeros((n_slots, 5), dtype=torch.float64)  # n, sum c, sum c^2, sum ||grad c||^2, count
         self.two = torch.zeros((3, n_grid), dtype=torch.float64)       # sum P2 (l, l^2, ||g||^2) / n_xt
