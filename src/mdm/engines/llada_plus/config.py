@@ -1,10 +1,15 @@
 """The LLaDA+ engine's config sections: `train` (the seed's keys), `model`, `sampler` and `likelihood`.
 
-`train.PPOTS: true` turns on importance sampling over t: before training, `w(t)` is measured on
-`num_samples_t` grid points from `num_samples_x0` sequences x `num_samples_xt` masks, a density of family
-`p_model` is fitted, mixed with uniform by `mix_uniform`, and each sampled t is weighted by 1/p(t)
-(capped at `max_is_weight`). Those knobs have no effect when PPOTS is off: `CONDITIONS` says so once, for
-the platform's sweeps (deduplication) and tracking (inert params) alike.
+`train.PPOTS: true` turns on importance sampling over t: before training, `w(t)` = sqrt(E[l^2|t]) is
+measured (ppots_measure.py) on `num_samples_t` grid points (`ppots_grid`: sqrt = t = u^2, dense near 0,
+or uniform) from `num_samples_x0` sequences x `num_samples_xt` masks with >= 2 masked tokens, plus the
+exact one-masked-token part from up to `ppots_single_token_cap` single-token forwards per sequence;
+`ppots_target` loss or grad (E[||g||^2|t]) picks which second moment; a density of family `p_model`
+(default EPRS, which follows the t^-1/2 rise of w near 0) is fitted, mixed with uniform by `mix_uniform`,
+and each sampled t is weighted by 1/p(t) (capped at `max_is_weight`). The objective logs R = Var(P-POTS)
+/ Var(uniform t) of the fit and of the optimum (ppots/R_fit_*, R_star_*). Those knobs have no effect when
+PPOTS is off: `CONDITIONS` says so once, for the platform's sweeps (deduplication) and tracking (inert
+params) alike.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from mdm.platform.engine_api import BaseTrainConfig
 
 # "KEY only matters when OTHER == VALUE" (the EngineSpec's `conditions`).
 _PPOTS_KNOBS = ("p_model", "num_samples_x0", "num_samples_t", "num_samples_xt", "n_starts", "max_is_weight",
-                "mix_uniform", "ppots_reestimate_steps")
+                "mix_uniform", "ppots_reestimate_steps", "ppots_grid", "ppots_target", "ppots_single_token_cap")
 CONDITIONS: dict[str, dict[str, Any]] = {f"train.{k}": {"train.PPOTS": True} for k in _PPOTS_KNOBS}
 # The keys `label` names (the EngineSpec's `label_keys`): the objective being compared.
 LABEL_KEYS = ("train.train_mode", "train.PPOTS", "train.p_model")
@@ -41,7 +46,7 @@ def forwards_per_sequence(flat: Mapping[str, Any]) -> int:
 class TrainConfig(BaseTrainConfig):
     train_mode: str = choice("Normal", ("Normal", "MIRROR"))
     PPOTS: bool = False
-    p_model: str = registry_choice("EPR", "p_models")
+    p_model: str = registry_choice("EPRS", "p_models")
     num_samples_x0: int = 32
     num_samples_t: int = 16
     num_samples_xt: int = 4
@@ -51,6 +56,9 @@ class TrainConfig(BaseTrainConfig):
     max_tokens_per_forward: int = 16384
     mask_eps: float = 1e-3
     ppots_reestimate_steps: int = 0
+    ppots_grid: str = choice("sqrt", ("sqrt", "uniform"))
+    ppots_target: str = choice("loss", ("loss", "grad"))
+    ppots_single_token_cap: int = 32
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -58,7 +66,8 @@ class TrainConfig(BaseTrainConfig):
             raise ValueError(f"train.mix_uniform must be in [0, 1], got {self.mix_uniform}")
         if self.max_is_weight <= 0:
             raise ValueError(f"train.max_is_weight must be > 0, got {self.max_is_weight}")
-        for key in ("num_samples_x0", "num_samples_t", "num_samples_xt", "n_starts", "max_tokens_per_forward"):
+        for key in ("num_samples_x0", "num_samples_t", "num_samples_xt", "n_starts", "max_tokens_per_forward",
+                    "ppots_single_token_cap"):
             if getattr(self, key) < 1:
                 raise ValueError(f"train.{key} must be >= 1, got {getattr(self, key)}")
 

@@ -11,10 +11,14 @@
 
 `batch` is the collate dict as tensors on the device: input_ids, labels (-100 on prompt and padding),
 attention_mask. The mask id is `model.config.mask_token_id` (DeepSpeed/DDP `.module` unwrapped). All
-random draws come from the passed generator, so training is reproducible and resumable; the fitted
-p(t) is part of `state_dict()`. The loss normalisation is documented in loss.py; the diagnostics that
-`loss` and `window_metrics` return (importance-weight mean/max/ESS/capped fraction with P-POTS, the
-correlation of MIRROR's two halves) in diagnostics.py.
+random draws come from the passed generator, so training is reproducible and resumable; the fitted p(t)
+and the measured moments (for R) are part of `state_dict()`. `prepare` / `maybe_reestimate` return
+ppots/R_star_loss, ppots/R_fit_loss (and _grad with train.ppots_target=grad): the variance of the
+estimate relative to uniform t, for the optimum and for the density in use. R is the measure of P-POTS'
+effect, not the ESS of the importance weights (ESS can read 0.98 while R = 0.74). The p_model is fitted
+to w on FIT_POINTS times t = u^2 (dense near 0). The loss normalisation is documented in loss.py; the
+diagnostics that `loss` and `window_metrics` return (importance-weight mean/max/ESS/capped fraction with
+P-POTS, the correlation of MIRROR's two halves) in diagnostics.py.
 prepare() and maybe_reestimate() are collective under torch.distributed: call them on every rank.
 """
 
@@ -30,8 +34,13 @@ from mdm.engines.llada_plus.config import TrainConfig
 from mdm.engines.llada_plus.density import PiecewiseLinearDensity
 from mdm.engines.llada_plus.diagnostics import PooledWindow, pearson, weight_stats
 from mdm.engines.llada_plus.loss import diffusion_loss
-from mdm.engines.llada_plus.ppots_estimate import WStats, measure_w
-from mdm.engines.llada_plus.time_sampling import TimeSampler, fit_density, uniform_grid
+from mdm.engines.llada_plus.ppots_estimate import WStats
+from mdm.engines.llada_plus.ppots_measure import measure_moments
+from mdm.engines.llada_plus.ppots_moments import PPOTSMoments, grid_weights, make_grid, variance_ratio
+from mdm.engines.llada_plus.time_sampling import TimeSampler, fit_density
+
+# The p_model is fitted to w(t) from the moments on this many points t = u^2 (dense near 0, where w ~ t^-1/2).
+FIT_POINTS = 64
 
 
 def mask_token_id(model: Any) -> int:
@@ -54,6 +63,7 @@ class LLaDAPlusObjective:
         self.cfg = cfg
         self.sampler = TimeSampler(None, cfg.max_is_weight)
         self.stats: WStats | None = None
+        self.moments: dict[str, PPOTSMoments] = {}
         self.fitted: PiecewiseLinearDensity | None = None
         self.rounds = 0
         self.window = PooledWindow()
@@ -75,18 +85,25 @@ class LLaDAPlusObjective:
 
     def _estimate(self, model: Any, batches: Iterable[dict[str, torch.Tensor]], device: Any) -> dict[str, float]:
         cfg, start = self.cfg, time.perf_counter()
-        grid = uniform_grid(cfg.num_samples_t)
-        stats = measure_w(model, batches, mask_id=mask_token_id(model), grid=grid,
-                          num_samples_x0=cfg.num_samples_x0, num_samples_xt=cfg.num_samples_xt,
-                          max_tokens_per_forward=cfg.max_tokens_per_forward,
-                          seed=cfg.seed + 7919 * self.rounds, eps=cfg.mask_eps, device=device)
-        # A zero w (e.g. no token masked at a tiny t) would make KL / p(t) degenerate: floor it.
-        w = np.maximum(stats.w, 1e-6 * max(float(stats.w.max()), 1e-12))
-        density = fit_density(cfg.p_model, grid, w, mix_uniform=cfg.mix_uniform, n_starts=cfg.n_starts,
+        grid = make_grid(cfg.ppots_grid, cfg.num_samples_t)
+        moments = measure_moments(model, batches, mask_id=mask_token_id(model), grid=grid,
+                                  grid_weights=grid_weights(cfg.ppots_grid, cfg.num_samples_t),
+                                  num_samples_x0=cfg.num_samples_x0, num_samples_xt=cfg.num_samples_xt,
+                                  max_tokens_per_forward=cfg.max_tokens_per_forward,
+                                  single_token_cap=cfg.ppots_single_token_cap, target=cfg.ppots_target,
+                                  seed=cfg.seed + 7919 * self.rounds, eps=cfg.mask_eps, device=device)
+        target = moments.get(cfg.ppots_target, moments["loss"])  # grad falls back to loss under ZeRO-3
+        stats = WStats(**target.wstats_arrays())
+        fit_grid = make_grid("sqrt", FIT_POINTS)
+        w_fit = target.w(fit_grid)
+        # A zero w (e.g. nothing learnable) would make KL / p(t) degenerate: floor it.
+        w_fit = np.maximum(w_fit, 1e-6 * max(float(w_fit.max()), 1e-12))
+        density = fit_density(cfg.p_model, fit_grid, w_fit, mix_uniform=cfg.mix_uniform, n_starts=cfg.n_starts,
                               seed=cfg.seed + self.rounds)
         fitted = density.fitted
         density = _broadcast_density(density)
         self.stats, self.fitted, self.sampler = stats, fitted, TimeSampler(density, cfg.max_is_weight)
+        self.moments = moments
         self.rounds += 1
         pdf_grid = density.pdf(grid)
         metrics = {"ppots/time_s": time.perf_counter() - start, "ppots/round": float(self.rounds),
@@ -94,7 +111,20 @@ class LLaDAPlusObjective:
                    "ppots/p_min": float(pdf_grid.min()), "ppots/p_max": float(pdf_grid.max())}
         if hasattr(fitted, "kl"):
             metrics["ppots/kl"] = float(fitted.kl)
+        metrics.update(self.variance_ratios())
         return metrics
+
+    def variance_ratios(self) -> dict[str, float]:
+        """ppots/R_star_{loss,grad} (the optimal q* ∝ w) and ppots/R_fit_* (the density in use: fitted, mixed
+        with uniform, weights capped): Var of the loss / gradient estimate over Var with t ~ U(0, 1). R, not
+        the ESS of the weights, measures P-POTS' effect (the gain sits in a thin sliver near t = 0)."""
+        out: dict[str, float] = {}
+        if self.sampler.density is None:
+            return out
+        for name, m in self.moments.items():
+            out[f"ppots/R_star_{name}"] = m.r_star()
+            out[f"ppots/R_fit_{name}"] = variance_ratio(m, self.sampler.density.pdf, self.cfg.max_is_weight)
+        return out
 
     # -- losses ------------------------------------------------------------------------------------
     def loss(self, model: Any, batch: dict[str, torch.Tensor],
@@ -136,7 +166,8 @@ class LLaDAPlusObjective:
 
     # -- persistence and plots ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"rounds": self.rounds, "density": None, "fitted": None, "stats": None}
+        d: dict[str, Any] = {"rounds": self.rounds, "density": None, "fitted": None, "stats": None,
+                             "moments": {k: m.state_dict() for k, m in self.moments.items()}}
         if self.sampler.density is not None:
             d["density"] = self.sampler.density.state_dict()
         if isinstance(self.fitted, PiecewiseLinearDensity):
@@ -155,6 +186,7 @@ class LLaDAPlusObjective:
             self.sampler.density.fitted = self.fitted
         st = d.get("stats")
         self.stats = WStats(**{k: np.asarray(v, dtype=np.float64) for k, v in st.items()}) if st else None
+        self.moments = {k: PPOTSMoments.from_state_dict(v) for k, v in (d.get("moments") or {}).items()}
 
     def save_plot(self, path: str) -> str | None:
         """PNG of measured w(t) and fitted p(t) at `path`; None when P-POTS is off or not estimated."""
@@ -163,7 +195,11 @@ class LLaDAPlusObjective:
         from mdm.engines.llada_plus.ppots_plot import plot_ppots
 
         title = f"P-POTS {self.cfg.p_model}, estimate #{self.rounds}, mix_uniform={self.cfg.mix_uniform}"
-        return plot_ppots(self.stats.grid, self.stats.w, self.sampler.density, path, title=title)
+        m = self.moments.get(self.cfg.ppots_target, self.moments.get("loss"))
+        if m is None:  # a state saved before the moments were stored
+            return plot_ppots(self.stats.grid, self.stats.w, self.sampler.density, path, title=title)
+        fit_grid = make_grid("sqrt", FIT_POINTS)
+        return plot_ppots(fit_grid, m.w(fit_grid), self.sampler.density, path, title=title)
 
 
 def _broadcast_density(density: PiecewiseLinearDensity) -> PiecewiseLinearDensity:

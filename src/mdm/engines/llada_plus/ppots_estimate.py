@@ -1,5 +1,9 @@
 """Measuring w(t) = sqrt(E[l | t]^2 + Var[l | t]) on a grid of t, for P-POTS (on one or many workers).
 
+The objective now measures with ppots_measure.measure_moments (exact one-masked-token part, w at any t);
+this plain-sample-moment version is kept for comparison: on a uniform grid it misses the t^-1/2 rise of w
+below its first point. Its helpers (take_sequences, pack_rows, dist_info, stats_device) are shared.
+
     stats = measure_w(model, batches, mask_id=126336, grid=uniform_grid(16), num_samples_x0=32,
                       num_samples_xt=4, max_tokens_per_forward=16384, seed=0, device="cpu")
     stats.grid, stats.mean, stats.var, stats.count, stats.w      # numpy [T]
@@ -40,13 +44,13 @@ class WStats:
     w: np.ndarray
 
 
-def _dist() -> tuple[int, int]:
+def dist_info() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
 
 
-def _take_sequences(batches: Iterable[dict[str, torch.Tensor]], n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def take_sequences(batches: Iterable[dict[str, torch.Tensor]], n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first n (input_ids [L_i], labels [L_i]) with >= 1 eligible token, padding stripped."""
     out: list[tuple[torch.Tensor, torch.Tensor]] = []
     if n <= 0:
@@ -79,7 +83,7 @@ def _rows(seqs: list[tuple[torch.Tensor, torch.Tensor]], offset: int, p: torch.T
     return rows
 
 
-def _packs(rows: list, max_tokens: int) -> list[list]:
+def pack_rows(rows: list, max_tokens: int) -> list[list]:
     """Greedy groups of rows whose padded size (rows x longest row) stays <= max_tokens (>= 1 row)."""
     packs, cur, longest = [], [], 0
     for row in rows:
@@ -92,6 +96,10 @@ def _packs(rows: list, max_tokens: int) -> list[list]:
     if cur:
         packs.append(cur)
     return packs
+
+
+# The old private names (tests import `_packs`).
+_packs = pack_rows
 
 
 def _collate(pack: list, mask_id: int, device: Any) -> tuple[torch.Tensor, ...]:
@@ -108,9 +116,9 @@ def _collate(pack: list, mask_id: int, device: Any) -> tuple[torch.Tensor, ...]:
     return ids.to(device), labels.to(device), masked.to(device), attn.to(device), grid_idx
 
 
-def _stats_device(device: Any) -> torch.device:
+def stats_device(device: Any) -> torch.device:
     # NCCL reduces CUDA tensors only; gloo (CPU) wants CPU tensors.
-    if _dist()[1] > 1 and torch.distributed.get_backend() == "nccl":
+    if dist_info()[1] > 1 and torch.distributed.get_backend() == "nccl":
         return torch.device(device)
     return torch.device("cpu")
 
@@ -120,14 +128,14 @@ def measure_w(model: Any, batches: Iterable[dict[str, torch.Tensor]], *, mask_id
               num_samples_x0: int, num_samples_xt: int, max_tokens_per_forward: int, seed: int = 0,
               eps: float = 1e-3, device: Any = "cpu") -> WStats:
     """Measure w(t) at `grid` [T] (see module docstring); the model is put in eval mode meanwhile."""
-    rank, world = _dist()
+    rank, world = dist_info()
     shares = [num_samples_x0 // world + (r < num_samples_x0 % world) for r in range(world)]
-    seqs = _take_sequences(batches, shares[rank])
+    seqs = take_sequences(batches, shares[rank])
     p = mask_prob(torch.as_tensor(grid, dtype=torch.float64), eps)
     rows = _rows(seqs, sum(shares[:rank]), p, num_samples_xt, seed)
-    packs = _packs(rows, max_tokens_per_forward)
+    packs = pack_rows(rows, max_tokens_per_forward)
 
-    n_forwards = torch.tensor([len(packs)], dtype=torch.long, device=_stats_device(device))
+    n_forwards = torch.tensor([len(packs)], dtype=torch.long, device=stats_device(device))
     if world > 1:
         torch.distributed.all_reduce(n_forwards, op=torch.distributed.ReduceOp.MAX)
     sums = torch.zeros((3, len(grid)), dtype=torch.float64)  # sum l, sum l^2, count
@@ -149,7 +157,7 @@ def measure_w(model: Any, batches: Iterable[dict[str, torch.Tensor]], *, mask_id
     finally:
         model.train(was_training)
     if world > 1:
-        sums = sums.to(_stats_device(device))
+        sums = sums.to(stats_device(device))
         torch.distributed.all_reduce(sums)
         sums = sums.cpu()
     s1, s2, count = sums.numpy()

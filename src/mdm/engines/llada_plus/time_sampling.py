@@ -5,14 +5,15 @@
     sampler = TimeSampler(density, max_is_weight=10.0)    # TimeSampler(None) = U(0, 1), weight 1
     t, weight = sampler.sample(batch_size, generator, device)   # weight = min(1 / p(t), max_is_weight)
 
-p_models live in the `p_models` registry (importing this module registers EPR and AP). The interface
+p_models live in the `p_models` registry (importing this module registers EPR, EPRS and AP). The interface
 of a p_model, for adding one:
 
     @get_registry("p_models").register("MINE")
     class Mine:
         def fit(self, grid: np.ndarray, w: np.ndarray, *, n_starts: int = 8, seed: int = 0) -> density
 
-`grid` [T] interior points of (0, 1), increasing; `w` [T] > 0 the measured sqrt(E[l|t]^2 + Var[l|t]).
+`grid` [T] interior points of (0, 1), increasing; `w` [T] > 0 the measured sqrt(E[l^2|t]) (optimal p ∝ w;
+ppots_moments.py). Judge a fit by R (ppots_moments.variance_ratio), not by the ESS of its weights.
 The returned density has `pdf(t)`, `cdf(t)` and `icdf(u)` on numpy arrays, ideally as a
 `PiecewiseLinearDensity` (density.py); a density that is not one is tabulated onto a fine grid with
 `tabulate(density.pdf)`, so that sampling and the 1/p(t) weights use exactly the same function.
@@ -20,6 +21,9 @@ The returned density has `pdf(t)`, `cdf(t)` and `icdf(u)` on numpy arrays, ideal
 - EPR: p(t) ∝ sqrt(a t^r + b (1 - t)^q + (A exp(k t^m))^2), a, b, A > 0, r, q, m >= 1, k >= 0, fitted by
   minimising KL(w || p) between w and p normalised over the grid points (scipy L-BFGS-B from `n_starts`
   starts: one fixed, the rest random). Only ratios a : b : A^2 matter (p is normalised).
+- EPRS: EPR with s / (t + e) added under the square root, for the t^-1/2 growth of w near 0 (few masked
+  tokens: mask-count noise), fitted by minimising the importance-sampling variance factor
+  (∫ w^2/p)(∫ p)/(∫ w)^2 over the grid rather than KL. Give it w on a grid dense near 0.
 - AP: p(t) piecewise linear through (grid_i, w_i), extended flat to 0 and 1 (p(t) = p(grid_0) on
   [0, grid_0] and p(grid_last) on [grid_last, 1]): flat never extrapolates to a negative or exploding
   density, and mixing with uniform keeps the ends sampled.
@@ -96,6 +100,67 @@ class EPR:
             if best is None or res.fun < best.fun:
                 best = res
         return EPRDensity(_vec_to_params(best.x), float(best.fun), extra_knots=grid)
+
+
+# EPRS adds (log s, log e): the term s / (t + e) under the square root.
+_EPRS_BOUNDS = _EPR_BOUNDS + [(-15.0, 15.0), (-14.0, 0.0)]
+
+
+def eprs_unnormalised(t: np.ndarray, params: dict[str, float]) -> np.ndarray:
+    """sqrt(a t^r + b (1-t)^q + (A exp(k t^m))^2 + s / (t + e)) at t [N] (not normalised)."""
+    t = np.asarray(t, dtype=np.float64)
+    return np.sqrt(epr_unnormalised(t, params) ** 2 + params["s"] / (t + params["e"]))
+
+
+def variance_proxy(grid: np.ndarray, w: np.ndarray, f: np.ndarray) -> float:
+    """(∫ w^2 / f dt)(∫ f dt) / (∫ w dt)^2 >= 1 (= 1 iff f ∝ w), by midpoint weights over the grid cells
+    (cell edges halfway between points, 0 and 1 at the ends): the IS variance factor of p ∝ f."""
+    edges = np.concatenate([[0.0], 0.5 * (grid[1:] + grid[:-1]), [1.0]])
+    dt = np.diff(edges)
+    return float(np.sum(dt * w * w / f) * np.sum(dt * f) / np.sum(dt * w) ** 2)
+
+
+class EPRSDensity(PiecewiseLinearDensity):
+    """A fitted EPRS density, tabulated with extra knots near 0; `params`, and `kl` = the variance proxy - 1."""
+
+    def __init__(self, params: dict[str, float], proxy: float, extra_knots: Any = ()) -> None:
+        knots = np.union1d(np.asarray(extra_knots, dtype=np.float64), np.geomspace(1e-7, 0.05, 200))
+        tab = tabulate(lambda t: eprs_unnormalised(t, params), extra_knots=knots)
+        super().__init__(tab.x, tab.y)
+        self.params, self.kl = params, proxy - 1.0
+
+
+@P_MODELS.register("EPRS")
+class EPRS:
+    """EPR plus s / (t + e) under the square root (mask-count noise: w ~ t^-1/2 near 0), fitted by
+    minimising the importance-sampling variance factor `variance_proxy` (not KL): its optimum is p ∝ w.
+    Pass w on a grid dense near 0 (objective.py uses t = u^2 on 64 points) or the tail is not seen."""
+
+    def fit(self, grid: np.ndarray, w: np.ndarray, *, n_starts: int = 8, seed: int = 0) -> EPRSDensity:
+        from scipy.optimize import minimize  # here, not at import: the engine package imports this module
+
+        grid, w = _check(grid, w)
+
+        def objective(v: np.ndarray) -> float:
+            f = eprs_unnormalised(grid, _vec_to_eprs(v))
+            return variance_proxy(grid, w, f) if np.all(np.isfinite(f)) and np.all(f > 0) else 1e6
+
+        rng = np.random.default_rng(seed)
+        starts = [np.array([0.0, 0.0, 0.0, 2.0, 2.0, 1.0, 0.0, -3.0, np.log(1e-3)])]
+        for _ in range(max(n_starts, 1) - 1):
+            starts.append(np.concatenate([rng.uniform(-3, 3, 3), rng.uniform(1, 6, 3), rng.uniform(0, 4, 1),
+                                          rng.uniform(-8, 2, 1), rng.uniform(-12, -2, 1)]))
+        best = None
+        for x0 in starts:
+            res = minimize(objective, x0, method="L-BFGS-B", bounds=_EPRS_BOUNDS,
+                           options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-10})
+            if best is None or res.fun < best.fun:
+                best = res
+        return EPRSDensity(_vec_to_eprs(best.x), float(best.fun), extra_knots=grid)
+
+
+def _vec_to_eprs(v: np.ndarray) -> dict[str, float]:
+    return {**_vec_to_params(v[:7]), "s": float(np.exp(v[7])), "e": float(np.exp(v[8]))}
 
 
 @P_MODELS.register("AP")
