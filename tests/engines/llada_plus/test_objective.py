@@ -217,17 +217,20 @@ def test_two_gloo_workers_match_single_process_over_the_union(tmp_path):
 
 
 def test_estimate_independent_of_forward_packing_and_packs_respect_the_token_budget():
-    from mdm.engines.llada_plus.ppots_estimate import _packs, measure_w
-    from mdm.engines.llada_plus.time_sampling import uniform_grid
+    from mdm.engines.llada_plus.ppots_measure import measure_moments
+    from mdm.engines.llada_plus.ppots_moments import grid_weights, make_grid
+    from mdm.engines.llada_plus.rows import pack_rows
 
     torch.manual_seed(0)
     model = TinyLM()
-    kw = dict(mask_id=MASK, grid=uniform_grid(6), num_samples_x0=10, num_samples_xt=3, seed=4)
-    one_row = measure_w(model, make_batches(12, 6), max_tokens_per_forward=1, **kw)
-    big = measure_w(model, make_batches(12, 6), max_tokens_per_forward=100_000, **kw)
-    assert np.array_equal(one_row.count, big.count) and np.all(big.count == 30)
-    assert np.allclose(one_row.mean, big.mean, rtol=1e-6) and np.allclose(one_row.var, big.var, rtol=1e-5)
-    rows = [(0, torch.zeros(n), None, None) for n in (5, 9, 3, 12, 7, 7, 2)]
-    packs = _packs(rows, 20)
-    assert sum(len(p) for p in packs) == len(rows)
-    assert all(len(p) == 1 or len(p) * max(len(r[1]) for r in p) <= 20 for p in packs)
+    kw = dict(mask_id=MASK, grid=make_grid("sqrt", 6), grid_weights=grid_weights("sqrt", 6), num_samples_x0=10,
+              num_samples_xt=3, seed=4)
+    one_row = measure_moments(model, make_batches(12, 6), max_tokens_per_forward=1, **kw)["loss"]
+    big = measure_moments(model, make_batches(12, 6), max_tokens_per_forward=100_000, **kw)["loss"]
+    t = np.linspace(0.0, 1.0, 33)
+    assert np.allclose(one_row.first(t), big.first(t), rtol=1e-6) and np.allclose(one_row.second(t), big.second(t),
+                                                                                   rtol=1e-5)
+    lengths = [5, 9, 3, 12, 7, 7, 2]
+    packs = pack_rows(lengths, 20)
+    assert sorted(i for p in packs for i in p) == list(range(len(lengths)))
+    assert all(len(p) == 1 or len(p) * max(lengths[i] for i in p) <= 20 for p in packs)

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from mdm.engines.llada_plus.diffusion import mask_prob, normal_mask
-from mdm.engines.llada_plus.estimator_diagnostics import Row, all_reduce, eval_mode, row_losses, take_sequences
+from mdm.engines.llada_plus.rows import Row, all_reduce, eval_mode, row_losses, take_sequences
 
 
 def gauss_legendre_01(n_points: int) -> tuple[np.ndarray, np.ndarray]:

@@ -34,9 +34,8 @@ from mdm.engines.llada_plus.config import TrainConfig
 from mdm.engines.llada_plus.density import PiecewiseLinearDensity
 from mdm.engines.llada_plus.diagnostics import PooledWindow, pearson, weight_stats
 from mdm.engines.llada_plus.loss import diffusion_loss
-from mdm.engines.llada_plus.ppots_estimate import WStats
 from mdm.engines.llada_plus.ppots_measure import measure_moments
-from mdm.engines.llada_plus.ppots_moments import PPOTSMoments, grid_weights, make_grid, variance_ratio
+from mdm.engines.llada_plus.ppots_moments import PPOTSMoments, WStats, grid_weights, make_grid, variance_ratio
 from mdm.engines.llada_plus.time_sampling import TimeSampler, fit_density
 
 # The p_model is fitted to w(t) from the moments on this many points t = u^2 (dense near 0, where w ~ t^-1/2).

@@ -15,7 +15,7 @@ of the means of two independent halves of the sequences (even / odd global index
 mean bias. Under ZeRO-3 (partitioned parameters) gradients cannot be taken this way: the loss target is
 used, said on stderr.
 
-Distributed: like ppots_estimate.measure_w, rank r takes its share of the sequences, draws come from
+Distributed: rank r takes its share of the sequences, draws come from
 generators seeded by (seed, global sequence index), sums are all-reduced and every rank runs the same
 number of forwards (ZeRO-3 gathers parameters collectively).
 """
@@ -31,7 +31,7 @@ import torch
 
 from mdm.engines.llada_plus.diffusion import IGNORE_INDEX
 from mdm.engines.llada_plus.loss import masked_ce_loss, model_logits
-from mdm.engines.llada_plus.ppots_estimate import dist_info, pack_rows, stats_device, take_sequences
+from mdm.engines.llada_plus.rows import all_reduce, dist_rank_world, pack_rows, take_sequences
 from mdm.engines.llada_plus.ppots_moments import PPOTSMoments, p_two_or_more
 
 
@@ -103,7 +103,7 @@ def measure_moments(model: Any, batches: Iterable[dict[str, torch.Tensor]], *, m
     if target == "grad" and isinstance(model, torch.nn.parallel.DistributedDataParallel):
         # DDP's forward under grad would arm a gradient all-reduce that autograd.grad never completes.
         model = model.module
-    rank, world = dist_info()
+    rank, world = dist_rank_world()
     shares = [num_samples_x0 // world + (r < num_samples_x0 % world) for r in range(world)]
     offset = sum(shares[:rank])
     seqs = take_sequences(batches, shares[rank])
@@ -111,13 +111,12 @@ def measure_moments(model: Any, batches: Iterable[dict[str, torch.Tensor]], *, m
     p_grid = (1.0 - eps) * grid + eps
     rows = build_rows(seqs, offset, p_grid, num_samples_xt, single_token_cap, seed)
     # grad: one row per forward, as each autograd.grad would otherwise backpropagate the whole pack.
-    packs = pack_rows(rows, 1 if target == "grad" else max_tokens_per_forward)
+    packs = [[rows[i] for i in idx] for idx in
+             pack_rows([len(r[1]) for r in rows], 1 if target == "grad" else max_tokens_per_forward)]
     n_elig = np.array([float((lab != IGNORE_INDEX).sum()) for _, lab in seqs])
     acc = Accumulator(num_samples_x0, len(grid), offset, n_elig, p_grid, np.asarray(grid_weights),
                       num_samples_xt, single_token_cap, eps, model if target == "grad" else None)
-    n_forwards = torch.tensor([len(packs)], dtype=torch.long, device=stats_device(device))
-    if world > 1:
-        torch.distributed.all_reduce(n_forwards, op=torch.distributed.ReduceOp.MAX)
+    n_forwards = all_reduce(torch.tensor([len(packs)], dtype=torch.long), device, op="max")
     was_training = getattr(model, "training", False)
     model.eval()
     try:
@@ -186,11 +185,8 @@ class Accumulator:
 
     def result(self, grid: np.ndarray, device: Any) -> dict[str, PPOTSMoments]:
         tensors = [self.single, self.two] + ([self.halves, self.half_counts] if self.params is not None else [])
-        if dist_info()[1] > 1:
-            for x in tensors:
-                y = x.to(stats_device(device))
-                torch.distributed.all_reduce(y)
-                x.copy_(y.cpu())
+        for x in tensors:
+            x.copy_(all_reduce(x, device))
         single = self.single.numpy()
         keep = single[:, 0] > 0
         if not keep.any():

@@ -73,6 +73,18 @@ def p_two_or_more(n: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class WStats:
+    """w(t) on the fitting grid, as the plot and the state dict keep it: per grid point the mean E[l|t], the
+    variance E[l^2|t] - E[l|t]^2, the rows behind each value, and w = sqrt(E[l^2|t])."""
+
+    grid: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    count: np.ndarray
+    w: np.ndarray
+
+
+@dataclass
 class PPOTSMoments:
     """The measured moments (see module docstring). Arrays: grid/s1/s2 [T], n/m1/m2 [N]."""
 
