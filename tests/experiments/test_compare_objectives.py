@@ -39,7 +39,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SEEDS = (1, 2, 3)        # 1, 2 in the first round; 3 added by compare.target_halfwidth (max_seeds 3)
-CONFIGS = ("Standard", "MIRROR", "PPOTS(EPR)", "MIRROR+PPOTS(EPR)")
+CONFIGS = ("Standard", "MIRROR", "PPOTS(EPRS)", "MIRROR+PPOTS(EPRS)")
 CONTROL = "Standard batch×2"
 ARMS = CONFIGS + (CONTROL,)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -93,7 +93,7 @@ def test_table_names_params_and_tags(run):
         assert "run_name" not in p and p["compare.equalize"] == "forwards"
         want = "4" if p["train.train_mode"] == "MIRROR" else "16" if k.info.run_name.startswith(CONTROL) else "8"
         assert p["train.batch_size_per_gpu"] == want
-        assert p["train.p_model"] == ("EPR" if p["train.PPOTS"] == "True" else "inert")
+        assert p["train.p_model"] == ("EPRS" if p["train.PPOTS"] == "True" else "inert")
         assert t["mlflow.user"] and t["mlflow.source.name"].endswith("compare_objectives.py")
         if commit.returncode == 0:
             assert t["mlflow.source.git.commit"] == commit.stdout.strip()

@@ -52,8 +52,8 @@ def test_sweep_space_validates_against_the_config(sweep: Path) -> None:
     cfg = load_config([str(BASE), str(CONFIGS / "tiny.yaml"), str(CONFIGS / "gsm8k.yaml")])
     space = load_sweep(sweep, cfg)
     assert space.trials, "the grid expands to at least one trial"
-    # PPOTS off makes p_model irrelevant: the 2 x 2 x 2 grid deduplicates to 2 x (1 + 2) = 6 trials.
-    assert len(space.trials) == 6
+    # PPOTS off makes p_model irrelevant: the 2 x 2 x 3 grid deduplicates to 2 x (1 + 3) = 8 trials.
+    assert len(space.trials) == 8
     for trial in space.trials:
         with_overrides(cfg, trial)
 

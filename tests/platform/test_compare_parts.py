@@ -72,13 +72,13 @@ def test_labels_and_tracked_params():
         ["1e-3", "3e-4", "2.5e-4", "0.25", "64", "true", "1.5e4"]
     keys = ["train.train_mode", "train.PPOTS", "train.p_model", "train.lr", "train.seed"]
     cfg = load_config([], ["train.train_mode=MIRROR", "train.PPOTS=true", "train.lr=1e-3", "train.seed=1"])
-    assert trial_label(flatten(cfg), keys) == "MIRROR+PPOTS(EPR) lr=1e-3 seed=1"
+    assert trial_label(flatten(cfg), keys) == "MIRROR+PPOTS(EPRS) lr=1e-3 seed=1"
     plain = load_config([], ["train.lr=1e-3", "train.seed=2", "run_name=x"])
     assert trial_label(flatten(plain), keys) == "Standard lr=1e-3 seed=2"
     assert trial_label(flatten(plain), ["train.lr", "model.d_model"]) == "lr=1e-3 d_model=128"
     params = tracked_params(plain)
     assert "run_name" not in params and params["train.p_model"] == INERT and params["train.mix_uniform"] == INERT
-    assert tracked_params(cfg)["train.p_model"] == "EPR" and params["train.lr"] == 1e-3
+    assert tracked_params(cfg)["train.p_model"] == "EPRS" and params["train.lr"] == 1e-3
 
 
 def _rows():
@@ -161,16 +161,16 @@ def test_aggregate_paired_against_the_baseline(tmp_path):
 def test_step_window_by_hand():
     class Pooled:
         def window_metrics(self):
-            return {"mirror_corr": -0.5, "nan_one": float("nan")}
+            return {"mirror_corr_pooled": -0.5, "nan_one": float("nan")}
 
     w = StepWindow()
-    w.add_micro({"loss": 9.0, "t_mean": 0.2, "is_weight_max": 3.0, "mirror_corr": float("nan")})
-    w.add_micro({"loss": 9.0, "t_mean": 0.4, "is_weight_max": 5.0, "mirror_corr": 0.1})
+    w.add_micro({"loss": 9.0, "t_mean": 0.2, "is_weight_max": 3.0, "mirror_corr_pooled": float("nan")})
+    w.add_micro({"loss": 9.0, "t_mean": 0.4, "is_weight_max": 5.0, "mirror_corr_pooled": 0.1})
     for g in (1.0, 2.0, 4.0):
         w.add_step(g)
     w.add_step(float("nan"))
     out = w.flush(Pooled())
-    assert out == pytest.approx({"diag/t_mean": 0.3, "diag/is_weight_max": 5.0, "diag/mirror_corr": -0.5,
+    assert out == pytest.approx({"diag/t_mean": 0.3, "diag/is_weight_max": 5.0, "diag/mirror_corr_pooled": -0.5,
                                  "diag/grad_norm_mean": 7 / 3,
                                  "diag/grad_norm_var": ((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2})
     assert w.flush() == {}

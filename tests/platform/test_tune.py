@@ -86,7 +86,7 @@ def test_grid_sweep_parent_children_table_and_best_config(env):
     assert parent.data.params["tune.scheduler"] == "fifo"
     c, _ = _client(env)
     by_name = {r.data.tags["mdm.run"]: r for r in kids}
-    labels = {"Standard", "MIRROR", "PPOTS(EPR)", "MIRROR+PPOTS(EPR)"}
+    labels = {"Standard", "MIRROR", "PPOTS(EPRS)", "MIRROR+PPOTS(EPRS)"}
     assert {r.info.run_name for r in kids} == labels and {r["label"] for r in res.rows} == labels
     assert parent.data.tags["mlflow.user"] and "train.PPOTS: grid[false, true]" in parent.data.tags["mlflow.note.content"]
     for row in res.rows:
@@ -94,12 +94,12 @@ def test_grid_sweep_parent_children_table_and_best_config(env):
         assert kid.info.run_name == row["label"] and kid.data.tags["mdm.trial_id"] == row["trial_id"]
         assert kid.info.status == "FINISHED" and kid.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert "run_name" not in kid.data.params
-        assert kid.data.params["train.p_model"] == ("EPR" if row["params"]["train.PPOTS"] else "inert")
+        assert kid.data.params["train.p_model"] == ("EPRS" if row["params"]["train.PPOTS"] else "inert")
         assert kid.data.tags["mlflow.source.name"] == parent.data.tags["mlflow.source.name"]
         # what the Ray Train worker adds: the diag/ window, system metrics, the dataset, the MLflow model
         m = kid.data.metrics
         assert m["diag/grad_norm_mean"] > 0 and ("diag/is_ess_frac" in m) == row["params"]["train.PPOTS"]
-        assert ("diag/mirror_corr" in m) == (row["params"]["train.train_mode"] == "MIRROR")
+        assert ("diag/mirror_corr_pooled" in m) == (row["params"]["train.train_mode"] == "MIRROR")
         assert any(k.startswith("system/") for k in m) and len(kid.inputs.dataset_inputs) == 1
         assert len(kid.outputs.model_outputs) == 1
         assert kid.data.params["train.train_mode"] == row["params"]["train.train_mode"]

@@ -92,8 +92,8 @@ def test_mirror_halves_are_perfectly_anticorrelated_at_half_masking():
     model, gen = ConstantLM(), torch.Generator().manual_seed(0)
     for batch in make_batches(12, 2, batch_size=1):                # one sequence per micro-batch
         _, m = obj.loss(model, batch, gen)
-        assert math.isnan(m["mirror_corr"])                        # undefined within one sequence
-    assert obj.window_metrics()["mirror_corr"] == pytest.approx(-1.0, abs=1e-9)
+        assert math.isnan(m["mirror_corr_pooled"])                        # undefined within one sequence
+    assert obj.window_metrics()["mirror_corr_pooled"] == pytest.approx(-1.0, abs=1e-9)
     normal = build_objective(TrainConfig())
     _, m = normal.loss(model, make_batches(4, 0)[0], gen)
-    assert "mirror_corr" not in m and "is_ess_frac" not in m and normal.window_metrics() == {}
+    assert "mirror_corr_pooled" not in m and "is_ess_frac" not in m and normal.window_metrics() == {}

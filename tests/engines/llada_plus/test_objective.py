@@ -86,8 +86,13 @@ def test_mask_id_through_wrappers():
 def test_plain_objective_prepare_is_noop_and_loss_reproducible():
     torch.manual_seed(0)
     model, batch = TinyLM(), make_batches(4, 0)[0]
+    assert build_objective(TrainConfig()).prepare(model, make_batches(8, 1), "cpu") == {}
     obj = build_objective(TrainConfig(train_mode="MIRROR"))
-    assert obj.prepare(model, make_batches(8, 1), "cpu") == {} and obj.save_plot("x.png") is None
+    # MIRROR's prepare only measures its within-sequence pair correlation (no P-POTS fit, no state)
+    diag = obj.prepare(model, (b for b in make_batches(8, 1)), "cpu")   # a one-shot iterator is enough
+    assert set(diag) >= {"diag/mirror_corr_within", "diag/mirror_corr_pooled", "diag/mirror_corr_within_t0.5"}
+    assert all(k.startswith("diag/mirror_") for k in diag) and -1 <= diag["diag/mirror_corr_within"] <= 1
+    assert diag["diag/mirror_n_sequences"] == 8 and obj.save_plot("x.png") is None
     a, ma = obj.loss(model, batch, torch.Generator().manual_seed(3))
     b, mb = obj.loss(model, batch, torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and ma == mb and ma["is_weight_mean"] == 1.0

@@ -7,7 +7,9 @@ exact one-masked-token part from up to `ppots_single_token_cap` single-token for
 `ppots_target` loss or grad (E[||g||^2|t]) picks which second moment; a density of family `p_model`
 (default EPRS, which follows the t^-1/2 rise of w near 0) is fitted, mixed with uniform by `mix_uniform`,
 and each sampled t is weighted by 1/p(t) (capped at `max_is_weight`). The objective logs R = Var(P-POTS)
-/ Var(uniform t) of the fit and of the optimum (ppots/R_fit_*, R_star_*). Those knobs have no effect when
+/ Var(uniform t) of the fit and of the optimum (ppots/R_fit_*, R_star_*), and the realised ratios from
+`ppots_realised_draws` gradient draws with each sampler on one micro-batch (ppots/realised_*_R; 0 = off;
+at most the last 20M parameters). Those knobs have no effect when
 PPOTS is off: `CONDITIONS` says so once, for the platform's sweeps (deduplication) and tracking (inert
 params) alike.
 """
@@ -23,7 +25,8 @@ from mdm.platform.engine_api import BaseTrainConfig
 
 # "KEY only matters when OTHER == VALUE" (the EngineSpec's `conditions`).
 _PPOTS_KNOBS = ("p_model", "num_samples_x0", "num_samples_t", "num_samples_xt", "n_starts", "max_is_weight",
-                "mix_uniform", "ppots_reestimate_steps", "ppots_grid", "ppots_target", "ppots_single_token_cap")
+                "mix_uniform", "ppots_reestimate_steps", "ppots_grid", "ppots_target", "ppots_single_token_cap",
+                "ppots_realised_draws")
 CONDITIONS: dict[str, dict[str, Any]] = {f"train.{k}": {"train.PPOTS": True} for k in _PPOTS_KNOBS}
 # The keys `label` names (the EngineSpec's `label_keys`): the objective being compared.
 LABEL_KEYS = ("train.train_mode", "train.PPOTS", "train.p_model")
@@ -59,6 +62,7 @@ class TrainConfig(BaseTrainConfig):
     ppots_grid: str = choice("sqrt", ("sqrt", "uniform"))
     ppots_target: str = choice("loss", ("loss", "grad"))
     ppots_single_token_cap: int = 32
+    ppots_realised_draws: int = 16
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -66,6 +70,8 @@ class TrainConfig(BaseTrainConfig):
             raise ValueError(f"train.mix_uniform must be in [0, 1], got {self.mix_uniform}")
         if self.max_is_weight <= 0:
             raise ValueError(f"train.max_is_weight must be > 0, got {self.max_is_weight}")
+        if self.ppots_realised_draws < 0 or self.ppots_realised_draws == 1:
+            raise ValueError(f"train.ppots_realised_draws must be 0 (off) or >= 2, got {self.ppots_realised_draws}")
         for key in ("num_samples_x0", "num_samples_t", "num_samples_xt", "n_starts", "max_tokens_per_forward",
                     "ppots_single_token_cap"):
             if getattr(self, key) < 1:

@@ -11,10 +11,14 @@ What they mean, for sequences b = 1..n of a window:
   fraction of n, (sum w)^2 / (n sum w^2), in (0, 1]: 1 when every weight is equal, small when a few
   sequences dominate the weighted loss. `is_capped_frac` is the fraction whose 1/p(t) reached the cap (their
   weight, and so the estimator, is then biased low for those t).
-- MIRROR draws two complementary masks M1, M2 per sequence; `mirror_corr` is the Pearson correlation over
-  sequences of l_b(M1) and l_b(M2). Both halves share x_b and t_b, so the correlation across a batch is
-  positive when sequences and times differ a lot; the pair average's variance is (1 + corr) / 2 of one
-  half's, so the lower it is, the more MIRROR buys over one mask.
+- MIRROR draws two complementary masks M1, M2 per sequence; `mirror_corr_pooled` is the Pearson correlation
+  over sequences of l_b(M1) and l_b(M2). Both halves share x_b and t_b, so the correlation across a batch is
+  positive when sequences and times differ a lot, even where the pairing works within each sequence: it is
+  NOT the correlation that decides MIRROR's gain. That is the within-sequence correlation (the pair
+  average's variance at fixed x_b, t_b is (1 + corr) / 2 of one half's), which the objective measures at
+  `prepare` and each re-estimation (`diag/mirror_corr_within`, estimator_diagnostics.mirror_within_corr).
+- Likewise the ESS of the P-POTS weights does not measure P-POTS' effect (the gain lives near t = 0, where
+  few draws land): the variance ratios R that `prepare` reports do (`ppots/R_*`, `ppots/realised_*_R`).
 
 A micro-batch of one sequence has no correlation of its own; pooling over the logging window (`pop`) gives
 a defined value as long as the window holds two sequences or more.
@@ -75,6 +79,6 @@ class PooledWindow:
             out.update(weight_stats(torch.cat(self.weights), self.cap))
         if self.halves:
             h = torch.cat(self.halves, dim=1)
-            out["mirror_corr"] = pearson(h[0], h[1])
+            out["mirror_corr_pooled"] = pearson(h[0], h[1])
         self.weights, self.halves = [], []
         return out

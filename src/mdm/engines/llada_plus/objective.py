@@ -7,6 +7,7 @@
         objective.maybe_reestimate(step, model, batches, device)    # every train.ppots_reestimate_steps
     objective.window_metrics()      # importance weights / MIRROR correlation pooled since the last call
     objective.eval_loss(model, batch, generator)          # t ~ U(0,1), Normal mask, no weight
+    objective.eval_quadrature(model, batches, n_points=16, seed=0)   # (loss, SE) by quadrature over t
     objective.save_plot("ppots.png"); state = objective.state_dict()
 
 `batch` is the collate dict as tensors on the device: input_ids, labels (-100 on prompt and padding),
@@ -18,7 +19,10 @@ estimate relative to uniform t, for the optimum and for the density in use. R is
 effect, not the ESS of the importance weights (ESS can read 0.98 while R = 0.74). The p_model is fitted
 to w on FIT_POINTS times t = u^2 (dense near 0). The loss normalisation is documented in loss.py; the
 diagnostics that `loss` and `window_metrics` return (importance-weight mean/max/ESS/capped fraction with
-P-POTS, the correlation of MIRROR's two halves) in diagnostics.py.
+P-POTS, the pooled correlation of MIRROR's two halves) in diagnostics.py; `prepare` adds the realised
+variance ratios (ppots/realised_grad_R, ppots/realised_loss_R: fitted density vs uniform t on the same
+micro-batch) and, with MIRROR, the within-sequence pair correlation (diag/mirror_corr_within, the one that
+decides MIRROR's gain) from estimator_diagnostics.py.
 prepare() and maybe_reestimate() are collective under torch.distributed: call them on every rank.
 """
 
@@ -33,13 +37,21 @@ import torch
 from mdm.engines.llada_plus.config import TrainConfig
 from mdm.engines.llada_plus.density import PiecewiseLinearDensity
 from mdm.engines.llada_plus.diagnostics import PooledWindow, pearson, weight_stats
+from mdm.engines.llada_plus.estimator_diagnostics import mirror_within_corr, realised_grad_variance
+from mdm.engines.llada_plus.eval_quadrature import quadrature_eval_loss
 from mdm.engines.llada_plus.loss import diffusion_loss
-from mdm.engines.llada_plus.ppots_measure import measure_moments
+from mdm.engines.llada_plus.ppots_measure import is_zero3, measure_moments
+from mdm.engines.llada_plus.rows import first_batches
 from mdm.engines.llada_plus.ppots_moments import PPOTSMoments, WStats, grid_weights, make_grid, variance_ratio
 from mdm.engines.llada_plus.time_sampling import TimeSampler, fit_density
 
 # The p_model is fitted to w(t) from the moments on this many points t = u^2 (dense near 0, where w ~ t^-1/2).
 FIT_POINTS = 64
+# MIRROR's within-sequence correlation: sequences, pairs per (sequence, t), and the t it is measured at.
+MIRROR_DIAG = {"num_sequences": 16, "pairs": 8, "t_values": (0.25, 0.5, 0.75)}
+# Realised variance ratios use at most this many parameters (the last ones): float64 moments of an 8B model's
+# full gradient would not fit in memory; the output layers see every token's loss.
+REALISED_MAX_PARAMS = 20_000_000
 
 
 def mask_token_id(model: Any) -> int:
@@ -69,10 +81,23 @@ class LLaDAPlusObjective:
 
     # -- P-POTS estimation -------------------------------------------------------------------------
     def prepare(self, model: Any, batches: Iterable[dict[str, torch.Tensor]], device: Any) -> dict[str, float]:
-        """P-POTS (train.PPOTS): measure w(t) and fit p(t); no-op (empty metrics) otherwise."""
-        if not self.cfg.PPOTS:
+        """P-POTS (train.PPOTS): measure w(t), fit p(t), report the predicted (R) and realised variance ratios;
+        MIRROR: its within-sequence pair correlation. Empty metrics when neither is on."""
+        return self._measure(model, batches, device)
+
+    def _measure(self, model: Any, batches: Iterable[dict[str, torch.Tensor]], device: Any) -> dict[str, float]:
+        mirror = self.cfg.train_mode == "MIRROR"
+        if not (self.cfg.PPOTS or mirror):
             return {}
-        return self._estimate(model, batches, device)
+        rows = max(self.cfg.num_samples_x0 if self.cfg.PPOTS else 0, MIRROR_DIAG["num_sequences"] if mirror else 0)
+        batches = first_batches(batches, rows)  # a list: the measurements below read the same rows
+        out = self._estimate(model, batches, device) if self.cfg.PPOTS else {}
+        if mirror:
+            m = mirror_within_corr(model, batches, mask_id=mask_token_id(model), eps=self.cfg.mask_eps,
+                                   max_tokens_per_forward=self.cfg.max_tokens_per_forward,
+                                   seed=self.cfg.seed + 7919 * self.rounds, device=device, **MIRROR_DIAG)
+            out.update({f"diag/{k}": v for k, v in m.items()})
+        return out
 
     def maybe_reestimate(self, step: int, model: Any, batches: Iterable[dict[str, torch.Tensor]],
                          device: Any) -> dict[str, float] | None:
@@ -80,7 +105,7 @@ class LLaDAPlusObjective:
         every = self.cfg.ppots_reestimate_steps
         if not self.cfg.PPOTS or every <= 0 or step <= 0 or step % every:
             return None
-        return self._estimate(model, batches, device)
+        return self._measure(model, batches, device)
 
     def _estimate(self, model: Any, batches: Iterable[dict[str, torch.Tensor]], device: Any) -> dict[str, float]:
         cfg, start = self.cfg, time.perf_counter()
@@ -111,7 +136,27 @@ class LLaDAPlusObjective:
         if hasattr(fitted, "kl"):
             metrics["ppots/kl"] = float(fitted.kl)
         metrics.update(self.variance_ratios())
+        metrics.update(self._realised(model, batches))
         return metrics
+
+    def _realised(self, model: Any, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """ppots/realised_grad_R and ppots/realised_loss_R: the variance of the gradient (loss) estimate with the
+        fitted density over that with uniform t, from `train.ppots_realised_draws` draws each on the same
+        micro-batch (the first one), beside the predicted R. Skipped under ZeRO-3 (parameters are shards)."""
+        draws = self.cfg.ppots_realised_draws
+        inner = getattr(model, "module", model) if isinstance(model, torch.nn.parallel.DistributedDataParallel) \
+            else model
+        if draws < 2 or not batches or is_zero3(inner):
+            return {}
+        params, total = [], 0
+        for q in reversed([q for q in inner.parameters() if q.requires_grad]):
+            if params and total + q.numel() > REALISED_MAX_PARAMS:
+                break
+            params.append(q)
+            total += q.numel()
+        r = realised_grad_variance(inner, batches[0], self.sampler, mask_id=mask_token_id(model), draws=draws,
+                                   seed=self.cfg.seed + 7919 * self.rounds, eps=self.cfg.mask_eps, params=params)
+        return {"ppots/realised_grad_R": r["realised_grad_R"], "ppots/realised_loss_R": r["realised_loss_R"]}
 
     def variance_ratios(self) -> dict[str, float]:
         """ppots/R_star_{loss,grad} (the optimal q* ∝ w) and ppots/R_fit_* (the density in use: fitted, mixed
@@ -131,7 +176,7 @@ class LLaDAPlusObjective:
         """Training loss: t from the sampler (P-POTS weight when on), Normal or MIRROR masks.
 
         Metrics of this micro-batch: loss, t_mean, masked_frac, is_weight_mean; with P-POTS also
-        is_weight_max, is_ess_frac, is_capped_frac; with MIRROR mirror_corr (diagnostics.py)."""
+        is_weight_max, is_ess_frac, is_capped_frac; with MIRROR mirror_corr_pooled (diagnostics.py)."""
         ids = batch["input_ids"]
         t, weight = self.sampler.sample(ids.shape[0], generator, ids.device)
         loss, st = diffusion_loss(model, batch, t, weight if self.cfg.PPOTS else None,
@@ -144,7 +189,7 @@ class LLaDAPlusObjective:
         if self.cfg.PPOTS:
             metrics.update(weight_stats(weight, self.cfg.max_is_weight))
         if "halves" in st:
-            metrics["mirror_corr"] = pearson(st["halves"][0], st["halves"][1])
+            metrics["mirror_corr_pooled"] = pearson(st["halves"][0], st["halves"][1])
         self.window.add(weights=weight if self.cfg.PPOTS else None, cap=self.cfg.max_is_weight,
                         halves=st.get("halves"))
         return loss, metrics
@@ -162,6 +207,17 @@ class LLaDAPlusObjective:
         loss, _ = diffusion_loss(model, batch, t, None, mask_id=mask_token_id(model), eps=self.cfg.mask_eps,
                                  mode="Normal", generator=generator)
         return loss, {"loss": float(loss.detach())}
+
+    def eval_quadrature(self, model: Any, batches: Iterable[dict[str, torch.Tensor]], *, n_points: int = 16,
+                        seed: int = 0) -> tuple[float, float]:
+        """(held-out loss, its standard error) by Gauss-Legendre quadrature over t on `n_points` nodes instead
+        of random t, each (sequence, node) mask seeded by `seed`, the node and the sequence's tokens: no t noise,
+        and the same masks for every model evaluated with the same seed (eval_quadrature.py)."""
+        device = next(iter(model.parameters())).device
+        value, se, _ = quadrature_eval_loss(model, batches, mask_id=mask_token_id(model), n_points=n_points,
+                                            seed=seed, eps=self.cfg.mask_eps,
+                                            max_tokens_per_forward=self.cfg.max_tokens_per_forward, device=device)
+        return value, se
 
     # -- persistence and plots ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Rows of masked sequences and the forwards over them, shared by P-POTS measurement, the estimator
 diagnostics and the quadrature evaluation (each draws its own masks; this module packs and runs them).
 
+    batches = first_batches(batches, n_rows)           # a list: several consumers read the same rows
     seqs = take_sequences(batches, n)                  # [(input_ids [L], labels [L])] with response tokens
     packs = pack_rows([len(ids) for ids, _ in seqs], max_tokens_per_forward)   # index groups per forward
     with eval_mode(model):
@@ -126,4 +127,17 @@ def row_losses(model: Any, rows: list[Row], *, mask_id: int, max_tokens_per_forw
         logits = model_logits(model, ids.to(device), attn.to(device))
         _, per_row = masked_ce_loss(logits, labels.to(device), masked.to(device), p)
         out[pack] = per_row.double().cpu()
+    return out
+
+
+def first_batches(batches: Iterable[dict[str, torch.Tensor]], n_rows: int) -> list[dict[str, torch.Tensor]]:
+    """The leading batches of `batches` that hold at least `n_rows` rows (all of them when fewer), as a list,
+    so that several measurements read the same rows from a one-shot iterator (a data shard, a generator)."""
+    out: list[dict[str, torch.Tensor]] = []
+    total = 0
+    for batch in batches:
+        out.append(batch)
+        total += int(torch.as_tensor(batch["input_ids"]).shape[0])
+        if total >= n_rows:
+            break
     return out
