@@ -112,12 +112,17 @@ def test_dataset_system_metrics_and_diagnostics(run):
         assert any(key.startswith("system/cpu") for key in m), sorted(m)
         assert m["diag/grad_norm_mean"] > 0 and m["time/train_s"] > 0 and 0 < m["time/outside_frac"] < 1
         ppots, mirror = k.data.params["train.PPOTS"] == "True", k.data.params["train.train_mode"] == "MIRROR"
-        assert ("diag/is_ess_frac" in m) == ppots and ("diag/mirror_corr" in m) == mirror
+        assert ("diag/is_ess_frac" in m) == ppots and ("diag/mirror_corr_pooled" in m) == mirror
+        assert ("ppots/R_fit_loss" in m) == ppots and ("diag/mirror_corr_within" in m) == mirror
         if ppots:
             assert 0 < m["diag/is_ess_frac"] <= 1 and 0 <= m["diag/is_capped_frac"] <= 1
             assert m["diag/is_weight_max"] <= float(k.data.params["train.max_is_weight"]) + 1e-6
+            # the optimum is at most as good as the fit, and both at most uniform's variance
+            assert 0 < m["ppots/R_star_loss"] <= m["ppots/R_fit_loss"] + 1e-9 and m["ppots/R_star_loss"] <= 1
+            assert m["ppots/realised_grad_R"] > 0 and m["ppots/realised_loss_R"] > 0
         if mirror:
-            assert -1 <= m["diag/mirror_corr"] <= 1
+            assert -1 <= m["diag/mirror_corr_pooled"] <= 1 and -1 <= m["diag/mirror_corr_within"] <= 1
+        assert m["eval/loss_quad"] > 0 and m["eval/loss_quad_se"] > 0 and m["eval/loglik_per_token"] < 0
 
 
 def test_predictions_rescored_and_summary_recomputed(run):
