@@ -88,6 +88,10 @@ def test_grid_sweep_parent_children_table_and_best_config(env):
     by_name = {r.data.tags["mdm.run"]: r for r in kids}
     labels = {"Standard", "MIRROR", "PPOTS(EPRS)", "MIRROR+PPOTS(EPRS)"}
     assert {r.info.run_name for r in kids} == labels and {r["label"] for r in res.rows} == labels
+    # the Ray Train worker tags what pairs runs: one seed, so the same initial weights; the same first batch
+    # where the micro-batch holds the same sequences (no equal-forwards rule in a sweep: every trial 4 rows)
+    assert len({k.data.tags["mdm.init_digest"] for k in kids}) == 1
+    assert len({k.data.tags["mdm.data_digest"] for k in kids}) == 1
     assert parent.data.tags["mlflow.user"] and "train.PPOTS: grid[false, true]" in parent.data.tags["mlflow.note.content"]
     for row in res.rows:
         kid = by_name[row["run_name"]]

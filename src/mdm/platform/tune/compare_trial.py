@@ -9,12 +9,13 @@ data the driver validated once, with `compare.cpus_per_trial` torch threads, the
 answers with the trained model still in memory (`compare_eval.score_held_out`). `ray_train` runs the cell as a
 Ray Train job (`train_driver`) and scores its export with batch inference (`run_inference`).
 
-Either way the child run is named by its swept values (`MIRROR+PPOTS(EPR) lr=1e-3 seed=1`, identity
+Either way the child run is named by its swept values (`MIRROR+PPOTS(EPRS) lr=1e-3 seed=1`, identity
 `<sweep>-<trial id>` in the tag `mdm.run`, trial id in `mdm.trial_id`, configuration in `mdm.group`), logs
 the config without per-run-unique keys and with inert keys as "inert", MLflow's context tags from the
 driver, the training data as a dataset input, system metrics while training, the losses and `diag/` metrics
-at every logging step, `eval/accuracy`, `eval/loss_quad` and `eval/loglik_per_token` (compare_eval.low_noise_eval) with the predictions as a table and a JSONL file, the timings
-(`time/setup_s`, `time/train_s`, `time/train_cpu_s`, `time/eval_s`, `time/finish_s`, `time/trial_s`), and the export as files
+at every logging step, `eval/accuracy` with the predictions as a table and a JSONL file, `eval/loss_quad` and
+`eval/loglik_per_token` with their standard errors (compare_eval.low_noise_eval), the timings (`time/setup_s`,
+`time/train_s`, `time/train_cpu_s`, `time/eval_s`, `time/finish_s`, `time/trial_s`), and the export as files
 (`final_model`) and as an MLflow model (`tracking.log_model`). Every report to Tune carries `step`; the last
 one carries `eval/accuracy`, which marks the trial complete.
 """
