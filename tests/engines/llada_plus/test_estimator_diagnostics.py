@@ -34,13 +34,7 @@ from mdm.engines.llada_plus.loss import diffusion_loss
 from mdm.engines.llada_plus.time_sampling import TimeSampler
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest, and a busy shared core cannot stall a second one (seen: 6x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 class BiasLM(nn.Module):

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 from scipy import integrate
 
+from test_objective import MASK, VOCAB, TinyLM
+
 from mdm.engines.llada_plus.diffusion import IGNORE_INDEX
 from mdm.engines.llada_plus.loss import masked_ce_loss
 from mdm.engines.llada_plus.ppots_measure import measure_moments
@@ -24,7 +26,7 @@ from mdm.engines.llada_plus.ppots_moments import (PPOTSMoments, grid_weights, ma
                                                   variance_ratio)
 from mdm.engines.llada_plus.time_sampling import fit_density
 
-VOCAB, MASK, EPS = 12, 11, 1e-3
+EPS = 1e-3
 
 
 class ZeroLM(nn.Module):
@@ -37,20 +39,6 @@ class ZeroLM(nn.Module):
 
     def forward(self, input_ids, attention_mask=None):
         return SimpleNamespace(logits=torch.zeros(*input_ids.shape, VOCAB) + 0.0 * self.bias)
-
-
-class ContextLM(nn.Module):
-    """Embedding + mean context + head: each token's CE depends on which others are masked."""
-
-    def __init__(self, dim: int = 8) -> None:
-        super().__init__()
-        self.config = SimpleNamespace(mask_token_id=MASK)
-        self.emb, self.ctx, self.head = nn.Embedding(VOCAB, dim), nn.Linear(dim, dim), nn.Linear(dim, VOCAB)
-
-    def forward(self, input_ids, attention_mask=None):
-        h = self.emb(input_ids)
-        ctx = h.mean(1, keepdim=True)
-        return SimpleNamespace(logits=self.head(torch.tanh(h + self.ctx(ctx))))
 
 
 def batches_of(n_resp: int, n_seq: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
@@ -112,7 +100,7 @@ def test_measured_r_star_matches_closed_form_for_constant_ce(n):
 
 def test_single_token_part_and_k2_part_match_mask_enumeration():
     torch.manual_seed(0)
-    model, n = ContextLM(), 3
+    model, n = TinyLM(), 3
     batches = batches_of(n, 1, seed=3)
     m = measure(model, batches, n_seq=1, n_xt=300)["loss"]
     ids, labels = batches[0]["input_ids"], batches[0]["labels"]
@@ -193,7 +181,7 @@ def test_grad_moments_match_brute_force_gradients():
     from mdm.engines.llada_plus.ppots_moments import quadrature_nodes
 
     torch.manual_seed(1)
-    model, n, n_seq = ContextLM(), 3, 4
+    model, n, n_seq = TinyLM(), 3, 4
     # Copies of one sequence: then the population mean gradient is that sequence's, which enumeration gives
     # exactly (with distinct sequences the halves estimate the population mean, not these 4 sequences').
     batches = [{k: v[:1].repeat(n_seq, 1) for k, v in batches_of(n, 1, seed=5)[0].items()}]
@@ -234,7 +222,7 @@ def test_objective_reports_r_for_grad_target_and_falls_back_under_zero3(capsys):
     torch.manual_seed(0)
     cfg = TrainConfig(PPOTS=True, num_samples_x0=4, num_samples_t=6, num_samples_xt=2, n_starts=2,
                       ppots_target="grad", max_tokens_per_forward=256)
-    model = ContextLM()
+    model = TinyLM()
     obj = build_objective(cfg)
     metrics = obj.prepare(model, batches_of(4, 4), "cpu")
     for key in ("ppots/R_star_loss", "ppots/R_fit_loss", "ppots/R_star_grad", "ppots/R_fit_grad"):

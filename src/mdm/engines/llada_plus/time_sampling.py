@@ -31,7 +31,7 @@ The returned density has `pdf(t)`, `cdf(t)` and `icdf(u)` on numpy arrays, ideal
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -67,6 +67,20 @@ def grid_kl(w: np.ndarray, f: np.ndarray) -> float:
     return float(np.sum(pw * (np.log(np.maximum(pw, 1e-300)) - np.log(np.maximum(pf, 1e-300)))))
 
 
+def multistart_minimize(objective: Callable[[np.ndarray], float], starts: list[np.ndarray],
+                        bounds: list[tuple[float, float]]) -> Any:
+    """The best of scipy L-BFGS-B runs of `objective` from each start within `bounds` (an OptimizeResult)."""
+    from scipy.optimize import minimize  # here, not at import: the engine package imports this module
+
+    best = None
+    for x0 in starts:
+        res = minimize(objective, x0, method="L-BFGS-B", bounds=bounds,
+                       options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-10})
+        if best is None or res.fun < best.fun:
+            best = res
+    return best
+
+
 class EPRDensity(PiecewiseLinearDensity):
     """A fitted EPR density, tabulated; `params` holds a, b, A, r, q, m, k and `kl` the fit's KL."""
 
@@ -81,8 +95,6 @@ class EPR:
     """Parametric p(t) ∝ sqrt(a t^r + b (1-t)^q + (A exp(k t^m))^2), fitted by KL(w || p) on the grid."""
 
     def fit(self, grid: np.ndarray, w: np.ndarray, *, n_starts: int = 8, seed: int = 0) -> EPRDensity:
-        from scipy.optimize import minimize  # here, not at import: the engine package imports this module
-
         grid, w = _check(grid, w)
 
         def objective(v: np.ndarray) -> float:
@@ -93,12 +105,7 @@ class EPR:
         starts = [np.array([0.0, 0.0, 0.0, 2.0, 2.0, 1.0, 0.0])]
         for _ in range(max(n_starts, 1) - 1):
             starts.append(np.concatenate([rng.uniform(-3, 3, 3), rng.uniform(1, 6, 3), rng.uniform(0, 4, 1)]))
-        best = None
-        for x0 in starts:
-            res = minimize(objective, x0, method="L-BFGS-B", bounds=_EPR_BOUNDS,
-                           options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-10})
-            if best is None or res.fun < best.fun:
-                best = res
+        best = multistart_minimize(objective, starts, _EPR_BOUNDS)
         return EPRDensity(_vec_to_params(best.x), float(best.fun), extra_knots=grid)
 
 
@@ -137,8 +144,6 @@ class EPRS:
     Pass w on a grid dense near 0 (objective.py uses t = u^2 on 64 points) or the tail is not seen."""
 
     def fit(self, grid: np.ndarray, w: np.ndarray, *, n_starts: int = 8, seed: int = 0) -> EPRSDensity:
-        from scipy.optimize import minimize  # here, not at import: the engine package imports this module
-
         grid, w = _check(grid, w)
 
         def objective(v: np.ndarray) -> float:
@@ -150,12 +155,7 @@ class EPRS:
         for _ in range(max(n_starts, 1) - 1):
             starts.append(np.concatenate([rng.uniform(-3, 3, 3), rng.uniform(1, 6, 3), rng.uniform(0, 4, 1),
                                           rng.uniform(-8, 2, 1), rng.uniform(-12, -2, 1)]))
-        best = None
-        for x0 in starts:
-            res = minimize(objective, x0, method="L-BFGS-B", bounds=_EPRS_BOUNDS,
-                           options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-10})
-            if best is None or res.fun < best.fun:
-                best = res
+        best = multistart_minimize(objective, starts, _EPRS_BOUNDS)
         return EPRSDensity(_vec_to_eprs(best.x), float(best.fun), extra_knots=grid)
 
 
