@@ -18,7 +18,8 @@ from mdm.platform import cli
 from mdm.platform.commands.infer import main as infer_main
 from mdm.platform.config import load_config
 from mdm.platform.fields import ConfigError
-from mdm.platform.infer.batch import InferenceError, _load_task, _task_rows
+from mdm.platform.infer.batch import _task_rows
+from mdm.platform.infer.pool import InferenceError, load_task
 from mdm.platform.registry import get_registry, load_builtins
 from mdm.platform.train.driver import train_data_path
 
@@ -106,11 +107,11 @@ def test_one_key_says_where_task_data_is(tmp_path: Path, monkeypatch) -> None:
         (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     # mdm infer reads it ...
     cfg = load_config([], [f"data.task_data_dir={tmp_path}"])
-    task = _load_task("hitab", "test", cfg.data, need_split=True)
+    task = load_task("hitab", "test", cfg.data, need_split=True)
     assert [r["prompt"] for r in _task_rows(task, "test", None)] == [rows[0]["prompt"]]
     with pytest.raises(InferenceError, match="task 'hitab' has no data here: download .* data.task_data_dir"):
-        _task_rows(_load_task("hitab", "test", load_config([]).data, need_split=True), "test", None)
-    assert _load_task("gsm8k", "test", load_config([], ["data.source=hub"]).data, True).source == "hub"
+        _task_rows(load_task("hitab", "test", load_config([]).data, need_split=True), "test", None)
+    assert load_task("gsm8k", "test", load_config([], ["data.source=hub"]).data, True).source == "hub"
     # ... mdm train names it in the command that makes the seed's default data file ...
     monkeypatch.chdir(tmp_path)
     seed = load_config([], ["train.task=hitab", f"data.task_data_dir={tmp_path}"])

@@ -19,6 +19,7 @@ other splits or samplers of one model sit side by side; the predictions also as 
 (`<prefix>/predictions_table.json`). An existing predictions file is named (one line) at
 the start and replaced only once the new one is complete (written beside it, then moved into place). `--out`
 may be a storage URI (`s3://...`): the files are staged locally and uploaded at the end (`outputs.OutputFiles`).
+The driver-side checks and actor-pool helpers it shares with likelihood mode live in `pool.py`.
 """
 
 from __future__ import annotations
@@ -30,29 +31,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from mdm.platform.infer.model_source import ModelSource, resolve_model
+from mdm.platform.infer.model_source import resolve_model
 from mdm.platform.infer.outputs import OutputFiles, announce_replace, log_evaluation, metric_prefix, write_jsonl
-from mdm.platform.registry import auto_import, get_registry, load_builtins
-
-
-class InferenceError(ValueError):
-    """A batch-inference input problem found before any actor starts (model, task, split, prompts)."""
+from mdm.platform.infer.pool import (InferenceError, actor_model, check_complete, collect, gpus_per_actor,
+                                     load_task, load_tokenizer, restart_args, tracking_uri)
+from mdm.platform.registry import auto_import, load_builtins
 
 
 # ----------------------------------------------------------------------------- inputs (driver side)
-
-def _load_task(name: Optional[str], split: str, data_cfg: Any, need_split: bool) -> Any:
-    if not name:
-        raise InferenceError("no task: pass --task NAME or set eval.task (`mdm list tasks` lists them)")
-    # data.source only when not the default, so that users' own packs need not take it.
-    source = {"source": data_cfg.source} if data_cfg.source != "auto" else {}
-    task = get_registry("tasks").get(name)(data_dir=data_cfg.task_data_dir, **source)
-    splits = tuple(getattr(task, "splits", ()))
-    if need_split and split not in splits:
-        raise InferenceError(f"task {name!r} has no split {split!r} to evaluate on; its splits: "
-                             f"{', '.join(splits) or '(none)'} (choose one with --split, or pass --prompts FILE)")
-    return task
-
 
 def _task_rows(task: Any, split: str, limit: Optional[int]) -> list[dict[str, Any]]:
     rows = []
@@ -91,52 +77,7 @@ def _prompt_rows(path: str, limit: Optional[int], task_name: str) -> list[dict[s
     return rows
 
 
-def _load_tokenizer(src: ModelSource, trust_remote_code: bool) -> Any:
-    from mdm.platform.tokenizer import load_tokenizer
-
-    try:
-        return load_tokenizer(src.path, trust_remote_code)
-    except (OSError, ValueError) as e:
-        where = "hub id" if src.kind == "hub" else "model directory"
-        raise InferenceError(f"--model {src.spec}: cannot load a tokenizer from the {where} {src.path} ({e}); "
-                             f"the tokenizer must be saved alongside the model (save_pretrained)") from None
-
-
 # ----------------------------------------------------------------------------- the Ray Data job
-
-def _tracking_uri(cfg: Any) -> Optional[str]:
-    from mdm.platform.tracking.tracker import resolve_uri
-
-    return resolve_uri(cfg.tracking.tracking_uri)
-
-
-def _gpus_per_actor(eval_cfg: Any) -> float:
-    import ray
-
-    if eval_cfg.gpus_per_actor is not None:
-        return float(eval_cfg.gpus_per_actor)
-    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-
-
-def _restart_args(eval_cfg: Any) -> dict[str, int]:
-    """Actor fault tolerance. Ray Data's actor pools already restart dead actors and retry their batches
-    forever (-1, -1); pass the knobs only when changed (Ray 2.60 deprecates passing remote args)."""
-    args = {"max_restarts": eval_cfg.max_restarts, "max_task_retries": eval_cfg.max_task_retries}
-    return {} if args == {"max_restarts": -1, "max_task_retries": -1} else args
-
-
-def _actor_model(src: ModelSource, cfg: Any) -> str:
-    """What the sampler actors load: the driver's local path when the cluster is this machine, else what an
-    actor can fetch on its own node (`src.remote`: a storage URI or an MLflow runs:/ path)."""
-    from mdm.platform.runtime.ray_runtime import is_local_cluster
-
-    if src.remote is None or is_local_cluster(cfg.ray):
-        if src.kind not in ("hub",) and not is_local_cluster(cfg.ray):
-            print(f"mdm infer: warning: --model {src.spec} is a path on this machine; actors on other nodes "
-                  f"see it only on a shared mount (give a storage URI or mlflow:<run> otherwise)", file=sys.stderr)
-        return src.path
-    return src.remote
-
 
 def _build_dataset(rows: list[dict], cfg: Any, model_path: str, task: str) -> Any:
     import ray
@@ -155,7 +96,7 @@ def _build_dataset(rows: list[dict], cfg: Any, model_path: str, task: str) -> An
     # would serialise several batches on one actor while others idle.
     n_blocks = max(1, math.ceil(len(rows) / ev.batch_size))
     ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
-    gpus = _gpus_per_actor(ev)
+    gpus = gpus_per_actor(ev)
     compute = ray.data.ActorPoolStrategy(min_size=ev.min_actors, max_size=ev.max_actors,
                                          initial_size=ev.initial_actors,
                                          max_tasks_in_flight_per_actor=ev.max_tasks_in_flight_per_actor)
@@ -164,37 +105,13 @@ def _build_dataset(rows: list[dict], cfg: Any, model_path: str, task: str) -> An
         SamplerActor, batch_size=ev.batch_size, batch_format="numpy", compute=compute,
         fn_constructor_kwargs={"model_path": model_path, "engine": cfg.engine, "model_cfg": cfg.model,
                                "sampler_cfg": cfg.sampler, "device": device, "seed": ev.seed,
-                               "auto_import": tuple(cfg.auto_import), "tracking_uri": _tracking_uri(cfg)},
-        num_gpus=gpus or None, num_cpus=ev.cpus_per_actor, **_restart_args(ev))
+                               "auto_import": tuple(cfg.auto_import), "tracking_uri": tracking_uri(cfg)},
+        num_gpus=gpus or None, num_cpus=ev.cpus_per_actor, **restart_args(ev))
     return ds.map_batches(
         Scorer, batch_format="numpy", num_cpus=ev.score_cpus, compute=ray.data.ActorPoolStrategy(size=1),
         fn_constructor_kwargs={"task": task, "data_dir": cfg.data.task_data_dir,
                                "auto_import": tuple(cfg.auto_import)},
-        **_restart_args(ev))
-
-
-def _collect(ds: Any, total: int, progress_callback: Optional[Callable[[int, int], None]]) -> list[dict]:
-    out: list[dict] = []
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        keys = list(batch)
-        for j in range(len(batch["index"])):
-            out.append({k: batch[k][j] for k in keys})
-        if progress_callback is not None:
-            progress_callback(len(out), total)
-    return out
-
-
-def _check_complete(results: list[dict], n: int) -> list[dict]:
-    """Sort by index; raise when any index is missing or repeated (never silently drop or dedupe)."""
-    seen: dict[int, int] = {}
-    for r in results:
-        seen[int(r["index"])] = seen.get(int(r["index"]), 0) + 1
-    missing = [i for i in range(n) if i not in seen]
-    repeated = sorted(i for i, c in seen.items() if c > 1)
-    if missing or repeated or len(seen) != n:
-        raise RuntimeError(f"batch inference output is not one row per input: {len(results)} rows for {n} inputs; "
-                           f"missing indices {missing[:20]}, repeated {repeated[:20]}")
-    return sorted(results, key=lambda r: int(r["index"]))
+        **restart_args(ev))
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -239,10 +156,10 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
 
         cfg = with_overrides(cfg, {"sampler.name": sampler})  # validates the name against the registry
         ev = cfg.eval
-    the_task = _load_task(task_name, split, cfg.data, need_split=prompts is None)
+    the_task = load_task(task_name, split, cfg.data, need_split=prompts is None)
     src = resolve_model(model or ev.model or "", tracking_uri=cfg.tracking.tracking_uri,
                         export_root=cfg.train.output_dir)
-    tokenizer = _load_tokenizer(src, cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(src, cfg.model.trust_remote_code)
     rows = _prompt_rows(prompts, limit, task_name) if prompts else _task_rows(the_task, split, limit)
     if not rows:
         raise InferenceError(f"nothing to evaluate: {prompts or f'task {task_name!r} split {split!r}'} has no rows")
@@ -252,7 +169,7 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
 
     announce_replace(out)
     started = ensure_ray(cfg.ray)
-    model_for_actors = _actor_model(src, cfg)
+    model_for_actors = actor_model(src, cfg)
     import ray.data
 
     bar = None
@@ -269,7 +186,7 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
     try:
         ds = _build_dataset(rows, cfg, model_for_actors, task_name)
         t_job = time.perf_counter()
-        results = _check_complete(_collect(ds, len(rows), progress_callback), len(rows))
+        results = check_complete(collect(ds, len(rows), progress_callback), len(rows))
         job_s = time.perf_counter() - t_job
     finally:
         ctx.enable_progress_bars, ctx.wait_for_min_actors_s = saved

@@ -8,7 +8,7 @@ actor pool, pick the most likely, and report accuracy with per-item estimates an
     from mdm.platform.infer.likelihood_job import run_likelihood
     metrics = run_likelihood(cfg, model="outputs/arithmetic/model", task="arithmetic_mc", out="mc.jsonl")
 
-The driver does what generation mode does before any actor starts (batch.py: model, tokenizer, task, split,
+The driver does what generation mode does before any actor starts (pool.py: model, tokenizer, task, split,
 every mistake reported first), then builds the continuations of each example: a multiple-choice example
 (`task.choices(example)`) contributes its choice texts, any other example its reference response (scored,
 not picked: its bound is reported as the gold log-likelihood). Prompts are encoded with the task's layout
@@ -34,10 +34,10 @@ import math
 import time
 from typing import Any, Callable, Optional
 
-from mdm.platform.infer.batch import (InferenceError, _actor_model, _check_complete, _collect, _gpus_per_actor,
-                                      _load_task, _load_tokenizer, _restart_args, _tracking_uri)
 from mdm.platform.infer.model_source import ModelSource, resolve_model
 from mdm.platform.infer.outputs import OutputFiles, announce_replace, log_evaluation, metric_prefix, write_jsonl
+from mdm.platform.infer.pool import (InferenceError, actor_model, check_complete, collect, gpus_per_actor,
+                                     load_task, load_tokenizer, restart_args, tracking_uri)
 from mdm.platform.registry import auto_import, get_registry, load_builtins
 
 MODES = ("auto", "generate", "likelihood")
@@ -90,7 +90,7 @@ def _build_dataset(rows: list[dict], cfg: Any, model_path: str) -> Any:
     ev = cfg.eval
     n_blocks = max(1, math.ceil(len(rows) / ev.batch_size))  # one block per batch, as batch.py explains
     ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
-    gpus = _gpus_per_actor(ev)
+    gpus = gpus_per_actor(ev)
     compute = ray.data.ActorPoolStrategy(min_size=ev.min_actors, max_size=ev.max_actors,
                                          initial_size=ev.initial_actors,
                                          max_tasks_in_flight_per_actor=ev.max_tasks_in_flight_per_actor)
@@ -100,8 +100,8 @@ def _build_dataset(rows: list[dict], cfg: Any, model_path: str) -> Any:
         fn_constructor_kwargs={"model_path": model_path, "engine": cfg.engine, "model_cfg": cfg.model,
                                "likelihood_cfg": cfg.likelihood, "mc_shards": ev.mc_shards, "device": device,
                                "seed": ev.seed, "auto_import": tuple(cfg.auto_import),
-                               "tracking_uri": _tracking_uri(cfg)},
-        num_gpus=gpus or None, num_cpus=ev.cpus_per_actor, **_restart_args(ev))
+                               "tracking_uri": tracking_uri(cfg)},
+        num_gpus=gpus or None, num_cpus=ev.cpus_per_actor, **restart_args(ev))
 
 
 def combine_shards(parts: list[list[list[float]]]) -> list[tuple[float, float, int]]:
@@ -183,10 +183,10 @@ def run_likelihood(cfg: Any, model: Optional[str] = None, task: Optional[str] = 
                              f"a shard would run no sample")
     if ev.mc_shards > 1 and not hasattr(cfg.likelihood, "mc_num"):
         raise InferenceError(f"eval.mc_shards > 1 needs an `mc_num` in engine {cfg.engine!r}'s likelihood section")
-    the_task = _load_task(task_name, split, cfg.data, need_split=True)
+    the_task = load_task(task_name, split, cfg.data, need_split=True)
     src: ModelSource = resolve_model(model or ev.model or "", tracking_uri=cfg.tracking.tracking_uri,
                                      export_root=cfg.train.output_dir)
-    tokenizer = _load_tokenizer(src, cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(src, cfg.model.trust_remote_code)
     examples = _examples(the_task, task_name, split, limit, tokenizer)
     S = ev.mc_shards
     rows = [{"index": ex["index"] * S + s, "shard": s, "prompt_ids": ex["prompt_ids"],
@@ -202,9 +202,9 @@ def run_likelihood(cfg: Any, model: Optional[str] = None, task: Optional[str] = 
         ctx.enable_progress_bars = bool(ev.progress)
         if ev.wait_for_actors_s > 0:
             ctx.wait_for_min_actors_s = ev.wait_for_actors_s
-        ds = _build_dataset(rows, cfg, _actor_model(src, cfg))  # a URI / runs:/ path on a cluster
+        ds = _build_dataset(rows, cfg, actor_model(src, cfg))  # a URI / runs:/ path on a cluster
         t_job = time.perf_counter()
-        results = _check_complete(_collect(ds, len(rows), progress_callback), len(rows))
+        results = check_complete(collect(ds, len(rows), progress_callback), len(rows))
         job_s = time.perf_counter() - t_job
     finally:
         ctx.enable_progress_bars, ctx.wait_for_min_actors_s = saved

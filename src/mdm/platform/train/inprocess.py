@@ -113,7 +113,7 @@ def fit_in_process(cfg: Any, tokenizer: Any, data: MemoryData, *,
     from mdm.platform.train.driver import plan_steps
     from mdm.platform.train.step_window import StepWindow
     from mdm.platform.train.updater import build_updater
-    from mdm.platform.train.worker import _due
+    from mdm.platform.train.worker import due
 
     t0 = time.perf_counter()
     tcfg = cfg.train
@@ -162,7 +162,7 @@ def fit_in_process(cfg: Any, tokenizer: Any, data: MemoryData, *,
         timings["train_cpu_s"] += time.process_time() - c_step
         last = step == total
         do_eval = evals is not None and tcfg.eval_strategy != "no" and (
-            last or _due(tcfg.eval_strategy, step, tcfg.eval_steps, per_epoch))
+            last or due(tcfg.eval_strategy, step, tcfg.eval_steps, per_epoch))
         if not (last or do_eval or step % tcfg.logging_steps == 0):
             continue
         dt = time.perf_counter() - t_window

@@ -10,11 +10,13 @@ and the collectives' own sockets stay on loopback (GLOO_SOCKET_IFNAME / NCCL_SOC
 embedded Ray's workers by `mdm.platform.runtime.ray_runtime`). The rest is Ray's setup, reused: the backend
 choice (nccl with GPUs, else gloo), the torch environment variables, the group's timeout. The driver uses it
 only with an embedded (or this process's already-started local) Ray, never on a cluster, where the workers
-do not share a disk. It builds on Ray's `_TorchBackend` (the same in Ray 2.50-2.60).
+do not share a disk. Ray has no public way to do this (see `file_rendezvous_backend`), so it builds on
+Ray's private `_TorchBackend` (the same in Ray 2.50-2.60); every private Ray name is used in that one function.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import uuid
@@ -23,23 +25,33 @@ from typing import Any
 
 import ray
 from ray.train.torch import TorchConfig
-from ray.train.torch.config import _set_torch_distributed_env_vars, _setup_torch_process_group, _TorchBackend
 
 
-class _FileRendezvousBackend(_TorchBackend):
-    """Ray's torch backend with a fresh rendezvous file per worker-group start instead of a TCP store."""
+@functools.cache  # one class per process, not a new one at each `backend_cls` lookup
+def file_rendezvous_backend() -> type:
+    """Ray's torch backend with a fresh rendezvous file per worker-group start instead of a TCP store.
 
-    def on_start(self, worker_group: Any, backend_config: TorchConfig) -> None:
-        backend = backend_config.backend
-        if backend is None:
-            backend = "nccl" if worker_group.get_resources_per_worker().get("GPU", 0) > 0 else "gloo"
-        # A new file each start: torch's FileStore must not find one left by a group that crashed.
-        url = "file://" + os.path.join(tempfile.gettempdir(), f"mdm-rendezvous-{uuid.uuid4().hex}")
-        worker_group.execute(_set_torch_distributed_env_vars)
-        ray.get([worker_group.execute_single_async(i, _setup_torch_process_group, backend=backend, world_rank=i,
-                                                   world_size=len(worker_group), init_method=url,
-                                                   timeout_s=backend_config.timeout_s)
-                 for i in range(len(worker_group))])
+    Ray's private internals, on purpose and only here: Ray's public `TorchConfig` takes `init_method` "env"
+    or "tcp" only (both start torch's TCPStore) and offers no public hook for another rendezvous, so this
+    subclasses the private `_TorchBackend` (keeping its shutdown and training-start steps) and reuses its
+    private helpers for the environment variables and the group itself. Check these names on a Ray upgrade.
+    """
+    from ray.train.torch.config import _set_torch_distributed_env_vars, _setup_torch_process_group, _TorchBackend
+
+    class FileRendezvousBackend(_TorchBackend):
+        def on_start(self, worker_group: Any, backend_config: TorchConfig) -> None:
+            backend = backend_config.backend
+            if backend is None:
+                backend = "nccl" if worker_group.get_resources_per_worker().get("GPU", 0) > 0 else "gloo"
+            # A new file each start: torch's FileStore must not find one left by a group that crashed.
+            url = "file://" + os.path.join(tempfile.gettempdir(), f"mdm-rendezvous-{uuid.uuid4().hex}")
+            worker_group.execute(_set_torch_distributed_env_vars)
+            ray.get([worker_group.execute_single_async(i, _setup_torch_process_group, backend=backend,
+                                                       world_rank=i, world_size=len(worker_group),
+                                                       init_method=url, timeout_s=backend_config.timeout_s)
+                     for i in range(len(worker_group))])
+
+    return FileRendezvousBackend
 
 
 @dataclass
@@ -48,4 +60,4 @@ class LocalTorchConfig(TorchConfig):
 
     @property
     def backend_cls(self) -> type:
-        return _FileRendezvousBackend
+        return file_rendezvous_backend()

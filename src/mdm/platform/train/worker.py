@@ -81,7 +81,9 @@ class _Shard:
                     yield epoch, mb
 
 
-def _due(strategy: str, step: int, every: int, steps_per_epoch: int) -> bool:
+def due(strategy: str, step: int, every: int, steps_per_epoch: int) -> bool:
+    """Whether an eval/save with `strategy` ("steps": every `every` steps, "epoch": at each epoch's end,
+    "no": never) falls on optimizer step `step` (shared with the in-process trainer, inprocess.py)."""
     if strategy == "steps":
         return step % every == 0
     if strategy == "epoch":
@@ -223,8 +225,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
 
         final = state.step == run.total_steps
         do_eval = run.has_eval and tcfg.eval_strategy != "no" and (
-            final or _due(tcfg.eval_strategy, state.step, tcfg.eval_steps, run.steps_per_epoch))
-        do_save = tcfg.save_strategy != "no" and not final and _due(
+            final or due(tcfg.eval_strategy, state.step, tcfg.eval_steps, run.steps_per_epoch))
+        do_save = tcfg.save_strategy != "no" and not final and due(
             tcfg.save_strategy, state.step, tcfg.save_steps, run.steps_per_epoch)
         do_log = final or do_eval or do_save or state.step % tcfg.logging_steps == 0
         if not do_log:

@@ -185,9 +185,9 @@ def _ray_train(cfg: Any, inputs: TrialInputs, run_name: str, label: str, tags: d
     from mdm.platform.infer.batch import run_inference
     from mdm.platform.tracking.tracker import RunLogger, Tracker
     from mdm.platform.train.driver import train_driver
-    from mdm.platform.tune.sweep import _report_callback
+    from mdm.platform.tune.sweep import report_callback
 
-    result = train_driver(cfg, run_name=run_name, callbacks=[_report_callback(cfg.tune.metric, cfg.tune.mode)],
+    result = train_driver(cfg, run_name=run_name, callbacks=[report_callback(cfg.tune.metric, cfg.tune.mode)],
                           mlflow_tags=tags if cfg.tracking.enabled else None, display_name=label)
     m = dict(result.metrics or {})
     export = m["export_dir"]

@@ -77,7 +77,7 @@ def max_concurrent(cfg: Any, cluster: Mapping[str, float]) -> int:
     return max(1, n)
 
 
-def _report_callback(metric: str, mode: str) -> Any:
+def report_callback(metric: str, mode: str) -> Any:
     """Train -> Tune reports, with a non-finite `metric` replaced by a very bad finite value: a diverged trial
     reports NaN, which ASHA's comparisons (NaN < cutoff is False) would never stop."""
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -116,7 +116,7 @@ def _trial(config: dict[str, Any], *, base: Any, plugins: Sequence[str], space: 
     params = space.overrides_for(config)
     cfg = with_overrides(base, {**params, "run_name": run_name})
     tags = {**(context or {}), **child_tags(parent_id, name, trial_id)}
-    train_driver(cfg, run_name=run_name, callbacks=[_report_callback(cfg.tune.metric, cfg.tune.mode)],
+    train_driver(cfg, run_name=run_name, callbacks=[report_callback(cfg.tune.metric, cfg.tune.mode)],
                  mlflow_tags=tags if cfg.tracking.enabled else None, display_name=_label(base, space, params),
                  lease=False)  # Tune runs a trial once at a time; a retried trial must not wait for a dead lease
 

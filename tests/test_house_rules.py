@@ -1,0 +1,64 @@
+"""House rules (issue #23) checked on the source tree, without importing it.
+
+    pytest tests/test_house_rules.py
+
+- no `_private` name imported from another mdm module (`from mdm.x import _helper`, or a relative import):
+  what two modules share is public, in the module that owns it;
+- no module under src/ longer than MAX_LINES lines.
+
+Names from outside mdm (Ray, torch) are not ours to rename; dunders (`__version__`) are not private.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ROOTS = ("src", "experiments")
+MAX_LINES = 300
+
+
+def _py_files(*roots: str) -> list[Path]:
+    return sorted(p for root in roots for p in (REPO / root).rglob("*.py"))
+
+
+def private_imports(path: Path, root: Path = REPO) -> list[str]:
+    """`file:line name (from module)` for each private name `path` imports from an mdm or relative module
+    (the file named relative to `root`), in line order."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    hits: list[tuple[int, str]] = []
+    for node in ast.walk(tree):  # walk: imports inside functions count as much as top-level ones
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        module = node.module or ""
+        if not (node.level > 0 or module == "mdm" or module.startswith("mdm.")):
+            continue
+        for alias in node.names:
+            if alias.name.startswith("_") and not alias.name.startswith("__"):
+                where = "." * node.level + module
+                hits.append((node.lineno, f"{path.relative_to(root)}:{node.lineno} {alias.name} (from {where})"))
+    return [h for _, h in sorted(hits)]
+
+
+def test_no_private_names_imported_across_modules():
+    hits = [h for p in _py_files(*ROOTS) for h in private_imports(p)]
+    assert not hits, ("private names imported from other mdm modules (make them public where they live, or "
+                      "move the shared code to a public module):\n  " + "\n  ".join(hits))
+
+
+def test_no_module_over_the_line_limit():
+    counts = {p: len(p.read_text().splitlines()) for p in _py_files("src")}
+    over = [f"{p.relative_to(REPO)}: {n} lines" for p, n in sorted(counts.items(), key=lambda kv: -kv[1])
+            if n > MAX_LINES]
+    assert not over, f"modules over {MAX_LINES} lines (split them):\n  " + "\n  ".join(over)
+
+
+def test_the_checker_sees_multi_line_relative_and_nested_imports(tmp_path):
+    # The rule's own test: a checker that finds nothing would pass the test above vacuously.
+    src = tmp_path / "m.py"
+    src.write_text("from mdm.a import (b,\n    _c)\nfrom . import _d\nfrom mdm.e import __version__, f as _g\n"
+                   "from ray.x import _h\n\ndef k():\n    from mdm.i import _j\n")
+    hits = [h.split(" ", 1)[1] for h in private_imports(src, tmp_path)]
+    assert hits == ["_c (from mdm.a)", "_d (from .)", "_j (from mdm.i)"]
+
