@@ -1,6 +1,6 @@
 """How much variance P-POTS can remove, predicted before training and realised on the same batches.
 
-    python bench/ppots_gain.py                       # arithmetic, EOS-padded and unpadded answers (~4 min, 2 cores)
+    python bench/ppots_gain.py                       # arithmetic, EOS-padded (to 32) and unpadded answers
     python bench/ppots_gain.py --settings unpadded --train_steps 1500 --draws 64
 
 For each setting: train the tiny LLaDA of bench/estimator_variance.py for `--train_steps` plain steps on the
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--task", default="arithmetic")
     ap.add_argument("--data_dir", default=None)
     ap.add_argument("--settings", default="padded,unpadded", help="padded (EOS to --window) and/or unpadded")
-    ap.add_argument("--window", type=int, default=16, help="answer window of the padded setting (the demo's)")
+XX
     ap.add_argument("--n_examples", type=int, default=2000)
     ap.add_argument("--vocab", type=int, default=256)
     ap.add_argument("--max_len", type=int, default=96)

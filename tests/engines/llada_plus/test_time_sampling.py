@@ -119,3 +119,16 @@ def test_same_generator_seed_same_draws():
 def test_fit_rejects_bad_w():
     with pytest.raises(ValueError, match="w must be finite and > 0"):
         AP().fit(uniform_grid(4), np.array([1.0, 0.0, 1.0, 1.0]))
+
+
+def test_from_uniform_is_what_sample_does_with_its_uniforms():
+    dens = PiecewiseLinearDensity([0.0, 0.1, 1.0], [5.0, 1.0, 1.0]).mix_uniform(0.1)
+    sampler = TimeSampler(dens, max_is_weight=3.0)
+    t, w = sampler.sample(64, torch.Generator().manual_seed(5))
+    u = torch.rand(64, generator=torch.Generator().manual_seed(5), dtype=torch.float64).numpy()
+    t2, w2 = sampler.from_uniform(u)
+    assert torch.equal(t, t2) and torch.equal(w, w2)
+    assert torch.all(w2 <= 3.0) and torch.allclose(w2, torch.clamp(1 / torch.as_tensor(dens.pdf(t2.double().numpy())),
+                                                                   max=3.0).float(), rtol=1e-5)
+    tu, wu = TimeSampler(None).from_uniform(u)
+    assert torch.allclose(tu.double(), torch.as_tensor(u), atol=1e-7) and torch.all(wu == 1)

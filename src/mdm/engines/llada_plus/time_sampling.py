@@ -221,6 +221,17 @@ class TimeSampler:
             t = torch.rand(n, generator=generator, device=gen_device).to(device)
             return t, torch.ones(n, device=device)
         t = self.density.sample(n, generator)
-        weight = np.minimum(1.0 / np.maximum(self.density.pdf(t.numpy()), 1e-300), self.max_is_weight)
-        return t.to(device=device, dtype=torch.float32), torch.from_numpy(weight).to(device=device,
-                                                                                    dtype=torch.float32)
+        return self._weighted(t.numpy(), device)
+
+    def from_uniform(self, u: np.ndarray, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """(t, weight) for given uniforms `u` [n] in [0, 1): t = u, or the density's inverse CDF at u (what
+        `sample` does with its own uniforms), so a caller can stratify or share the uniforms."""
+        u = np.asarray(u, dtype=np.float64)
+        if self.density is None:
+            return torch.as_tensor(u, dtype=torch.float32, device=device), torch.ones(len(u), device=device)
+        return self._weighted(self.density.icdf(u), device)
+
+    def _weighted(self, t: np.ndarray, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        weight = np.minimum(1.0 / np.maximum(self.density.pdf(t), 1e-300), self.max_is_weight)
+        return (torch.as_tensor(t, device=device, dtype=torch.float32),
+                torch.from_numpy(weight).to(device=device, dtype=torch.float32))
