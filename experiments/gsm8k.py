@@ -215,12 +215,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     }
     storage.write_text(storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
     print("\n== gsm8k summary ==\n" + json.dumps(summary, indent=2))
-    note = accuracy_note(args.preset, summary["accuracy"], summary["steps"])
-    if note:
-        print(note)
     if cfg.tracking.enabled:
         print(f"MLflow: mlflow ui --backend-store-uri {uri}   (experiment {cfg.tracking.experiment_name!r}, "
               f"run {run_name!r})")
+    note = accuracy_note(args.preset, summary["accuracy"], summary["steps"])
+    if note:  # last, where a first-time user's eye lands
+        print(note)
     return 0
 
 
