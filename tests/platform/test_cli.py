@@ -63,3 +63,23 @@ def test_bad_key_exits_nonzero_with_message():
 def test_unknown_command():
     proc = run("-m", "mdm", "fly", ok=False)
     assert proc.returncode == 2 and "unknown command 'fly'" in proc.stderr
+
+
+def test_mistyped_command_suggests_the_close_one():
+    proc = run("-m", "mdm", "trian", ok=False)
+    assert proc.returncode == 2
+    assert "mdm: unknown command 'trian'; did you mean 'train'?" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_readme_config_example_runs_as_written():
+    """The README's `mdm config --config experiments/configs/base.yaml`, from the repository root."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    assert "mdm config --config experiments/configs/base.yaml" in readme
+    proc = subprocess.run([sys.executable, "-m", "mdm", "config", "--config", "experiments/configs/base.yaml"],
+                          capture_output=True, text=True, timeout=120, cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    assert "train" in yaml.safe_load(proc.stdout)

@@ -2,7 +2,7 @@
 
     mdm train --config base.yaml --config overlay.yaml --set train.lr=1e-5 [--dump_config]
     mdm list p_models
-    mdm config --config base.yaml          # print the merged config (same as --dump_config)
+    mdm config --config experiments/configs/base.yaml   # print the merged config (same as --dump_config)
 
 Each subcommand's argument parsing lives in `mdm.platform.commands.<name>` (or the task package for `score`
 and `preprocess`), its work in the component it runs; this file only dispatches, so `mdm --help` starts
@@ -12,6 +12,7 @@ fast and the platform never imports an engine or a task pack by module path.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 from typing import Callable, Optional, Sequence
@@ -91,8 +92,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"mdm {cmd}: error: {e}", file=sys.stderr)
         return 2
-    print(f"mdm: unknown command {cmd!r}; commands: {', '.join(commands)}", file=sys.stderr)
+    print(_unknown_command(cmd, commands), file=sys.stderr)
     return 2
+
+
+def _unknown_command(cmd: str, commands: Sequence[str]) -> str:
+    """The error for a mistyped subcommand: the closest one when there is one (a typo like `trian`), else the
+    list, so the user never has to guess what `mdm` accepts."""
+    close = difflib.get_close_matches(cmd, list(commands), n=1)
+    if close:
+        return f"mdm: unknown command {cmd!r}; did you mean {close[0]!r}?"
+    return f"mdm: unknown command {cmd!r}; commands: {', '.join(commands)}"
 
 
 if __name__ == "__main__":

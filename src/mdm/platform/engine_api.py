@@ -130,6 +130,9 @@ class EngineSpec:
         item's value must not depend on the other items of the call (seed per item, not per call).
     loglikelihood_rolling(model, texts, likelihood_cfg, generator, prefix=()) -> list[LoglikScore], one per
         text (token ids): log p(text), scored in windows, given `prefix` (e.g. [BOS]).
+    register_auto_classes() (optional): registers the engine's own `model_type`s with transformers' Auto
+        classes (imports its model code); `mdm.platform.tokenizer` calls it before reading the tokenizer of a
+        model directory whose config.json names a model_type transformers does not know yet.
     """
 
     train_config: type
@@ -146,6 +149,7 @@ class EngineSpec:
     likelihood_config: Optional[type] = None
     loglikelihood: Optional[Callable[..., list[LoglikScore]]] = None
     loglikelihood_rolling: Optional[Callable[..., list[LoglikScore]]] = None
+    register_auto_classes: Optional[Callable[[], None]] = None
 
     def require_likelihood(self, name: str = "this engine") -> None:
         """Raise ValueError unless the engine can score likelihoods (its hooks and section are set)."""

@@ -13,6 +13,7 @@ key that would allow it.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -29,6 +30,8 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
         except (OSError, FileNotFoundError) as e:
             raise OSError(f"cannot load tokenizer from {name_or_path}: {e}") from e
     where = "local directory" if os.path.isdir(str(name_or_path)) else "hub id (or path)"
+    if where == "local directory":
+        _register_model_type(str(name_or_path))
     try:
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except ValueError as e:
@@ -39,6 +42,32 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
         raise OSError(f"cannot load tokenizer from {where} {name_or_path!r}: {e}") from e
     except OSError as e:
         raise OSError(f"cannot load tokenizer from {where} {name_or_path!r}: {e}") from e
+
+
+def _register_model_type(path: str) -> None:
+    """AutoTokenizer reads a model directory's config.json before its tokenizer files. For a model_type that
+    transformers does not know (an engine's own, e.g. `llada`, registered only once the engine's model code is
+    imported) it falls back to the bare base config class and warns "You are using a model of type `llada` to
+    instantiate a model of type ``". A process that reads the tokenizer of an exported model before building
+    the model (the eval driver, each sampler actor) has not imported that code yet: the engines register their
+    Auto classes first (`EngineSpec.register_auto_classes`)."""
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            model_type = json.load(f).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return  # no model config (a bare tokenizer directory): nothing for AutoTokenizer to mistake
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if not isinstance(model_type, str) or model_type in CONFIG_MAPPING:
+        return
+    from mdm.platform.registry import get_registry, load_builtins
+
+    load_builtins()
+    engines = get_registry("engines")
+    for name in engines.names():
+        hook = getattr(engines.get(name), "register_auto_classes", None)
+        if hook is not None:
+            hook()
 
 
 def _custom_code(name_or_path: str) -> str:

@@ -21,6 +21,10 @@ def _build_model(*args: Any, **kwargs: Any) -> Any:
     return build_model(*args, **kwargs)
 
 
+def _register_auto_classes() -> None:
+    import mdm.engines.llada_plus.model  # noqa: F401  (registers model_type "llada" with AutoConfig/AutoModel)
+
+
 def _build_objective(*args: Any, **kwargs: Any) -> Any:
     from mdm.engines.llada_plus.objective import build_objective
 
@@ -58,4 +62,5 @@ get_registry("engines").register("llada_plus", EngineSpec(
     train_config=TrainConfig, model_config=ModelConfig, sampler_config=SamplerConfig,
     build_model=_build_model, build_objective=_build_objective, sample=_sample, end_token_ids=_end_token_ids,
     conditions=CONDITIONS, label=label, label_keys=LABEL_KEYS, forwards_per_sequence=forwards_per_sequence,
-    likelihood_config=LikelihoodConfig, loglikelihood=_loglikelihood, loglikelihood_rolling=_loglikelihood_rolling))
+    likelihood_config=LikelihoodConfig, loglikelihood=_loglikelihood, loglikelihood_rolling=_loglikelihood_rolling,
+    register_auto_classes=_register_auto_classes))

@@ -23,7 +23,8 @@ session's `logs/`, printed at start): Ray Data logs INFO to `ray-data.log` only 
 RAY_DATA_LOGGING_CONFIG), Ray Train's INFO lines go to its `train/` files (`TRAIN_LOG_LEVEL`, on the
 trainer's RunConfig), the workers draw no Hugging Face progress bars (they would arrive as one frozen line
 each), and one local node runs no preemption watcher (nothing drains a laptop; on one node the watcher only
-logs a core_worker error about its constructor arguments).
+logs a core_worker error about its constructor arguments). Token authentication is on for the embedded
+Ray, as Ray itself defaults to, but set explicitly so Ray does not warn about choosing it (`_token_auth`).
 
 Before any actor starts, `check_worker_fit` makes sure the Train workers leave CPU for Ray Data's read and
 map tasks: two 1-CPU workers on a 2-CPU Ray plus a Dataset hang with no error.
@@ -43,6 +44,7 @@ import ray
 # Ray Data's read and map tasks ask for 1 CPU each: at least that much must stay free beside the workers.
 DATA_CPU_RESERVE = 1.0
 LOOPBACK = ("127.0.0.1", "::1")
+AUTH_MODE_ENV = "RAY_AUTH_MODE"  # Ray's token authentication: "token" or "disabled" (see `_token_auth`)
 TRAIN_LOG_LEVEL = "WARNING"  # ray.train.LoggingConfig: Train's INFO lines stay in its log files
 DATA_LOGGING_CONFIG = str(Path(__file__).with_name("ray_data_logging.yaml"))
 # Defaults (a user's own setting wins) for this process and, inherited, the embedded Ray's processes.
@@ -108,6 +110,19 @@ def _loopback_only() -> bool:
     return True
 
 
+def _token_auth() -> None:
+    """The embedded Ray with token authentication, said explicitly. Ray turns it on by itself for a new local
+    cluster when RAY_AUTH_MODE is unset, and then warns about it on the terminal; setting the mode beforehand
+    keeps the same protection (a token in ~/.ray/auth_token, made when missing) without the warning. A user's
+    RAY_AUTH_MODE wins (`disabled` opts out)."""
+    if AUTH_MODE_ENV in os.environ:
+        return
+    os.environ[AUTH_MODE_ENV] = "token"  # inherited by the node's processes, which start after this
+    from ray._raylet import Config
+
+    Config.initialize("")  # this process's RayConfig read the variable at `import ray`: read it again
+
+
 def ensure_ray(ray_cfg: Any) -> bool:
     """Initialise Ray for this process; returns True when this call started it (embedded or joined)."""
     if ray.is_initialized():
@@ -118,6 +133,7 @@ def ensure_ray(ray_cfg: Any) -> bool:
         ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
         return True
     loopback = _loopback_only()
+    _token_auth()
     _quiet({**QUIET_ENV, **EMBEDDED_ENV})
     worker_env = {k: os.environ.get(k, v) for k, v in
                   {**WORKER_ENV, **(_loopback_interface() if loopback else {})}.items()}
