@@ -10,8 +10,10 @@ One run of `python experiments/gsm8k.py` (tiny preset, a few steps, 2 eval rows)
 - nothing listens beyond loopback: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is not in its environment (mdm must set
   it before Ray is imported), and every listening TCP socket of the job's processes, sampled from /proc while
   it runs, is on 127.0.0.1 or ::1. Without mdm's setting the same job listens on 192.0.2.77 and on wildcards;
-- the terminal stays readable: stdout and stderr together hold at most 60 lines (Ray's detail is in its log
-  files; the job prints mdm's lines, one bar per phase and the summary).
+- the terminal stays readable and is only ours: stdout and stderr together hold at most 60 lines (Ray's
+  detail is in its log files), and every line is mdm's, the summary or one of mdm's bars
+  (test_main_job_terminal.foreign), run as a new user: RAY_AUTH_MODE and the MLflow variables unset, HOME a
+  fresh directory (where Ray writes its auth token).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from test_main_job_terminal import DROP, foreign
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_LINES = 60
@@ -110,12 +113,11 @@ def _namespaces() -> bool:
     return probe.returncode == 0
 
 
-def _env() -> dict[str, str]:
-    drop = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
-            "TRANSFORMERS_OFFLINE", "MLFLOW_TRACKING_URI", "RAY_DATA_LOGGING_CONFIG")
+def _env(home: Path) -> dict[str, str]:
+    drop = (*DROP, "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
     env = {k: v for k, v in os.environ.items() if k not in drop}
-    env.update(PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1", RAY_AUTH_MODE="disabled",
-               PYTHONUNBUFFERED="1", RAY_USAGE_STATS_ENABLED="0")
+    env.update(PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               RAY_USAGE_STATS_ENABLED="0", HOME=str(home))
     return env
 
 
@@ -124,7 +126,7 @@ def test_main_job_offline_loopback_and_readable(tmp_path: Path) -> None:
     cmd = [sys.executable, str(REPO / "experiments" / "gsm8k.py"), "--limit", "64",
            "--set", "train.max_steps=2", "--set", "eval.limit=2", "--set", "sampler.gen_length=16",
            "--set", "sampler.block_length=16", "--set", "sampler.steps=8"]
-    env = _env()
+    env = _env(tmp_path)
     isolated = _namespaces()
     if isolated:
         cmd = ["unshare", "-n", "sh", "-c", NETNS.format(ip=NOWHERE), "sh", *cmd]
@@ -155,9 +157,12 @@ def test_main_job_offline_loopback_and_readable(tmp_path: Path) -> None:
     lines = text.splitlines()
     assert len(lines) <= MAX_LINES, f"{len(lines)} lines:\n{text}"
     assert "Traceback" not in text, text
+    assert foreign(text) == [], "\n".join(foreign(text))
     summary = json.loads(text[text.index("== gsm8k summary ==") + len("== gsm8k summary =="):
                               text.index("MLflow: mlflow ui")])
     assert summary["n_eval"] == 2 and summary["steps"] == 2 and summary["accuracy"] is not None
+    # the tiny preset's usual 0% gets one line naming the demo that learns, and only then
+    assert ("python experiments/arithmetic.py" in text) == (summary["accuracy"] == 0)
     assert "the copy shipped with mdm" in text and Path(summary["predictions"]).is_file()
     # Ray's own servers were seen (GCS, raylet, the agents), and none beyond loopback.
     assert {name for name, _ in seen} >= {"gcs_server", "raylet"}, seen

@@ -2,7 +2,9 @@
 is mdm's (the `gsm8k:` / `mdm ...` / `MLflow:` lines and the summary) or a progress bar, nothing from
 transformers, MLflow or Ray -- as a new user runs it, with RAY_AUTH_MODE and the MLflow variables unset.
 
-    pytest tests/experiments/test_main_job_terminal.py -q      # one tiny run, ~1.5 minutes on 2 CPUs
+    pytest tests/experiments/test_main_job_terminal.py -q      # the filter itself, against known lines
+
+The run is test_main_job.py's (one run of the job serves both): it asserts `foreign(terminal) == []`.
 
 One foreign line is still known and tolerated here, by its exact text (KNOWN): Ray's core worker logs an
 error from the driver whenever Ray Data starts a map actor pool with actor restarts on (Ray Data passes its
@@ -31,6 +33,7 @@ BARS = (re.compile(r"(?:gsm8k|eval gsm8k/).*\d+%\|[^|]*\| *[\d.]+[kM]?/[\d.]+[kM
 KNOWN = (re.compile(r"\[[\d\- :,]+ E \d+ \d+\] core_worker\.cc:\d+: Actor with class name: "
                     r"'MapWorker\(MapBatches\(SamplerActor\)\)' .* has constructor arguments in the object "
                     r"store and max_restarts > 0\..*"),)
+# What a new user's shell does not set (test_main_job runs the job without them).
 DROP = ("RAY_AUTH_MODE", "MLFLOW_LOGGING_LEVEL", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "RAY_ADDRESS",
         "MLFLOW_TRACKING_URI", "RAY_DATA_LOGGING_CONFIG", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
 
@@ -72,18 +75,3 @@ def test_filter_catches_foreign_lines_and_glued_text() -> None:
             "== gsm8k summary ==\n{\n  \"accuracy\": 0.0\n}\nMLflow: mlflow ui\nWARNING something\n")
     assert foreign(text) == ["2026/01/01 INFO mlflow.x: Started", "[transformers] You are using",
                              "Downloading artifacts:   0%|          | 0/4 [00:00<?, ?it/s]", "WARNING something"]
-
-
-@pytest.mark.slow
-def test_main_job_prints_only_mdm_lines(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in DROP}
-    env.update(PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               RAY_USAGE_STATS_ENABLED="0", HOME=str(tmp_path))  # HOME: where Ray writes its auth token
-    cmd = [sys.executable, str(REPO / "experiments" / "gsm8k.py"), "--limit", "64",
-           "--set", "train.max_steps=2", "--set", "eval.limit=2", "--set", "sampler.gen_length=16",
-           "--set", "sampler.block_length=16", "--set", "sampler.steps=8"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    text = proc.stdout + proc.stderr
-    assert proc.returncode == 0, text[-4000:]
-    assert "== gsm8k summary ==" in text and "python experiments/arithmetic.py" in text
-    assert foreign(text) == [], "\n".join(foreign(text))
