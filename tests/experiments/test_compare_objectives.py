@@ -142,10 +142,14 @@ def test_predictions_rescored_and_summary_recomputed(run):
     for g in summary["groups"]:
         members = [k for k in run["kids"] if k.data.tags["mdm.group"] == g["configuration"]]
         assert g["n"] == len(members) == len(SEEDS)
-        for metric in ("eval/accuracy", "eval/loss", "train/loss"):
+        for metric in ("eval/accuracy", "eval/loss", "train/loss", "eval/loss_quad", "eval/loglik_per_token"):
             vals = [k.data.metrics[metric] for k in members]
             assert g[f"{metric} mean"] == pytest.approx(statistics.fmean(vals))
             assert g[f"{metric} std"] == pytest.approx(statistics.stdev(vals))
+        if "PPOTS" in g["configuration"]:  # the pre-training diagnostics, logged once at step 0
+            vals = [k.data.metrics["ppots/R_fit_loss"] for k in members]
+            assert g["ppots/R_fit_loss mean"] == pytest.approx(statistics.fmean(vals))
+            assert f"{g['configuration']}: R* loss" in run["stdout"]
     _check_paired(summary, run["kids"])
     arts = {a.path for a in client.list_artifacts(run["parent"].info.run_id)}
     assert {"summary.csv", "summary.json", "summary.txt", "accuracy.png", "eval_loss.png",

@@ -90,7 +90,8 @@ def test_plain_objective_prepare_is_noop_and_loss_reproducible():
     obj = build_objective(TrainConfig(train_mode="MIRROR"))
     # MIRROR's prepare only measures its within-sequence pair correlation (no P-POTS fit, no state)
     diag = obj.prepare(model, (b for b in make_batches(8, 1)), "cpu")   # a one-shot iterator is enough
-    assert set(diag) >= {"diag/mirror_corr_within", "diag/mirror_corr_pooled", "diag/mirror_corr_within_t0.5"}
+    assert set(diag) >= {"diag/mirror_corr_within", "diag/mirror_corr_pooled_t0.5", "diag/mirror_corr_within_t0.5"}
+    assert "diag/mirror_corr_pooled" not in diag  # the training window's name (random t), not this one
     assert all(k.startswith("diag/mirror_") for k in diag) and -1 <= diag["diag/mirror_corr_within"] <= 1
     assert diag["diag/mirror_n_sequences"] == 8 and obj.save_plot("x.png") is None
     a, ma = obj.loss(model, batch, torch.Generator().manual_seed(3))

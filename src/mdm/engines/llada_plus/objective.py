@@ -96,7 +96,8 @@ class LLaDAPlusObjective:
             m = mirror_within_corr(model, batches, mask_id=mask_token_id(model), eps=self.cfg.mask_eps,
                                    max_tokens_per_forward=self.cfg.max_tokens_per_forward,
                                    seed=self.cfg.seed + 7919 * self.rounds, device=device, **MIRROR_DIAG)
-            out.update({f"diag/{k}": v for k, v in m.items()})
+            # the t-averaged pooled value would collide with the training window's diag/mirror_corr_pooled
+            out.update({f"diag/{k}": v for k, v in m.items() if k != "mirror_corr_pooled"})
         return out
 
     def maybe_reestimate(self, step: int, model: Any, batches: Iterable[dict[str, torch.Tensor]],

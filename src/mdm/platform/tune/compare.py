@@ -49,7 +49,8 @@ from mdm.platform.config_ops import flatten, with_overrides
 from mdm.platform.fields import ConfigError
 from mdm.platform.runs import absolute_paths, storage_root, sweep_name
 from mdm.platform.tune import aggregate as agg
-from mdm.platform.tune.compare_results import group_rows, headline, result_rows, write_results
+from mdm.platform.tune.compare_results import (diagnostics_lines, group_rows, headline, result_rows,
+                                               write_results)
 from mdm.platform.tune.compare_space import comparison_space, swept_keys
 from mdm.platform.tune.compare_trial import DONE_KEY, TrialInputs, comparison_trial, tune_trial_name
 from mdm.platform.tune.paired_stats import next_seed_count, verdict_lines
@@ -226,7 +227,8 @@ def _finish(setup: _Setup, rows: list[dict[str, Any]], groups: list[agg.Group]) 
     cfg, name, tracker, c = setup.cfg, setup.name, setup.tracker, setup.cfg.compare
     parent_id = setup.inputs.parent_id
     controls = sorted({r["group"] for r in rows if r["control"]})
-    verdict = "\n".join(verdict_lines(*headline(groups), controls, target=c.target_halfwidth))
+    verdict = "\n".join(verdict_lines(*headline(groups), controls, target=c.target_halfwidth)
+                        + ["before training (mean over seeds): " + d for d in diagnostics_lines(groups)])
     res = ComparisonResult(name, rows, groups, agg.format_table(groups) + ("\n" + verdict if verdict else ""),
                            parent_run_id=parent_id, tracking_uri=tracker.uri if tracker else None, verdict=verdict)
     res.files = write_results(res, Path(cfg.train.output_dir) / name, cfg,

@@ -18,10 +18,24 @@ from mdm.platform.tune.compare_space import MULT_KEY, objective_label, stratum_l
 from mdm.platform.tune.compare_trial import DONE_KEY, TrialInputs, trial_config
 
 CURVE_METRICS = ("train/loss", "eval/loss")
+# Measured before training (the objective's prepare, logged at step 0): what P-POTS predicts it removes (R),
+# what it removes on one batch (realised), and MIRROR's pair correlation within and across sequences.
+DIAG_METRICS = ("ppots/R_star_loss", "ppots/R_fit_loss", "ppots/R_star_grad", "ppots/R_fit_grad",
+                "ppots/realised_loss_R", "ppots/realised_grad_R", "diag/mirror_corr_within",
+                "diag/mirror_corr_within_t0.5", "diag/mirror_corr_pooled_t0.5")
 
 
 def _numbers(record: Any) -> dict[str, float]:
     return {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _first(df: Any, keys: Any) -> dict[str, float]:
+    """The first logged value of each of `keys` (those reported once, before training)."""
+    out: dict[str, float] = {}
+    for k in keys:
+        if df is not None and k in df and df[k].notna().any():
+            out[k] = float(df[k].dropna().iloc[0])
+    return out
 
 
 def _curve(df: Any) -> list[tuple[int, dict[str, float]]]:
@@ -45,7 +59,7 @@ def result_rows(results: Any, inputs: TrialInputs) -> list[dict[str, Any]]:
         trial_id = Path(r.path).name
         cfg, run_name, label, group = trial_config(inputs, r.config or {}, trial_id)
         df = r.metrics_dataframe
-        last = {} if df is None or not len(df) else _numbers(df.iloc[-1])
+        last = {} if df is None or not len(df) else {**_first(df, DIAG_METRICS), **_numbers(df.iloc[-1])}
         done = df is not None and DONE_KEY in df and df[DONE_KEY].notna().any()
         status = "FAILED" if r.error is not None else "FINISHED" if done else "KILLED"
         flat = flatten(cfg)
@@ -82,7 +96,7 @@ def group_rows(cfg: Any, rows: list[dict[str, Any]]) -> list[agg.Group]:
     """`aggregate` of the rows, each configuration paired by seed with the baseline of its stratum (the
     configuration whose objective is `compare.baseline` at the same learning rate and other swept values)."""
     c = cfg.compare
-    metrics = list(dict.fromkeys([*agg.METRICS, *c.paired_metrics]))
+    metrics = list(dict.fromkeys([*agg.METRICS, *c.paired_metrics, *DIAG_METRICS]))
     groups: list[agg.Group] = []
     for stratum in dict.fromkeys(r["stratum"] for r in rows):
         sub = [r for r in rows if r["stratum"] == stratum]
@@ -95,3 +109,19 @@ def headline(groups: list[agg.Group]) -> tuple[list[Any], list[str]]:
     """The non-baseline groups' paired results on the headline (first paired) metric, and their labels."""
     pairs = [(g.primary, g.label) for g in groups if not g.is_baseline and g.primary is not None]
     return [p for p, _ in pairs], [label for _, label in pairs]
+
+
+def diagnostics_lines(groups: list[agg.Group]) -> list[str]:
+    """One line per configuration with pre-training diagnostics: P-POTS' predicted variance ratios (optimal
+    and fitted) and the realised ones, MIRROR's within-sequence and pooled pair correlation (means over seeds)."""
+    names = {"ppots/R_star_loss": "R* loss", "ppots/R_fit_loss": "R fit loss", "ppots/R_star_grad": "R* grad",
+             "ppots/R_fit_grad": "R fit grad", "ppots/realised_loss_R": "realised loss R",
+             "ppots/realised_grad_R": "realised grad R", "diag/mirror_corr_within": "MIRROR corr within (t .25-.75)",
+             "diag/mirror_corr_within_t0.5": "within at t=.5", "diag/mirror_corr_pooled_t0.5": "pooled at t=.5"}
+    lines = []
+    for g in groups:
+        vals = [f"{names[m]} {g.stats[m][0]:.3f}" for m in DIAG_METRICS
+                if m in g.stats and g.stats[m][2] > 0 and math.isfinite(g.stats[m][0])]
+        if vals:
+            lines.append(f"{g.label}: " + ", ".join(vals))
+    return lines
