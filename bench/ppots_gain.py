@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--task", default="arithmetic")
     ap.add_argument("--data_dir", default=None)
     ap.add_argument("--settings", default="padded,unpadded", help="padded (EOS to --window) and/or unpadded")
-XX
+    ap.add_argument("--window", type=int, default=32, help="answer window of the padded setting (EOS-filled)")
     ap.add_argument("--n_examples", type=int, default=2000)
     ap.add_argument("--vocab", type=int, default=256)
     ap.add_argument("--max_len", type=int, default=96)
