@@ -59,7 +59,7 @@ def result_rows(results: Any, inputs: TrialInputs) -> list[dict[str, Any]]:
         trial_id = Path(r.path).name
         cfg, run_name, label, group = trial_config(inputs, r.config or {}, trial_id)
         df = r.metrics_dataframe
-        last = {} if df is None or not len(df) else {**_first(df, DIAG_METRICS), **_numbers(df.iloc[-1])}
+        last = {} if df is None or not len(df) else {**_numbers(df.iloc[-1]), **_first(df, DIAG_METRICS)}
         done = df is not None and DONE_KEY in df and df[DONE_KEY].notna().any()
         status = "FAILED" if r.error is not None else "FINISHED" if done else "KILLED"
         flat = flatten(cfg)
