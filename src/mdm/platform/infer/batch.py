@@ -137,27 +137,46 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
     `infer/<task>/<split>/<sampler>` its MLflow metrics and files are under).
     `progress_callback(done_rows, total_rows)` is called as scored batches arrive.
     """
-    import ray
-
-    from mdm.platform.runtime.ray_runtime import ensure_ray
-
     t0 = time.perf_counter()
     ev = cfg.eval
     task_name, split = task or ev.task, split or ev.split
-    limit = limit if limit is not None else ev.limit
     prompts = prompts or ev.prompts
-    out = out or ev.out or f"predictions_{task_name}_{split}.jsonl"
-    files = OutputFiles.plan(out, ev.metrics_out)  # a storage URI: written here, then uploaded (publish)
-    out = files.out
+    files = OutputFiles.plan(out or ev.out or f"predictions_{task_name}_{split}.jsonl", ev.metrics_out)
+    out = files.out  # a storage URI: written here, then uploaded (publish)
     load_builtins()
     auto_import(list(cfg.auto_import))
     if sampler:
         from mdm.platform.config_ops import with_overrides
 
         cfg = with_overrides(cfg, {"sampler.name": sampler})  # validates the name against the registry
-        ev = cfg.eval
+    the_task, src, rows = _inputs(cfg, model, task_name, split, limit if limit is not None else ev.limit, prompts)
+    announce_replace(out)
+    results, job_s = _sample_and_score(cfg, rows, src, task_name, split, progress_callback)
+    records = [_record(task_name, r) for r in results]
+    write_jsonl(out, records)  # an earlier file is replaced whole, never left half-written
+    metrics = _metrics(the_task, records, results, job_s, time.perf_counter() - t0)
+    metrics.update(task=task_name, split=split if not prompts else f"prompts:{prompts}", model=src.spec,
+                   sampler=cfg.sampler.name, predictions=files.shown_out, metrics_file=files.shown_metrics,
+                   mlflow_run_id=None)
+    metrics["mlflow_prefix"] = prefix = metric_prefix(task_name, split, cfg.sampler.name, prompts)
+    if cfg.eval.log_mlflow and cfg.tracking.enabled:
+        files.write_metrics(metrics)
+        metrics["mlflow_run_id"] = log_evaluation(cfg, src, task_name, split, metrics, [out, files.metrics], prefix,
+                                                  records)
+    files.write_metrics(metrics)
+    files.publish()
+    acc = metrics.get("accuracy")
+    print(f"mdm infer: {len(records)} rows, accuracy {acc if acc is None else f'{acc:.4f}'}, "
+          f"{metrics['tokens_per_s']:.1f} tokens/s, {metrics['rows_per_s']:.2f} rows/s, {metrics['actors']} actor(s), "
+          f"wall {metrics['wall_s']:.1f}s -> {files.remote_out or out}", flush=True)
+    return metrics
+
+
+def _inputs(cfg: Any, model: Optional[str], task_name: str, split: str, limit: Optional[int],
+            prompts: Optional[str]) -> tuple[Any, Any, list[dict[str, Any]]]:
+    """(task, model source, rows with their prompt ids): everything checked before Ray starts."""
     the_task = load_task(task_name, split, cfg.data, need_split=prompts is None)
-    src = resolve_model(model or ev.model or "", tracking_uri=cfg.tracking.tracking_uri,
+    src = resolve_model(model or cfg.eval.model or "", tracking_uri=cfg.tracking.tracking_uri,
                         export_root=cfg.train.output_dir)
     tokenizer = load_tokenizer(src, cfg.model.trust_remote_code)
     rows = _prompt_rows(prompts, limit, task_name) if prompts else _task_rows(the_task, split, limit)
@@ -166,14 +185,22 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
     # The task's own prompt layout, the same one preprocessing used for its training rows.
     for r, ids in zip(rows, the_task.encode_prompts(tokenizer, [r["prompt"] for r in rows])):
         r["prompt_ids"] = [int(t) for t in ids]
+    return the_task, src, rows
 
-    announce_replace(out)
-    started = ensure_ray(cfg.ray)
-    model_for_actors = actor_model(src, cfg)
+
+def _sample_and_score(cfg: Any, rows: list[dict[str, Any]], src: Any, task_name: str, split: str,
+                      progress_callback: Optional[Callable[[int, int], None]]) -> tuple[list[dict], float]:
+    """Run the actor pool over `rows` (Ray started here when needed, and stopped again): (results sorted by
+    index, each row exactly once; seconds the job took)."""
+    import ray
     import ray.data
 
+    from mdm.platform.runtime.ray_runtime import ensure_ray
+
+    started = ensure_ray(cfg.ray)
+    model_for_actors = actor_model(src, cfg)
     bar = None
-    if progress_callback is None and ev.progress:
+    if progress_callback is None and cfg.eval.progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(rows), desc=f"eval {task_name}/{split}", unit="rows", file=sys.stderr)
@@ -187,7 +214,7 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
         ds = _build_dataset(rows, cfg, model_for_actors, task_name)
         t_job = time.perf_counter()
         results = check_complete(collect(ds, len(rows), progress_callback), len(rows))
-        job_s = time.perf_counter() - t_job
+        return results, time.perf_counter() - t_job
     finally:
         ctx.enable_progress_bars, ctx.wait_for_min_actors_s = saved
         if bar is not None:
@@ -195,11 +222,12 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
         if started:
             ray.shutdown()
 
-    records = [_record(task_name, r) for r in results]
-    write_jsonl(out, records)  # an earlier file is replaced whole, never left half-written
+
+def _metrics(the_task: Any, records: list[dict], results: list[dict], job_s: float, wall: float) -> dict[str, Any]:
+    """The task's aggregate over the scored records plus throughput: rows, gen_tokens, nfe, tokens/s, rows/s,
+    the steady-state sampling time, wall time and the number of actors."""
     scores = [rec["meta"]["score"] for rec in records if rec["meta"]["score"] is not None]
     gen_tokens = sum(rec["meta"]["gen_tokens"] for rec in records)
-    wall = time.perf_counter() - t0
     metrics: dict[str, Any] = dict(the_task.aggregate(scores)) if scores else {"n": 0}
     # Steady state: from the first actor with its model loaded to the last batch sampled.
     sampling_s = max(float(r["sampled_at"]) for r in results) - min(float(r["actor_ready_at"]) for r in results)
@@ -207,20 +235,5 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
                    nfe=int(sum(int(r["nfe"]) for r in results)), sampling_s=sampling_s,
                    steady_rows_per_s=len(records) / sampling_s if sampling_s > 0 else float("nan"),
                    tokens_per_s=gen_tokens / job_s if job_s > 0 else 0.0, rows_per_s=len(records) / job_s,
-                   job_s=job_s, wall_s=wall, actors=len({rec["meta"]["actor"] for rec in records}),
-                   task=task_name, split=split if not prompts else f"prompts:{prompts}", model=src.spec,
-                   sampler=cfg.sampler.name, predictions=files.shown_out)
-    metrics["metrics_file"] = files.shown_metrics
-    metrics["mlflow_run_id"] = None
-    metrics["mlflow_prefix"] = prefix = metric_prefix(task_name, split, cfg.sampler.name, prompts)
-    if ev.log_mlflow and cfg.tracking.enabled:
-        files.write_metrics(metrics)
-        metrics["mlflow_run_id"] = log_evaluation(cfg, src, task_name, split, metrics, [out, files.metrics], prefix,
-                                                  records)
-    files.write_metrics(metrics)
-    files.publish()
-    acc = metrics.get("accuracy")
-    print(f"mdm infer: {len(records)} rows, accuracy {acc if acc is None else f'{acc:.4f}'}, "
-          f"{metrics['tokens_per_s']:.1f} tokens/s, {metrics['rows_per_s']:.2f} rows/s, {metrics['actors']} actor(s), "
-          f"wall {wall:.1f}s -> {files.remote_out or out}", flush=True)
+                   job_s=job_s, wall_s=wall, actors=len({rec["meta"]["actor"] for rec in records}))
     return metrics
