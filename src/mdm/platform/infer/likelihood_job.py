@@ -153,23 +153,10 @@ def _metrics(records: list[dict]) -> dict[str, Any]:
             "gold_stderr_mean": sum(gold_se) / len(gold_se) if gold_se else float("nan")}
 
 
-def run_likelihood(cfg: Any, model: Optional[str] = None, task: Optional[str] = None, out: Optional[str] = None,
-                   split: Optional[str] = None, limit: Optional[int] = None, *, prompts: Optional[str] = None,
-                   progress_callback: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
-    """Score `task`'s `split` by likelihood on the actor pool (arguments override `cfg.eval.*`); returns the
-    metrics dict (see the module docstring) and writes the predictions JSONL and its metrics file."""
-    import ray
-
-    from mdm.platform.runtime.ray_runtime import ensure_ray
-
-    t0 = time.perf_counter()
+def _check_likelihood(cfg: Any, prompts: Optional[str]) -> None:
+    """InferenceError, before anything starts, for what likelihood mode cannot do: a prompts file (no choices),
+    an engine without likelihood hooks, more Monte Carlo shards than samples."""
     ev = cfg.eval
-    task_name, split = task or ev.task, split or ev.split
-    limit = limit if limit is not None else ev.limit
-    files = OutputFiles.plan(out or ev.out or f"predictions_{task_name}_{split}.jsonl", ev.metrics_out)
-    out = files.out  # a storage URI: written here, then uploaded (publish)
-    load_builtins()
-    auto_import(list(cfg.auto_import))
     if prompts or ev.prompts:
         raise InferenceError("eval.prompts / --prompts holds prompts without choices: likelihood mode scores a "
                              "task's split (use --mode generate for a prompts file)")
@@ -183,6 +170,49 @@ def run_likelihood(cfg: Any, model: Optional[str] = None, task: Optional[str] = 
                              f"a shard would run no sample")
     if ev.mc_shards > 1 and not hasattr(cfg.likelihood, "mc_num"):
         raise InferenceError(f"eval.mc_shards > 1 needs an `mc_num` in engine {cfg.engine!r}'s likelihood section")
+
+
+def _score_on_pool(cfg: Any, rows: list[dict[str, Any]], src: ModelSource,
+                   progress_callback: Optional[Callable[[int, int], None]]) -> tuple[list[dict], float]:
+    """Run the likelihood actor pool over `rows` (Ray started here when needed, and stopped again): (results
+    sorted by row index, each exactly once; seconds the job took)."""
+    import ray
+    import ray.data
+
+    from mdm.platform.runtime.ray_runtime import ensure_ray
+
+    ev = cfg.eval
+    started = ensure_ray(cfg.ray)
+    ctx = ray.data.DataContext.get_current()
+    saved = (ctx.enable_progress_bars, ctx.wait_for_min_actors_s)  # process-wide: put them back after
+    try:
+        ctx.enable_progress_bars = bool(ev.progress)
+        if ev.wait_for_actors_s > 0:
+            ctx.wait_for_min_actors_s = ev.wait_for_actors_s
+        ds = _build_dataset(rows, cfg, actor_model(src, cfg))  # a URI / runs:/ path on a cluster
+        t_job = time.perf_counter()
+        results = check_complete(collect(ds, len(rows), progress_callback), len(rows))
+        return results, time.perf_counter() - t_job
+    finally:
+        ctx.enable_progress_bars, ctx.wait_for_min_actors_s = saved
+        if started:
+            ray.shutdown()
+
+
+def run_likelihood(cfg: Any, model: Optional[str] = None, task: Optional[str] = None, out: Optional[str] = None,
+                   split: Optional[str] = None, limit: Optional[int] = None, *, prompts: Optional[str] = None,
+                   progress_callback: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
+    """Score `task`'s `split` by likelihood on the actor pool (arguments override `cfg.eval.*`); returns the
+    metrics dict (see the module docstring) and writes the predictions JSONL and its metrics file."""
+    t0 = time.perf_counter()
+    ev = cfg.eval
+    task_name, split = task or ev.task, split or ev.split
+    limit = limit if limit is not None else ev.limit
+    files = OutputFiles.plan(out or ev.out or f"predictions_{task_name}_{split}.jsonl", ev.metrics_out)
+    out = files.out  # a storage URI: written here, then uploaded (publish)
+    load_builtins()
+    auto_import(list(cfg.auto_import))
+    _check_likelihood(cfg, prompts)
     the_task = load_task(task_name, split, cfg.data, need_split=True)
     src: ModelSource = resolve_model(model or ev.model or "", tracking_uri=cfg.tracking.tracking_uri,
                                      export_root=cfg.train.output_dir)
@@ -193,24 +223,7 @@ def run_likelihood(cfg: Any, model: Optional[str] = None, task: Optional[str] = 
              "items_json": json.dumps(ex["cont_ids"])} for ex in examples for s in range(S)]
 
     announce_replace(out)
-    started = ensure_ray(cfg.ray)
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    saved = (ctx.enable_progress_bars, ctx.wait_for_min_actors_s)  # process-wide: put them back after
-    try:
-        ctx.enable_progress_bars = bool(ev.progress)
-        if ev.wait_for_actors_s > 0:
-            ctx.wait_for_min_actors_s = ev.wait_for_actors_s
-        ds = _build_dataset(rows, cfg, actor_model(src, cfg))  # a URI / runs:/ path on a cluster
-        t_job = time.perf_counter()
-        results = check_complete(collect(ds, len(rows), progress_callback), len(rows))
-        job_s = time.perf_counter() - t_job
-    finally:
-        ctx.enable_progress_bars, ctx.wait_for_min_actors_s = saved
-        if started:
-            ray.shutdown()
-
+    results, job_s = _score_on_pool(cfg, rows, src, progress_callback)
     records = []
     for ex in examples:
         shards = results[ex["index"] * S:(ex["index"] + 1) * S]  # sorted by row index: this example's shards
