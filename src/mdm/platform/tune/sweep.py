@@ -183,7 +183,7 @@ def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any], *, callbacks: Seq
     from ray import tune
 
     from mdm.platform.runtime.ray_runtime import alive_nodes, ensure_ray, is_local_cluster
-    from mdm.platform.tracking.context import DESCRIPTION_TAG, context_tags, describe_command, run_link
+    from mdm.platform.tracking.context import DESCRIPTION_TAG, context_tags, describe_command
     from mdm.platform.tracking.tracker import Tracker, check_cluster_store
     from mdm.platform.tune.reporter import legacy_output, trial_reporter
 
@@ -240,6 +240,18 @@ def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any], *, callbacks: Seq
         results = tuner.fit()
 
     rows = rank_rows(_rows(results, space, name, tcfg.metric, cfg), tcfg.mode)
+    best_path = _report(cfg, name, space, rows, tracker, parent_id)
+    return SweepResult(name, exp_path, rows, best_path, parent_id, tracker.uri if tracker else None, restored, space)
+
+
+def _report(cfg: Any, name: str, space: Any, rows: list[dict[str, Any]], tracker: Any,
+            parent_id: Optional[str]) -> Optional[str]:
+    """After the trials: close the children, write the best config and the table under <output root>/<sweep>
+    (uploaded when that is an object store), print them, finish the parent run. Returns the best config's
+    path (a URI when uploaded), or None when no trial reported the metric."""
+    from mdm.platform.tracking.context import run_link
+
+    tcfg = cfg.tune
     if tracker is not None and parent_id is not None:
         close_children(tracker, parent_id, {r["trial_id"]: r["status"] for r in rows})
     best_path = None
@@ -272,4 +284,4 @@ def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any], *, callbacks: Seq
     if remote is not None:
         storage.upload(str(out), remote)
         best_path = best_path and storage.join(remote, "best_config.yaml")
-    return SweepResult(name, exp_path, rows, best_path, parent_id, tracker.uri if tracker else None, restored, space)
+    return best_path
