@@ -152,19 +152,14 @@ def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequenc
 
 def _train(cfg: Any, run_name: str, callbacks: Sequence[Any], mlflow_tags: Optional[dict[str, str]],
            display_name: Optional[str], tracker: Any) -> Any:
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from mdm.platform.runtime.ray_runtime import TRAIN_LOG_LEVEL, check_worker_fit, ensure_ray, is_local_cluster
+    from mdm.platform.runtime.ray_runtime import check_worker_fit, ensure_ray, is_local_cluster
     from mdm.platform.tracking.attempts import current_run
     from mdm.platform.train.ds_config import ds_config_notes
-    from mdm.platform.train.ingest import build_datasets, ingest_options
-    from mdm.platform.train.local_pg import LocalTorchConfig
-    from mdm.platform.train.progress import ProgressCallback
+    from mdm.platform.train.ingest import build_datasets
     from mdm.platform.runs import tracked_params
     from mdm.platform.tracking.context import context_tags
     from mdm.platform.tracking.dataset import describe_dataset, log_dataset
-    from mdm.platform.train.worker import RunInfo, WorkerSections, train_fn_per_worker
+    from mdm.platform.train.worker import RunInfo
     from mdm.platform.tokenizer import load_tokenizer
 
     rcfg, tcfg = cfg.ray, cfg.train
@@ -211,29 +206,7 @@ def _train(cfg: Any, run_name: str, callbacks: Sequence[Any], mlflow_tags: Optio
                   tracking_uri=tracker.uri if tracker else None, mlflow_run_id=run_id,
                   system_metrics_s=cfg.tracking.system_metrics_interval_s,
                   model_config_yaml=dump_config(cfg) if cfg.tracking.log_model else None)
-    sections = WorkerSections(engine=cfg.engine, auto_import=list(cfg.auto_import), train=tcfg, model=cfg.model,
-                              deepspeed=cfg.deepspeed)
-    resources = {"CPU": rcfg.cpus_per_worker, **({"GPU": rcfg.gpus_per_worker} if rcfg.use_gpu else {})}
-    scored = has_eval and tcfg.eval_strategy != "no"
-    trainer = TorchTrainer(
-        train_fn_per_worker,
-        train_loop_config={"sections": sections, "run": run},
-        # On this machine's own Ray the process group meets through a file: torch's TCP store would listen
-        # on every interface (local_pg.py). A cluster keeps Ray's default.
-        torch_config=LocalTorchConfig() if is_local_cluster(rcfg) else None,
-        scaling_config=ScalingConfig(num_workers=rcfg.num_workers, use_gpu=rcfg.use_gpu,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(
-            name=run_name, storage_path=storage_root(cfg),
-            checkpoint_config=CheckpointConfig(num_to_keep=rcfg.num_to_keep,
-                                               checkpoint_score_attribute="eval/loss" if scored else None,
-                                               checkpoint_score_order="min"),
-            failure_config=FailureConfig(max_failures=rcfg.max_failures),
-            logging_config=LoggingConfig(log_level=TRAIN_LOG_LEVEL),
-            callbacks=[ProgressCallback(run_name), *callbacks]),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train", "eval"] if has_eval else ["train"],
-                                  execution_options=ingest_options(), enable_shard_locality=False))
+    trainer = _trainer(cfg, run, datasets, callbacks)
     try:
         result = trainer.fit()
     except BaseException:
@@ -243,3 +216,41 @@ def _train(cfg: Any, run_name: str, callbacks: Sequence[Any], mlflow_tags: Optio
     if tracker is not None and run_id is not None:
         tracker.end_run(current_run(tracker.client, run_id), status="FINISHED")  # rank 0 may have superseded it
     return result
+
+
+def _trainer(cfg: Any, run: Any, datasets: dict[str, Any], callbacks: Sequence[Any]) -> Any:
+    """The TorchTrainer of a run: `ray.num_workers` workers running train_fn_per_worker on the `train` (and
+    `eval`) datasets, checkpoints under the storage root scored by eval/loss when there is one."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from mdm.platform.runtime.ray_runtime import TRAIN_LOG_LEVEL, is_local_cluster
+    from mdm.platform.train.ingest import ingest_options
+    from mdm.platform.train.local_pg import LocalTorchConfig
+    from mdm.platform.train.progress import ProgressCallback
+    from mdm.platform.train.worker import WorkerSections, train_fn_per_worker
+
+    rcfg, tcfg = cfg.ray, cfg.train
+    sections = WorkerSections(engine=cfg.engine, auto_import=list(cfg.auto_import), train=tcfg, model=cfg.model,
+                              deepspeed=cfg.deepspeed)
+    resources = {"CPU": rcfg.cpus_per_worker, **({"GPU": rcfg.gpus_per_worker} if rcfg.use_gpu else {})}
+    scored = run.has_eval and tcfg.eval_strategy != "no"
+    return TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config={"sections": sections, "run": run},
+        # On this machine's own Ray the process group meets through a file: torch's TCP store would listen
+        # on every interface (local_pg.py). A cluster keeps Ray's default.
+        torch_config=LocalTorchConfig() if is_local_cluster(rcfg) else None,
+        scaling_config=ScalingConfig(num_workers=rcfg.num_workers, use_gpu=rcfg.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run.run_name, storage_path=storage_root(cfg),
+            checkpoint_config=CheckpointConfig(num_to_keep=rcfg.num_to_keep,
+                                               checkpoint_score_attribute="eval/loss" if scored else None,
+                                               checkpoint_score_order="min"),
+            failure_config=FailureConfig(max_failures=rcfg.max_failures),
+            logging_config=LoggingConfig(log_level=TRAIN_LOG_LEVEL),
+            callbacks=[ProgressCallback(run.run_name), *callbacks]),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train", "eval"] if run.has_eval else ["train"],
+                                  execution_options=ingest_options(), enable_shard_locality=False))
