@@ -144,7 +144,8 @@ def realised_grad_variance(model: Any, batch: dict[str, torch.Tensor], sampler_q
     off, so only t and the masks vary), the previous mode restored. Keys: tr_cov_grad_q, tr_cov_grad_uniform,
     realised_grad_R (= q / uniform), loss_var_q, loss_var_uniform, realised_loss_R, loss_mean_q, loss_se_q,
     loss_mean_uniform, loss_se_uniform, grad_mean_gap2 (||mean g_q - mean g_u||^2) and grad_mean_gap2_indep
-    ((tr_q + tr_u) / draws, its expectation if the two runs were independent and both unbiased)).
+    ((tr_q + tr_u) / draws, the scale of that gap for two unbiased estimates; the shared stratified
+    uniforms make the actual gap smaller)).
     `params` (default: every trainable parameter) restricts the gradient to a subset, e.g. a few layers of a
     large model: the Welford moments take 2 float64 copies of the flattened gradient."""
     if draws < 2:

@@ -143,7 +143,8 @@ class LLaDAPlusObjective:
     def _realised(self, model: Any, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         """ppots/realised_grad_R and ppots/realised_loss_R: the variance of the gradient (loss) estimate with the
         fitted density over that with uniform t, from `train.ppots_realised_draws` draws each on the same
-        micro-batch (the first one), beside the predicted R. Skipped under ZeRO-3 (parameters are shards)."""
+        micro-batch (the first one), beside the predicted R. Normal masks whatever train_mode is: the ratio
+        is about the t sampler, as R is. Skipped under ZeRO-3 (parameters are shards)."""
         draws = self.cfg.ppots_realised_draws
         inner = getattr(model, "module", model) if isinstance(model, torch.nn.parallel.DistributedDataParallel) \
             else model
