@@ -39,7 +39,7 @@ import mdm.tasks  # noqa: E402,F401  (registers the task packs)
 from mdm.engines.llada_plus.config import ModelConfig, TrainConfig  # noqa: E402
 from mdm.engines.llada_plus.model_build import build_model  # noqa: E402
 from mdm.engines.llada_plus.objective import build_objective  # noqa: E402
-from mdm.engines.llada_plus.time_sampling import fit_density  # noqa: E402
+from mdm.engines.llada_plus.ppots.time_sampling import fit_density  # noqa: E402
 from mdm.platform.registry import get_registry  # noqa: E402
 from mdm.tasks.data import collate  # noqa: E402
 from mdm.tasks.tokenize import train_bpe  # noqa: E402

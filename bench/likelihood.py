@@ -34,8 +34,8 @@ import time
 
 import torch
 
-from mdm.engines.llada_plus.likelihood import estimate_loglik
-from mdm.engines.llada_plus.likelihood_batch import pack_rows
+from mdm.engines.llada_plus.likelihood.estimate import estimate_loglik
+from mdm.engines.llada_plus.likelihood.batch import pack_rows
 from mdm.engines.llada_plus.model import LLaDAConfig, LLaDAModelLM, llada_8b_config
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -5,11 +5,11 @@
 
 For each setting: train the tiny LLaDA of bench/estimator_variance.py for `--train_steps` plain steps on the
 task, freeze it, then
-1. measure the per-t moments of the loss and of the gradient (ppots_measure.measure_moments, target grad: the
+1. measure the per-t moments of the loss and of the gradient (ppots/measure.measure_moments, target grad: the
    exact one-masked-token part plus sampled k >= 2 masks on a t = u^2 grid);
 2. print R* (the optimal proposal q* ∝ w) and, for each p_model (EPR: the paper's form; EPRS: EPR plus a
    t^-1/2 term) fitted to the loss's w and to the gradient's w (mixed with uniform by 0.1, weights capped at
-   10, as training uses them), R of the loss and of the gradient estimate (ppots_moments.variance_ratio);
+   10, as training uses them), R of the loss and of the gradient estimate (ppots/moments.variance_ratio);
 3. beside it, the ESS fraction of the importance weights (which P-POTS runs log, and which does NOT measure
    the gain) and the realised ratios: tr Cov[g] with the fitted density over tr Cov[g] with uniform t, from
    `--draws` estimates each on the same batch (estimator_diagnostics.realised_grad_variance).
@@ -34,9 +34,9 @@ from estimator_variance import load_rows, to_torch, train  # noqa: E402  (bench/
 from mdm.engines.llada_plus.config import ModelConfig  # noqa: E402
 from mdm.engines.llada_plus.estimator_diagnostics import realised_grad_variance  # noqa: E402
 from mdm.engines.llada_plus.model_build import build_model  # noqa: E402
-from mdm.engines.llada_plus.ppots_measure import measure_moments  # noqa: E402
-from mdm.engines.llada_plus.ppots_moments import grid_weights, make_grid, variance_ratio  # noqa: E402
-from mdm.engines.llada_plus.time_sampling import TimeSampler, fit_density  # noqa: E402
+from mdm.engines.llada_plus.ppots.measure import measure_moments  # noqa: E402
+from mdm.engines.llada_plus.ppots.moments import grid_weights, make_grid, variance_ratio  # noqa: E402
+from mdm.engines.llada_plus.ppots.time_sampling import TimeSampler, fit_density  # noqa: E402
 
 MIX, CAP = 0.1, 10.0
 

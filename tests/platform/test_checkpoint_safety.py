@@ -72,7 +72,7 @@ def written():
 
 def _checkpoint(made: list):
     """A checkpoint after 3 steps with a fitted density, and what the writer draws right after saving it."""
-    from mdm.engines.llada_plus.density import PiecewiseLinearDensity
+    from mdm.engines.llada_plus.ppots.density import PiecewiseLinearDensity
 
     model, updater, objective, gen = _parts(0)
     _train(model, updater, 3)

@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerFast
 
 from mdm.engines.llada_plus.config import SamplerConfig
 from mdm.engines.llada_plus.model import LLaDAModelLM
-from mdm.engines.llada_plus.sampler import sample_llada
+from mdm.engines.llada_plus.sampling.sampler import sample_llada
 from mdm.platform.cli import main as mdm_main
 from mdm.platform.infer import generation
 from mdm.platform.commands.generate import main

@@ -19,10 +19,10 @@ import torch
 import torch.nn as nn
 
 from mdm.engines.llada_plus.config import TrainConfig
-from mdm.engines.llada_plus.density import PiecewiseLinearDensity
+from mdm.engines.llada_plus.ppots.density import PiecewiseLinearDensity
 from mdm.engines.llada_plus.diagnostics import pearson, weight_stats
 from mdm.engines.llada_plus.objective import build_objective
-from mdm.engines.llada_plus.time_sampling import TimeSampler
+from mdm.engines.llada_plus.ppots.time_sampling import TimeSampler
 
 from test_objective import MASK, VOCAB, TinyLM, make_batches
 

@@ -25,13 +25,13 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 from test_objective import MASK, VOCAB, TinyLM, make_batches
 
-from mdm.engines.llada_plus.density import PiecewiseLinearDensity
+from mdm.engines.llada_plus.ppots.density import PiecewiseLinearDensity
 from mdm.engines.llada_plus.diffusion import IGNORE_INDEX
 from mdm.engines.llada_plus.estimator_diagnostics import mirror_within_corr, realised_grad_variance
 from mdm.engines.llada_plus.rows import pack_rows
 from mdm.engines.llada_plus.eval_quadrature import quadrature_eval_loss
 from mdm.engines.llada_plus.loss import diffusion_loss
-from mdm.engines.llada_plus.time_sampling import TimeSampler
+from mdm.engines.llada_plus.ppots.time_sampling import TimeSampler
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py

@@ -20,11 +20,11 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from mdm.engines.llada_plus.config import TrainConfig
-from mdm.engines.llada_plus.density import PiecewiseLinearDensity
+from mdm.engines.llada_plus.ppots.density import PiecewiseLinearDensity
 from mdm.engines.llada_plus.diffusion import IGNORE_INDEX
 from mdm.engines.llada_plus.loss import diffusion_loss
 from mdm.engines.llada_plus.objective import build_objective, mask_token_id
-from mdm.engines.llada_plus.time_sampling import TimeSampler
+from mdm.engines.llada_plus.ppots.time_sampling import TimeSampler
 
 VOCAB, MASK = 12, 11
 
@@ -223,8 +223,8 @@ def test_two_gloo_workers_match_single_process_over_the_union(tmp_path):
 
 
 def test_estimate_independent_of_forward_packing_and_packs_respect_the_token_budget():
-    from mdm.engines.llada_plus.ppots_measure import measure_moments
-    from mdm.engines.llada_plus.ppots_moments import grid_weights, make_grid
+    from mdm.engines.llada_plus.ppots.measure import measure_moments
+    from mdm.engines.llada_plus.ppots.moments import grid_weights, make_grid
     from mdm.engines.llada_plus.rows import pack_rows
 
     torch.manual_seed(0)

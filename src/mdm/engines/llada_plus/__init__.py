@@ -1,16 +1,17 @@
 """LLaDA+ engine: the LLaDA model, masked-diffusion objective (Normal/MIRROR), P-POTS, samplers, likelihood.
 
-Importing this package registers the engine `llada_plus` (its `EngineSpec`), its p_models (time_sampling)
-and its samplers `llada` (sampler) and `fast` (sampler_fast). Heavy modules load on first use.
+Importing this package registers the engine `llada_plus` (its `EngineSpec`), its p_models (ppots/time_sampling.py)
+and its samplers `llada` (sampling/sampler.py) and `fast` (sampling/fast.py). Heavy modules load on first use.
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
-from mdm.engines.llada_plus import sampler, sampler_fast, time_sampling  # noqa: F401  (they register names)
 from mdm.engines.llada_plus.config import (CONDITIONS, LABEL_KEYS, LikelihoodConfig, ModelConfig, SamplerConfig,
                                            TrainConfig, forwards_per_sequence, label)
+from mdm.engines.llada_plus.ppots import time_sampling  # noqa: F401  (registers the p_models)
+from mdm.engines.llada_plus.sampling import fast, sampler  # noqa: F401  (they register the samplers)
 from mdm.platform.engine_api import EngineSpec
 from mdm.platform.registry import get_registry
 
@@ -47,13 +48,13 @@ def _end_token_ids(model: Any, sampler_cfg: SamplerConfig) -> list[int]:
 
 
 def _loglikelihood(*args: Any, **kwargs: Any) -> Any:
-    from mdm.engines.llada_plus.likelihood_hooks import loglikelihood
+    from mdm.engines.llada_plus.likelihood.hooks import loglikelihood
 
     return loglikelihood(*args, **kwargs)
 
 
 def _loglikelihood_rolling(*args: Any, **kwargs: Any) -> Any:
-    from mdm.engines.llada_plus.likelihood_hooks import loglikelihood_rolling
+    from mdm.engines.llada_plus.likelihood.hooks import loglikelihood_rolling
 
     return loglikelihood_rolling(*args, **kwargs)
 

@@ -1,7 +1,7 @@
 """The LLaDA+ engine's config sections: `train` (the seed's keys), `model`, `sampler` and `likelihood`.
 
 `train.PPOTS: true` turns on importance sampling over t: before training, `w(t)` = sqrt(E[l^2|t]) is
-measured (ppots_measure.py) on `num_samples_t` grid points (`ppots_grid`: sqrt = t = u^2, dense near 0,
+measured (ppots/measure.py) on `num_samples_t` grid points (`ppots_grid`: sqrt = t = u^2, dense near 0,
 or uniform) from `num_samples_x0` sequences x `num_samples_xt` masks with >= 2 masked tokens, plus the
 exact one-masked-token part from up to `ppots_single_token_cap` single-token forwards per sequence;
 `ppots_target` loss or grad (E[||g||^2|t]) picks which second moment; a density of family `p_model`
@@ -142,7 +142,7 @@ class LikelihoodConfig:
     enumerate. `max_tokens_per_forward`: tokens per packed forward (padding and CFG copies included): memory.
     `batch_rows`: optional cap on rows per forward (upstream's batch 16). `window` / `context`: rolling
     log-likelihood (perplexity) of long texts: tokens per chunk sequence, and preceding tokens each later chunk
-    is conditioned on (likelihood_rolling.py). `answer_window`: 0 scores an answer's tokens alone (base models;
+    is conditioned on (likelihood/rolling.py). `answer_window`: 0 scores an answer's tokens alone (base models;
     lm-eval's convention); N > 0 first pads each answer with EOS to N tokens, the layout LLaDA's SFT trains on
     (responses EOS-padded to the answer window, `sampler.gen_length`: experiments/arithmetic.py, LLaDA-Instruct),
     and the padding EOS are scored with it. On the arithmetic demo's model this raised multiple-choice accuracy

@@ -50,7 +50,7 @@ import torch
 from mdm.engines.llada_plus.diffusion import mask_prob, mirror_masks
 from mdm.engines.llada_plus.loss import diffusion_loss
 from mdm.engines.llada_plus.rows import Row, all_reduce, dist_rank_world, eval_mode, row_losses, take_sequences
-from mdm.engines.llada_plus.time_sampling import TimeSampler
+from mdm.engines.llada_plus.ppots.time_sampling import TimeSampler
 
 
 def _moments(h: torch.Tensor) -> torch.Tensor:

@@ -35,15 +35,15 @@ import numpy as np
 import torch
 
 from mdm.engines.llada_plus.config import TrainConfig
-from mdm.engines.llada_plus.density import PiecewiseLinearDensity
+from mdm.engines.llada_plus.ppots.density import PiecewiseLinearDensity
 from mdm.engines.llada_plus.diagnostics import PooledWindow, pearson, weight_stats
 from mdm.engines.llada_plus.estimator_diagnostics import mirror_within_corr, realised_grad_variance
 from mdm.engines.llada_plus.eval_quadrature import quadrature_eval_loss
 from mdm.engines.llada_plus.loss import diffusion_loss
-from mdm.engines.llada_plus.ppots_measure import is_zero3, measure_moments
+from mdm.engines.llada_plus.ppots.measure import is_zero3, measure_moments
 from mdm.engines.llada_plus.rows import first_batches
-from mdm.engines.llada_plus.ppots_moments import PPOTSMoments, WStats, grid_weights, make_grid, variance_ratio
-from mdm.engines.llada_plus.time_sampling import TimeSampler, fit_density
+from mdm.engines.llada_plus.ppots.moments import PPOTSMoments, WStats, grid_weights, make_grid, variance_ratio
+from mdm.engines.llada_plus.ppots.time_sampling import TimeSampler, fit_density
 
 # The p_model is fitted to w(t) from the moments on this many points t = u^2 (dense near 0, where w ~ t^-1/2).
 FIT_POINTS = 64
@@ -249,7 +249,7 @@ class LLaDAPlusObjective:
         """PNG of measured w(t) and fitted p(t) at `path`; None when P-POTS is off or not estimated."""
         if self.stats is None or self.sampler.density is None:
             return None
-        from mdm.engines.llada_plus.ppots_plot import plot_ppots
+        from mdm.engines.llada_plus.ppots.plot import plot_ppots
 
         title = f"P-POTS {self.cfg.p_model}, estimate #{self.rounds}, mix_uniform={self.cfg.mix_uniform}"
         m = self.moments.get(self.cfg.ppots_target, self.moments.get("loss"))

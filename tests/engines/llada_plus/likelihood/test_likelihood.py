@@ -4,7 +4,7 @@ Run: pytest tests/engines/llada_plus/test_likelihood.py
 
 Oracle: ../shared/fixtures/llada_reference (the tiny upstream-LLaDA model), loaded as in test_model.py. The
 exact bound enumerates all 2^L - 1 masks of an answer (L <= 8) with plain, unpadded forwards
-(likelihood_exact.py), itself checked by hand for L = 2. Answers are either random tokens or the model's own
+(likelihood/exact.py), itself checked by hand for L = 2. Answers are either random tokens or the model's own
 greedy predictions (plausible answers, whose per-k terms g(k) vary more with k).
 """
 
@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mdm.engines.llada_plus.likelihood import choose_design, estimate_loglik, random_plan
-from mdm.engines.llada_plus.likelihood_batch import masked_ce_sums, pack_rows
-from mdm.engines.llada_plus.likelihood_exact import exact_bound, exact_strata
-from mdm.engines.llada_plus.likelihood_rolling import loglikelihood_rolling
+from mdm.engines.llada_plus.likelihood.estimate import choose_design, estimate_loglik, random_plan
+from mdm.engines.llada_plus.likelihood.batch import masked_ce_sums, pack_rows
+from mdm.engines.llada_plus.likelihood.exact import exact_bound, exact_strata
+from mdm.engines.llada_plus.likelihood.rolling import loglikelihood_rolling
 from mdm.engines.llada_plus.model import LLaDAModelLM
 
 MASK = 255

@@ -1,5 +1,5 @@
 """The engine's likelihood hooks as the platform reaches them (EngineSpec), checked on the reference fixture model
-against the enumerating oracle (likelihood_exact.exact_bound) and a direct forward.
+against the enumerating oracle (likelihood/exact.exact_bound) and a direct forward.
 
 Run: pytest tests/engines/llada_plus/test_likelihood_hooks.py
 
@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from mdm.engines.llada_plus.config import LikelihoodConfig
-from mdm.engines.llada_plus.likelihood_exact import exact_bound
-from mdm.engines.llada_plus.likelihood_rolling import loglikelihood_rolling
+from mdm.engines.llada_plus.likelihood.exact import exact_bound
+from mdm.engines.llada_plus.likelihood.rolling import loglikelihood_rolling
 from mdm.engines.llada_plus.model import LLaDAModelLM
 from mdm.platform.registry import get_registry, load_builtins
 from mdm.tasks.choices import Choices, pick
@@ -98,7 +98,7 @@ def test_argmax_of_the_bound_against_exact_enumeration(model, spec) -> None:
 
 
 def test_answer_window_pads_with_eos(model, spec) -> None:
-    from mdm.engines.llada_plus.likelihood_hooks import pad_answers
+    from mdm.engines.llada_plus.likelihood.hooks import pad_answers
 
     prompt, short, long = [5, 9, 17], [40, 41], [40, 41, 42, 43, 44]
     cfg = LikelihoodConfig(mc_num=64, masks="enumerate", answer_window=4)

@@ -19,7 +19,7 @@ from mdm.engines.llada_plus.config import SamplerConfig
 from mdm.engines.llada_plus.model import LLaDAModelLM, LLaDAOutput
 from mdm.platform.registry import get_registry
 
-FIXTURE = Path(__file__).resolve().parents[3] / ".." / "shared" / "fixtures" / "llada_reference"
+FIXTURE = Path(__file__).resolve().parents[4] / ".." / "shared" / "fixtures" / "llada_reference"
 CASES = json.loads((FIXTURE / "generate_cases.json").read_text())
 MASK, EOS = 255, 254
 SAMPLERS = get_registry("samplers")

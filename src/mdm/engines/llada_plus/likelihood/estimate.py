@@ -1,6 +1,6 @@
 """The log-likelihood lower bound of an answer given a prompt, estimated by stratified Monte Carlo over masks.
 
-    from mdm.engines.llada_plus.likelihood import estimate_loglik
+    from mdm.engines.llada_plus.likelihood.estimate import estimate_loglik
     est = estimate_loglik(model, [(prompt_ids, answer_ids), ...], mask_id=126336, mc_num=128, cfg_scale=0.5)
     est[0].value, est[0].stderr, est[0].n_samples     # nats (<= 0), its standard error, masks evaluated
 
@@ -28,9 +28,9 @@ value (L/k) * sum_{i in M} CE_i. Design (`masks`):
 - "auto" (default): "enumerate" when 2^L - 1 <= mc_num (the exact value at no more cost), else "random".
 
 Random draws: one draw of `generator` (or of torch's global RNG) seeds one stream per item from it and the
-item's tokens (sampler_batch.row_generators), so an item gets the same masks alone or in any batch. Masks
+item's tokens (sampling/batch.row_generators), so an item gets the same masks alone or in any batch. Masks
 are uniform k-subsets (the k smallest of L uniforms). All (item, mask) rows of a call are packed into shared
-forwards under `max_tokens_per_forward` (likelihood_batch.py); accumulation is in float64.
+forwards under `max_tokens_per_forward` (likelihood/batch.py); accumulation is in float64.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from mdm.engines.llada_plus.likelihood_batch import Item, masked_ce_sums
-from mdm.engines.llada_plus.sampler_batch import row_generators
+from mdm.engines.llada_plus.likelihood.batch import Item, masked_ce_sums
+from mdm.engines.llada_plus.sampling.batch import row_generators
 
 MASK_DESIGNS = ("auto", "random", "enumerate")
 

@@ -1,4 +1,4 @@
-"""Measuring the P-POTS moments (ppots_moments.PPOTSMoments) of a model on training sequences.
+"""Measuring the P-POTS moments (ppots/moments.PPOTSMoments) of a model on training sequences.
 
     m = measure_moments(model, batches, mask_id=126336, grid=make_grid("sqrt", 16), grid_kind="sqrt",
                         num_samples_x0=32, num_samples_xt=4, max_tokens_per_forward=16384,
@@ -32,7 +32,7 @@ import torch
 from mdm.engines.llada_plus.diffusion import IGNORE_INDEX
 from mdm.engines.llada_plus.loss import masked_ce_loss, model_logits
 from mdm.engines.llada_plus.rows import all_reduce, dist_rank_world, pack_rows, take_sequences
-from mdm.engines.llada_plus.ppots_moments import PPOTSMoments, p_two_or_more
+from mdm.engines.llada_plus.ppots.moments import PPOTSMoments, p_two_or_more
 
 
 def truncated_binomial(n: int, p: float, g: torch.Generator) -> int:

@@ -1,6 +1,6 @@
 """The likelihood bound of a short answer computed exactly, by running the model on every mask.
 
-    from mdm.engines.llada_plus.likelihood_exact import exact_bound, exact_strata
+    from mdm.engines.llada_plus.likelihood.exact import exact_bound, exact_strata
     exact_bound(model, prompt_ids, answer_ids, mask_id=255)           # float: the bound, nats
     exact_strata(model, prompt_ids, answer_ids, mask_id=255)          # [L] float64: g(1..L)
 

@@ -1,7 +1,7 @@
 """Packed forwards for likelihood evaluation: the summed cross-entropy of an answer's masked tokens, for many
 (prompt, answer, mask) rows at once.
 
-    from mdm.engines.llada_plus.likelihood_batch import masked_ce_sums, pack_rows
+    from mdm.engines.llada_plus.likelihood.batch import masked_ce_sums, pack_rows
     sums = masked_ce_sums(model, [(prompt_ids, answer_ids)], [masks], mask_id=126336)  # masks [n, L] bool
     sums[0]   # [n] float64: sum over the masked answer positions j of -log p(answer_j | prompt, masked answer)
 

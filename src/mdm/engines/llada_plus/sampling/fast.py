@@ -10,7 +10,7 @@ the block; (2) until the block has no mask, forwards over
 each followed by a commit (the i-th repetition commits the schedule's i-th count, or by `threshold`).
 The kept keys/values are not refreshed within a block: an approximation that the full forward at each
 block start bounds. Unlike upstream we skip the forward that would follow an already complete block.
-With `early_exit`, a row whose text has ended (sampler_batch.rows_finished) is filled with end tokens at the
+With `early_exit`, a row whose text has ended (sampling/batch.rows_finished) is filled with end tokens at the
 block boundary, and decoding stops once every row has ended.
 """
 
@@ -20,11 +20,11 @@ from typing import Any, Optional
 
 import torch
 
-from mdm.engines.llada_plus.sampler import (SampleOutput, check_sampler_cfg, end_ids, logits_for, model_device,
+from mdm.engines.llada_plus.sampling.sampler import (SampleOutput, check_sampler_cfg, end_ids, logits_for, model_device,
                                              suppress)
-from mdm.engines.llada_plus.sampler_batch import SampleBatch, row_generators, rows_finished
-from mdm.engines.llada_plus.sampler_step import commit_step
-from mdm.engines.llada_plus.schedule import transfer_counts
+from mdm.engines.llada_plus.sampling.batch import SampleBatch, row_generators, rows_finished
+from mdm.engines.llada_plus.sampling.step import commit_step
+from mdm.engines.llada_plus.sampling.schedule import transfer_counts
 from mdm.platform.registry import get_registry
 
 

@@ -21,10 +21,10 @@ from test_objective import MASK, VOCAB, TinyLM
 
 from mdm.engines.llada_plus.diffusion import IGNORE_INDEX
 from mdm.engines.llada_plus.loss import masked_ce_loss
-from mdm.engines.llada_plus.ppots_measure import measure_moments
-from mdm.engines.llada_plus.ppots_moments import (PPOTSMoments, grid_weights, make_grid, p_single, p_two_or_more,
+from mdm.engines.llada_plus.ppots.measure import measure_moments
+from mdm.engines.llada_plus.ppots.moments import (PPOTSMoments, grid_weights, make_grid, p_single, p_two_or_more,
                                                   variance_ratio)
-from mdm.engines.llada_plus.time_sampling import fit_density
+from mdm.engines.llada_plus.ppots.time_sampling import fit_density
 
 EPS = 1e-3
 
@@ -178,7 +178,7 @@ def test_eprs_fit_reaches_r_star_on_a_tiny_llada():
 
 
 def test_grad_moments_match_brute_force_gradients():
-    from mdm.engines.llada_plus.ppots_moments import quadrature_nodes
+    from mdm.engines.llada_plus.ppots.moments import quadrature_nodes
 
     torch.manual_seed(1)
     model, n, n_seq = TinyLM(), 3, 4

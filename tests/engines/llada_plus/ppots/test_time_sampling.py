@@ -11,8 +11,8 @@ import pytest
 import torch
 from scipy import stats
 
-from mdm.engines.llada_plus.density import PiecewiseLinearDensity, tabulate
-from mdm.engines.llada_plus.time_sampling import (AP, EPR, TimeSampler, epr_unnormalised, fit_density,
+from mdm.engines.llada_plus.ppots.density import PiecewiseLinearDensity, tabulate
+from mdm.engines.llada_plus.ppots.time_sampling import (AP, EPR, TimeSampler, epr_unnormalised, fit_density,
                                                   uniform_grid)
 from mdm.platform.registry import get_registry
 

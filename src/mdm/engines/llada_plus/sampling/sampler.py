@@ -1,16 +1,16 @@
 """The reference `llada` sampler for masked diffusion LMs (batched), and the helpers the samplers share.
 
-    from mdm.engines.llada_plus.sampler import sample_llada
+    from mdm.engines.llada_plus.sampling.sampler import sample_llada
     out = sample_llada(model, [[1, 2, 3], [4, 5]], cfg, mask_id=126336)
     out.tokens  # generated ids per prompt (gen_length each); out.nfe: model forward passes made
 
 `llada` follows the upstream LLaDA sampler: x = prompt + [MASK] * gen_length, denoised block by block
 (semi-autoregressive when block_length < gen_length); in each of a block's steps one full forward, then
 the scheduled number of most confident masked positions up to the block's end are committed (see
-schedule.py / sampler_step.py). Prompts of different lengths run as one left-padded batch whose rows
+schedule.py / sampling/step.py). Prompts of different lengths run as one left-padded batch whose rows
 each equal running that prompt alone, random draws included (each row has its own stream, seeded from one
-draw of `generator` and the prompt: see sampler_batch.row_generators).
-Importing this module registers `llada` in the `samplers` registry (`fast` lives in sampler_fast.py).
+draw of `generator` and the prompt: see sampling/batch.row_generators).
+Importing this module registers `llada` in the `samplers` registry (`fast` lives in sampling/fast.py).
 To generate text, use the platform's one generation path, `mdm.platform.infer.generation.generate`.
 """
 
@@ -21,9 +21,9 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from mdm.engines.llada_plus.sampler_batch import SampleBatch, row_generators
-from mdm.engines.llada_plus.sampler_step import commit_step
-from mdm.engines.llada_plus.schedule import check_schedule, transfer_counts
+from mdm.engines.llada_plus.sampling.batch import SampleBatch, row_generators
+from mdm.engines.llada_plus.sampling.step import commit_step
+from mdm.engines.llada_plus.sampling.schedule import check_schedule, transfer_counts
 from mdm.platform.registry import get_registry
 
 

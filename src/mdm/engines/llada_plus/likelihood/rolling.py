@@ -1,6 +1,6 @@
 """Rolling log-likelihood (perplexity) of long texts, as a sum of likelihood bounds over chunks.
 
-    from mdm.engines.llada_plus.likelihood_rolling import loglikelihood_rolling
+    from mdm.engines.llada_plus.likelihood.rolling import loglikelihood_rolling
     res = loglikelihood_rolling(model, [text_ids, ...], mask_id=126336, window=1024, context=256, mc_num=128)
     res[0].value, res[0].stderr, res[0].n_tokens, res[0].perplexity    # nats, SE, tokens scored, exp(-value/n)
 
@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from mdm.engines.llada_plus.likelihood import estimate_loglik
+from mdm.engines.llada_plus.likelihood.estimate import estimate_loglik
 
 
 @dataclass(frozen=True)

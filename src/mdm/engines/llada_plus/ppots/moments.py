@@ -13,7 +13,7 @@ R is THE measure of P-POTS' effect; the effective sample size of the importance 
 lives in a thin sliver near t = 0 (where w grows like t^-1/2 from mask-count noise), so ESS can read
 0.98 while R = 0.74.
 
-How the moments are represented (measured by ppots_measure.py). Sequence i has n_i eligible tokens and
+How the moments are represented (measured by ppots/measure.py). Sequence i has n_i eligible tokens and
 k ~ Binomial(n_i, p) of them are masked, p = (1 - eps) t + eps. Split at k = 1:
   E[l^a|t] = (1/N) sum_i [ P_i(k=1|t) m_a,i / (n_i p)^a ] + S_a(t)
 - the k = 1 part is exact in t: P(k=1) = n p (1-p)^(n-1) and m_a,i = mean_j CE_j^a over the token j

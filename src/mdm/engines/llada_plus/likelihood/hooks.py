@@ -20,9 +20,9 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from mdm.engines.llada_plus.likelihood import estimate_loglik
-from mdm.engines.llada_plus.likelihood_batch import Item
-from mdm.engines.llada_plus.likelihood_rolling import loglikelihood_rolling as _rolling
+from mdm.engines.llada_plus.likelihood.estimate import estimate_loglik
+from mdm.engines.llada_plus.likelihood.batch import Item
+from mdm.engines.llada_plus.likelihood.rolling import loglikelihood_rolling as _rolling
 from mdm.platform.engine_api import LoglikScore
 
 

@@ -1,6 +1,6 @@
 """Sampling the diffusion time t: uniform, or P-POTS importance sampling from a fitted density p(t).
 
-    from mdm.engines.llada_plus.time_sampling import TimeSampler, fit_density
+    from mdm.engines.llada_plus.ppots.time_sampling import TimeSampler, fit_density
     density = fit_density("EPR", grid, w, mix_uniform=0.1, n_starts=8, seed=0)   # p(t) from measured w(t)
     sampler = TimeSampler(density, max_is_weight=10.0)    # TimeSampler(None) = U(0, 1), weight 1
     t, weight = sampler.sample(batch_size, generator, device)   # weight = min(1 / p(t), max_is_weight)
@@ -13,7 +13,7 @@ of a p_model, for adding one:
         def fit(self, grid: np.ndarray, w: np.ndarray, *, n_starts: int = 8, seed: int = 0) -> density
 
 `grid` [T] interior points of (0, 1), increasing; `w` [T] > 0 the measured sqrt(E[l^2|t]) (optimal p ∝ w;
-ppots_moments.py). Judge a fit by R (ppots_moments.variance_ratio), not by the ESS of its weights.
+ppots/moments.py). Judge a fit by R (ppots/moments.variance_ratio), not by the ESS of its weights.
 The returned density has `pdf(t)`, `cdf(t)` and `icdf(u)` on numpy arrays, ideally as a
 `PiecewiseLinearDensity` (density.py); a density that is not one is tabulated onto a fine grid with
 `tabulate(density.pdf)`, so that sampling and the 1/p(t) weights use exactly the same function.
@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from mdm.engines.llada_plus.density import PiecewiseLinearDensity, tabulate
+from mdm.engines.llada_plus.ppots.density import PiecewiseLinearDensity, tabulate
 from mdm.platform.registry import get_registry
 
 P_MODELS = get_registry("p_models")

@@ -3,7 +3,7 @@
     path = plot_ppots(grid, w, density, "ppots.png", title="EPR, step 0")
 
 w is rescaled to integrate to 1 (trapezoid over the grid, extended flat to 0 and 1) so that it sits
-on the same axis as the density p(t). objective.py passes w on 64 points t = u^2 (ppots_moments: the
+on the same axis as the density p(t). objective.py passes w on 64 points t = u^2 (ppots/moments: the
 exact one-masked-token part makes w(t) available at any t), so the t^-1/2 rise near 0 is visible; the
 gain of P-POTS lives there, which is why R (ppots/R_fit_*), not the weights' ESS, measures it.
 Uses matplotlib's Agg backend (no display needed).
