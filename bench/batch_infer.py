@@ -48,7 +48,7 @@ def direct(model_dir: str, cfg, rows: int, batch_size: int, threads: int) -> tup
     import torch
     from transformers import AutoTokenizer
 
-    from mdm.platform.infer.generation import generate
+    from mdm.platform.infer.generation.generate import generate
     from mdm.platform.registry import get_registry
 
     torch.set_num_threads(threads)
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
 
     import ray
 
-    from mdm.platform.infer.batch import run_inference
+    from mdm.platform.infer.generation.job import run_inference
     from mdm.platform.config import load_config
 
     work = tempfile.mkdtemp(prefix="mdm_bench_infer_")

@@ -25,7 +25,7 @@ from mdm.engines.llada_plus.config import SamplerConfig
 from mdm.engines.llada_plus.model import LLaDAConfig, LLaDAModelLM, llada_8b_config
 from mdm.engines.llada_plus.sampling.sampler import logits_for
 from mdm.engines.llada_plus.sampling.batch import SampleBatch
-from mdm.platform.infer.generation import generate
+from mdm.platform.infer.generation.generate import generate
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

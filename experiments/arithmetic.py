@@ -118,7 +118,7 @@ def train(model: Any, rows: list[dict], cfg: Any, pad_id: int) -> dict[str, floa
 def evaluate(model: Any, tok: Any, task: Any, examples: list[Any], sampler_cfg: Any, out: Path,
              batch_size: int = 100) -> dict[str, float]:
     """Generate for every held-out prompt with `sampler_cfg.name`, score with the task, write predictions."""
-    from mdm.platform.infer.generation import generate
+    from mdm.platform.infer.generation.generate import generate
 
     preds, scores, nfe, t0 = [], [], 0, time.time()
     gen = torch.Generator().manual_seed(0)

@@ -189,7 +189,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = build_config(args, prepare_data(cfg, args))
 
     from mdm.platform import storage
-    from mdm.platform.infer.batch import run_inference
+    from mdm.platform.infer.generation.job import run_inference
     from mdm.platform.runtime.ray_runtime import ensure_ray
     from mdm.platform.tracking.tracker import resolve_uri
     from mdm.platform.runs import run_name as derive_name

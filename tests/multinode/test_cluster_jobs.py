@@ -261,7 +261,7 @@ def test_training_survives_the_loss_of_a_worker_node(cluster: MultiNodeCluster, 
 INFER_WITH_PROGRESS = """
 import json, sys
 from mdm.platform.config import load_config
-from mdm.platform.infer.batch import run_inference
+from mdm.platform.infer.generation.job import run_inference
 
 model, out, progress, tiny = sys.argv[1:5]
 # 1.5 CPUs an actor on 2-CPU nodes: one sampler actor on each worker node.

@@ -44,7 +44,7 @@ def arithmetic_data(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def trained_mc(tmp_path_factory) -> dict:
-    """A tiny LLaDA trained here on small arithmetic (tiny_mc_model.py) and its task `arith_mc4`: once per session."""
+    """A tiny LLaDA trained here on small arithmetic (infer/tiny_mc_model.py) and its task `arith_mc4`: once per session."""
     from tiny_mc_model import train_tiny_mc
 
     return train_tiny_mc(str(tmp_path_factory.mktemp("tiny_mc")))

@@ -182,3 +182,25 @@ def test_auto_import_registers_user_plugins(tmp_path, monkeypatch):
 def test_dump_is_plain_yaml():
     data = yaml.safe_load(dump_config(load_config([])))
     assert data["engine"] == "llada_plus" and data["train"]["train_mode"] == "Normal"
+
+
+def test_data_schema_is_a_registered_name_and_schema_module_is_deprecated(tmp_path, capsys):
+    from mdm.platform.train.data_config import row_schema
+    from mdm.tasks import data as task_data
+
+    cfg = load_config()
+    assert cfg.data.schema == "prompt_completion"
+    schema = row_schema(cfg.data)  # the tasks' own functions, reached through the registry
+    assert schema.validate_row is task_data.validate_row and schema.collate is task_data.collate
+    with pytest.raises(ConfigError, match=r"data.schema.*unknown schemas 'prompt_complete'.*prompt_completion"):
+        load_config([], ["data.schema=prompt_complete"])
+
+    old = tmp_path / "old.yaml"
+    old.write_text("data:\n  schema_module: mdm.tasks.data\n  bad_rows: skip\n")
+    cfg = load_config([str(old)])
+    assert cfg.data.bad_rows == "skip" and cfg.data.schema == "prompt_completion"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"data.schema_module (from {old}) is deprecated" in err
+    with pytest.raises(ConfigError, match=r"data.schema_module \(from --set data.schema_module=my.rows\) is no "
+                                          r"longer read: register .*RowSchema.*data.schema"):
+        load_config([], ["data.schema_module=my.rows"])

@@ -76,7 +76,7 @@ def test_generate_refuses_remote_code_tokenizer(evil_dir, tmp_path, capsys):
 
 
 def test_batch_inference_refuses_remote_code_tokenizer(evil_dir, tmp_path):
-    from mdm.platform.infer.batch import InferenceError, run_inference
+    from mdm.platform.infer.generation.job import InferenceError, run_inference
 
     cfg = load_config([], [f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"])
     with pytest.raises(InferenceError) as e:

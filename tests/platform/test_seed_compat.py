@@ -18,7 +18,7 @@ from mdm.platform import cli
 from mdm.platform.commands.infer import main as infer_main
 from mdm.platform.config import load_config
 from mdm.platform.fields import ConfigError
-from mdm.platform.infer.batch import _task_rows
+from mdm.platform.infer.generation.job import _task_rows
 from mdm.platform.infer.pool import InferenceError, load_task
 from mdm.platform.registry import get_registry, load_builtins
 from mdm.platform.train.driver import train_data_path

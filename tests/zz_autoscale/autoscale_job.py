@@ -23,7 +23,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import ray  # noqa: E402
 
-from mdm.platform.infer.batch import run_inference  # noqa: E402
+from mdm.platform.infer.generation.job import run_inference  # noqa: E402
 from mdm.platform.config import load_config  # noqa: E402
 from fake_cluster import FakeAutoscalingCluster  # noqa: E402
 

@@ -5,7 +5,7 @@
 
 The model directory holds `config.json` + safetensors and a tokenizer (`save_pretrained` of both); the model is
 built by the config's engine (`engine`, default llada_plus) and sampled through the one generation path
-(`mdm.platform.infer.generation`). Prompts
+(`mdm.platform.infer.generation.generate`). Prompts
 are laid out as training laid them out: the tokenizer's chat template when it has one, else the text and a
 newline (`--no_chat_template` sends them raw). Prints one generated text per prompt (`--json`: one JSON
 object per line with prompt and text).
@@ -43,7 +43,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"mdm generate: error: --model {args.model}: not a directory", file=sys.stderr)
         return 2
 
-    from mdm.platform.infer.generation import generate
+    from mdm.platform.infer.generation.generate import generate
     from mdm.platform.registry import get_registry
 
     try:

@@ -1,8 +1,8 @@
-"""`mdm infer`: batch inference + scoring on Ray Data (see `mdm.platform.infer.batch.run_inference`).
+"""`mdm infer`: batch inference + scoring on Ray Data (see `mdm.platform.infer.generation.job.run_inference`).
 
     mdm infer --task gsm8k --model outputs/gsm8k-ab12/final --out preds.jsonl [--split test] [--limit N]
               [--sampler llada|fast] [--config eval.yaml] [--set sampler.steps=64 --set eval.max_actors=8]
-    mdm infer --mode likelihood --task arithmetic_mc --model DIR [--set likelihood.mc_num=64]   # likelihood_job
+    mdm infer --mode likelihood --task arithmetic_mc --model DIR [--set likelihood.mc_num=64]   # likelihood/job.py
 
 The seed's `llada.cli.main infer` flags still work: `--model_name` (= --model), `--out_file` (= --out),
 `--steps N` and `--gen_length N` (= --set sampler.steps=N / sampler.gen_length=N, applied after --set).
@@ -16,8 +16,8 @@ from typing import Optional, Sequence
 
 from mdm.platform.config_args import add_config_args, config_or_dump
 from mdm.platform.fields import ConfigError
-from mdm.platform.infer.batch import InferenceError, run_inference
-from mdm.platform.infer.likelihood_job import MODES, resolve_mode, run_likelihood
+from mdm.platform.infer.generation.job import InferenceError, run_inference
+from mdm.platform.infer.likelihood.job import MODES, resolve_mode, run_likelihood
 from mdm.platform.infer.model_source import ModelSourceError
 from mdm.platform.registry import UnknownNameError
 

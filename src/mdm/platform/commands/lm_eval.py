@@ -18,7 +18,7 @@ that the `@register_model("mdm")` below has run: lm-eval 0.4 finds no third-part
   `sampler` and `likelihood` sections are used);
 - any dotted config key (`sampler.steps=64`, `likelihood.mc_num=128`, `likelihood.cfg_scale=0.5`), applied last,
   checked like `--set` (a wrong key names the nearest valid one);
-- `seed` (0), `add_bos_token` (false): see `mdm.platform.infer.lm_eval_model`.
+- `seed` (0), `add_bos_token` (false): see `mdm.platform.infer.likelihood.lm_eval_model`.
 lm-eval's `--device` (its default is cuda:0: pass `--device cpu` on a CPU machine) and `--batch_size` (prompts
 per sampler call in `generate_until`; `auto` means 16) are used; `--max_batch_size` is not (the likelihood
 hook packs forwards under `likelihood.max_tokens_per_forward`).
@@ -30,7 +30,7 @@ import sys
 from typing import Any, Optional, Sequence
 
 from mdm.platform.config import load_config
-from mdm.platform.infer.lm_eval_model import HarnessModel  # first: says how to install lm-eval when it is missing
+from mdm.platform.infer.likelihood.lm_eval_model import HarnessModel  # first: says how to install lm-eval when it is missing
 from mdm.platform.infer.model_source import resolve_model
 from mdm.platform.registry import get_registry
 from mdm.platform.tokenizer import load_tokenizer
@@ -38,7 +38,7 @@ from mdm.platform.tokenizer import load_tokenizer
 from lm_eval.api.registry import register_model  # noqa: E402  (after the install hint above)
 
 
-def _override(key: str, value: Any) -> str:
+def _override(key: str, value: object) -> str:
     """A `--set` string for a value lm-eval already parsed (None -> null, bools as YAML)."""
     if value is None:
         return f"{key}=null"
@@ -61,8 +61,8 @@ class MDMLM(HarnessModel):
     """The `mdm` model of lm-eval: built from `--model_args` (see the module docstring)."""
 
     def __init__(self, pretrained: str, config: Optional[str] = None, seed: int = 0, add_bos_token: bool = False,
-                 device: Optional[str] = None, batch_size: Any = 16, max_batch_size: Optional[int] = None,
-                 **overrides: Any) -> None:
+                 device: Optional[str] = None, batch_size: int | str = 16, max_batch_size: Optional[int] = None,
+                 **overrides: object) -> None:
         del max_batch_size  # lm-eval passes it; likelihood.max_tokens_per_forward bounds memory instead
         bad = [k for k in overrides if "." not in k]
         if bad:

@@ -1,0 +1,1 @@
+"""Batch inference and the one generation path: `generation/` (sampling, the batch-generation job) and `likelihood/` (likelihood scoring, lm-eval), on the shared actor pool (`pool.py`, `model_actor.py`), model resolution (`model_source.py`), output files (`outputs.py`) and the `eval` section (`eval_config.py`)."""

@@ -1,4 +1,4 @@
-"""`eval` section: batch inference and scoring (read by `mdm.platform.infer.batch`).
+"""`eval` section: batch inference and scoring (read by `mdm.platform.infer.generation.job`).
 
     eval:
       task: gsm8k            # or --task
@@ -40,7 +40,7 @@ class EvalConfig:
     tracking.enabled) to the training run when the model came from one, else to a new run `eval_run_name`.
     `progress`: one bar of scored rows on stderr (Ray Data's per-operator bars stay off).
     `mode`: generate (sample and extract an answer), likelihood (score each example's choices, or its reference
-    response, by the engine's likelihood hook with the engine's `likelihood` section: likelihood_job.py), or
+    response, by the engine's likelihood hook with the engine's `likelihood` section: likelihood/job.py), or
     auto (likelihood when the task declares `multiple_choice`, else generate). `mc_shards` (likelihood mode):
     split each example's `likelihood.mc_num` samples into this many independent rows, so that few examples
     still spread over many actors; the parts are combined weighted by their sample counts.

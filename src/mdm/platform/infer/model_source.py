@@ -31,7 +31,10 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
@@ -156,7 +159,7 @@ def _mlflow_download(run_id: str, artifact_path: Optional[str], tracking_uri: Op
     return Path(local), artifact_path
 
 
-def _find_model_artifact(client: Any, run_id: str, max_depth: int = 3) -> Optional[str]:
+def _find_model_artifact(client: MlflowClient, run_id: str, max_depth: int = 3) -> Optional[str]:
     """The shallowest artifact folder of the run that holds config.json ("" for the root)."""
     level: list[Optional[str]] = [None]
     for _ in range(max_depth + 1):

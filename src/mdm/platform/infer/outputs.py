@@ -24,9 +24,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from mdm.platform import storage
+
+if TYPE_CHECKING:
+    from mdm.platform.config import RunConfig
+    from mdm.platform.infer.model_source import ModelSource
 
 
 def metric_prefix(task: str, split: str, sampler: str, prompts: Optional[str] = None) -> str:
@@ -109,7 +113,7 @@ class OutputFiles:
             shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def log_evaluation(cfg: Any, src: Any, task: str, split: str, metrics: dict, files: list[str],
+def log_evaluation(cfg: RunConfig, src: ModelSource, task: str, split: str, metrics: dict, files: list[str],
                    prefix: str, records: Optional[list[dict]] = None) -> Optional[str]:
     """Log an evaluation's metrics under `prefix`, its `files` as artifacts and `records` as a table, into the
     training run the model came from (`src`: a ModelSource), else into a new eval run; returns the run id."""

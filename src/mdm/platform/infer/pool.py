@@ -1,4 +1,4 @@
-"""What both batch-inference jobs share (generation: batch.py, likelihood: likelihood_job.py): the driver-side
+"""What both batch-inference jobs share (generation/job.py, likelihood/job.py): the driver-side
 checks made before any actor starts, and the Ray Data actor-pool plumbing around the job.
 
     from mdm.platform.infer.pool import InferenceError, load_task, load_tokenizer, actor_model, collect
@@ -15,10 +15,16 @@ Every row carries an "index"; `check_complete` insists that each came back exact
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from mdm.platform.infer.model_source import ModelSource
 from mdm.platform.registry import get_registry
+
+if TYPE_CHECKING:
+    from mdm.platform.config import RunConfig
+    import ray.data
+    from mdm.platform.infer.eval_config import EvalConfig
+    from mdm.platform.train.data_config import DataConfig
 
 
 class InferenceError(ValueError):
@@ -27,7 +33,7 @@ class InferenceError(ValueError):
 
 # ----------------------------------------------------------------------------- inputs (driver side)
 
-def load_task(name: Optional[str], split: str, data_cfg: Any, need_split: bool) -> Any:
+def load_task(name: Optional[str], split: str, data_cfg: DataConfig, need_split: bool) -> Any:
     """The registered task `name`, built on `data_cfg`; InferenceError when there is none or (`need_split`)
     when it has no `split`."""
     if not name:
@@ -56,14 +62,14 @@ def load_tokenizer(src: ModelSource, trust_remote_code: bool) -> Any:
 
 # ----------------------------------------------------------------------------- the actor pool
 
-def tracking_uri(cfg: Any) -> Optional[str]:
+def tracking_uri(cfg: RunConfig) -> Optional[str]:
     """The MLflow tracking URI the actors get (an `mlflow:` model is fetched through it)."""
     from mdm.platform.tracking.tracker import resolve_uri
 
     return resolve_uri(cfg.tracking.tracking_uri)
 
 
-def gpus_per_actor(eval_cfg: Any) -> float:
+def gpus_per_actor(eval_cfg: EvalConfig) -> float:
     """`eval.gpus_per_actor`, or by default one GPU when the cluster has any, else none."""
     import ray
 
@@ -72,14 +78,14 @@ def gpus_per_actor(eval_cfg: Any) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def restart_args(eval_cfg: Any) -> dict[str, int]:
+def restart_args(eval_cfg: EvalConfig) -> dict[str, int]:
     """Actor fault tolerance. Ray Data's actor pools already restart dead actors and retry their batches
     forever (-1, -1); pass the knobs only when changed (Ray 2.60 deprecates passing remote args)."""
     args = {"max_restarts": eval_cfg.max_restarts, "max_task_retries": eval_cfg.max_task_retries}
     return {} if args == {"max_restarts": -1, "max_task_retries": -1} else args
 
 
-def actor_model(src: ModelSource, cfg: Any) -> str:
+def actor_model(src: ModelSource, cfg: RunConfig) -> str:
     """What the sampler actors load: the driver's local path when the cluster is this machine, else what an
     actor can fetch on its own node (`src.remote`: a storage URI or an MLflow runs:/ path)."""
     from mdm.platform.runtime.ray_runtime import is_local_cluster
@@ -92,7 +98,7 @@ def actor_model(src: ModelSource, cfg: Any) -> str:
     return src.remote
 
 
-def collect(ds: Any, total: int, progress_callback: Optional[Callable[[int, int], None]]) -> list[dict]:
+def collect(ds: ray.data.Dataset, total: int, progress_callback: Optional[Callable[[int, int], None]]) -> list[dict]:
     """Stream `ds` back to the driver as one dict per row; `progress_callback(done, total)` after each batch."""
     out: list[dict] = []
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

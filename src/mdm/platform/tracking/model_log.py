@@ -4,11 +4,11 @@ be registered, served or loaded with `mlflow.pyfunc.load_model`.
     info = log_sampler_model(uri, run_id, "outputs/run/final", dump_config(cfg))
     info.model_uri            # models:/<model id>; register: mlflow.register_model(info.model_uri, "name")
 
-The model is `mdm/platform/infer/sampler_model.py` as code plus the `mdm` package it imports (MLflow's
+The model is `mdm/platform/infer/generation/sampler_model.py` as code plus the `mdm` package it imports (MLflow's
 models-from-code: no pickle), the Hugging Face export and the config. The file is data to MLflow here,
 never imported by this module (it belongs to the inference layer above tracking). LLaDA checkpoints are not a transformers pipeline task, so
 MLflow's transformers flavour does not apply; this pyfunc is the model's one inference path
-(`mdm.platform.infer.generation`). The weights are copied into the model's artifacts: for a multi-GB
+(`mdm.platform.infer.generation.generate`). The weights are copied into the model's artifacts: for a multi-GB
 checkpoint set `tracking.log_model: false` (the export stays a run artifact, `final_model`).
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 PACKAGE_DIR = str(Path(__file__).resolve().parents[2])   # src/mdm: bundled so the model loads anywhere
-SAMPLER_CODE = os.path.join(PACKAGE_DIR, "platform", "infer", "sampler_model.py")
+SAMPLER_CODE = os.path.join(PACKAGE_DIR, "platform", "infer", "generation", "sampler_model.py")
 REQUIREMENTS = ("torch", "transformers", "tokenizers", "safetensors", "omegaconf", "pyyaml", "numpy", "scipy")
 
 

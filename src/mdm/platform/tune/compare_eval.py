@@ -65,7 +65,7 @@ def score_held_out(model: Any, cfg: Any, tokenizer: Any, task: Any,
     """Sample every row's answer with `cfg.sampler` and score it: ({accuracy, n, correct, eval_s}, records)."""
     import torch
 
-    from mdm.platform.infer.generation import generate
+    from mdm.platform.infer.generation.generate import generate
 
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.eval.seed)

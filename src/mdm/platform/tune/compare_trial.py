@@ -182,7 +182,7 @@ def _ray_train(cfg: Any, inputs: TrialInputs, run_name: str, label: str, tags: d
     """A Ray Train job for the cell, then batch inference on the held-out split into the same run."""
     from ray import tune
 
-    from mdm.platform.infer.batch import run_inference
+    from mdm.platform.infer.generation.job import run_inference
     from mdm.platform.tracking.tracker import RunLogger, Tracker
     from mdm.platform.train.driver import train_driver
     from mdm.platform.tune.sweep import report_callback

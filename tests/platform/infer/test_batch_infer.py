@@ -22,7 +22,7 @@ import pytest  # noqa: E402
 import ray  # noqa: E402
 
 from mdm.platform.commands.infer import main  # noqa: E402
-from mdm.platform.infer.batch import InferenceError, run_inference  # noqa: E402
+from mdm.platform.infer.generation.job import InferenceError, run_inference  # noqa: E402
 from mdm.platform.config import load_config  # noqa: E402
 from mdm.platform.infer.model_source import ModelSourceError  # noqa: E402
 from mdm.platform.registry import get_registry, load_builtins  # noqa: E402

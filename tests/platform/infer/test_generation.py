@@ -18,10 +18,10 @@ from mdm.engines.llada_plus.config import SamplerConfig
 from mdm.engines.llada_plus.model import LLaDAModelLM
 from mdm.engines.llada_plus.sampling.sampler import sample_llada
 from mdm.platform.cli import main as mdm_main
-from mdm.platform.infer import generation
+from mdm.platform.infer.generation import generate as generation
 from mdm.platform.commands.generate import main
 
-FIXTURE = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "llada_reference"
+FIXTURE = Path(__file__).resolve().parents[3] / ".." / "shared" / "fixtures" / "llada_reference"
 CFG = dict(gen_length=16, block_length=8, steps=8)
 
 

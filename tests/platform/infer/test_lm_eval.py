@@ -22,7 +22,7 @@ import torch
 lm_eval = pytest.importorskip("lm_eval", reason="the lm_eval extra is not installed")
 
 from mdm.platform.config import load_config  # noqa: E402
-from mdm.platform.infer.generation import generate  # noqa: E402
+from mdm.platform.infer.generation.generate import generate  # noqa: E402
 from mdm.platform.registry import get_registry  # noqa: E402
 from mdm.platform.tokenizer import load_tokenizer  # noqa: E402
 from tiny_mc_model import register_task  # noqa: E402

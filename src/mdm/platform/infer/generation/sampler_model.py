@@ -14,16 +14,19 @@ through the one generation path.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import mlflow
 from mlflow.pyfunc import PythonModel
+
+if TYPE_CHECKING:
+    from mlflow.pyfunc import PythonModelContext
 
 
 class SamplerModel(PythonModel):
     """Loads tokenizer and model once; `predict` samples one text per prompt."""
 
-    def load_context(self, context: Any) -> None:
+    def load_context(self, context: PythonModelContext) -> None:
         import torch
         import yaml
 
@@ -44,9 +47,9 @@ class SamplerModel(PythonModel):
         self.task = get_registry("tasks").get(task)() if task else None
         self.torch = torch
 
-    def predict(self, context: Any, model_input: list[str], params: Optional[dict[str, Any]] = None) -> list[str]:
+    def predict(self, context: PythonModelContext, model_input: list[str], params: Optional[dict[str, Any]] = None) -> list[str]:
         """One sampled text per prompt (the type hints are the model's signature: MLflow reads them)."""
-        from mdm.platform.infer.generation import generate
+        from mdm.platform.infer.generation.generate import generate
 
         prompts = [str(p) for p in model_input]
         ids = self.task.encode_prompts(self.tokenizer, prompts) if self.task is not None else prompts

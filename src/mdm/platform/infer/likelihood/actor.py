@@ -19,11 +19,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from mdm.platform.infer.actor import ModelActor
+from mdm.platform.infer.model_actor import ModelActor
+
+if TYPE_CHECKING:
+    from mdm.platform.engine_api import LikelihoodSection, ModelSection
 
 
 def shard_mc_num(mc_num: int, shard: int, shards: int) -> int:
@@ -39,7 +42,7 @@ def shard_seed(seed: int, shard: int) -> int:
 class LikelihoodActor(ModelActor):
     """Callable class for `map_batches`: one model per actor, one hook call per shard present in a batch."""
 
-    def __init__(self, model_path: str, engine: str, model_cfg: Any, likelihood_cfg: Any, mc_shards: int = 1,
+    def __init__(self, model_path: str, engine: str, model_cfg: ModelSection, likelihood_cfg: LikelihoodSection, mc_shards: int = 1,
                  device: str = "auto", seed: int = 0, auto_import: tuple[str, ...] = (),
                  tracking_uri: Optional[str] = None) -> None:
         super().__init__(model_path, engine, model_cfg, device, auto_import, tracking_uri)

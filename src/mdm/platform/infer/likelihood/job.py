@@ -5,7 +5,7 @@ actor pool, pick the most likely, and report accuracy with per-item estimates an
         --set likelihood.mc_num=64 --set likelihood.answer_window=16 --set eval.max_actors=4 [--set eval.mc_shards=4]
     mdm infer --task arithmetic_mc ...          # eval.mode auto: likelihood, since the task is multiple choice
 
-    from mdm.platform.infer.likelihood_job import run_likelihood
+    from mdm.platform.infer.likelihood.job import run_likelihood
     metrics = run_likelihood(cfg, model="outputs/arithmetic/model", task="arithmetic_mc", out="mc.jsonl")
 
 The driver does what generation mode does before any actor starts (pool.py: model, tokenizer, task, split,
@@ -32,13 +32,18 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from mdm.platform.infer.model_source import ModelSource, resolve_model
 from mdm.platform.infer.outputs import OutputFiles, announce_replace, log_evaluation, metric_prefix, write_jsonl
 from mdm.platform.infer.pool import (InferenceError, actor_model, check_complete, collect, gpus_per_actor,
                                      load_task, load_tokenizer, restart_args, tracking_uri)
 from mdm.platform.registry import auto_import, get_registry, load_builtins
+
+if TYPE_CHECKING:
+    from mdm.platform.config import RunConfig
+    from transformers import PreTrainedTokenizerBase
+    from mdm.platform.task_api import TaskPack
 
 MODES = ("auto", "generate", "likelihood")
 
@@ -60,7 +65,7 @@ def resolve_mode(mode: Optional[str], eval_mode: str, task_name: Optional[str], 
         else "generate"
 
 
-def _examples(task: Any, name: str, split: str, limit: Optional[int], tokenizer: Any) -> list[dict[str, Any]]:
+def _examples(task: TaskPack, name: str, split: str, limit: Optional[int], tokenizer: PreTrainedTokenizerBase) -> list[dict[str, Any]]:
     """One dict per example: its text fields, choices (or reference) and token ids."""
     rows = []
     for i, ex in enumerate(task.examples(split, limit)):
@@ -81,11 +86,11 @@ def _examples(task: Any, name: str, split: str, limit: Optional[int], tokenizer:
     return rows
 
 
-def _build_dataset(rows: list[dict], cfg: Any, model_path: str) -> Any:
+def _build_dataset(rows: list[dict], cfg: RunConfig, model_path: str) -> Any:
     import ray
     import ray.data
 
-    from mdm.platform.infer.likelihood_actor import LikelihoodActor
+    from mdm.platform.infer.likelihood.actor import LikelihoodActor
 
     ev = cfg.eval
     n_blocks = max(1, math.ceil(len(rows) / ev.batch_size))  # one block per batch, as batch.py explains
@@ -120,7 +125,7 @@ def combine_shards(parts: list[list[list[float]]]) -> list[tuple[float, float, i
     return out
 
 
-def _record(task: Any, name: str, ex: dict, scored: list[tuple[float, float, int]], actors: list[str]) -> dict:
+def _record(task: TaskPack, name: str, ex: dict, scored: list[tuple[float, float, int]], actors: list[str]) -> dict:
     values = [s[0] for s in scored]
     ch = ex["choices"]
     meta: dict[str, Any] = {"index": ex["index"], "mode": "likelihood", "multiple_choice": ch is not None,
@@ -153,7 +158,7 @@ def _metrics(records: list[dict]) -> dict[str, Any]:
             "gold_stderr_mean": sum(gold_se) / len(gold_se) if gold_se else float("nan")}
 
 
-def _check_likelihood(cfg: Any, prompts: Optional[str]) -> None:
+def _check_likelihood(cfg: RunConfig, prompts: Optional[str]) -> None:
     """InferenceError, before anything starts, for what likelihood mode cannot do: a prompts file (no choices),
     an engine without likelihood hooks, more Monte Carlo shards than samples."""
     ev = cfg.eval
@@ -172,7 +177,7 @@ def _check_likelihood(cfg: Any, prompts: Optional[str]) -> None:
         raise InferenceError(f"eval.mc_shards > 1 needs an `mc_num` in engine {cfg.engine!r}'s likelihood section")
 
 
-def _score_on_pool(cfg: Any, rows: list[dict[str, Any]], src: ModelSource,
+def _score_on_pool(cfg: RunConfig, rows: list[dict[str, Any]], src: ModelSource,
                    progress_callback: Optional[Callable[[int, int], None]]) -> tuple[list[dict], float]:
     """Run the likelihood actor pool over `rows` (Ray started here when needed, and stopped again): (results
     sorted by row index, each exactly once; seconds the job took)."""
@@ -199,7 +204,7 @@ def _score_on_pool(cfg: Any, rows: list[dict[str, Any]], src: ModelSource,
             ray.shutdown()
 
 
-def run_likelihood(cfg: Any, model: Optional[str] = None, task: Optional[str] = None, out: Optional[str] = None,
+def run_likelihood(cfg: RunConfig, model: Optional[str] = None, task: Optional[str] = None, out: Optional[str] = None,
                    split: Optional[str] = None, limit: Optional[int] = None, *, prompts: Optional[str] = None,
                    progress_callback: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
     """Score `task`'s `split` by likelihood on the actor pool (arguments override `cfg.eval.*`); returns the

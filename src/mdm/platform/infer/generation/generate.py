@@ -1,6 +1,6 @@
 """The one way to turn prompts into generated ids and texts, for every engine and every caller.
 
-    from mdm.platform.infer.generation import generate
+    from mdm.platform.infer.generation.generate import generate
     out = generate(model, "llada_plus", cfg.sampler, ["What is 2 plus 3?"], tokenizer=tok)
     out.texts[0]          # decoded, cut at the first end token (EOS, or the engine's other end ids)
     out.ids[0]            # the generated ids before that end token
@@ -19,11 +19,16 @@ row its own random stream, so the grouping never changes a result.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from mdm.platform.engine_api import EngineSpec
 from mdm.platform.prompts import encode_prompt
 from mdm.platform.registry import get_registry
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+    import torch
+    from mdm.platform.engine_api import SamplerSection
 
 
 @dataclass
@@ -46,15 +51,15 @@ def cut_at_end(ids: Sequence[int], ends: Sequence[int]) -> list[int]:
     return out
 
 
-def encode_prompts(tokenizer: Any, prompts: Sequence[str], chat_template: bool = True) -> list[list[int]]:
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], chat_template: bool = True) -> list[list[int]]:
     """Prompt ids as training lays them out (`mdm.platform.prompts`), or the raw text with chat_template=False."""
     if chat_template:
         return [encode_prompt(tokenizer, p) for p in prompts]
     return [list(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
 
 
-def generate(model: Any, engine: str | EngineSpec, sampler_cfg: Any, prompts: Sequence[str] | Sequence[Sequence[int]],
-             *, tokenizer: Any = None, generator: Any = None, chat_template: bool = True) -> Generation:
+def generate(model: torch.nn.Module, engine: str | EngineSpec, sampler_cfg: SamplerSection, prompts: Sequence[str] | Sequence[Sequence[int]],
+             *, tokenizer: PreTrainedTokenizerBase = None, generator: torch.Generator = None, chat_template: bool = True) -> Generation:
     """Sample a continuation of every prompt (texts need `tokenizer`; id lists are used as they are)."""
     spec = get_registry("engines").get(engine) if isinstance(engine, str) else engine
     if prompts and isinstance(prompts[0], str):

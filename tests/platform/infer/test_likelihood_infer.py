@@ -27,9 +27,9 @@ import torch  # noqa: E402
 
 from mdm.platform.commands.infer import main  # noqa: E402
 from mdm.platform.config import load_config  # noqa: E402
-from mdm.platform.infer.batch import InferenceError  # noqa: E402
-from mdm.platform.infer.likelihood_actor import shard_mc_num, shard_seed  # noqa: E402
-from mdm.platform.infer.likelihood_job import combine_shards, resolve_mode, run_likelihood  # noqa: E402
+from mdm.platform.infer.pool import InferenceError  # noqa: E402
+from mdm.platform.infer.likelihood.actor import shard_mc_num, shard_seed  # noqa: E402
+from mdm.platform.infer.likelihood.job import combine_shards, resolve_mode, run_likelihood  # noqa: E402
 from mdm.platform.registry import get_registry  # noqa: E402
 from mdm.platform.tokenizer import load_tokenizer  # noqa: E402
 from tiny_mc_model import register_task  # noqa: E402

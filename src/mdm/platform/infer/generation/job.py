@@ -3,7 +3,7 @@
     mdm infer --task gsm8k --model outputs/gsm8k-ab12/final --out preds.jsonl [--split test] [--limit N]
               [--sampler llada|fast] [--config eval.yaml] [--set sampler.steps=64 --set eval.max_actors=8]
 
-    from mdm.platform.infer.batch import run_inference
+    from mdm.platform.infer.generation.job import run_inference
     metrics = run_inference(cfg, model="mlflow:<run_id>", task="arithmetic", out="preds.jsonl", limit=32)
 
 Pipeline: the driver resolves the model (model_source), loads the tokenizer, reads the task's split (or a
@@ -29,7 +29,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from mdm.platform.infer.model_source import resolve_model
 from mdm.platform.infer.outputs import OutputFiles, announce_replace, log_evaluation, metric_prefix, write_jsonl
@@ -37,10 +37,14 @@ from mdm.platform.infer.pool import (InferenceError, actor_model, check_complete
                                      load_task, load_tokenizer, restart_args, tracking_uri)
 from mdm.platform.registry import auto_import, load_builtins
 
+if TYPE_CHECKING:
+    from mdm.platform.config import RunConfig
+    from mdm.platform.task_api import TaskPack
+
 
 # ----------------------------------------------------------------------------- inputs (driver side)
 
-def _task_rows(task: Any, split: str, limit: Optional[int]) -> list[dict[str, Any]]:
+def _task_rows(task: TaskPack, split: str, limit: Optional[int]) -> list[dict[str, Any]]:
     rows = []
     try:
         for i, raw in enumerate(task.load_split(split)):
@@ -79,11 +83,11 @@ def _prompt_rows(path: str, limit: Optional[int], task_name: str) -> list[dict[s
 
 # ----------------------------------------------------------------------------- the Ray Data job
 
-def _build_dataset(rows: list[dict], cfg: Any, model_path: str, task: str) -> Any:
+def _build_dataset(rows: list[dict], cfg: RunConfig, model_path: str, task: str) -> Any:
     import ray
     import ray.data
 
-    from mdm.platform.infer.actor import SamplerActor, Scorer
+    from mdm.platform.infer.generation.actors import SamplerActor, Scorer
 
     ev = cfg.eval
     ctx = ray.data.DataContext.get_current()
@@ -126,7 +130,7 @@ def _record(task: str, r: dict) -> dict:
             "id": str(r["id"])}
 
 
-def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = None, out: Optional[str] = None,
+def run_inference(cfg: RunConfig, model: Optional[str] = None, task: Optional[str] = None, out: Optional[str] = None,
                   split: Optional[str] = None, limit: Optional[int] = None, *, sampler: Optional[str] = None,
                   prompts: Optional[str] = None,
                   progress_callback: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
@@ -172,7 +176,7 @@ def run_inference(cfg: Any, model: Optional[str] = None, task: Optional[str] = N
     return metrics
 
 
-def _inputs(cfg: Any, model: Optional[str], task_name: str, split: str, limit: Optional[int],
+def _inputs(cfg: RunConfig, model: Optional[str], task_name: str, split: str, limit: Optional[int],
             prompts: Optional[str]) -> tuple[Any, Any, list[dict[str, Any]]]:
     """(task, model source, rows with their prompt ids): everything checked before Ray starts."""
     the_task = load_task(task_name, split, cfg.data, need_split=prompts is None)
@@ -188,7 +192,7 @@ def _inputs(cfg: Any, model: Optional[str], task_name: str, split: str, limit: O
     return the_task, src, rows
 
 
-def _sample_and_score(cfg: Any, rows: list[dict[str, Any]], src: Any, task_name: str, split: str,
+def _sample_and_score(cfg: RunConfig, rows: list[dict[str, Any]], src: ModelSource, task_name: str, split: str,
                       progress_callback: Optional[Callable[[int, int], None]]) -> tuple[list[dict], float]:
     """Run the actor pool over `rows` (Ray started here when needed, and stopped again): (results sorted by
     index, each row exactly once; seconds the job took)."""
@@ -223,7 +227,7 @@ def _sample_and_score(cfg: Any, rows: list[dict[str, Any]], src: Any, task_name:
             ray.shutdown()
 
 
-def _metrics(the_task: Any, records: list[dict], results: list[dict], job_s: float, wall: float) -> dict[str, Any]:
+def _metrics(the_task: TaskPack, records: list[dict], results: list[dict], job_s: float, wall: float) -> dict[str, Any]:
     """The task's aggregate over the scored records plus throughput: rows, gen_tokens, nfe, tokens/s, rows/s,
     the steady-state sampling time, wall time and the number of actors."""
     scores = [rec["meta"]["score"] for rec in records if rec["meta"]["score"] is not None]

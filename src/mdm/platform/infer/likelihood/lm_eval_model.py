@@ -1,6 +1,6 @@
 """An lm-eval (lm-evaluation-harness 0.4.x) language model over any engine with likelihood hooks.
 
-    from mdm.platform.infer.lm_eval_model import HarnessModel
+    from mdm.platform.infer.likelihood.lm_eval_model import HarnessModel
     lm = HarnessModel(model, tokenizer, spec, cfg.sampler, cfg.likelihood, seed=0, batch_size=16)
     lm_eval.simple_evaluate(model=lm, tasks=["my_task"], task_manager=TaskManager(include_path="tasks/"))
 
@@ -29,9 +29,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+    import torch
+    from mdm.platform.engine_api import EngineSpec, LikelihoodSection, SamplerSection
 
 try:
     from lm_eval.api.model import LM
@@ -39,7 +44,7 @@ except ImportError as e:  # an optional extra
     raise ImportError(f"lm-eval is not installed ({e}): pip install -e '.[lm_eval]' (or pip install "
                       f"'lm-eval>=0.4')") from e
 
-from mdm.platform.infer.generation import generate
+from mdm.platform.infer.generation.generate import generate
 
 ITEMS_PER_CALL = 256  # likelihood requests per hook call: the hook packs their samples into shared forwards
 
@@ -47,7 +52,7 @@ ITEMS_PER_CALL = 256  # likelihood requests per hook call: the hook packs their 
 class HarnessModel(LM):
     """lm-eval's `LM` over a built model, its tokenizer and the engine's spec."""
 
-    def __init__(self, model: Any, tokenizer: Any, spec: Any, sampler_cfg: Any, likelihood_cfg: Any, *,
+    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, spec: EngineSpec, sampler_cfg: SamplerSection, likelihood_cfg: LikelihoodSection, *,
                  seed: int = 0, batch_size: int = 16, add_bos_token: bool = False) -> None:
         super().__init__()
         if spec.loglikelihood is None or likelihood_cfg is None:
