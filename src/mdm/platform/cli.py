@@ -68,7 +68,7 @@ def _delegate(module: str, argv: Sequence[str]) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {**{k: v[1] for k, v in DELEGATED.items()},
-                "list": "print registered tasks|engines|p_models|samplers",
+                "list": "print registered tasks|engines|p_models|samplers|schemas",
                 "config": "print the merged config as YAML"}
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: mdm <command> [options]\n\nmasked diffusion LMs on Ray: train, sweep, evaluate.\n\ncommands:")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, List, Optional
 
@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mdm.platform.config_ops import Source, check_choices, flatten_tree, merge_error
+from mdm.platform.engine_api import BaseTrainConfig, EngineSpec
 from mdm.platform.fields import ConfigError
 from mdm.platform.infer.eval_config import EvalConfig
 from mdm.platform.registry import auto_import as _auto_import
@@ -40,10 +41,8 @@ from mdm.platform.tune.compare_config import CompareConfig
 from mdm.platform.tune.tune_config import TuneConfig
 
 DEFAULT_ENGINE = "llada_plus"
-# The platform's sections; each class lives beside the component that reads it.
-PLATFORM_SECTIONS: list[tuple[str, type]] = [
-    ("data", DataConfig), ("ray", RayConfig), ("deepspeed", DeepSpeedConfig), ("tracking", TrackingConfig),
-    ("tune", TuneConfig), ("eval", EvalConfig), ("compare", CompareConfig)]
+# The platform's sections (fields of RunConfig); each class lives beside the component that reads it.
+PLATFORM_SECTIONS = ("data", "ray", "deepspeed", "tracking", "tune", "eval", "compare")
 # Keys that moved: a file or --set that still uses one is told where it went, and why.
 MOVED = {"ray.run_name": ("run_name", "one key names a run"),
          "tracking.run_name": ("run_name", "one key names a run"),
@@ -51,27 +50,46 @@ MOVED = {"ray.run_name": ("run_name", "one key names a run"),
                                                  "train and infer alike")}
 
 
-def schema_for(engine: str) -> type:
-    """The root dataclass for `engine`: engine name, auto imports, engine sections, platform sections."""
+@dataclass
+class RunConfig:
+    """The root config: the run's identity, the chosen engine's sections and the platform's sections.
+
+    `train` is the engine's train section (a `BaseTrainConfig` subclass: the seed's engine-agnostic keys plus
+    the engine's own); `model`, `sampler` and `likelihood` are the engine's sections (`EngineSpec.model_config`,
+    `sampler_config`, `likelihood_config`; `likelihood` is None for an engine that scores no likelihoods). A
+    loaded config is an instance of `schema_for(engine)`, this class with the engine's section classes."""
+
+    engine: str = DEFAULT_ENGINE
+    auto_import: List[str] = field(default_factory=list)
+    run_name: Optional[str] = None
+    china: bool = False  # the seed's hub-mirror switch (also accepted as train.china): see mdm.platform.hub
+    train: BaseTrainConfig = field(default_factory=BaseTrainConfig)
+    model: Any = None        # the engine's ModelConfig
+    sampler: Any = None      # the engine's SamplerConfig
+    likelihood: Any = None   # the engine's LikelihoodConfig, when it has one
+    data: DataConfig = field(default_factory=DataConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+
+
+def schema_for(engine: str) -> type[RunConfig]:
+    """The root dataclass for `engine`: `RunConfig` with the engine's section classes and its name as default."""
     return _schema(engine, get_registry("engines").get(engine))
 
 
 @functools.lru_cache(maxsize=None)
-def _schema(engine: str, spec: Any) -> type:
-    # Cached so that two configs of one engine share a class (and compare equal, and pickle).
-    fields: list[tuple[str, Any, Any]] = [
-        ("engine", str, field(default=engine)),
-        ("auto_import", List[str], field(default_factory=list)),
-        ("run_name", Optional[str], field(default=None)),
-        # The seed's hub-mirror switch (also accepted as train.china): see mdm.platform.hub.
-        ("china", bool, field(default=False)),
-    ]
-    engine_sections = [("train", spec.train_config), ("model", spec.model_config), ("sampler", spec.sampler_config)]
+def _schema(engine: str, spec: EngineSpec) -> type[RunConfig]:
+    # Cached so that two configs of one engine share a class (and compare equal).
+    fields: list[tuple[str, Any, Any]] = [("engine", str, field(default=engine))]
+    sections = [("train", spec.train_config), ("model", spec.model_config), ("sampler", spec.sampler_config)]
     if spec.likelihood_config is not None:  # optional: engines that can score by likelihood
-        engine_sections.append(("likelihood", spec.likelihood_config))
-    for name, cls in engine_sections + PLATFORM_SECTIONS:
-        fields.append((name, cls, field(default_factory=cls)))
-    return dataclasses.make_dataclass("Config", fields)
+        sections.append(("likelihood", spec.likelihood_config))
+    fields += [(name, cls, field(default_factory=cls)) for name, cls in sections]
+    return dataclasses.make_dataclass(f"RunConfig_{engine}", fields, bases=(RunConfig,))
 
 
 # ----------------------------------------------------------------------------- loading
@@ -103,7 +121,7 @@ def _parse_override(item: str) -> DictConfig:
         raise ConfigError(f"--set {item}: cannot parse the value ({e})") from e
 
 
-def load_config(files: Iterable[str] = (), overrides: Iterable[str] = (), auto_import: Iterable[str] = ()) -> Any:
+def load_config(files: Iterable[str] = (), overrides: Iterable[str] = (), auto_import: Iterable[str] = ()) -> RunConfig:
     """Merge YAML `files` in order, then `overrides` ("a.b=value"); return the typed, validated config.
 
     Raises ConfigError naming the key, its source and the nearest valid name on any mistake.
@@ -133,6 +151,7 @@ def load_config(files: Iterable[str] = (), overrides: Iterable[str] = (), auto_i
         for key in flatten_tree(OmegaConf.to_container(s.data, resolve=False)):
             if key in MOVED:
                 raise ConfigError(f"{key} (from {s.label}) is now {MOVED[key][0]}: {MOVED[key][1]}")
+        _drop_schema_module(s)
         try:
             merged = OmegaConf.merge(merged, s.data)
         except OmegaConfBaseException as e:
@@ -155,9 +174,31 @@ def load_config(files: Iterable[str] = (), overrides: Iterable[str] = (), auto_i
 
 
 _NOTED: set[str] = set()
+OLD_SCHEMA_MODULE = "mdm.tasks.data"  # the only value data.schema_module ever had in a shipped config
 
 
-def _note_overridden(cfg: Any, origin: dict[str, str]) -> None:
+def _drop_schema_module(source: Source) -> None:
+    """`data.schema_module` (a module imported by name) was replaced by `data.schema` (a registered name):
+    its default is accepted with a one-line note, anything else names the migration."""
+    data = source.data.get("data", None)
+    if not isinstance(data, DictConfig) or "schema_module" not in data:
+        return
+    value = data.pop("schema_module")
+    if value != OLD_SCHEMA_MODULE:
+        raise ConfigError(f"data.schema_module (from {source.label}) is no longer read: register a "
+                          f"mdm.platform.train.data_config.RowSchema in the `schemas` registry (from a module in "
+                          f"auto_import) and set data.schema to its name")
+    _note_once(f"mdm: note: data.schema_module (from {source.label}) is deprecated and ignored; the default "
+               f"schema is data.schema: prompt_completion")
+
+
+def _note_once(msg: str) -> None:
+    if msg not in _NOTED:
+        _NOTED.add(msg)
+        print(msg, file=sys.stderr)
+
+
+def _note_overridden(cfg: RunConfig, origin: dict[str, str]) -> None:
     """Say once on stderr when an explicitly set key cannot take effect because another key wins (a value
     equal to the default changes nothing either way, so a dumped config loaded back stays quiet)."""
     t = cfg.train
@@ -166,6 +207,4 @@ def _note_overridden(cfg: Any, origin: dict[str, str]) -> None:
         msg = (f"mdm: note: train.epochs={t.epochs} (from {origin['train.epochs']}) has no effect: train.max_steps="
                f"{t.max_steps} (from {origin.get('train.max_steps', 'default')}) wins; set train.max_steps=-1 to "
                f"train by epochs")
-        if msg not in _NOTED:
-            _NOTED.add(msg)
-            print(msg, file=sys.stderr)
+        _note_once(msg)

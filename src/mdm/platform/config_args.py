@@ -20,13 +20,14 @@ from typing import Any, Optional, Sequence
 from mdm.platform.config import load_config
 from mdm.platform.config_ops import dump_config
 from mdm.platform.hub import apply_hub_mirror
+import argparse
 
 # The storage root of a cluster (`s3://bucket/mdm`, an NFS mount), set once in the cluster's environment
 # (cluster/ configs): every job's `ray.storage_path` unless its --set says otherwise.
 STORAGE_ENV = "MDM_STORAGE_PATH"
 
 
-def add_config_args(parser: Any) -> None:
+def add_config_args(parser: argparse.ArgumentParser) -> None:
     """The seed's config flags: --config, --set, --auto_import, --dump_config."""
     parser.add_argument("--config", action="append", default=[], metavar="YAML",
                         help="YAML config file; repeat to overlay (later files win)")
@@ -44,7 +45,7 @@ def environment_overrides() -> list[str]:
     return [f"ray.storage_path={root}"] if root else []
 
 
-def config_from_args(args: Any, files_before: Sequence[str] = (), overrides_before: Sequence[str] = ()) -> Any:
+def config_from_args(args: argparse.Namespace, files_before: Sequence[str] = (), overrides_before: Sequence[str] = ()) -> Any:
     """`files_before` + `--config` files merged in order, then the environment's (`environment_overrides`),
     then `overrides_before`, then `--set` (wins).
     The config's `china` switch takes effect here, before anything can download (`mdm.platform.hub`)."""
@@ -54,7 +55,7 @@ def config_from_args(args: Any, files_before: Sequence[str] = (), overrides_befo
     return cfg
 
 
-def config_or_dump(args: Any, files_before: Sequence[str] = (), overrides_before: Sequence[str] = ()) -> Optional[Any]:
+def config_or_dump(args: argparse.Namespace, files_before: Sequence[str] = (), overrides_before: Sequence[str] = ()) -> Optional[Any]:
     """The merged config of `add_config_args` flags, or None after printing it when `--dump_config` was given.
 
     Every entry point starts with `cfg = config_or_dump(args)` and returns 0 when it is None, so

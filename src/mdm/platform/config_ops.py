@@ -14,13 +14,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from mdm.platform.fields import ConfigError
 from mdm.platform.registry import get_registry
+
+if TYPE_CHECKING:
+    from mdm.platform.config import RunConfig
 
 
 @dataclass
@@ -73,7 +76,7 @@ def merge_error(e: OmegaConfBaseException, schema: DictConfig, source: Source) -
     return ConfigError(f"{source.label}: {e}")
 
 
-def flatten_tree(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_tree(node: object, prefix: str = "") -> dict[str, Any]:
     if isinstance(node, dict):
         out: dict[str, Any] = {}
         for k, v in node.items():
@@ -85,7 +88,7 @@ def flatten_tree(node: Any, prefix: str = "") -> dict[str, Any]:
 _YAML_BOOLS = {"False": ("no", "off", "false"), "True": ("yes", "on", "true")}
 
 
-def check_choices(obj: Any, prefix: str, origin: dict[str, str]) -> None:
+def check_choices(obj: object, prefix: str, origin: dict[str, str]) -> None:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         key = f"{prefix}.{f.name}" if prefix else f.name
@@ -107,22 +110,22 @@ def check_choices(obj: Any, prefix: str, origin: dict[str, str]) -> None:
             setattr(obj, f.name, reg.canonical(value))  # an alias (the seed's llada_gsm8k) -> gsm8k
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
     """The config as plain nested dicts."""
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
 
 
-def flatten(cfg: Any) -> dict[str, Any]:
+def flatten(cfg: RunConfig) -> dict[str, Any]:
     """The config as {"train.lr": 1e-5, ...}: the key space of `--set` and of Tune search spaces."""
     return flatten_tree(to_dict(cfg))
 
 
-def dump_config(cfg: Any) -> str:
+def dump_config(cfg: RunConfig) -> str:
     """The config as YAML that `load_config` reads back to an equal config."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def with_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
+def with_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """A copy of `cfg` with dotted-key `overrides` applied and validated (used by Tune trials)."""
     base = OmegaConf.structured(cfg)
     src = Source("overrides", OmegaConf.create({}))

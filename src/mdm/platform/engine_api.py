@@ -16,7 +16,7 @@ engine only through this spec, so it never imports an engine module.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Protocol
 
 from mdm.platform.fields import choice, registry_choice
 
@@ -88,6 +88,28 @@ class BaseTrainConfig:
         if self.lr_scheduler_type == "constant" and self.warmup_steps > 0:
             raise ValueError(f"train.warmup_steps is {self.warmup_steps} but train.lr_scheduler_type: constant "
                              f"ignores warmup (Hugging Face's curve); use constant_with_warmup")
+
+
+class ModelSection(Protocol):
+    """What the platform reads of an engine's `model` section (`EngineSpec.model_config`); the rest is the
+    engine's own."""
+
+    trust_remote_code: bool
+
+
+class SamplerSection(Protocol):
+    """What the platform reads of an engine's `sampler` section (`EngineSpec.sampler_config`)."""
+
+    name: str
+    batch_size: int
+    gen_length: int
+
+
+class LikelihoodSection(Protocol):
+    """An engine's `likelihood` section (`EngineSpec.likelihood_config`), a dataclass; an `mc_num` field
+    (samples per item) lets batch inference split an item's samples over actors."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,11 @@ class ConfigError(ValueError):
     """A configuration mistake; the message says which key, where it came from and what would be valid."""
 
 
-def choice(default: Any, choices: Iterable[Any]) -> Any:
+def choice(default: object, choices: Iterable[Any]) -> Any:
     """A dataclass field whose value must be one of `choices`."""
     return field(default=default, metadata={"choices": tuple(choices)})
 
 
-def registry_choice(default: Any, kind: str) -> Any:
+def registry_choice(default: object, kind: str) -> Any:
     """A dataclass field whose value must be a registered name of `kind` (tasks, p_models, ...)."""
     return field(default=default, metadata={"registry": kind})

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from mdm.platform.config import RunConfig
 
 MIRROR = "https://hf-mirror.com"
 _said: set[str] = set()
 
 
-def apply_hub_mirror(cfg: Any) -> Optional[str]:
+def apply_hub_mirror(cfg: RunConfig) -> Optional[str]:
     """Point Hugging Face downloads at MIRROR when the config's `china` (or `train.china`) is true; returns
     the line printed (None when the switch is off)."""
     if not (getattr(cfg, "china", False) or getattr(getattr(cfg, "train", None), "china", False)):

@@ -9,17 +9,20 @@ engines may not import tasks (docs/design.md) and both need exactly this.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 PLAIN_SEPARATOR = "\n"
 
 
-def has_chat_template(tokenizer: Any) -> bool:
+def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
     """True when the tokenizer carries a chat template."""
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def render_prompt(tokenizer: Any, prompt: str) -> str:
+def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
     """The prompt as text: the chat template over one user turn with the generation prompt, or
     `prompt + "\\n"` when the tokenizer has no template."""
     if has_chat_template(tokenizer):
@@ -28,6 +31,6 @@ def render_prompt(tokenizer: Any, prompt: str) -> str:
     return prompt + PLAIN_SEPARATOR
 
 
-def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     """Token ids of `render_prompt(tokenizer, prompt)` (special tokens come from the template text only)."""
     return list(tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"])

@@ -23,7 +23,7 @@ import importlib
 from typing import Any, Callable, Iterator
 
 # The kinds the CLI knows about; get_registry creates any other kind on demand (for user plugins).
-KINDS = ("tasks", "engines", "p_models", "samplers")
+KINDS = ("tasks", "engines", "p_models", "samplers", "schemas")
 BUILTIN_MODULES = ("mdm.tasks", "mdm.engines.llada_plus")
 
 
@@ -47,7 +47,7 @@ class Registry:
         self._entries: dict[str, Any] = {}
         self._aliases: dict[str, str] = {}
 
-    def register(self, name: str, obj: Any = None) -> Any:
+    def register(self, name: str, obj: object = None) -> Any:
         """Register `obj` under `name`; without `obj`, return a decorator."""
         if obj is None:
             return lambda o: self.register(name, o)

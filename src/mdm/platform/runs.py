@@ -26,11 +26,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from mdm.platform.config_ops import flatten, with_overrides
 from mdm.platform.engine_api import inert_keys
 from mdm.platform.registry import get_registry
+
+if TYPE_CHECKING:
+    from mdm.platform.tune.space import SweepSpace
+    from mdm.platform.config import RunConfig
 
 # Left out of a run's derived name (prefixes of dotted keys).
 RUN_NAME_EXCLUDED = ("run_name", "ray.address", "ray.num_cpus", "ray.cpus_per_worker", "ray.gpus_per_worker",
@@ -50,11 +54,11 @@ PATH_KEYS = ("train.train_data_path", "train.output_dir", "train.model", "data.e
 MAYBE_HUB_ID = ("train.model", "data.tokenizer")
 
 
-def _digest(obj: Any) -> str:
+def _digest(obj: object) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def derive_run_name(cfg: Any) -> str:
+def derive_run_name(cfg: RunConfig) -> str:
     """`<task or data file>-<8 hex>` from the run-defining config keys; stable across machines and days."""
     flat = {k: v for k, v in flatten(cfg).items() if not k.startswith(RUN_NAME_EXCLUDED)}
     stem = cfg.train.task or os.path.splitext(os.path.basename(str(cfg.train.train_data_path or "data")
@@ -62,12 +66,12 @@ def derive_run_name(cfg: Any) -> str:
     return f"{stem}-{_digest(flat)}"
 
 
-def run_name(cfg: Any) -> str:
+def run_name(cfg: RunConfig) -> str:
     """The run's name: the `run_name` key when set, else `derive_run_name(cfg)`."""
     return cfg.run_name or derive_run_name(cfg)
 
 
-def sweep_name(cfg: Any, space: Any) -> str:
+def sweep_name(cfg: RunConfig, space: SweepSpace) -> str:
     """`tune.name`, else `sweep-<8 hex>` of the config's run-defining keys and the search space."""
     if cfg.tune.name:
         return cfg.tune.name
@@ -80,7 +84,7 @@ def child_run_name(sweep: str, trial_id: str) -> str:
     return f"{sweep}-{trial_id}"
 
 
-def format_value(v: Any) -> str:
+def format_value(v: object) -> str:
     """A swept value as a person writes it: 0.001 -> 1e-3, 3e-4, 0.25, 64, True -> true."""
     if isinstance(v, bool):
         return str(v).lower()
@@ -107,7 +111,7 @@ def trial_label(flat: Mapping[str, Any], keys: Sequence[str], engine: Optional[A
     return " ".join(parts) or "default"
 
 
-def tracked_params(cfg: Any) -> dict[str, Any]:
+def tracked_params(cfg: RunConfig) -> dict[str, Any]:
     """The flattened config as a run's params: per-run-unique keys (RUN_UNIQUE) left out, and keys that
     cannot change this run (the engine's conditions, e.g. train.p_model with train.PPOTS off) as "inert"."""
     flat = flatten(cfg)
@@ -129,7 +133,7 @@ def _absolute(value: str, maybe_hub_id: bool) -> str:
     return ",".join(os.path.abspath(p) for p in parts)
 
 
-def absolute_paths(cfg: Any) -> Any:
+def absolute_paths(cfg: RunConfig) -> Any:
     """`cfg` with local paths absolute and the tracking URI resolved, as seen from this working directory."""
     from mdm.platform.tracking.tracker import resolve_uri
 
@@ -144,13 +148,13 @@ def absolute_paths(cfg: Any) -> Any:
     return with_overrides(cfg, fix)
 
 
-def storage_root(cfg: Any) -> str:
+def storage_root(cfg: RunConfig) -> str:
     """`ray.storage_path` as Ray Train and Tune get it: a URI unchanged, a local path absolute."""
     path = cfg.ray.storage_path
     return path if is_uri(path) else os.path.abspath(path)
 
 
-def output_root(cfg: Any) -> str:
+def output_root(cfg: RunConfig) -> str:
     """Where a run's outputs go (exports, predictions, summaries): `train.output_dir`, except that with an
     object-store storage root (`ray.storage_path: s3://...`) a local `train.output_dir` becomes
     `<storage root>/outputs`: a local path written on one node of a cluster is not there on the others."""
@@ -162,7 +166,7 @@ def output_root(cfg: Any) -> str:
     return os.path.abspath(out)
 
 
-def export_dir(cfg: Any, name: str) -> str:
+def export_dir(cfg: RunConfig, name: str) -> str:
     """Where a run's final Hugging Face export goes: `<output_root(cfg)>/<run name>/final`."""
     out = output_root(cfg)
     return f"{out}/{name}/final" if is_uri(out) else os.path.join(out, name, "final")

@@ -20,6 +20,8 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from mdm.platform.registry import get_registry
+from mdm.platform.train.data_config import SCHEMAS, RowSchema
 from mdm.tasks.jsonl import JsonlError, iter_jsonl
 
 IGNORE_INDEX = -100
@@ -144,3 +146,7 @@ def collate(rows: Union[Sequence[Mapping[str, Any]], Mapping[str, Any]], pad_id:
         start = min(int(pl), n)
         labels[i, start:n] = ids[start:]
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+# The default processed-JSONL schema of the platform's ingest (`data.schema: prompt_completion`).
+get_registry(SCHEMAS).register("prompt_completion", RowSchema(validate_row=validate_row, collate=collate))

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from mdm.platform.config_args import add_config_args, config_or_dump
 from mdm.platform.train.driver import train_driver
+
+if TYPE_CHECKING:
+    from mdm.platform.config import RunConfig
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -23,7 +26,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return run(cfg)
 
 
-def run(cfg: Any) -> int:
+def run(cfg: RunConfig) -> int:
     """`mdm train`: 0 on success; 2 with a one-line error for mistakes a person can fix."""
     from mdm.platform.train.ingest import DataError
     from mdm.platform.train.lease import LeaseError

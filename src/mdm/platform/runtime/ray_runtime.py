@@ -37,9 +37,12 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import ray
+
+if TYPE_CHECKING:
+    from mdm.platform.runtime.ray_config import RayConfig
 
 # Ray Data's read and map tasks ask for 1 CPU each: at least that much must stay free beside the workers.
 DATA_CPU_RESERVE = 1.0
@@ -69,12 +72,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cluster_address(ray_cfg: Any) -> Optional[str]:
+def cluster_address(ray_cfg: RayConfig) -> Optional[str]:
     """The cluster to join (`ray.address`, else RAY_ADDRESS), or None for an embedded local Ray."""
     return ray_cfg.address or os.environ.get("RAY_ADDRESS") or None
 
 
-def is_local_cluster(ray_cfg: Any) -> bool:
+def is_local_cluster(ray_cfg: RayConfig) -> bool:
     """True when every node of the Ray this process uses is this machine, sharing its disk: a Ray started in
     this process (embedded, or a test's `ray.init()`), or a worker of mdm's embedded Ray. A worker of any
     other Ray (a Tune trial's driver on a cluster, which may see no RAY_ADDRESS) is not."""
@@ -123,7 +126,7 @@ def _token_auth() -> None:
     Config.initialize("")  # this process's RayConfig read the variable at `import ray`: read it again
 
 
-def ensure_ray(ray_cfg: Any) -> bool:
+def ensure_ray(ray_cfg: RayConfig) -> bool:
     """Initialise Ray for this process; returns True when this call started it (embedded or joined)."""
     if ray.is_initialized():
         return False
@@ -162,7 +165,7 @@ def ensure_ray(ray_cfg: Any) -> bool:
     return True
 
 
-def check_worker_fit(ray_cfg: Any) -> None:
+def check_worker_fit(ray_cfg: RayConfig) -> None:
     """Raise ValueError when the worker group cannot start or would starve Ray Data of CPUs."""
     total = float(ray.cluster_resources().get("CPU", 0.0))
     want = ray_cfg.num_workers * ray_cfg.cpus_per_worker

@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Mapping, Optional
 
-from mdm.platform.fields import choice
+import numpy as np
+
+from mdm.platform.fields import choice, registry_choice
+
+# The registry of processed-JSONL schemas (`data.schema`); the tasks package registers the default one.
+SCHEMAS = "schemas"
+
+
+@dataclass(frozen=True)
+class RowSchema:
+    """A processed-JSONL schema as the ingest uses it: `validate_row(row, vocab_size)` returns None or what is
+    wrong with one parsed line; `collate(rows, pad_id=...)` pads rows (a list of row dicts or a column batch)
+    into int64 arrays `input_ids`, `labels`, `attention_mask` [B, L]. Both are module-level functions, so
+    a schema pickles by reference into Ray Data workers."""
+
+    validate_row: Callable[[Mapping[str, Any], Optional[int]], Optional[str]]
+    collate: Callable[..., dict[str, np.ndarray]]
 
 
 @dataclass
@@ -19,8 +35,9 @@ class DataConfig:
     where raw data comes from when `task_data_dir` is unset: `auto`, the copy shipped inside mdm (GSM8K; a task
     without one fails at once saying what to download), or `hub`, the Hugging Face Hub through `datasets`.
     Order: task_data_dir > hub (only when asked) > the shipped copy (`mdm.tasks.sources`).
-    `schema_module`: the module owning the processed-JSONL schema (its `validate_row(row, vocab_size)` and
-    `collate(rows, pad_id)` are used by the ingest); imported by name, like registry plugins."""
+    `schema`: the registered processed-JSONL schema (`RowSchema`, registry `schemas`) whose `validate_row` and
+    `collate` the ingest uses; `prompt_completion` (`{"input_ids", "prompt_length"}`, from `mdm.tasks.data`)
+    is the default. A task pack with another row format registers its own."""
 
     eval_data_path: Optional[str] = None
     bad_rows: str = choice("error", ("error", "skip"))
@@ -28,4 +45,12 @@ class DataConfig:
     tokenizer: Optional[str] = None
     task_data_dir: Optional[str] = None
     source: str = choice("auto", ("auto", "hub"))
-    schema_module: str = "mdm.tasks.data"
+    schema: str = registry_choice("prompt_completion", SCHEMAS)
+
+
+def row_schema(data_cfg: DataConfig) -> RowSchema:
+    """The `data.schema` the config names, from the `schemas` registry (the builtin tasks register theirs)."""
+    from mdm.platform.registry import get_registry, load_builtins
+
+    load_builtins()
+    return get_registry(SCHEMAS).get(data_cfg.schema)

@@ -12,13 +12,13 @@ Paths: a file, a directory (its *.jsonl/*.json files) or a list of them (`train.
 several, comma-separated), local or URIs (`s3://`, `gs://`: read by Ray Data's tasks on whichever node).
 Lines are read with their file and line number (pyarrow's JSON reader behind `ray.data.read_json` drops both,
 and one malformed line aborts its whole file), parsed and checked with the processed-JSONL schema's
-`validate_row` (module `data.schema_module`, the tasks' `mdm.tasks.data` by default, imported by name so the
-platform stays free of task code). A driver-side validation pass runs before any worker starts: a bad row
+`validate_row` (`data.schema`, a `RowSchema` from the `schemas` registry: the tasks' `prompt_completion` by
+default, so the platform reaches task code only through a registry). A driver-side validation pass runs before any worker starts: a bad row
 (invalid UTF-8, invalid JSON, or failing the schema) raises DataError naming file and line unless `data.bad_rows: skip`, then counted.
 Rows longer than `train.max_len` are truncated or dropped (`data.overlong`), and counted.
 
 The split is by a hash of (seed, file name, line): stable, streaming, no materialisation. The training rows
-are shuffled once by `random_shuffle(seed)`; padding and labels (the schema module's `collate`) happen in
+are shuffled once by `random_shuffle(seed)`; padding and labels (the schema's `collate`) happen in
 `map_batches`, one output row per micro-batch, so the worker only moves ready tensors. A worker iterates
 its shard once per epoch, reordering micro-batches with a local shuffle seeded by seed + epoch
 (`epoch_batches`). (Concatenating per-epoch `random_shuffle(seed + e)` pipelines with `union` runs their
@@ -29,7 +29,6 @@ split across workers, and hence the data position after a resume are determinist
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import math
 import os
@@ -42,6 +41,8 @@ import pyarrow as pa
 import ray
 from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.data.datasource import FileBasedDatasource
+
+from mdm.platform.train.data_config import RowSchema, row_schema
 
 LINES_PER_BLOCK = 4096
 BLOCK_BYTES = 64 << 20  # a read block of processed JSONL (`read_blocks`)
@@ -98,10 +99,10 @@ def _in_train(seed: int, path: str, line: int, train_ratio: float) -> bool:
     return int.from_bytes(digest, "little") / 2.0 ** 64 < train_ratio
 
 
-def _parse(batch: pa.Table, *, schema_module: str, vocab_size: Optional[int], max_len: int, overlong: str,
+def _parse(batch: pa.Table, *, schema: RowSchema, vocab_size: Optional[int], max_len: int, overlong: str,
            seed: int, train_ratio: float) -> pa.Table:
     """Parse and validate lines; truncate overlong rows when asked; tag each row train/eval."""
-    validate = importlib.import_module(schema_module).validate_row
+    validate = schema.validate_row
     out: dict[str, list] = {k: [] for k in ("path", "line", "input_ids", "prompt_length", "error", "overlong",
                                             "train")}
     columns = ("path", "line", "text", "decode_error")
@@ -152,9 +153,9 @@ def _select(batch: pa.Table, *, want_train: Optional[bool], overlong: str) -> pa
     return batch.filter(mask).select(["input_ids", "prompt_length"])
 
 
-def _collate(batch: dict[str, np.ndarray], *, schema_module: str, pad_id: int) -> dict[str, np.ndarray]:
+def _collate(batch: dict[str, np.ndarray], *, schema: RowSchema, pad_id: int) -> dict[str, np.ndarray]:
     """Rows -> one micro-batch row: int64 input_ids/labels/attention_mask [1, B, L], n_tokens [1]."""
-    out = importlib.import_module(schema_module).collate(batch, pad_id=pad_id)
+    out = schema.collate(batch, pad_id=pad_id)
     mb = {k: v[None] for k, v in out.items()}
     mb["n_tokens"] = np.array([int(out["attention_mask"].sum())], dtype=np.int64)
     return mb
@@ -262,7 +263,8 @@ def build_datasets(data_cfg: Any, *, train_path: str | Sequence[str], seed: int,
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False  # the driver shows one training bar (progress.py), not one per operator
     separate_eval = data_cfg.eval_data_path is not None
-    common = dict(schema_module=data_cfg.schema_module, vocab_size=vocab_size, max_len=max_len,
+    schema = row_schema(data_cfg)
+    common = dict(schema=schema, vocab_size=vocab_size, max_len=max_len,
                   overlong=data_cfg.overlong, seed=seed)
     train_src = _read(resolve_paths(train_path), partial(_parse, train_ratio=1.0 if separate_eval else train_ratio,
                                                          **common))
@@ -292,5 +294,5 @@ def build_datasets(data_cfg: Any, *, train_path: str | Sequence[str], seed: int,
     eval_rows = (eval_src.map_batches(partial(select, want_train=None), batch_format="pyarrow") if separate_eval
                  else train_src.map_batches(partial(select, want_train=False), batch_format="pyarrow"))
     return Ingest(counts["n"], counts["train"], counts["eval"], counts["bad"], counts["overlong"], shown,
-                  train_rows, eval_rows, partial(_collate, schema_module=data_cfg.schema_module, pad_id=pad_id),
+                  train_rows, eval_rows, partial(_collate, schema=schema, pad_id=pad_id),
                   batch_size, seed)

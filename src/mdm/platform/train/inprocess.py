@@ -21,7 +21,6 @@ log the same eval/loss, P-POTS fit and train/lr at every step.
 
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
@@ -52,13 +51,14 @@ class MemoryData:
 
 def load_memory_data(cfg: Any, *, pad_id: int, vocab_size: Optional[int]) -> MemoryData:
     """Validate and split `train.train_data_path` as the Ray Train path does, then collate it in memory."""
+    from mdm.platform.train.data_config import row_schema
     from mdm.platform.train.ingest import build_datasets
 
     tcfg = cfg.train
     ingest = build_datasets(cfg.data, train_path=tcfg.train_data_path, seed=tcfg.seed, train_ratio=tcfg.train_ratio,
                             max_len=tcfg.max_len, batch_size=tcfg.batch_size_per_gpu, pad_id=pad_id,
                             vocab_size=vocab_size)
-    collate = importlib.import_module(cfg.data.schema_module).collate
+    collate = row_schema(cfg.data).collate
 
     def arrays(rows: Any) -> dict[str, np.ndarray]:
         rows = [{"input_ids": list(r["input_ids"]), "prompt_length": int(r["prompt_length"])} for r in rows.take_all()]
