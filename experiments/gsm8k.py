@@ -24,7 +24,8 @@ On a cluster (`--set ray.storage_path=s3://bucket/mdm`, the storage root every n
 dir goes under the storage root (<storage root>/data/gsm8k) and a local train.output_dir becomes
 <storage root>/outputs.
 Ray: RAY_ADDRESS (set inside `ray job submit`) or ray.address joins a cluster; else an embedded Ray starts.
-Re-running the same command resumes the same run (deterministic run name) instead of starting over.
+Re-running the same command resumes the same run (deterministic run name) instead of starting over; a run
+that is already finished and scored is not evaluated again unless --re-evaluate.
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+if TYPE_CHECKING:
+    from mdm.platform.config import RunConfig
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 PRESETS = {"tiny": ["base.yaml", "tiny.yaml", "gsm8k.yaml"],
            "llada-8b": ["base.yaml", "llada_8b.yaml", "gsm8k.yaml"]}
-TINY_VOCAB = 1024
 DEFAULT_WORK_DIR = "data/gsm8k"
 
 
@@ -59,11 +62,13 @@ def parse_args(argv: Optional[Sequence[str]], parents: Sequence[argparse.Argumen
                    help=f"tokenizer + processed JSONL, a local dir or a URI (default {DEFAULT_WORK_DIR}; a relative "
                         f"dir is under ray.storage_path on a cluster)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training examples")
+    p.add_argument("--re-evaluate", action="store_true",
+                   help="sample and score again when this run already has its predictions and summary")
     add_config_args(p)
     return p.parse_args(argv)
 
 
-def build_config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
+def build_config(args: argparse.Namespace, extra: Sequence[str] = ()) -> RunConfig:
     """The preset's YAML files + --config overlays, then `extra` derived overrides, then --set (wins)."""
     from mdm.platform.config_args import config_from_args
 
@@ -72,86 +77,16 @@ def build_config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
     return config_from_args(args, [str(CONFIGS / f) for f in PRESETS[args.preset]], [*data_dir, *extra])
 
 
-def work_root(cfg: Any, args: argparse.Namespace) -> str:
-    """Where the tokenizer and processed data go: --work-dir (default data/gsm8k). A URI or an absolute path is
-    used as given; a relative one is taken against the current directory on one machine, and under the storage
-    root on a cluster (an object-store root, or Ray joined at an address), where every node reads it."""
-    from mdm.platform import storage
-    from mdm.platform.runs import storage_root
-    from mdm.platform.runtime.ray_runtime import is_local_cluster
+def prepare_data(cfg: RunConfig, args: argparse.Namespace) -> list[str]:
+    """Tokenizer (trained locally for train.model=tiny) + processed train JSONL under --work-dir; returns the
+    overrides that point the config at them (`mdm.tasks.prepare`, where the staging through a URI lives)."""
+    from mdm.tasks.prepare import prepare_training_data
 
-    work = args.work_dir or DEFAULT_WORK_DIR
-    if storage.is_uri(work) or Path(work).is_absolute():
-        return work
-    root = storage_root(cfg)
-    if storage.is_uri(root) or not is_local_cluster(cfg.ray):
-        return storage.join(root, work)
-    return str(Path(work).resolve())
+    return prepare_training_data(cfg, args.work_dir or DEFAULT_WORK_DIR, args.limit,
+                                 log=lambda line: print(line, flush=True))
 
 
-def prepare_data(cfg: Any, args: argparse.Namespace) -> list[str]:
-    """Tokenizer (trained locally for train.model=tiny) + processed train JSONL; returns the overrides.
-
-    With a URI work root, what is already there is fetched into a local staging folder, the rest is made
-    there and uploaded (`storage.upload`), and the overrides name the URIs every node reads."""
-    import tempfile
-
-    from mdm.platform import storage
-
-    root = work_root(cfg, args)
-    tag = "tiny" if cfg.train.model == "tiny" else cfg.train.model.replace("/", "--")
-    # One folder per (model, --limit): a tokenizer trained on N examples and its data stay together.
-    parts = (tag, "all" if args.limit is None else f"first{args.limit}")
-    if not storage.is_uri(root):
-        out = _prepare_in(cfg, args, Path(root).joinpath(*parts))
-    else:
-        remote, work = storage.join(root, *parts), Path(tempfile.mkdtemp(prefix="mdm_gsm8k_"))
-        for name, marker in (("tokenizer", "tokenizer/tokenizer.json"), (_data_name(cfg), _data_name(cfg))):
-            if storage.exists(storage.join(remote, marker)):
-                storage.download(storage.join(remote, name), str(work / name))
-                print(f"gsm8k: reusing {storage.join(remote, name)}", flush=True)
-        out = _prepare_in(cfg, args, work)
-        for key, value in out.items():
-            if value is not None and Path(value).is_relative_to(work):
-                dest = storage.join(remote, Path(value).relative_to(work).as_posix())
-                if not storage.exists(dest):
-                    storage.upload(value, dest)
-                    print(f"gsm8k: uploaded {value} -> {dest}", flush=True)
-                out[key] = dest
-    return [f"{k}={v}" for k, v in out.items() if v is not None]
-
-
-def _data_name(cfg: Any) -> str:
-    return f"train-len{cfg.train.max_len}.jsonl"
-
-
-def _prepare_in(cfg: Any, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Make (or find) the tokenizer and the processed JSONL in the local folder `work`; their config keys."""
-    from mdm.tasks.preprocess import build_task, preprocess
-    from mdm.tasks.tokenize import train_bpe
-
-    task = build_task(cfg.train.task, data_dir=cfg.data.task_data_dir, source=cfg.data.source)
-    tok = cfg.data.tokenizer
-    if tok is None and cfg.train.model == "tiny":
-        tok_dir = work / "tokenizer"
-        if not (tok_dir / "tokenizer.json").is_file():
-            texts = (f"{ex.prompt}\n{ex.response}" for ex in task.examples("train", limit=args.limit))
-            train_bpe(texts, str(tok_dir), vocab_size=TINY_VOCAB)
-            print(f"gsm8k: trained a {TINY_VOCAB}-token BPE -> {tok_dir}", flush=True)
-        tok = str(tok_dir)
-    out = {"data.tokenizer": tok}
-    if cfg.train.train_data_path is None:
-        path = work / _data_name(cfg)
-        if not path.is_file():
-            stats = preprocess(task, "train", tok or cfg.train.model, path, max_len=cfg.train.max_len,
-                               limit=args.limit, progress=True)
-            print(f"gsm8k: preprocessed {stats['written']} rows ({stats['dropped_overlong']} over "
-                  f"train.max_len dropped) -> {path}", flush=True)
-        out["train.train_data_path"] = str(path)
-    return out
-
-
-def describe_source(cfg: Any) -> str:
+def describe_source(cfg: RunConfig) -> str:
     """Where the raw GSM8K rows come from, in words (data.task_data_dir > data.source: hub > shipped copy)."""
     if cfg.data.task_data_dir:
         return f"local copy {cfg.data.task_data_dir}"
@@ -172,6 +107,20 @@ def accuracy_note(preset: str, accuracy: Optional[float], steps: Optional[int]) 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    cfg = load(args)
+    if cfg is None or args.dump_config:
+        return 2 if cfg is None else 0
+    t0 = time.time()
+    print(f"gsm8k: data: {describe_source(cfg)}", flush=True)
+    cfg = with_data(cfg, prepare_data(cfg, args))
+    run_name, result = train(cfg)
+    summary = evaluate(cfg, args, run_name, result.metrics or {}, t0)
+    report(cfg, args, summary)
+    return 0
+
+
+def load(args: argparse.Namespace) -> Optional[RunConfig]:
+    """The merged config (None after printing a config error); with --dump_config, print it too."""
     from mdm.platform.config_ops import dump_config
     from mdm.platform.fields import ConfigError
     from mdm.platform.registry import AutoImportError
@@ -180,30 +129,47 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = build_config(args)
     except (ConfigError, AutoImportError) as e:
         print(f"gsm8k: error: {e}", file=sys.stderr)
-        return 2
+        return None
     if args.dump_config:  # the preset's files, then --config, then --set: what would run
         sys.stdout.write(dump_config(cfg))
-        return 0
-    t0 = time.time()
-    print(f"gsm8k: data: {describe_source(cfg)}", flush=True)
-    cfg = build_config(args, prepare_data(cfg, args))
+    return cfg
 
-    from mdm.platform import storage
-    from mdm.platform.infer.generation.job import run_inference
-    from mdm.platform.runtime.ray_runtime import ensure_ray
-    from mdm.platform.tracking.tracker import resolve_uri
+
+def with_data(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """`cfg` pointed at the prepared tokenizer and data (they only fill keys the user left unset)."""
+    from mdm.platform.config_ops import with_overrides
+
+    return with_overrides(cfg, dict(o.split("=", 1) for o in overrides))
+
+
+def train(cfg: RunConfig) -> tuple[str, Any]:
+    """Train on Ray (joins RAY_ADDRESS / ray.address, else an embedded Ray); a finished run returns at once."""
     from mdm.platform.runs import run_name as derive_name
+    from mdm.platform.runtime.ray_runtime import ensure_ray
     from mdm.platform.train.driver import train_driver
 
-    ensure_ray(cfg.ray)  # joins RAY_ADDRESS / ray.address, else starts an embedded Ray
+    ensure_ray(cfg.ray)
     run_name = derive_name(cfg)
-    result = train_driver(cfg, run_name=run_name)
-    m = result.metrics or {}
+    return run_name, train_driver(cfg, run_name=run_name)
+
+
+def evaluate(cfg: RunConfig, args: argparse.Namespace, run_name: str, m: dict[str, Any], t0: float
+             ) -> dict[str, Any]:
+    """Batch inference on `eval.split` and the run's summary.json, next to the export. A run whose summary
+    and predictions are already there is not scored again unless --re-evaluate (which says what it replaces)."""
+    from mdm.platform import storage
+    from mdm.platform.infer.generation.job import run_inference
+    from mdm.platform.tracking.tracker import resolve_uri
+
     export = m["export_dir"]  # a local path, or a URI under the storage root
     run_dir = export.rstrip("/").rsplit("/", 1)[0]
-    preds = storage.join(run_dir, f"predictions_{cfg.eval.split}.jsonl")
-    ev = run_inference(cfg, model=export, task=cfg.eval.task or cfg.train.task, out=preds,
-                       split=cfg.eval.split)
+    preds, summary_path = (storage.join(run_dir, f"predictions_{cfg.eval.split}.jsonl"),
+                           storage.join(run_dir, "summary.json"))
+    if not args.re_evaluate and storage.exists(summary_path) and storage.exists(preds):
+        print(f"gsm8k: {run_name} is finished and scored; not evaluating again (its summary: {summary_path}; "
+              f"pass --re-evaluate to sample and score {preds} anew)", flush=True)
+        return json.loads(storage.read_text(summary_path))
+    ev = run_inference(cfg, model=export, task=cfg.eval.task or cfg.train.task, out=preds, split=cfg.eval.split)
     uri = resolve_uri(cfg.tracking.tracking_uri)
     summary = {
         "run_name": run_name, "preset": args.preset, "task": ev.get("task"), "split": cfg.eval.split,
@@ -213,15 +179,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "mlflow_experiment": cfg.tracking.experiment_name, "mlflow_run_id": ev.get("mlflow_run_id"),
         "wall_s": round(time.time() - t0, 1),
     }
-    storage.write_text(storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    storage.write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def report(cfg: RunConfig, args: argparse.Namespace, summary: dict[str, Any]) -> None:
+    """The summary, where to look in MLflow, and (tiny preset at 0%) why that is expected."""
     print("\n== gsm8k summary ==\n" + json.dumps(summary, indent=2))
     if cfg.tracking.enabled:
-        print(f"MLflow: mlflow ui --backend-store-uri {uri}   (experiment {cfg.tracking.experiment_name!r}, "
-              f"run {run_name!r})")
+        print(f"MLflow: mlflow ui --backend-store-uri {summary['mlflow_tracking_uri']}   (experiment "
+              f"{cfg.tracking.experiment_name!r}, run {summary['run_name']!r})")
     note = accuracy_note(args.preset, summary["accuracy"], summary["steps"])
     if note:  # last, where a first-time user's eye lands
         print(note)
-    return 0
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.dump_config:
         sys.stdout.write(dump_config(cfg))
         return 0
-    cfg = gsm8k.build_config(args, gsm8k.prepare_data(cfg, args))
+    cfg = gsm8k.with_data(cfg, gsm8k.prepare_data(cfg, args))
     res = run_sweep(cfg, args.sweep)
     finished = [r for r in res.rows if r["status"] == "FINISHED"]
     print(f"sweep {res.name}: {len(finished)}/{len(res.rows)} trial(s) finished; best config: {res.best_config_path}")

@@ -144,19 +144,20 @@ def test_the_cluster_environment_sets_the_storage_root(monkeypatch):
 
 def test_gsm8k_work_dir_is_under_the_storage_root_on_a_cluster(monkeypatch, tmp_path):
     from experiments import gsm8k
+    from mdm.tasks.prepare import work_root
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("MDM_EMBEDDED_RAY", raising=False)
     monkeypatch.chdir(tmp_path)
     args = gsm8k.parse_args(["--preset", "tiny"])
     local = gsm8k.build_config(args)
-    assert gsm8k.work_root(local, args) == str(tmp_path / "data/gsm8k")  # one machine: as before
+    assert work_root(local, "data/gsm8k") == str(tmp_path / "data/gsm8k")  # one machine: as before
     s3 = gsm8k.build_config(gsm8k.parse_args(["--set", "ray.storage_path=s3://b/mdm"]))
-    assert gsm8k.work_root(s3, args) == "s3://b/mdm/data/gsm8k"
+    assert work_root(s3, "data/gsm8k") == "s3://b/mdm/data/gsm8k"
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a cluster with a shared mount as the storage root
     nfs = gsm8k.build_config(gsm8k.parse_args(["--set", "ray.storage_path=/mnt/nfs/mdm"]))
-    assert gsm8k.work_root(nfs, args) == "/mnt/nfs/mdm/data/gsm8k"
-    assert gsm8k.work_root(nfs, gsm8k.parse_args(["--work-dir", "/data/mine"])) == "/data/mine"
+    assert work_root(nfs, "data/gsm8k") == "/mnt/nfs/mdm/data/gsm8k"
+    assert work_root(nfs, "/data/mine") == "/data/mine"
 
 
 def test_evaluation_outputs_to_a_uri_are_staged_then_uploaded_and_the_staging_removed(s3, tmp_path):
