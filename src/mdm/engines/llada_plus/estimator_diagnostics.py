@@ -42,7 +42,7 @@ The rows are packed and run by rows.py (shared with P-POTS measurement and the q
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence, TypedDict
 
 import numpy as np
 import torch
@@ -71,10 +71,10 @@ def _corrs_from_moments(s: torch.Tensor) -> tuple[float, float]:
     return within, pooled
 
 
-def mirror_within_corr(model: Any, batches: Iterable[dict[str, torch.Tensor]], *, mask_id: int,
+def mirror_within_corr(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], *, mask_id: int,
                        t_values: Sequence[float] = (0.5,), pairs: int = 8, num_sequences: int = 16,
                        eps: float = 1e-3, max_tokens_per_forward: int = 16384, seed: int = 0,
-                       device: Any = "cpu") -> dict[str, float]:
+                       device: torch.device | str = "cpu") -> dict[str, float]:
     """MIRROR's within-sequence and pooled half-loss correlations (module docstring); no grad, eval mode.
 
     Keys: mirror_corr_within, mirror_corr_pooled (means over t_values), mirror_corr_within_t{t},
@@ -108,8 +108,15 @@ def mirror_within_corr(model: Any, batches: Iterable[dict[str, torch.Tensor]], *
     return out
 
 
-def _draw_stats(model: Any, batch: dict[str, torch.Tensor], sampler: TimeSampler, params: list[torch.Tensor],
-                *, mask_id: int, draws: int, seed: int, eps: float, mode: str) -> dict[str, Any]:
+class DrawStats(TypedDict):
+    losses: np.ndarray       # [draws] loss of each draw
+    grad_mean: torch.Tensor  # [P] float64 CPU, mean flattened gradient
+    tr_cov: float            # tr Cov[g], ddof 1
+
+
+def _draw_stats(model: torch.nn.Module, batch: dict[str, torch.Tensor], sampler: TimeSampler,
+                params: list[torch.Tensor], *, mask_id: int, draws: int, seed: int, eps: float,
+                mode: str) -> DrawStats:
     """Loss values and Welford gradient moments of `draws` training estimates on `batch` with `sampler`."""
     g = torch.Generator().manual_seed(seed)
     # Moments on the parameters' device: no host copy of the gradient per draw.
@@ -135,8 +142,8 @@ def _draw_stats(model: Any, batch: dict[str, torch.Tensor], sampler: TimeSampler
     return {"losses": np.array(losses), "grad_mean": mean.cpu(), "tr_cov": float(m2.sum()) / (draws - 1)}
 
 
-def realised_grad_variance(model: Any, batch: dict[str, torch.Tensor], sampler_q: TimeSampler, *, mask_id: int,
-                           draws: int, seed: int = 0, eps: float = 1e-3, mode: str = "Normal",
+def realised_grad_variance(model: torch.nn.Module, batch: dict[str, torch.Tensor], sampler_q: TimeSampler, *,
+                           mask_id: int, draws: int, seed: int = 0, eps: float = 1e-3, mode: str = "Normal",
                            params: Sequence[torch.Tensor] | None = None) -> dict[str, float]:
     """tr Cov[g] of the training gradient on `batch` under `sampler_q` (weights 1/q(t)) and under U(0, 1).
 

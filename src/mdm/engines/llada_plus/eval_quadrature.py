@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -68,10 +68,10 @@ def quadrature_rows(seqs: list[tuple[torch.Tensor, torch.Tensor]], nodes: np.nda
     return rows
 
 
-def quadrature_eval_loss(model: Any, batches: Iterable[dict[str, torch.Tensor]], *, mask_id: int,
+def quadrature_eval_loss(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], *, mask_id: int,
                          n_points: int = 16, masks_per_point: int = 1, seed: int = 0, eps: float = 1e-3,
                          max_tokens_per_forward: int = 16384,
-                         device: Any = "cpu") -> tuple[float, float, np.ndarray]:
+                         device: torch.device | str = "cpu") -> tuple[float, float, np.ndarray]:
     """(value, stderr, per_node_means [n_points]) of the quadrature held-out loss (module docstring).
 
     batches: dicts of input_ids [B, L], labels [B, L] (-100 = not eligible), attention_mask [B, L].

@@ -21,8 +21,6 @@ gradient all-reduce runs on every rank).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
@@ -53,13 +51,13 @@ def masked_ce_loss(logits: torch.Tensor, labels: torch.Tensor, masked: torch.Ten
     return loss, per_seq
 
 
-def model_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+def model_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """logits [B, L, V] of `model(input_ids, attention_mask=...)` (HF-style output with `.logits`)."""
     out = model(input_ids, attention_mask=attention_mask)
     return out.logits if hasattr(out, "logits") else out[0]
 
 
-def diffusion_loss(model: Any, batch: dict[str, torch.Tensor], t: torch.Tensor, weight: torch.Tensor | None,
+def diffusion_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], t: torch.Tensor, weight: torch.Tensor | None,
                    *, mask_id: int, eps: float = 1e-3, mode: str = "Normal",
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mask `batch` at times `t` [B], run the model, return (loss scalar, stats).

@@ -54,7 +54,7 @@ MIRROR_DIAG = {"num_sequences": 16, "pairs": 8, "t_values": (0.25, 0.5, 0.75)}
 REALISED_MAX_PARAMS = 20_000_000
 
 
-def mask_token_id(model: Any) -> int:
+def mask_token_id(model: torch.nn.Module) -> int:
     """`model.config.mask_token_id`, looking through DeepSpeed/DDP wrappers (`.module`)."""
     inner = model
     # A DeepSpeed engine has a `config` of its own (the DeepSpeed one): unwrap until one has the id.
@@ -80,12 +80,14 @@ class LLaDAPlusObjective:
         self.window = PooledWindow()
 
     # -- P-POTS estimation -------------------------------------------------------------------------
-    def prepare(self, model: Any, batches: Iterable[dict[str, torch.Tensor]], device: Any) -> dict[str, float]:
+    def prepare(self, model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+                device: torch.device | str) -> dict[str, float]:
         """P-POTS (train.PPOTS): measure w(t), fit p(t), report the predicted (R) and realised variance ratios;
         MIRROR: its within-sequence pair correlation. Empty metrics when neither is on."""
         return self._measure(model, batches, device)
 
-    def _measure(self, model: Any, batches: Iterable[dict[str, torch.Tensor]], device: Any) -> dict[str, float]:
+    def _measure(self, model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+                 device: torch.device | str) -> dict[str, float]:
         mirror = self.cfg.train_mode == "MIRROR"
         if not (self.cfg.PPOTS or mirror):
             return {}
@@ -100,15 +102,16 @@ class LLaDAPlusObjective:
             out.update({f"diag/{k}": v for k, v in m.items() if k != "mirror_corr_pooled"})
         return out
 
-    def maybe_reestimate(self, step: int, model: Any, batches: Iterable[dict[str, torch.Tensor]],
-                         device: Any) -> dict[str, float] | None:
+    def maybe_reestimate(self, step: int, model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+                         device: torch.device | str) -> dict[str, float] | None:
         """Re-run the estimation every `train.ppots_reestimate_steps` optimizer steps (0 = never)."""
         every = self.cfg.ppots_reestimate_steps
         if not self.cfg.PPOTS or every <= 0 or step <= 0 or step % every:
             return None
         return self._measure(model, batches, device)
 
-    def _estimate(self, model: Any, batches: Iterable[dict[str, torch.Tensor]], device: Any) -> dict[str, float]:
+    def _estimate(self, model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+                  device: torch.device | str) -> dict[str, float]:
         cfg, start = self.cfg, time.perf_counter()
         grid = make_grid(cfg.ppots_grid, cfg.num_samples_t)
         moments = measure_moments(model, batches, mask_id=mask_token_id(model), grid=grid,
@@ -140,7 +143,7 @@ class LLaDAPlusObjective:
         metrics.update(self._realised(model, batches))
         return metrics
 
-    def _realised(self, model: Any, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    def _realised(self, model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         """ppots/realised_grad_R and ppots/realised_loss_R: the variance of the gradient (loss) estimate with the
         fitted density over that with uniform t, from `train.ppots_realised_draws` draws each on the same
         micro-batch (the first one), beside the predicted R. Normal masks whatever train_mode is: the ratio
@@ -173,7 +176,7 @@ class LLaDAPlusObjective:
         return out
 
     # -- losses ------------------------------------------------------------------------------------
-    def loss(self, model: Any, batch: dict[str, torch.Tensor],
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor],
              generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss: t from the sampler (P-POTS weight when on), Normal or MIRROR masks.
 
@@ -201,7 +204,7 @@ class LLaDAPlusObjective:
         call (a window of micro-batches, so a batch of one sequence still gets a correlation)."""
         return self.window.pop()
 
-    def eval_loss(self, model: Any, batch: dict[str, torch.Tensor],
+    def eval_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor],
                   generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         """Evaluation loss: t ~ U(0, 1), one Normal mask, no importance weight, same normalisation."""
         ids = batch["input_ids"]
@@ -210,7 +213,7 @@ class LLaDAPlusObjective:
                                  mode="Normal", generator=generator)
         return loss, {"loss": float(loss.detach())}
 
-    def eval_quadrature(self, model: Any, batches: Iterable[dict[str, torch.Tensor]], *, n_points: int = 16,
+    def eval_quadrature(self, model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], *, n_points: int = 16,
                         seed: int = 0) -> tuple[float, float]:
         """(held-out loss, its standard error) by Gauss-Legendre quadrature over t on `n_points` nodes instead
         of random t, each (sequence, node) mask seeded by `seed`, the node and the sequence's tokens: no t noise,

@@ -16,7 +16,7 @@ ranks; alone, both are plain local operations.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
@@ -34,7 +34,7 @@ def dist_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def all_reduce(x: torch.Tensor, device: Any, op: str = "sum") -> torch.Tensor:
+def all_reduce(x: torch.Tensor, device: torch.device | str, op: str = "sum") -> torch.Tensor:
     """`x` reduced over ranks by "sum" or "max" (itself when not distributed), returned on the CPU."""
     if dist_rank_world()[1] == 1:
         return x
@@ -86,7 +86,7 @@ def pack_rows(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
 
 
 @contextmanager
-def eval_mode(model: Any) -> Iterator[None]:
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
     """The model in eval mode inside the block, its previous training mode restored after."""
     was_training = getattr(model, "training", False)
     model.eval()
@@ -97,8 +97,8 @@ def eval_mode(model: Any) -> Iterator[None]:
 
 
 @torch.no_grad()
-def row_losses(model: Any, rows: list[Row], *, mask_id: int, max_tokens_per_forward: int,
-               device: Any) -> torch.Tensor:
+def row_losses(model: torch.nn.Module, rows: list[Row], *, mask_id: int, max_tokens_per_forward: int,
+               device: torch.device | str) -> torch.Tensor:
     """l of every row (masked_ce_loss's per-sequence loss, no weight) -> float64 CPU [N], in row order.
 
     Rows are packed under `max_tokens_per_forward` and right-padded with attention_mask 0. Collective under

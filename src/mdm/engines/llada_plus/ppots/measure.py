@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -66,7 +66,7 @@ def build_rows(seqs: list, offset: int, p_grid: np.ndarray, n_xt: int, cap: int,
     return rows
 
 
-def collate_rows(pack: list, mask_id: int, p_grid: np.ndarray, device: Any) -> tuple[torch.Tensor, ...]:
+def collate_rows(pack: list, mask_id: int, p_grid: np.ndarray, device: torch.device | str) -> tuple[torch.Tensor, ...]:
     """(ids, labels, masked, attn, p) for a pack; p = 1 for single-token rows (their l is CE / n)."""
     n, length = len(pack), max(len(r[1]) for r in pack)
     ids = torch.zeros((n, length), dtype=torch.long)
@@ -83,15 +83,15 @@ def collate_rows(pack: list, mask_id: int, p_grid: np.ndarray, device: Any) -> t
     return ids.to(device), labels.to(device), masked.to(device), attn.to(device), p
 
 
-def is_zero3(model: Any) -> bool:
+def is_zero3(model: torch.nn.Module) -> bool:
     """True when parameters are partitioned (DeepSpeed ZeRO-3 marks them with ds_numel / ds_tensor)."""
     return any(hasattr(q, "ds_numel") or hasattr(q, "ds_tensor") for q in model.parameters())
 
 
-def measure_moments(model: Any, batches: Iterable[dict[str, torch.Tensor]], *, mask_id: int, grid: np.ndarray,
-                    grid_weights: np.ndarray, num_samples_x0: int, num_samples_xt: int,
+def measure_moments(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], *, mask_id: int,
+                    grid: np.ndarray, grid_weights: np.ndarray, num_samples_x0: int, num_samples_xt: int,
                     max_tokens_per_forward: int, single_token_cap: int = 32, target: str = "loss",
-                    seed: int = 0, eps: float = 1e-3, device: Any = "cpu") -> dict[str, PPOTSMoments]:
+                    seed: int = 0, eps: float = 1e-3, device: torch.device | str = "cpu") -> dict[str, PPOTSMoments]:
     """Measure the moments (module docstring): {"loss": ..., "grad": ... (target grad only)};
     `grid_weights` integrate over the grid (for ||mu_g||^2)."""
     if target not in ("loss", "grad"):
@@ -138,7 +138,7 @@ class Accumulator:
     """Sums over rows: per-sequence single-token moments, k >= 2 sums per grid point, grad half-means."""
 
     def __init__(self, n_slots: int, n_grid: int, offset: int, n_elig: np.ndarray, p_grid: np.ndarray,
-                 grid_w: np.ndarray, n_xt: int, cap: int, eps: float, grad_model: Any) -> None:
+                 grid_w: np.ndarray, n_xt: int, cap: int, eps: float, grad_model: torch.nn.Module | None) -> None:
         self.offset, self.n_elig, self.p_grid, self.grid_w = offset, n_elig, p_grid, grid_w
         self.n_xt, self.eps = n_xt, eps
         self.cnt = np.minimum(n_elig, cap)
@@ -183,7 +183,7 @@ class Accumulator:
                 if vec is not None:
                     self.halves[half] += vec * (self.grid_w[gi] * p2 / self.n_xt)
 
-    def result(self, grid: np.ndarray, device: Any) -> dict[str, PPOTSMoments]:
+    def result(self, grid: np.ndarray, device: torch.device | str) -> dict[str, PPOTSMoments]:
         tensors = [self.single, self.two] + ([self.halves, self.half_counts] if self.params is not None else [])
         for x in tensors:
             x.copy_(all_reduce(x, device))
