@@ -17,12 +17,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 
 class PiecewiseLinearDensity:
     """Density linear between knots `x` (0 = x_0 < ... < x_n = 1) with values ∝ `y` >= 0."""
 
-    def __init__(self, x: Any, y: Any) -> None:
+    def __init__(self, x: ArrayLike, y: ArrayLike) -> None:
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         if x.ndim != 1 or x.shape != y.shape or len(x) < 2:
@@ -41,19 +42,19 @@ class PiecewiseLinearDensity:
         # For a mixed density: the p_model's own fit before mixing (plots and logs read it).
         self.fitted: Any = None
 
-    def pdf(self, t: Any) -> np.ndarray:
+    def pdf(self, t: ArrayLike) -> np.ndarray:
         """Density at t (array-like); 0 outside [0, 1]."""
         t = np.asarray(t, dtype=np.float64)
         return np.where((t >= 0) & (t <= 1), np.interp(t, self.x, self.y), 0.0)
 
-    def cdf(self, t: Any) -> np.ndarray:
+    def cdf(self, t: ArrayLike) -> np.ndarray:
         """P(T <= t), exact (piecewise quadratic)."""
         t = np.clip(np.asarray(t, dtype=np.float64), 0.0, 1.0)
         i = np.clip(np.searchsorted(self.x, t, side="right") - 1, 0, len(self.x) - 2)
         d = t - self.x[i]
         return self._c[i] + self.y[i] * d + 0.5 * self._slope[i] * d * d
 
-    def icdf(self, u: Any) -> np.ndarray:
+    def icdf(self, u: ArrayLike) -> np.ndarray:
         """The t with cdf(t) = u for u in [0, 1] (closed-form root of the segment's quadratic)."""
         u = np.clip(np.asarray(u, dtype=np.float64), 0.0, 1.0)
         i = np.clip(np.searchsorted(self._c, u, side="right") - 1, 0, len(self.x) - 2)
@@ -85,7 +86,7 @@ class PiecewiseLinearDensity:
 
 
 def tabulate(pdf: Callable[[np.ndarray], np.ndarray], n_points: int = 2049,
-             extra_knots: Any = ()) -> PiecewiseLinearDensity:
+             extra_knots: ArrayLike = ()) -> PiecewiseLinearDensity:
     """A smooth density on [0, 1] as a PiecewiseLinearDensity on a uniform grid plus `extra_knots`."""
     x = np.union1d(np.linspace(0.0, 1.0, n_points), np.asarray(extra_knots, dtype=np.float64))
     x = x[(x >= 0) & (x <= 1)]

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 # Panels in u: uniform plus geometric near 0 (the k = 1 part has structure at u ~ sqrt(eps)).
 _BREAKS = np.union1d(np.linspace(0.0, 1.0, 129), np.geomspace(1e-5, 0.1, 48))
@@ -101,28 +102,28 @@ class PPOTSMoments:
     n_rows_per_t: float = 0.0
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
-    def _p(self, t: Any) -> np.ndarray:
+    def _p(self, t: ArrayLike) -> np.ndarray:
         return (1.0 - self.eps) * np.clip(np.asarray(t, dtype=np.float64), 0.0, 1.0) + self.eps
 
-    def _interp(self, s: np.ndarray, t: Any) -> np.ndarray:
+    def _interp(self, s: np.ndarray, t: ArrayLike) -> np.ndarray:
         return np.interp(np.sqrt(np.clip(np.asarray(t, dtype=np.float64), 0.0, 1.0)), np.sqrt(self.grid), s)
 
-    def single_part(self, t: Any, a: int) -> np.ndarray:
+    def single_part(self, t: ArrayLike, a: int) -> np.ndarray:
         """The exact one-masked-token part (1/N) sum_i P_i(k=1|t) m_a,i / (n_i p)^a at t [M]."""
         p = np.atleast_1d(self._p(t))
         m = self.m1 if a == 1 else self.m2
         terms = p_single(self.n, p) * m[None, :] / (self.n[None, :] * p[:, None]) ** a
         return terms.sum(axis=1) / max(len(self.n), 1)
 
-    def second(self, t: Any) -> np.ndarray:
+    def second(self, t: ArrayLike) -> np.ndarray:
         """E[l^2 | t] (grad: E[||g||^2 | t]) at t [M]."""
         return self.single_part(t, 2) + self._interp(self.s2, t)
 
-    def first(self, t: Any) -> np.ndarray:
+    def first(self, t: ArrayLike) -> np.ndarray:
         """E[l | t] at t [M] (loss target only)."""
         return self.single_part(t, 1) + self._interp(self.s1, t)
 
-    def w(self, t: Any) -> np.ndarray:
+    def w(self, t: ArrayLike) -> np.ndarray:
         """w(t) = sqrt(E[l^2 | t]), the optimal density up to normalisation."""
         return np.sqrt(np.maximum(self.second(t), 0.0))
 

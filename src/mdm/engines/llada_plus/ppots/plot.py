@@ -12,12 +12,16 @@ Uses matplotlib's Agg backend (no display needed).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from mdm.engines.llada_plus.ppots.density import PiecewiseLinearDensity
 
-def plot_ppots(grid: np.ndarray, w: np.ndarray, density: Any, path: str, title: str | None = None) -> str:
+
+def plot_ppots(grid: np.ndarray, w: np.ndarray, density: PiecewiseLinearDensity, path: str,
+               title: str | None = None) -> str:
     """Write the plot to `path` (parent folders created); returns the path."""
     import matplotlib
 

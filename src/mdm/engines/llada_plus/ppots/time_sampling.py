@@ -31,13 +31,17 @@ The returned density has `pdf(t)`, `cdf(t)` and `icdf(u)` on numpy arrays, ideal
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from mdm.engines.llada_plus.ppots.density import PiecewiseLinearDensity, tabulate
 from mdm.platform.registry import get_registry
+
+if TYPE_CHECKING:
+    from scipy.optimize import OptimizeResult
 
 P_MODELS = get_registry("p_models")
 
@@ -68,7 +72,7 @@ def grid_kl(w: np.ndarray, f: np.ndarray) -> float:
 
 
 def multistart_minimize(objective: Callable[[np.ndarray], float], starts: list[np.ndarray],
-                        bounds: list[tuple[float, float]]) -> Any:
+                        bounds: list[tuple[float, float]]) -> OptimizeResult:
     """The best of scipy L-BFGS-B runs of `objective` from each start within `bounds` (an OptimizeResult)."""
     from scipy.optimize import minimize  # here, not at import: the engine package imports this module
 
@@ -84,7 +88,7 @@ def multistart_minimize(objective: Callable[[np.ndarray], float], starts: list[n
 class EPRDensity(PiecewiseLinearDensity):
     """A fitted EPR density, tabulated; `params` holds a, b, A, r, q, m, k and `kl` the fit's KL."""
 
-    def __init__(self, params: dict[str, float], kl: float, extra_knots: Any = ()) -> None:
+    def __init__(self, params: dict[str, float], kl: float, extra_knots: ArrayLike = ()) -> None:
         tab = tabulate(lambda t: epr_unnormalised(t, params), extra_knots=extra_knots)
         super().__init__(tab.x, tab.y)
         self.params, self.kl = params, kl
@@ -130,7 +134,7 @@ def variance_proxy(grid: np.ndarray, w: np.ndarray, f: np.ndarray) -> float:
 class EPRSDensity(PiecewiseLinearDensity):
     """A fitted EPRS density, tabulated with extra knots near 0; `params`, and `kl` = the variance proxy - 1."""
 
-    def __init__(self, params: dict[str, float], proxy: float, extra_knots: Any = ()) -> None:
+    def __init__(self, params: dict[str, float], proxy: float, extra_knots: ArrayLike = ()) -> None:
         knots = np.union1d(np.asarray(extra_knots, dtype=np.float64), np.geomspace(1e-7, 0.05, 200))
         tab = tabulate(lambda t: eprs_unnormalised(t, params), extra_knots=knots)
         super().__init__(tab.x, tab.y)
@@ -177,7 +181,7 @@ class AP:
         return PiecewiseLinearDensity(x, y)
 
 
-def _check(grid: Any, w: Any) -> tuple[np.ndarray, np.ndarray]:
+def _check(grid: ArrayLike, w: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     grid = np.asarray(grid, dtype=np.float64)
     w = np.asarray(w, dtype=np.float64)
     if grid.shape != w.shape or grid.ndim != 1 or len(grid) < 2:
