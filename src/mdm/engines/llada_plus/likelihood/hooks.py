@@ -16,17 +16,18 @@ greedy decode of exactly L tokens would give, not what the iterative samplers pr
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
+from mdm.engines.llada_plus.config import LikelihoodConfig
 from mdm.engines.llada_plus.likelihood.estimate import estimate_loglik
 from mdm.engines.llada_plus.likelihood.batch import Item
 from mdm.engines.llada_plus.likelihood.rolling import loglikelihood_rolling as _rolling
 from mdm.platform.engine_api import LoglikScore
 
 
-def mask_id_of(model: Any) -> int:
+def mask_id_of(model: torch.nn.Module) -> int:
     """The model's [MASK] id (config.mask_token_id); an error naming the key when unset."""
     mask_id = getattr(model.config, "mask_token_id", None)
     if mask_id is None:
@@ -42,7 +43,7 @@ def pad_answers(items: Sequence[Item], answer_window: int, eos_id: Optional[int]
 
 
 @torch.no_grad()
-def greedy_match(model: Any, items: Sequence[Item], *, mask_id: int, cfg_scale: float = 0.0,
+def greedy_match(model: torch.nn.Module, items: Sequence[Item], *, mask_id: int, cfg_scale: float = 0.0,
                  max_tokens_per_forward: int = 16384) -> list[bool]:
     """Per item: does argmax of the logits at every answer position, with all L answer positions masked, equal
     the answer? Items of equal total length share a forward (no padding needed)."""
@@ -72,8 +73,8 @@ def greedy_match(model: Any, items: Sequence[Item], *, mask_id: int, cfg_scale: 
     return out
 
 
-def loglikelihood(model: Any, items: Sequence[Item], cfg: Any, generator: Optional[torch.Generator] = None,
-                  greedy: bool = False) -> list[LoglikScore]:
+def loglikelihood(model: torch.nn.Module, items: Sequence[Item], cfg: LikelihoodConfig,
+                  generator: Optional[torch.Generator] = None, greedy: bool = False) -> list[LoglikScore]:
     """The bound on log p(answer | prompt) per (prompt_ids, answer_ids) item, with its standard error (nats);
     `cfg`: the `likelihood` section (LikelihoodConfig)."""
     mask_id = mask_id_of(model)
@@ -89,7 +90,7 @@ def loglikelihood(model: Any, items: Sequence[Item], cfg: Any, generator: Option
     return [LoglikScore(e.value, e.stderr, e.n_samples, g) for e, g in zip(ests, flags)]
 
 
-def loglikelihood_rolling(model: Any, texts: Sequence[Sequence[int]], cfg: Any,
+def loglikelihood_rolling(model: torch.nn.Module, texts: Sequence[Sequence[int]], cfg: LikelihoodConfig,
                           generator: Optional[torch.Generator] = None, prefix: Sequence[int] = ()
                           ) -> list[LoglikScore]:
     """Per text (token ids): the summed chunk bounds (`cfg.window` / `cfg.context`) and its standard error."""

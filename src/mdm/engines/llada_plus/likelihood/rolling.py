@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -64,7 +64,7 @@ def rolling_chunks(n_tokens: int, *, window: int, context: int, prefix_len: int 
 def loglikelihood_rolling(model: torch.nn.Module, texts: Sequence[Sequence[int]], *, mask_id: int,
                           window: int = 1024, context: int = 256, mc_num: int = 128,
                           prefix: Sequence[int] = (), generator: Optional[torch.Generator] = None,
-                          **estimate_kw: Any) -> list[RollingEstimate]:
+                          **estimate_kw: object) -> list[RollingEstimate]:
     """Per text (token ids), the summed chunk bounds with stderr. `window`: tokens per chunk sequence (prompt +
     answer); `context`: tokens of preceding text each later chunk is conditioned on; `prefix`: the first chunk's
     prompt; mc_num and `estimate_kw` (cfg_scale, masks, max_tokens_per_forward, batch_rows) go to

@@ -16,10 +16,11 @@ block boundary, and decoding stops once every row has ended.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
+from mdm.engines.llada_plus.config import SamplerConfig
 from mdm.engines.llada_plus.sampling.sampler import (SampleOutput, check_sampler_cfg, end_ids, logits_for, model_device,
                                              suppress)
 from mdm.engines.llada_plus.sampling.batch import SampleBatch, row_generators, rows_finished
@@ -34,7 +35,7 @@ def _take(cache: tuple, cols: torch.Tensor | slice) -> tuple:
 
 
 @torch.no_grad()
-def sample_fast(model: torch.nn.Module, prompts: list[list[int]], cfg: Any, *, mask_id: int,
+def sample_fast(model: torch.nn.Module, prompts: list[list[int]], cfg: SamplerConfig, *, mask_id: int,
                 eos_id: Optional[int] = None, generator: Optional[torch.Generator] = None) -> SampleOutput:
     """Fast-dLLM decoding of a batch of prompts; `cfg.cache` picks prefix or dual caching."""
     num_blocks, spb = check_sampler_cfg(cfg)

@@ -21,6 +21,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from mdm.engines.llada_plus.config import SamplerConfig
 from mdm.engines.llada_plus.sampling.batch import SampleBatch, row_generators
 from mdm.engines.llada_plus.sampling.step import commit_step
 from mdm.engines.llada_plus.sampling.schedule import check_schedule, transfer_counts
@@ -33,7 +34,7 @@ class SampleOutput:
     nfe: int                 # model forward passes (a CFG pair counts as one batched forward)
 
 
-def check_sampler_cfg(cfg: Any) -> tuple[int, int]:
+def check_sampler_cfg(cfg: SamplerConfig) -> tuple[int, int]:
     """Validate the knobs shared by all samplers; returns (num_blocks, steps_per_block)."""
     if cfg.temperature < 0:
         raise ValueError(f"sampler.temperature must be >= 0, got {cfg.temperature}")
@@ -46,7 +47,7 @@ def check_sampler_cfg(cfg: Any) -> tuple[int, int]:
     return check_schedule(cfg.gen_length, cfg.block_length, cfg.steps)
 
 
-def end_ids(cfg: Any, eos_id: Optional[int]) -> list[int]:
+def end_ids(cfg: SamplerConfig, eos_id: Optional[int]) -> list[int]:
     """The end-of-text ids: the sampler's eos_id plus `sampler.eot_token_id` when set."""
     ids = [] if eos_id is None else [int(eos_id)]
     if cfg.eot_token_id >= 0:
@@ -67,7 +68,7 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def logits_for(model: torch.nn.Module, ids: torch.Tensor, sl: slice, **kw: Any) -> Any:
+def logits_for(model: torch.nn.Module, ids: torch.Tensor, sl: slice, **kw: object) -> Any:
     """The model's output with logits for positions `sl` only ([B, len, V]): computed only there by models
     that support it (LLaDAModelLM), sliced afterwards for others."""
     if getattr(model, "supports_logits_slice", False):
@@ -92,7 +93,7 @@ def guided_logits(model: torch.nn.Module, x: torch.Tensor, batch: SampleBatch, c
 
 
 @torch.no_grad()
-def sample_llada(model: torch.nn.Module, prompts: list[list[int]], cfg: Any, *, mask_id: int,
+def sample_llada(model: torch.nn.Module, prompts: list[list[int]], cfg: SamplerConfig, *, mask_id: int,
                  eos_id: Optional[int] = None, generator: Optional[torch.Generator] = None) -> SampleOutput:
     """The reference LLaDA sampler over a batch of prompts (token id lists of any lengths)."""
     num_blocks, spb = check_sampler_cfg(cfg)
