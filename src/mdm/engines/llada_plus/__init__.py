@@ -6,17 +6,22 @@ and its samplers `llada` (sampling/sampler.py) and `fast` (sampling/fast.py). He
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from mdm.engines.llada_plus.config import (CONDITIONS, LABEL_KEYS, LikelihoodConfig, ModelConfig, SamplerConfig,
                                            TrainConfig, forwards_per_sequence, label)
 from mdm.engines.llada_plus.ppots import time_sampling  # noqa: F401  (registers the p_models)
 from mdm.engines.llada_plus.sampling import fast, sampler  # noqa: F401  (they register the samplers)
-from mdm.platform.engine_api import EngineSpec
+from mdm.platform.engine_api import EngineSpec, LoglikScore
 from mdm.platform.registry import get_registry
 
+if TYPE_CHECKING:
+    import torch
 
-def _build_model(*args: Any, **kwargs: Any) -> Any:
+    from mdm.engines.llada_plus.objective import LLaDAPlusObjective
+
+
+def _build_model(*args: object, **kwargs: object) -> torch.nn.Module:
     from mdm.engines.llada_plus.model_build import build_model
 
     return build_model(*args, **kwargs)
@@ -26,14 +31,14 @@ def _register_auto_classes() -> None:
     import mdm.engines.llada_plus.model  # noqa: F401  (registers model_type "llada" with AutoConfig/AutoModel)
 
 
-def _build_objective(*args: Any, **kwargs: Any) -> Any:
+def _build_objective(*args: object, **kwargs: object) -> LLaDAPlusObjective:
     from mdm.engines.llada_plus.objective import build_objective
 
     return build_objective(*args, **kwargs)
 
 
-def _sample(model: Any, prompts: list[list[int]], sampler_cfg: SamplerConfig,
-            generator: Optional[Any] = None) -> sampler.SampleOutput:
+def _sample(model: torch.nn.Module, prompts: list[list[int]], sampler_cfg: SamplerConfig,
+            generator: Optional[torch.Generator] = None) -> sampler.SampleOutput:
     """The sampler named `sampler_cfg.name`, with [MASK] and EOS ids from the model's config."""
     mask_id = getattr(model.config, "mask_token_id", None)
     if mask_id is None:
@@ -43,17 +48,17 @@ def _sample(model: Any, prompts: list[list[int]], sampler_cfg: SamplerConfig,
         generator=generator)
 
 
-def _end_token_ids(model: Any, sampler_cfg: SamplerConfig) -> list[int]:
+def _end_token_ids(model: torch.nn.Module, sampler_cfg: SamplerConfig) -> list[int]:
     return sampler.end_ids(sampler_cfg, getattr(model.config, "eos_token_id", None))
 
 
-def _loglikelihood(*args: Any, **kwargs: Any) -> Any:
+def _loglikelihood(*args: object, **kwargs: object) -> list[LoglikScore]:
     from mdm.engines.llada_plus.likelihood.hooks import loglikelihood
 
     return loglikelihood(*args, **kwargs)
 
 
-def _loglikelihood_rolling(*args: Any, **kwargs: Any) -> Any:
+def _loglikelihood_rolling(*args: object, **kwargs: object) -> list[LoglikScore]:
     from mdm.engines.llada_plus.likelihood.hooks import loglikelihood_rolling
 
     return loglikelihood_rolling(*args, **kwargs)

@@ -18,7 +18,7 @@ attended to in addition to the current tokens) and returns the current tokens' k
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +63,7 @@ class LLaDAConfig(PretrainedConfig):
     pad_token_id: Optional[int] = 126081
     use_cache: bool = False
 
-    def __post_init__(self, **kwargs: Any) -> None:
+    def __post_init__(self, **kwargs: object) -> None:
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.mlp_hidden_size is None:
@@ -87,11 +87,12 @@ class LLaDAConfig(PretrainedConfig):
                              "must divide evenly")
 
 
-def llada_8b_config(**overrides: Any) -> LLaDAConfig:
+def llada_8b_config(**overrides: object) -> LLaDAConfig:
     """The GSAI-ML/LLaDA-8B-Base/-Instruct architecture (for benchmarks with random weights)."""
-    base = dict(d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288, vocab_size=126464,
-                embedding_size=126464, mask_token_id=126336, eos_token_id=126081, pad_token_id=126081,
-                rope_theta=500000.0, max_sequence_length=4096, rms_norm_eps=1e-5)
+    base: dict[str, object] = dict(
+        d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288, vocab_size=126464,
+        embedding_size=126464, mask_token_id=126336, eos_token_id=126081, pad_token_id=126081,
+        rope_theta=500000.0, max_sequence_length=4096, rms_norm_eps=1e-5)
     base.update(overrides)
     return LLaDAConfig(**base)
 
@@ -219,7 +220,7 @@ class LLaDAModelLM(PreTrainedModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.Tensor] = None, past_key_values: Optional[tuple[KV, ...]] = None,
                 past_attention_mask: Optional[torch.Tensor] = None, use_cache: bool = False,
-                logits_slice: Optional[slice] = None, **kwargs: Any) -> LLaDAOutput:
+                logits_slice: Optional[slice] = None, **kwargs: object) -> LLaDAOutput:
         """input_ids [B, L]; attention_mask [B, L] (1 = real; pad keys are never attended); position_ids [B, L]
         (default 0..L-1); past_key_values per layer (k, v) [B, H, S, Dh] of other positions, RoPE applied;
         past_attention_mask [B, S]. Returns logits [B, L, V] (+ the current keys/values when use_cache).

@@ -13,18 +13,22 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from transformers import AutoModel
 
+from mdm.engines.llada_plus.config import ModelConfig
 from mdm.engines.llada_plus.model import LLaDAConfig, LLaDAModelLM
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SPECIAL = ("mask_token_id", "eos_token_id", "pad_token_id")
 
 
-def _from_tokenizer(tokenizer: Any, key: str) -> Optional[int]:
+def _from_tokenizer(tokenizer: Optional[PreTrainedTokenizerBase], key: str) -> Optional[int]:
     if tokenizer is None:
         return None
     if key == "vocab_size":
@@ -35,7 +39,7 @@ def _from_tokenizer(tokenizer: Any, key: str) -> Optional[int]:
     return value
 
 
-def tiny_config(model_cfg: Any, tokenizer: Any = None) -> LLaDAConfig:
+def tiny_config(model_cfg: ModelConfig, tokenizer: Optional[PreTrainedTokenizerBase] = None) -> LLaDAConfig:
     """LLaDAConfig from the `model` section; -1 fields come from the tokenizer (error when there is none)."""
     values: dict[str, Any] = {}
     for key in ("vocab_size",) + SPECIAL:
@@ -61,7 +65,8 @@ def _model_type(path: str) -> Optional[str]:
     return None  # a hub id: let AutoConfig resolve it
 
 
-def build_model(model_cfg: Any, name_or_path: str = "tiny", tokenizer: Any = None) -> torch.nn.Module:
+def build_model(model_cfg: ModelConfig, name_or_path: str = "tiny",
+                tokenizer: Optional[PreTrainedTokenizerBase] = None) -> torch.nn.Module:
     """The model for `train.model` = "tiny" (random init from `model_cfg`) or a directory / hub id.
 
     Returns a PreTrainedModel in `model_cfg.dtype`, with gradient checkpointing when asked."""
