@@ -27,13 +27,16 @@ multiple-choice example) and sets `multiple_choice = True` when likelihood is it
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from mdm.platform.prompts import render_prompt
 from mdm.platform.registry import get_registry
 from mdm.tasks import answers
 from mdm.tasks.sources import check_source
 from mdm.tasks.choices import Choices, pick
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 TASKS = get_registry("tasks")
 
@@ -91,21 +94,22 @@ class Task:
     # ------------------------------------------------------------------ tokenization
     # The prompt layout is the task's, used by preprocessing (training rows) and batch inference alike: a
     # task that lays its prompts out differently overrides `prompt_text` and both follow.
-    def prompt_text(self, tokenizer: Any, prompt: str) -> str:
+    def prompt_text(self, tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
         """The prompt as the model reads it: by default the chat template over one user turn when the
         tokenizer has one, else the text and a newline (`mdm.platform.prompts.render_prompt`)."""
         return render_prompt(tokenizer, prompt)
 
-    def encode_prompts(self, tokenizer: Any, prompts: list[str]) -> list[list[int]]:
+    def encode_prompts(self, tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
         """Token ids of `prompt_text` for each prompt (one tokenizer call; special tokens only from the text)."""
         texts = [self.prompt_text(tokenizer, p) for p in prompts]
         return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
 
-    def encode_prompt(self, tokenizer: Any, prompt: str) -> list[int]:
+    def encode_prompt(self, tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
         """`encode_prompts` of one prompt."""
         return self.encode_prompts(tokenizer, [prompt])[0]
 
-    def encode_examples(self, tokenizer: Any, examples: list[Example]) -> list[tuple[list[int], int]]:
+    def encode_examples(self, tokenizer: PreTrainedTokenizerBase,
+                        examples: list[Example]) -> list[tuple[list[int], int]]:
         """Training rows (input_ids, prompt_length): the prompt ids exactly as `encode_prompts` gives them at
         inference, then the response ids, then EOS. Prompt and response are tokenized separately, so no BPE
         merge crosses the boundary."""

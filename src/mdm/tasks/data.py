@@ -56,7 +56,7 @@ def validate_row(row: Mapping[str, Any], vocab_size: Optional[int] = None) -> Op
     return None
 
 
-def _short(v: Any) -> str:
+def _short(v: object) -> str:
     s = repr(v)
     return s if len(s) <= 60 else s[:57] + "..."
 

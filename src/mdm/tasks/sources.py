@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import importlib.resources
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
 from mdm.tasks.jsonl import iter_jsonl, require_keys
+
+if TYPE_CHECKING:  # base imports this module: the Task class is named here for the signatures only
+    from mdm.tasks.base import Task
 
 SOURCES = ("auto", "hub")
 PACKAGED_ROOT = "data_files"  # under the mdm.tasks package
@@ -43,7 +46,7 @@ def packaged_file(task_name: str, split: str) -> Optional[Path]:
     return path if path.is_file() else None
 
 
-def iter_local_split(task: Any, split: str, keys: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+def iter_local_split(task: Task, split: str, keys: tuple[str, ...]) -> Iterator[dict[str, Any]]:
     """Stream `{data_dir}/{split}.jsonl`, checking each line has `keys` (errors name the file and line)."""
     path = Path(task.data_dir) / f"{split}.jsonl"
     if not path.is_file():
@@ -60,8 +63,9 @@ def _checked(path: Path, keys: tuple[str, ...]) -> Iterator[dict[str, Any]]:
         yield obj
 
 
-def _hub(task: Any, rows: Callable[[], Iterable[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
-    """The hub's rows; any failure to reach or read it becomes one line naming the way out."""
+def _hub(task: Task, rows: Callable[[], Iterable[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+    """The hub's rows; any failure to reach or read it becomes one line naming the way out. `task` is a pack with
+    a hub copy: those declare `hub_id` (a dataset id, or a tuple of load_dataset arguments)."""
     try:
         it = iter(rows())
         first = next(it, None)
@@ -78,7 +82,7 @@ def _hub(task: Any, rows: Callable[[], Iterable[dict[str, Any]]]) -> Iterator[di
         yield from it
 
 
-def task_rows(task: Any, split: str, keys: tuple[str, ...], *, hub: Optional[Callable[[], Iterable[dict]]],
+def task_rows(task: Task, split: str, keys: tuple[str, ...], *, hub: Optional[Callable[[], Iterable[dict]]],
               download: str) -> Iterator[dict[str, Any]]:
     """Raw rows of `split` from the first available source (see the module docstring for the order).
 
@@ -103,6 +107,6 @@ def task_rows(task: Any, split: str, keys: tuple[str, ...], *, hub: Optional[Cal
                         f"{_layout(task, keys)} and set data.task_data_dir (--data_dir) to it{via_hub}")
 
 
-def _layout(task: Any, keys: tuple[str, ...]) -> str:
+def _layout(task: Task, keys: tuple[str, ...]) -> str:
     files = " and ".join(f"{s}.jsonl" for s in task.splits)
     return f"{files} (one {{{', '.join(repr(k) for k in keys)}}} object a line)".replace("'", '"')

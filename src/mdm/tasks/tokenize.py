@@ -10,7 +10,10 @@ part is exactly `Task.encode_prompts`, the ids inference conditions on).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -24,7 +27,7 @@ SIMPLE_CHAT_TEMPLATE = (
 CHAT_SPECIAL_TOKENS = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 
 
-def eos_id(tokenizer: Any) -> int:
+def eos_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The tokenizer's EOS id; a clear error when it has none (the response must end with EOS)."""
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} has no eos_token; "
