@@ -21,7 +21,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 from mdm.platform.registry import UnknownNameError, auto_import
 from mdm.tasks.base import TASKS, Task
@@ -135,8 +135,8 @@ def score_records(task: Task, preds: list[tuple[int, dict[str, Any]]], pred_path
             "accuracy_scored": agg.get("accuracy", 0.0), **report.counts, "problems": report.problems}
 
 
-def score_files(task: Any, pred_path: str, gt_path: Optional[str] = None, data_dir: Optional[str] = None
-                ) -> dict[str, Any]:
+def score_files(task: Union[Task, str, None], pred_path: str, gt_path: Optional[str] = None,
+                data_dir: Optional[str] = None) -> dict[str, Any]:
     """Read and score `pred_path` (and `gt_path`) with `task` (a Task or a registered name; None takes the
     `task` field of the first prediction)."""
     report = _Report()

@@ -29,7 +29,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, TypeVar, Union
 
 from tqdm import tqdm
 
@@ -40,10 +40,16 @@ from mdm.tasks.jsonl import JsonlError
 from mdm.platform.tokenizer import load_tokenizer
 from mdm.tasks.tokenize import SIMPLE_CHAT_TEMPLATE, train_bpe
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from mdm.platform.config import RunConfig
+
 TRAIN_BPE = "train-bpe"
+_T = TypeVar("_T")
 
 
-def build_task(name: str, data_dir: Optional[str] = None, source: str = "auto", **kwargs: Any) -> Task:
+def build_task(name: str, data_dir: Optional[str] = None, source: str = "auto", **kwargs: object) -> Task:
     """Instantiate registered task `name` (builtins registered by importing mdm.tasks); `source` is passed
     only when not "auto" (`mdm.tasks.sources`), so users' own packs need not take it."""
     import mdm.tasks  # noqa: F401  (registers the builtin packs)
@@ -57,7 +63,7 @@ def build_task(name: str, data_dir: Optional[str] = None, source: str = "auto", 
         raise ValueError(f"task {name!r}: bad task arguments {sorted(kwargs)}: {e}") from e
 
 
-def _batches(it: Iterator[Any], size: int) -> Iterator[list[Any]]:
+def _batches(it: Iterator[_T], size: int) -> Iterator[list[_T]]:
     while True:
         chunk = list(itertools.islice(it, size))
         if not chunk:
@@ -65,9 +71,9 @@ def _batches(it: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def preprocess(task: Union[Task, str], split: str, tokenizer: Any, out_path: Union[str, Path],
-               max_len: Optional[int] = None, *, limit: Optional[int] = None, batch_size: int = 256,
-               progress: bool = True) -> dict[str, Any]:
+def preprocess(task: Union[Task, str], split: str, tokenizer: Union[PreTrainedTokenizerBase, str, Path],
+               out_path: Union[str, Path], max_len: Optional[int] = None, *, limit: Optional[int] = None,
+               batch_size: int = 256, progress: bool = True) -> dict[str, Any]:
     """Tokenize `split` of `task` with `tokenizer` (object, id or path) into processed JSONL `out_path`.
 
     Returns stats: {"task", "split", "out", "read", "written", "dropped_overlong", "max_len",
@@ -143,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _resolve(args: argparse.Namespace, cfg: Any) -> argparse.Namespace:
+def _resolve(args: argparse.Namespace, cfg: RunConfig) -> argparse.Namespace:
     """Fill the flags left unset from the config (see the module docstring)."""
     args.task = args.task or cfg.train.task
     if not args.task:
