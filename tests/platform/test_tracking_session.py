@@ -3,7 +3,7 @@
 - `tracked_run` opens the run by name with its params, tags, config YAML and dataset input, and ends it
   FINISHED; an exception in the block ends it FAILED and propagates; the same name again resumes the run;
 - an attached session (the Ray worker's) follows its attempt into a fresh run, and the opener then ends that
-  run, not the superseded one;
+  run, not the superseded one; `find_run` by name finds that run too;
 - predictions are written as JSONL, logged beside it and as an MLflow table;
 - without a tracker every method does nothing (and the predictions file is still written).
 """
@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from mdm.platform.config import load_config
 from mdm.platform.tracking.dataset import describe_dataset
-from mdm.platform.tracking.session import TrackedRun, attach_run, tracked_run
+from mdm.platform.tracking.session import TrackedRun, attach_run, find_run, tracked_run
 from mdm.platform.tracking.tracker import Tracker
 
 
@@ -72,6 +72,8 @@ def test_the_opener_ends_the_run_an_attached_attempt_moved_to(tracker):
     assert client.get_run(worker.run_id).info.status == "FINISHED"
     assert client.get_run(run.run_id).info.status == "KILLED"  # superseded, folded beneath the new run
     assert [m.value for m in client.get_metric_history(worker.run_id, "train/loss")] == [1.0]
+    assert find_run(tracker, "sess-3").run_id == worker.run_id  # by name, past the superseded run
+    assert not find_run(tracker, "no-such-run").enabled and not find_run(None, "sess-3").enabled
 
 
 def test_without_a_tracker_nothing_is_logged(tmp_path):

@@ -5,6 +5,7 @@
                      tags=tags, display_name="MIRROR lr=1e-3", dataset=describe_dataset(path)) as run:
         ...                                      # FINISHED on leaving, FAILED on an exception (then re-raised)
     run = attach_run(uri, run_id)                # the Ray Train rank-0 worker: the run its driver opened
+    run = find_run(tracker, "gsm8k-ab12cd34")    # after the fact: the run holding the name's latest attempt
     run.begin_attempt(kept_through=120)          # a resumed attempt never leaves two points for one step
     with run.system_metrics(interval_s=10):      # MLflow's system/... metrics while the block runs
         run.metrics({"train/loss": 1.2}, step=10); run.tags({"mdm.init_digest": "3f2a..."})
@@ -126,3 +127,12 @@ def tracked_run(tracker: Optional[Tracker], run_name: str, *, params: Mapping[st
 def attach_run(uri: Optional[str], run_id: Optional[str]) -> TrackedRun:
     """A session on a run opened elsewhere (the driver's); it never ends the run. None of either: no-op."""
     return TrackedRun(uri, run_id)
+
+
+def find_run(tracker: Optional[Tracker], run_name: str) -> TrackedRun:
+    """A session on the run `run_name` that holds its latest attempt (a no-op session when there is none)."""
+    if tracker is None or (run_id := tracker.find_run(run_name)) is None:
+        return TrackedRun()
+    from mdm.platform.tracking.attempts import current_run
+
+    return TrackedRun(tracker.uri, current_run(tracker.client, run_id))
