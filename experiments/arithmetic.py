@@ -10,8 +10,9 @@ a held-out problem never appears in training, though the same sum may, asked by 
 tokenizer is a byte-level BPE trained here on the training split (digits one per token),
 and the model is `train.model: tiny` built from the `model` section. Training runs in this process on
 CPU (the model is ~1M parameters: Ray and DeepSpeed would only add start-up time); every piece is the
-platform's own: `load_config`, `build_model`, the LLaDA+ objective, the registered samplers, the task's
-prompt encoding and scoring.
+platform's own: `load_config`, `build_model`, the LLaDA+ objective stepped by the platform's one Trainer
+(`mdm.platform.train.trainer`, on in-memory batches), the registered samplers, the task's prompt encoding
+and scoring.
 
 Each response is padded with EOS to exactly `sampler.gen_length` tokens, as LLaDA's SFT does: the model
 learns to fill the whole answer window (answer, then EOS), which is what the samplers ask of it.
@@ -76,42 +77,27 @@ def encode_split(task: Any, tok: Any, split: str, gen_length: Optional[int]) -> 
     return rows, examples
 
 
-def train(model: Any, rows: list[dict], cfg: Any, pad_id: int) -> dict[str, float]:
-    """Steps of the LLaDA+ objective on random batches, through the trainer's own updater (AdamW, clipping and
-    the `train.lr_scheduler_type` schedule, exactly as on Ray); returns the last logged metrics."""
+def train(model: torch.nn.Module, rows: list[dict], cfg: Any, pad_id: int) -> dict[str, float]:
+    """The platform's one Trainer (the LLaDA+ objective, the updater: AdamW, clipping and the
+    `train.lr_scheduler_type` schedule, exactly as on Ray) on the rows held in memory (a permutation per
+    epoch), one line per logging step on stdout; returns the last logged metrics."""
     from mdm.engines.llada_plus.objective import build_objective
-    from mdm.platform.train.updater import build_updater
+    from mdm.platform.train.driver import plan_steps
+    from mdm.platform.train.reporters import PrintReporter
+    from mdm.platform.train.sources import MemoryBatches
+    from mdm.platform.train.trainer import Trainer
     from mdm.tasks.data import collate
 
-    objective = build_objective(cfg.train)
-    data = {k: torch.from_numpy(v) for k, v in collate(rows, pad_id=pad_id, max_len=cfg.train.max_len).items()}
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    updater = build_updater(model, cfg.deepspeed, cfg.train, total_steps=cfg.train.max_steps)
-    objective.prepare(model, (dict((k, v[i:i + 64]) for k, v in data.items())
-                              for i in range(0, min(len(rows), cfg.train.num_samples_x0), 64)), "cpu")
-    model.train()
-    n, bs, order, pos = len(rows), cfg.train.batch_size_per_gpu, torch.randperm(len(rows), generator=gen), 0
-    t0, last, running = time.time(), {}, []
-    for step in range(cfg.train.max_steps):
-        if pos + bs > n:
-            order, pos = torch.randperm(n, generator=gen), 0
-        idx, pos = order[pos:pos + bs], pos + bs
-        batch = {k: v[idx] for k, v in data.items()}
-        width = int(batch["attention_mask"].sum(1).max())  # drop all-pad columns: faster steps
-        batch = {k: v[:, :width] for k, v in batch.items()}
-        lr = updater.lr  # the rate this step runs at
-        loss, _ = objective.loss(model, batch, gen)
-        updater.backward(loss)
-        updater.step()
-        running.append(loss.item())
-        if (step + 1) % cfg.train.logging_steps == 0 or step + 1 == cfg.train.max_steps:
-            last = {"step": step + 1, "train/loss": sum(running) / len(running), "lr": lr,
-                    "elapsed_s": time.time() - t0}
-            running = []
-            print(f"step {last['step']:5d}  loss {last['train/loss']:.4f}  lr {last['lr']:.2e}  "
-                  f"{last['elapsed_s']:.0f}s", flush=True)
+    tcfg = cfg.train
+    data = {k: torch.from_numpy(v) for k, v in collate(rows, pad_id=pad_id, max_len=tcfg.max_len).items()}
+    total, per_epoch, _ = plan_steps(len(rows), tcfg, 1)
+    reporter = PrintReporter()
+    trainer = Trainer(model, build_objective(tcfg), train_cfg=tcfg, ds_cfg=cfg.deepspeed, total_steps=total,
+                      steps_per_epoch=per_epoch, reporter=reporter, device=torch.device("cpu"),
+                      source=MemoryBatches(data, None, batch_size=tcfg.batch_size_per_gpu, seed=tcfg.seed))
+    trainer.fit()
     model.eval()
-    return last
+    return reporter.last
 
 
 @torch.no_grad()

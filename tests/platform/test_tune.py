@@ -167,30 +167,3 @@ def test_comparison_with_ray_train_trials_scores_each_cell_with_batch_inference(
         assert len(inferred) == 1 and m["eval/accuracy"] == m[inferred[0]] and m["eval/n"] == 4
         assert kid.data.params["train.batch_size_per_gpu"] == ("2" if name.startswith("MIRROR") else "4")
         assert kid.info.status == "FINISHED"
-
-
-def test_in_process_trainer_matches_a_ray_train_run_when_the_weights_cannot_move(env, arithmetic_data):
-    """The comparison's in-process trainer against train_driver on one config (MIRROR + P-POTS, linear schedule
-    with warmup) at lr 1e-12: the same initial weights, P-POTS fit, held-out split, eval noise and LR schedule
-    give the same eval/loss, ppots/p_max and train/lr at every logged step (the data order may differ; with
-    weights that cannot move it does not matter)."""
-    from mdm.platform.tokenizer import load_tokenizer
-    from mdm.platform.train.driver import train_driver
-    from mdm.platform.train.inprocess import fit_in_process, load_memory_data
-
-    cfg = load_config([str(env["base"])], [
-        "train.lr=1e-12", "train.lr_scheduler_type=linear", "train.warmup_steps=1", "train.max_steps=3",
-        "train.eval_steps=1", "train.train_mode=MIRROR", "train.PPOTS=true", "tracking.log_model=false",
-        "tracking.system_metrics_interval_s=0"])
-    train_driver(cfg, run_name="ray-train-reference")
-    c, exp = _client(env)
-    (run,) = c.search_runs([exp], filter_string="tags.`mdm.run` = 'ray-train-reference'")
-    tok = load_tokenizer(arithmetic_data["tokenizer"])
-    logged: dict[str, dict[int, float]] = {}
-    fit_in_process(cfg, tok, load_memory_data(cfg, pad_id=tok.pad_token_id, vocab_size=len(tok)),
-                   log=lambda step, m: [logged.setdefault(k, {}).__setitem__(step, v) for k, v in m.items()])
-    for key, steps in (("eval/loss", [1, 2, 3]), ("train/lr", [1, 2, 3]), ("ppots/p_max", [0])):
-        ray_side = {h.step: h.value for h in c.get_metric_history(run.info.run_id, key)}
-        assert sorted(ray_side) == steps == sorted(logged[key]), key
-        for s in steps:
-            assert logged[key][s] == pytest.approx(ray_side[s], rel=1e-6, abs=1e-12), (key, s)

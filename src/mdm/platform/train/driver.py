@@ -24,10 +24,14 @@ from __future__ import annotations
 import math
 import os
 import sys
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from mdm.platform.config_ops import dump_config, with_overrides
 from mdm.platform.runs import export_dir, run_name as derive_name, storage_root
+
+if TYPE_CHECKING:
+    from mdm.platform.tracking.tracker import Tracker
+    from mdm.platform.train.worker import RunInfo
 
 SEED_DATA_PATH = "./data/train/{task}.jsonl"  # the seed's default for an unset train.train_data_path
 
@@ -151,14 +155,14 @@ def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequenc
 
 
 def _train(cfg: Any, run_name: str, callbacks: Sequence[Any], mlflow_tags: Optional[dict[str, str]],
-           display_name: Optional[str], tracker: Any) -> Any:
+           display_name: Optional[str], tracker: Optional[Tracker]) -> Any:
     from mdm.platform.runtime.ray_runtime import check_worker_fit, ensure_ray, is_local_cluster
-    from mdm.platform.tracking.attempts import current_run
     from mdm.platform.train.ds_config import ds_config_notes
     from mdm.platform.train.ingest import build_datasets
     from mdm.platform.runs import tracked_params
     from mdm.platform.tracking.context import context_tags
-    from mdm.platform.tracking.dataset import describe_dataset, log_dataset
+    from mdm.platform.tracking.dataset import describe_dataset
+    from mdm.platform.tracking.session import tracked_run
     from mdm.platform.train.worker import RunInfo
     from mdm.platform.tokenizer import load_tokenizer
 
@@ -192,33 +196,25 @@ def _train(cfg: Any, run_name: str, callbacks: Sequence[Any], mlflow_tags: Optio
     if tcfg.max_steps <= 0 and _finished(previous, total, tcfg.save_strategy, run_name, run_dir):
         return _close_finished(tracker, run_name, previous)
 
-    run_id = None
+    tags = dataset = None
     if tracker is not None:
         tags = {**({} if mlflow_tags and "mlflow.source.name" in mlflow_tags else context_tags()),
                 **(mlflow_tags or {})}
-        run_id = tracker.start_run(run_name, params=tracked_params(cfg), config_yaml=dump_config(cfg), tags=tags,
-                                   display_name=display_name)
-        log_dataset(tracker.client, run_id, describe_dataset(tcfg.train_data_path, rows=data.n_rows))
-    has_eval = "eval" in datasets
-    run = RunInfo(run_name=run_name, tokenizer=os.path.abspath(tok_path) if os.path.isdir(tok_path) else tok_path,
-                  export_dir=export_dir(cfg, run_name),
-                  total_steps=total, steps_per_epoch=per_epoch, epochs=epochs, has_eval=has_eval,
-                  tracking_uri=tracker.uri if tracker else None, mlflow_run_id=run_id,
-                  system_metrics_s=cfg.tracking.system_metrics_interval_s,
-                  model_config_yaml=dump_config(cfg) if cfg.tracking.log_model else None)
-    trainer = _trainer(cfg, run, datasets, callbacks)
-    try:
-        result = trainer.fit()
-    except BaseException:
-        if tracker is not None and run_id is not None:
-            tracker.end_run(current_run(tracker.client, run_id), status="FAILED")
-        raise
-    if tracker is not None and run_id is not None:
-        tracker.end_run(current_run(tracker.client, run_id), status="FINISHED")  # rank 0 may have superseded it
-    return result
+        dataset = describe_dataset(tcfg.train_data_path, rows=data.n_rows)
+    # The session ends the run FINISHED, or FAILED when fit raises (the run holding the latest attempt: rank 0
+    # may have continued it in a fresh one).
+    with tracked_run(tracker, run_name, params=tracked_params(cfg), config_yaml=dump_config(cfg), tags=tags,
+                     display_name=display_name, dataset=dataset) as session:
+        run = RunInfo(run_name=run_name,
+                      tokenizer=os.path.abspath(tok_path) if os.path.isdir(tok_path) else tok_path,
+                      export_dir=export_dir(cfg, run_name), total_steps=total, steps_per_epoch=per_epoch,
+                      epochs=epochs, has_eval="eval" in datasets, tracking_uri=session.uri,
+                      mlflow_run_id=session.run_id, system_metrics_s=cfg.tracking.system_metrics_interval_s,
+                      model_config_yaml=dump_config(cfg) if cfg.tracking.log_model else None)
+        return _trainer(cfg, run, datasets, callbacks).fit()
 
 
-def _trainer(cfg: Any, run: Any, datasets: dict[str, Any], callbacks: Sequence[Any]) -> Any:
+def _trainer(cfg: Any, run: RunInfo, datasets: dict[str, Any], callbacks: Sequence[Any]) -> Any:
     """The TorchTrainer of a run: `ray.num_workers` workers running train_fn_per_worker on the `train` (and
     `eval`) datasets, checkpoints under the storage root scored by eval/loss when there is one."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig

@@ -1,5 +1,5 @@
 """Training in this process, without a Ray Train worker group: the same objective, updater and LR schedule as
-the Ray Train workers, on data validated once and held in memory.
+the Ray Train workers (one `trainer.Trainer`), on data validated once and held in memory.
 
     data = load_memory_data(cfg, pad_id=tok.pad_token_id, vocab_size=len(tok))   # once (needs Ray: Ray Data)
     fit = fit_in_process(cfg, tokenizer, data, log=lambda step, metrics: ...)    # per trial, any process
@@ -7,28 +7,31 @@ the Ray Train workers, on data validated once and held in memory.
 
 For small models a worker group costs more than the training (bench/tune_overhead.py: ~78% of a tiny
 sweep trial is outside training), so a comparison of many short trials runs each trial here, in its Tune
-trial process (`mdm.platform.tune.compare`). What is the same as on Ray Train: the validation and the
-train/eval split (`ingest.build_datasets`, with the same `data.*` rules and the hash split on the base
-`train.seed`), the model build (`EngineSpec.build_model` after `torch.manual_seed(train.seed)`), the
-objective's `prepare` (P-POTS, on the training rows in file order) and `loss`, the updater
-(`build_updater`: AdamW, clipping, `train.lr_scheduler_type`), the step plan (`driver.plan_steps`), the
-eval loss (fixed noise, seed + 7) and the metrics, `diag/` window included (`step_window.py`). What differs:
-one process (world size 1), and the data order, a permutation per epoch from `train.seed` and the epoch
-instead of Ray Data's shuffle. Each micro-batch is cut to its longest row (padding columns dropped).
-tests/platform/test_tune.py checks it against train_driver: with weights that cannot move (lr 1e-12) both
-log the same eval/loss, P-POTS fit and train/lr at every step.
+trial process (`mdm.platform.tune.compare`). What is the same as on Ray Train, by construction: the
+validation and the train/eval split (`ingest.build_datasets`, with the same `data.*` rules and the hash
+split on the base `train.seed`), the model build (`EngineSpec.build_model` after
+`torch.manual_seed(train.seed)`), the step plan (`driver.plan_steps`) and the Trainer itself (objective,
+updater, eval loss, metrics). What differs: one process (world size 1), no checkpoints, and the data
+source (`sources.MemoryBatches`: a permutation per epoch from `train.seed` and the epoch instead of Ray
+Data's shuffle, each micro-batch cut to its longest row). `FitResult.timings["setup_s"]` is the model
+build, the updater and the objective's `prepare`; the other timings are the Trainer's.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import torch
 
-from mdm.platform.train.digests import DATA_TAG, INIT_TAG, batch_digest, weights_digest
+from mdm.platform.train.reporters import CallbackReporter
+from mdm.platform.train.sources import MemoryBatches
+from mdm.platform.train.trainer import Trainer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -74,46 +77,18 @@ class FitResult:
     (`setup_s`: model, updater and P-POTS prepare; `train_s`: the steps; `eval_s`: eval-loss passes;
     `train_cpu_s`: CPU time of the steps, a cost that does not depend on what else the machine runs)."""
 
-    model: Any
+    model: torch.nn.Module
     final: dict[str, float]
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)      # digests.INIT_TAG / DATA_TAG: what pairs runs
 
 
-def _batches(data: dict[str, torch.Tensor], size: int, order: Optional[torch.Tensor] = None
-             ) -> Iterator[dict[str, torch.Tensor]]:
-    """Micro-batches of `size` rows (in `order`, else file order), each cut to its longest row."""
-    n = len(data["input_ids"])
-    idx_all = torch.arange(n) if order is None else order
-    for i in range(0, n - (n % size if order is not None else 0), size):
-        idx = idx_all[i:i + size]
-        mb = {k: v[idx] for k, v in data.items()}
-        width = int(mb["attention_mask"].sum(1).max())
-        yield {k: v[:, :width] for k, v in mb.items()}
-
-
-def _eval_loss(objective: Any, model: Any, data: dict[str, torch.Tensor], size: int, seed: int) -> float:
-    """Mean eval loss over the eval rows' micro-batches (fixed noise, as the Ray worker's `_evaluate`)."""
-    gen = torch.Generator().manual_seed(seed + 7)
-    total, n = 0.0, 0
-    model.eval()
-    with torch.no_grad():
-        for mb in _batches(data, size):
-            total += float(objective.eval_loss(model, mb, gen)[0])
-            n += 1
-    model.train()
-    return total / max(n, 1)
-
-
-def fit_in_process(cfg: Any, tokenizer: Any, data: MemoryData, *,
+def fit_in_process(cfg: Any, tokenizer: PreTrainedTokenizerBase, data: MemoryData, *,
                    log: Optional[Callable[[int, dict[str, float]], None]] = None) -> FitResult:
     """Train `cfg.train` on `data` on the CPU of this process; `log(step, metrics)` at every logging step."""
     from mdm.platform.registry import get_registry
     from mdm.platform.train.driver import plan_steps
-    from mdm.platform.train.step_window import StepWindow
-    from mdm.platform.train.updater import build_updater
-    from mdm.platform.train.worker import due
 
     t0 = time.perf_counter()
     tcfg = cfg.train
@@ -124,60 +99,16 @@ def fit_in_process(cfg: Any, tokenizer: Any, data: MemoryData, *,
     evals = None if data.eval is None else {k: torch.tensor(v) for k, v in data.eval.items()}
     torch.manual_seed(tcfg.seed)  # the same initial weights as a Ray Train run of this config
     model = spec.build_model(cfg.model, tcfg.model, tokenizer)
-    model.train()
-    tags = {INIT_TAG: weights_digest(model)}
-    updater = build_updater(model, cfg.deepspeed, tcfg, total_steps=total, world_size=1, on_gpu=False)
-    objective = spec.build_objective(tcfg)
-    gen = torch.Generator().manual_seed(tcfg.seed)
-    prepared = objective.prepare(updater.module, _batches(train, tcfg.batch_size_per_gpu), "cpu") or {}
-    timings = {"setup_s": time.perf_counter() - t0, "train_s": 0.0, "eval_s": 0.0, "train_cpu_s": 0.0}
-    if log and prepared:
-        log(0, prepared)
-
-    def epoch_stream() -> Iterator[dict[str, torch.Tensor]]:
-        epoch = 0
-        while True:
-            order = torch.randperm(data.n_train, generator=torch.Generator().manual_seed(tcfg.seed * 1000 + epoch))
-            yield from _batches(train, tcfg.batch_size_per_gpu, order)
-            epoch += 1
-
-    stream, window, history = epoch_stream(), StepWindow(), []
-    losses, tokens, t_window = [], 0, time.perf_counter()
-    final: dict[str, float] = {}
-    eval_loss: Optional[float] = None
-    for step in range(1, total + 1):
-        t_step, c_step = time.perf_counter(), time.process_time()
-        for _ in range(tcfg.grad_accum):
-            mb = next(stream)
-            if not losses and step == 1:
-                tags[DATA_TAG] = batch_digest(mb)
-            tokens += int(mb["attention_mask"].sum())
-            loss, metrics = objective.loss(updater.module, mb, gen)
-            window.add_micro(metrics)
-            updater.backward(loss)
-            updater.step()
-            losses.append(float(loss.detach()))
-        window.add_step(updater.grad_norm)
-        timings["train_s"] += time.perf_counter() - t_step
-        timings["train_cpu_s"] += time.process_time() - c_step
-        last = step == total
-        do_eval = evals is not None and tcfg.eval_strategy != "no" and (
-            last or due(tcfg.eval_strategy, step, tcfg.eval_steps, per_epoch))
-        if not (last or do_eval or step % tcfg.logging_steps == 0):
-            continue
-        dt = time.perf_counter() - t_window
-        out = {"train/loss": sum(losses) / len(losses), "train/lr": updater.lr, "train/grad_norm": updater.grad_norm,
-               "train/tokens_per_s": tokens / max(dt, 1e-9), **window.flush(objective)}
-        if do_eval:
-            te = time.perf_counter()
-            eval_loss = _eval_loss(objective, updater.module, evals, tcfg.batch_size_per_gpu, tcfg.seed)
-            timings["eval_s"] += time.perf_counter() - te
-            out["eval/loss"] = eval_loss
-        history.append((step, out))
-        final = {**out, **({"eval/loss": eval_loss} if eval_loss is not None else {})}
-        if log:
-            log(step, out)
-        losses, tokens, t_window = [], 0, time.perf_counter()
-    model.eval()
-    return FitResult(model=updater.module, final={"step": float(total), **final}, history=history, timings=timings,
-                     tags=tags)
+    source = MemoryBatches(train, evals, batch_size=tcfg.batch_size_per_gpu, seed=tcfg.seed)
+    reporter = CallbackReporter(log)
+    trainer = Trainer(model, spec.build_objective(tcfg), train_cfg=tcfg, ds_cfg=cfg.deepspeed, total_steps=total,
+                      steps_per_epoch=per_epoch, source=source, reporter=reporter, device=torch.device("cpu"))
+    trainer.start()
+    setup_s = time.perf_counter() - t0
+    trainer.train()
+    final = {"step": float(total), **trainer.last}
+    if trainer.state.eval_loss is not None:
+        final["eval/loss"] = trainer.state.eval_loss
+    trainer.module.eval()
+    return FitResult(model=trainer.module, final=final, history=reporter.history,
+                     timings={"setup_s": setup_s, **trainer.timings}, tags=reporter.tags_seen)

@@ -1,8 +1,8 @@
 """The diagnostics of one logging window: the objective's per-micro-batch metrics and the gradient norms.
 
     window = StepWindow()
-    loss, metrics = objective.loss(model, batch, gen); window.add_micro(metrics)     # every micro-batch
-    updater.step(); window.add_step(updater.grad_norm)                               # every optimizer step
+    window.add_micro(metrics)         # every micro-batch: the metrics dict the objective's loss returned
+    window.add_step(updater.grad_norm)                # every optimizer step
     metrics.update(window.flush(objective))       # at a logging step: {"diag/...": value}, then empty
 
 What a window yields, all under `diag/`:
@@ -14,7 +14,7 @@ What a window yields, all under `diag/`:
 - what the objective pools over the window itself (`objective.window_metrics()` when it has one: LLaDA+
   gives P-POTS weight statistics and MIRROR's pair correlation over every sequence of the window), which
   replaces the per-micro-batch mean of the same name.
-The Ray Train worker (rank 0's window) and the in-process trainer both use it, so their metrics match.
+The Trainer (trainer.py) keeps one per rank; its reports carry rank 0's window.
 """
 
 from __future__ import annotations

@@ -2,14 +2,13 @@
 
     updater = build_updater(model, cfg.deepspeed, cfg.train, total_steps=1000, world_size=2)
     for micro_batch in ...:
-        loss = objective.loss(updater.module, batch, gen)[0]
-        updater.backward(loss)
+        updater.backward(loss)            # loss: a scalar computed with updater.module (trainer.py)
         if updater.step():                # True on a gradient-accumulation boundary (an optimizer step)
             print(updater.global_step, updater.lr, updater.grad_norm)
     updater.save(ckpt_dir, rank); updater.load(ckpt_dir)   # every rank calls both; loads never unpickle code
 
 ("Engine" in this project names a model family, `mdm.engines`; DeepSpeed's own `DeepSpeedEngine` is wrapped
-here.) The Ray Train workers and experiments/arithmetic.py both train through it, so an optimizer step and
+here.) The one Trainer (trainer.py) trains through it for every caller, so an optimizer step and
 its LR schedule (`lr_schedule.py`, Hugging Face's curves) mean the same everywhere.
 
 The DeepSpeed JSON is generated from the `deepspeed` section plus `train.batch_size_per_gpu`, `grad_accum`
