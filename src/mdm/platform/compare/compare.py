@@ -1,6 +1,6 @@
 """A comparison of training configurations over seeds: one command, one MLflow parent run, one table.
 
-    from mdm.platform.tune.compare import run_comparison
+    from mdm.platform.compare.compare import run_comparison
     res = run_comparison(cfg)                  # the `compare` section says what (compare_config.py)
     print(res.table)                           # per configuration: n, mean ± std, paired Δ vs the baseline
     res.groups, res.rows, res.files            # aggregate.Group per configuration, one row per trial, artifacts
@@ -48,12 +48,12 @@ from typing import Any, Optional, Sequence
 from mdm.platform.config_ops import flatten, with_overrides
 from mdm.platform.fields import ConfigError
 from mdm.platform.runs import absolute_paths, storage_root, sweep_name
-from mdm.platform.tune import aggregate as agg
-from mdm.platform.tune.compare_results import (diagnostics_lines, group_rows, headline, result_rows,
+from mdm.platform.compare import aggregate as agg
+from mdm.platform.compare.compare_results import (diagnostics_lines, group_rows, headline, result_rows,
                                                write_results)
-from mdm.platform.tune.compare_space import comparison_space, swept_keys
-from mdm.platform.tune.compare_trial import DONE_KEY, TrialInputs, comparison_trial, tune_trial_name
-from mdm.platform.tune.paired_stats import next_seed_count, verdict_lines
+from mdm.platform.compare.compare_space import comparison_space, swept_keys
+from mdm.platform.compare.compare_trial import DONE_KEY, TrialInputs, comparison_trial, tune_trial_name
+from mdm.platform.compare.paired_stats import next_seed_count, verdict_lines
 
 
 @dataclass
@@ -118,8 +118,8 @@ def _setup(cfg: Any, argv: Optional[Sequence[str]]) -> _Setup:
     from mdm.platform.tracking.dataset import describe_dataset
     from mdm.platform.tracking.tracker import Tracker
     from mdm.platform.train.driver import tokenizer_path
-    from mdm.platform.tune.compare_eval import build_eval_task, held_out_rows
-    from mdm.platform.tune.sweep_tracking import open_parent
+    from mdm.platform.compare.compare_eval import build_eval_task, held_out_rows
+    from mdm.platform.tuner.parent_run import open_parent
 
     _check(cfg)
     space = comparison_space(cfg)
@@ -165,7 +165,7 @@ def _run_round(setup: _Setup, seeds: list[int], round_no: int, callbacks: Sequen
     """Train every configuration on `seeds` as one Tune experiment (resumed when interrupted); its rows."""
     from ray import tune
 
-    from mdm.platform.tune.reporter import legacy_output, trial_reporter
+    from mdm.platform.tuner.reporter import legacy_output, trial_reporter
 
     cfg = with_overrides(setup.cfg, {"compare.seeds": list(seeds)}) if round_no > 1 else setup.cfg
     name = setup.name if round_no == 1 else f"{setup.name}-r{round_no}"
@@ -222,7 +222,7 @@ def run_comparison(cfg: Any, *, callbacks: Sequence[Any] = (), argv: Optional[Se
 def _finish(setup: _Setup, rows: list[dict[str, Any]], groups: list[agg.Group]) -> ComparisonResult:
     """Write the summary, print it, close the children and the parent run."""
     from mdm.platform.tracking.context import DESCRIPTION_TAG, describe_command, run_link
-    from mdm.platform.tune.sweep_tracking import close_children, finish_parent
+    from mdm.platform.tuner.parent_run import close_children, finish_parent
 
     cfg, name, tracker, c = setup.cfg, setup.name, setup.tracker, setup.cfg.compare
     parent_id = setup.inputs.parent_id

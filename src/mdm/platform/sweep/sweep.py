@@ -2,13 +2,13 @@
 
     mdm tune --config base.yaml [--config overlay.yaml] --sweep sweep.yaml [--set tune.scheduler=asha ...]
 
-    from mdm.platform.tune.sweep import run_sweep
+    from mdm.platform.sweep.sweep import run_sweep
     res = run_sweep(cfg, "sweep.yaml")        # or a dict {"train.lr": {"loguniform": [1e-5, 1e-3]}, ...}
     res.rows[0]                               # the best trial: trial_id, status, metric, step, params, run_name
     res.best_config_path                      # YAML for `mdm train --config`
 
 The sweep file's format, its validation and the deduplication of conditional keys (p_model when PPOTS is off)
-are described in `mdm.platform.tune.space`. The shape is Ray Train V2's: each trial is a Tune function
+are described in `mdm.platform.tuner.space`. The shape is Ray Train V2's: each trial is a Tune function
 (`_trial`) that calls `train.driver.train_driver`, which builds and fits its own TorchTrainer (its own worker
 group, ScalingConfig from `ray.*`); a `TuneReportCallback` forwards Train's reports to Tune. The trial
 function holds `tune.cpus_per_trial` (a fraction: Tune rejects 0); the worker groups' CPUs are accounted for
@@ -22,7 +22,7 @@ description holds the command line and the search space; MLflow's context tags (
 are resolved here, on the driver, and given to every child. Tune's terminal table shows the metric and the
 swept keys by name (`reporter.py`). Re-running the same command after the driver was killed
 restores the experiment (`Tuner.restore`): finished trials are kept, unfinished ones restart (resuming their
-Train checkpoint and MLflow run). At the end the driver closes child runs left open (`sweep_tracking`), prints
+Train checkpoint and MLflow run). At the end the driver closes child runs left open (`tuner.parent_run`), prints
 the trials sorted by `tune.metric`, writes the best trial's full config to
 `<output root>/<sweep>/best_config.yaml` (`runs.output_root`: `train.output_dir`, or under an object-store
 storage root) and prints the `mlflow ui` command.
@@ -43,11 +43,11 @@ from mdm.platform.config_ops import dump_config, flatten, with_overrides
 from mdm.platform.fields import ConfigError
 from mdm.platform import storage
 from mdm.platform.runs import absolute_paths, child_run_name, output_root, storage_root, sweep_name, trial_label
-from mdm.platform.tune.space import SweepSpace, load_sweep
-from mdm.platform.tune.sweep_tracking import (child_tags, close_children, finish_parent,
+from mdm.platform.tuner.space import SweepSpace, load_sweep
+from mdm.platform.tuner.trial import report_callback
+from mdm.platform.tuner.parent_run import (child_tags, close_children, finish_parent,
                                          format_table, open_parent, rank_rows)
 
-WORST = 1e30                  # what Tune sees instead of a NaN/inf metric (MLflow keeps the real value)
 COMPLETED_KEY = "export_dir"  # only the trainer's final report carries it: the trial ran to its last step
 
 
@@ -75,22 +75,6 @@ def max_concurrent(cfg: Any, cluster: Mapping[str, float]) -> int:
         n = min(n, math.floor(float(cluster.get("GPU", 0.0)) / (cfg.ray.num_workers * cfg.ray.gpus_per_worker)
                               + 1e-9))
     return max(1, n)
-
-
-def report_callback(metric: str, mode: str) -> Any:
-    """Train -> Tune reports, with a non-finite `metric` replaced by a very bad finite value: a diverged trial
-    reports NaN, which ASHA's comparisons (NaN < cutoff is False) would never stop."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    class _Report(TuneReportCallback):
-        def after_report(self, run_context: Any, metrics: list, checkpoint: Any) -> None:
-            if metrics and metric in metrics[0]:
-                v = metrics[0][metric]
-                if isinstance(v, (int, float)) and not math.isfinite(v):
-                    metrics = [{**metrics[0], metric: WORST if mode == "min" else -WORST}, *metrics[1:]]
-            super().after_report(run_context, metrics, checkpoint)
-
-    return _Report()
 
 
 def _label(base: Any, space: SweepSpace, params: Mapping[str, Any]) -> str:
@@ -185,7 +169,7 @@ def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any], *, callbacks: Seq
     from mdm.platform.runtime.ray_runtime import alive_nodes, ensure_ray, is_local_cluster
     from mdm.platform.tracking.context import DESCRIPTION_TAG, context_tags, describe_command
     from mdm.platform.tracking.tracker import Tracker, check_cluster_store
-    from mdm.platform.tune.reporter import legacy_output, trial_reporter
+    from mdm.platform.tuner.reporter import legacy_output, trial_reporter
 
     space = load_sweep(sweep, cfg)  # every key and value checked before anything starts
     cfg = absolute_paths(cfg)

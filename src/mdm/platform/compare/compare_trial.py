@@ -31,9 +31,9 @@ from typing import Any, Optional
 
 from mdm.platform.config_ops import dump_config, flatten, with_overrides
 from mdm.platform.runs import child_run_name, export_dir, tracked_params
-from mdm.platform.tune.compare_space import cell_label, cell_overrides, group_label
-from mdm.platform.tune.space import SweepSpace
-from mdm.platform.tune.sweep_tracking import child_tags
+from mdm.platform.compare.compare_space import cell_label, cell_overrides, group_label
+from mdm.platform.tuner.space import SweepSpace
+from mdm.platform.tuner.parent_run import child_tags
 
 GROUP_TAG = "mdm.group"
 DONE_KEY = "eval/accuracy"
@@ -109,7 +109,7 @@ def _in_process(cfg: Any, inputs: TrialInputs, run_name: str, label: str, tags: 
     from mdm.platform.tracking.system_metrics import start_system_metrics
     from mdm.platform.tracking.tracker import RunLogger, Tracker
     from mdm.platform.train.inprocess import fit_in_process
-    from mdm.platform.tune.compare_eval import build_eval_task, low_noise_eval, score_held_out
+    from mdm.platform.compare.compare_eval import build_eval_task, low_noise_eval, score_held_out
 
     torch.set_num_threads(max(1, int(cfg.compare.cpus_per_trial)))
     tokenizer = load_tokenizer(inputs.tokenizer_path, cfg.model.trust_remote_code)
@@ -185,7 +185,7 @@ def _ray_train(cfg: Any, inputs: TrialInputs, run_name: str, label: str, tags: d
     from mdm.platform.infer.batch import run_inference
     from mdm.platform.tracking.tracker import RunLogger, Tracker
     from mdm.platform.train.driver import train_driver
-    from mdm.platform.tune.sweep import report_callback
+    from mdm.platform.tuner.trial import report_callback
 
     result = train_driver(cfg, run_name=run_name, callbacks=[report_callback(cfg.tune.metric, cfg.tune.mode)],
                           mlflow_tags=tags if cfg.tracking.enabled else None, display_name=label)

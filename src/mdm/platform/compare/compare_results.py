@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from mdm.platform.config_ops import flatten
-from mdm.platform.tune import aggregate as agg
-from mdm.platform.tune.compare_space import MULT_KEY, objective_label, stratum_label
-from mdm.platform.tune.compare_trial import DONE_KEY, TrialInputs, trial_config
+from mdm.platform.compare import aggregate as agg
+from mdm.platform.compare.compare_space import MULT_KEY, objective_label, stratum_label
+from mdm.platform.compare.compare_trial import DONE_KEY, TrialInputs, trial_config
 
 CURVE_METRICS = ("train/loss", "eval/loss")
 # Measured before training (the objective's prepare, logged at step 0): what P-POTS predicts it removes (R),

@@ -1,4 +1,4 @@
-"""`tune` section: Ray Tune sweeps (read by `mdm.platform.tune.sweep`; the search space itself is the sweep file).
+"""`tune` section: Ray Tune sweeps (read by `mdm.platform.sweep.sweep`; the search space itself is the sweep file).
 
 `metric`/`mode`: what the sweep optimises and ranks by (any metric the trainer reports, `eval/loss` by default).
 `scheduler`: fifo runs every trial to the end; asha stops trials whose metric is behind at a rung
