@@ -15,7 +15,13 @@ from mdm.platform.config_ops import with_overrides
 from mdm.platform.tuner.space import SweepError, load_sweep, parse_sweep
 from mdm.platform.commands.tune import main
 from mdm.platform.runs import sweep_name
-from mdm.platform.sweep.sweep import max_concurrent, run_sweep
+from mdm.platform.sweep.sweep import run_sweep
+from mdm.platform.tuner.tuner import TrialResources
+
+
+def max_concurrent(c, cluster):
+    """A sweep's trials at once: each a Ray Train job, under `tune.max_concurrent_trials` when set."""
+    return TrialResources.train_job(c.tune, c.ray).max_concurrent(cluster, c.tune.max_concurrent_trials)
 
 
 @pytest.fixture(scope="module")
