@@ -11,7 +11,9 @@ started or joined, and for `compare.runner: in_process` the training data is val
 once (`train.inprocess.load_memory_data`) and shipped to every trial through the object store. The MLflow
 parent run opens (its description: the command line, the search space and the batch rule; MLflow's context
 tags), then Ray Tune runs one function trial per cell (`compare_trial`), `compare.cpus_per_trial` CPUs each,
-as many at once as the cluster holds, reusing trial processes, with the live table of `reporter.py`.
+as many at once as the cluster holds, reusing trial processes, with the live table of `tuner.reporter`.
+The Tune experiment (restored when interrupted), its trial names, concurrency and status rule, and the
+parent run are the tuner core's (`mdm.platform.tuner`), shared with sweeps.
 
 Why in-process trials: a comparison is many short trials of a small model, and a Ray Train worker group
 per trial costs more than the training (bench/tune_overhead.py measured 78% of a tiny trial outside
