@@ -14,7 +14,7 @@ Per FIFO trial, from the driver's Tune callback (trial start/end) and the MLflow
   finish   last step -> trial end (HF export, final report, worker group teardown)
 and the fraction of the trial outside `train`. Then executed trial-steps FIFO vs ASHA, and wall times.
 
-With `--compare`: the same breakdown for comparison trials (`mdm.platform.tune.compare`, runner in_process),
+With `--compare`: the same breakdown for comparison trials (`mdm.platform.compare.compare`, runner in_process),
 `--trials` cells (Standard / MIRROR / P-POTS / both, seed 1) of experiments/compare_objectives.py's CPU
 preset (large-batch regime) at `--steps` steps, 2 at a time on `--cpus` CPUs: per trial, from the driver's
 Tune callback (trial start -> end) and the trial's own timings (`time/setup_s`: run opened, model built,
@@ -95,7 +95,7 @@ def compare_overhead(args: argparse.Namespace) -> int:
     import compare_objectives as co
 
     from mdm.platform.config import load_config
-    from mdm.platform.tune.compare import run_comparison
+    from mdm.platform.compare.compare import run_comparison
 
     root = Path(tempfile.mkdtemp(prefix="compare_bench_"))
     files = [str(co.CONFIGS / f) for f in co.PRESETS["arithmetic"]]
@@ -141,7 +141,7 @@ def main() -> int:
     import ray
 
     from mdm.platform.config import load_config
-    from mdm.platform.tune.sweep import run_sweep
+    from mdm.platform.sweep.sweep import run_sweep
 
     root = Path(tempfile.mkdtemp(prefix="tune_bench_"))
     tok, data = tiny_data(root)

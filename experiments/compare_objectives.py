@@ -6,7 +6,7 @@
     python experiments/compare_objectives.py --preset gsm8k-llada-8b   # GPUs: LLaDA-8B-Instruct on GSM8K
     python experiments/compare_objectives.py --set compare.equalize=batch --set 'compare.seeds=[1,2,3,4,5]'
 
-Each regime is one comparison (`mdm.platform.tune.compare.run_comparison`): 4 configurations x 3 seeds, every
+Each regime is one comparison (`mdm.platform.compare.compare.run_comparison`): 4 configurations x 3 seeds, every
 other key shared, one MLflow parent run with a child per trial, the mean ± std table printed and written as
 CSV/JSON/PNG under `<train.output_dir>/<comparison>/` and shown on the parent run's page.
 
@@ -124,7 +124,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for regime in regimes:
             sys.stdout.write(f"# regime {regime}\n{dump_config(config(regime))}")
         return 0
-    from mdm.platform.tune.compare import run_comparison
+    from mdm.platform.compare.compare import run_comparison
 
     t0, tables = time.time(), []
     for regime in regimes:

@@ -9,7 +9,7 @@
 
 The base config and data preparation are experiments/gsm8k.py's (same presets, --set, --data-dir,
 --work-dir, --limit); the search space is experiments/configs/sweep_gsm8k.yaml (dotted keys, as --set) or
---sweep FILE. The sweep itself is `mdm.platform.tune.sweep.run_sweep`: deterministic sweep and trial names (re-running
+--sweep FILE. The sweep itself is `mdm.platform.sweep.sweep.run_sweep`: deterministic sweep and trial names (re-running
 resumes), MLflow parent run with a child per trial, the trials table sorted by `tune.metric` (default
 eval/loss), and the best trial's full config in `<train.output_dir>/<sweep>/best_config.yaml`.
 """
@@ -34,7 +34,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mdm.platform.config_ops import dump_config
     from mdm.platform.fields import ConfigError
     from mdm.platform.registry import AutoImportError
-    from mdm.platform.tune.sweep import run_sweep
+    from mdm.platform.sweep.sweep import run_sweep
 
     try:
         cfg = gsm8k.build_config(args)

@@ -47,7 +47,7 @@ def test_presets_compose_as_the_scripts_use_them() -> None:
 
 @pytest.mark.parametrize("sweep", SWEEPS, ids=lambda p: p.name)
 def test_sweep_space_validates_against_the_config(sweep: Path) -> None:
-    from mdm.platform.tune.space import load_sweep
+    from mdm.platform.tuner.space import load_sweep
 
     cfg = load_config([str(BASE), str(CONFIGS / "tiny.yaml"), str(CONFIGS / "gsm8k.yaml")])
     space = load_sweep(sweep, cfg)

@@ -12,7 +12,7 @@ import pytest
 from mdm.platform.config import load_config
 from mdm.platform.config_ops import flatten
 from mdm.platform.fields import ConfigError
-from mdm.platform.tune.compare_space import cell_label, cell_overrides, comparison_space, group_label
+from mdm.platform.compare.compare_space import cell_label, cell_overrides, comparison_space, group_label
 
 GRID = "compare.grid={train.train_mode: [Normal, MIRROR], train.PPOTS: [false, true], train.p_model: [EPR]}"
 

@@ -27,9 +27,9 @@ from mdm.platform.config_ops import flatten
 from mdm.platform.fields import ConfigError
 from mdm.platform.runs import INERT, format_value, tracked_params, trial_label
 from mdm.platform.train.step_window import StepWindow
-from mdm.platform.tune import aggregate as agg
-from mdm.platform.tune.compare_space import cell_overrides, comparison_space, group_label, swept_keys
-from mdm.platform.tune.reporter import parameter_columns
+from mdm.platform.compare import aggregate as agg
+from mdm.platform.compare.compare_space import cell_overrides, comparison_space, group_label, swept_keys
+from mdm.platform.tuner.reporter import parameter_columns
 
 GRID = "compare.grid={train.train_mode: [Normal, MIRROR], train.PPOTS: [false, true], train.p_model: [EPR, AP]}"
 

@@ -11,7 +11,7 @@ import math
 
 from scipy import stats
 
-from mdm.platform.tune.paired_stats import next_seed_count, paired_difference, verdict_lines
+from mdm.platform.compare.paired_stats import next_seed_count, paired_difference, verdict_lines
 
 BASE = {1: 0.50, 2: 0.52, 3: 0.49, 4: 0.51}
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mdm.platform.tune import paired_stats as ps
+from mdm.platform.compare import paired_stats as ps
 
 BASE = [0.412, 0.398, 0.455, 0.430, 0.401, 0.389, 0.447, 0.420]
 OTHER = [0.431, 0.405, 0.468, 0.429, 0.426, 0.401, 0.463, 0.437]

@@ -66,7 +66,7 @@ def _runs(env, sweep):
 
 def test_grid_sweep_parent_children_table_and_best_config(env):
     from mdm.platform.train.driver import train_driver
-    from mdm.platform.tune.sweep import run_sweep
+    from mdm.platform.sweep.sweep import run_sweep
 
     cfg = load_config([str(env["base"])], ["tune.name=grid4"])
     res = run_sweep(cfg, {"train.train_mode": {"grid": ["Normal", "MIRROR"]}, "train.PPOTS": {"grid": [False, True]}})
@@ -125,7 +125,7 @@ def test_grid_sweep_parent_children_table_and_best_config(env):
 
 
 def test_asha_stops_a_diverging_trial_early(env):
-    from mdm.platform.tune.sweep import run_sweep
+    from mdm.platform.sweep.sweep import run_sweep
 
     # One trial at a time: the good lr records the rung at step 2 first, then the diverging lr meets it.
     cfg = load_config([str(env["base"])], ["tune.name=asha", "tune.scheduler=asha", "tune.grace_period=2",
@@ -147,7 +147,7 @@ def test_asha_stops_a_diverging_trial_early(env):
 
 def test_comparison_with_ray_train_trials_scores_each_cell_with_batch_inference(env):
     """compare.runner: ray_train: each cell a Train job, then run_inference into the same child run."""
-    from mdm.platform.tune.compare import run_comparison
+    from mdm.platform.compare.compare import run_comparison
 
     cfg = load_config([str(env["base"])], [
         "tune.name=cmp-raytrain", "train.task=arithmetic", "train.max_steps=2", "compare.runner=ray_train",

@@ -12,10 +12,16 @@ import pytest
 
 from mdm.platform.config import load_config
 from mdm.platform.config_ops import with_overrides
-from mdm.platform.tune.space import SweepError, load_sweep, parse_sweep
+from mdm.platform.tuner.space import SweepError, load_sweep, parse_sweep
 from mdm.platform.commands.tune import main
 from mdm.platform.runs import sweep_name
-from mdm.platform.tune.sweep import max_concurrent, run_sweep
+from mdm.platform.sweep.sweep import run_sweep
+from mdm.platform.tuner.tuner import TrialResources
+
+
+def max_concurrent(c, cluster):
+    """A sweep's trials at once: each a Ray Train job, under `tune.max_concurrent_trials` when set."""
+    return TrialResources.train_job(c.tune, c.ray).max_concurrent(cluster, c.tune.max_concurrent_trials)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +135,7 @@ def test_sweep_name_is_deterministic_and_depends_on_the_space(cfg):
 
 
 def test_optuna_searcher_draws_from_the_space_with_grid_keys_as_categories(cfg):
-    from mdm.platform.tune.sweep import _searcher
+    from mdm.platform.sweep.sweep import _searcher
 
     space = parse_sweep({"train.lr": {"loguniform": [1e-5, 1e-3]}, "train.PPOTS": {"grid": [False, True]},
                          "train.p_model": {"grid": ["EPR", "AP"]}}, cfg)

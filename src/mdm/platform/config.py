@@ -37,8 +37,8 @@ from mdm.platform.runtime.ray_config import RayConfig
 from mdm.platform.tracking.tracking_config import TrackingConfig
 from mdm.platform.train.data_config import DataConfig
 from mdm.platform.train.deepspeed_config import DeepSpeedConfig
-from mdm.platform.tune.compare_config import CompareConfig
-from mdm.platform.tune.tune_config import TuneConfig
+from mdm.platform.compare.compare_config import CompareConfig
+from mdm.platform.tuner.tune_config import TuneConfig
 
 DEFAULT_ENGINE = "llada_plus"
 # The platform's sections (fields of RunConfig); each class lives beside the component that reads it.

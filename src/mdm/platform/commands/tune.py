@@ -1,4 +1,4 @@
-"""`mdm tune`: a Ray Tune sweep over the trainer (see `mdm.platform.tune.sweep.run_sweep`).
+"""`mdm tune`: a Ray Tune sweep over the trainer (see `mdm.platform.sweep.sweep.run_sweep`).
 
     mdm tune --config base.yaml [--config overlay.yaml] --sweep sweep.yaml [--set tune.scheduler=asha ...]
 """
@@ -11,8 +11,8 @@ from typing import Optional, Sequence
 
 from mdm.platform.config_args import add_config_args, config_or_dump
 from mdm.platform.fields import ConfigError
-from mdm.platform.tune.space import SweepError
-from mdm.platform.tune.sweep import run_sweep
+from mdm.platform.tuner.space import SweepError
+from mdm.platform.sweep.sweep import run_sweep
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

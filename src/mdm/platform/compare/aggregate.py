@@ -28,7 +28,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from mdm.platform.tune.paired_stats import POWER, Paired, format_delta, format_mdd, paired_table
+from mdm.platform.compare.paired_stats import POWER, Paired, format_delta, format_mdd, paired_table
 
 # What a comparison reports per configuration: held-out exact match, the held-out losses (one time-sample, by
 # quadrature over t), the held-out log-likelihood bound per token, then the final training loss.

@@ -1,32 +1,56 @@
-"""MLflow bookkeeping of a sweep: one parent run, one child run per trial, the result table, the best config.
+"""The MLflow parent run of a sweep or a comparison, and its one child run per trial.
 
-    tracker = Tracker.open(cfg.tracking)
-    parent = open_parent(tracker, "sweep-ab12cd34", params={"space.train.lr": "loguniform[1e-05, 0.001]", ...})
-    # each trial: train_driver(..., run_name=child_run_name(sweep, trial_id), mlflow_tags=child_tags(parent, ...))
-    close_children(tracker, parent, {"1a2b3_00000": "FINISHED", ...})   # by trial id, after tuner.fit()
-    print(format_table(rows, "eval/loss", ["train.lr"]))
+    tracker = connect(cfg.tracking, cfg.ray)          # Ray started or joined; None when tracking is off
+    parent = open_parent(tracker, "sweep-ab12cd34", space, params={"tune.metric": "eval/loss", ...})
+    # each trial: its run is `child_run_name(sweep, trial_id)`, tagged `child_tags(parent, sweep, trial_id)`
     finish_parent(tracker, parent, rows, metric="eval/loss", mode="min", artifacts=[best_yaml])
 
-The children are created by the trainer's rank-0 logging (`Tracker.start_run` resumes a run of the same name,
-so a retried or resumed trial keeps its one run). A trial that the scheduler stops is killed mid-function,
-(train_driver then ends its run FAILED, or leaves it RUNNING when killed outright), and a killed driver leaves
-its trials' runs open: `close_children` gives every child its trial's final status (FINISHED; KILLED for
-stopped early or interrupted; FAILED for errors), so no child is left RUNNING or mislabelled. The parent is found again by name on resume (tag `mdm.sweep`), never duplicated.
+`connect` opens the tracking store before anything starts (an unreachable server is an error now, naming
+its address), starts or joins Ray, and on a cluster of several nodes refuses a file-backed store (trials log
+from other nodes, onto a disk nobody reads). The parent's params are the search space (`space.<key>`) and
+what the caller adds; it is found again by name on resume (tag `mdm.sweep`), never duplicated.
+
+The children are created by the trials (`Tracker.start_run` resumes a run of the same name, so a retried or
+resumed trial keeps its one run). A trial that the scheduler stops is killed mid-function (train_driver then
+ends its run FAILED, or leaves it RUNNING when killed outright), and a killed driver leaves its trials' runs
+open: `finish_parent` first gives every child its trial's final status (FINISHED; KILLED for stopped early or
+interrupted; FAILED for errors), so no child is left RUNNING or mislabelled. Then it logs the trial counts,
+the best trial's metric and the artifacts to the parent, and ends it FINISHED when at least one trial
+finished, else FAILED (`parent_status`, the rule `mdm tune`'s exit code follows too).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional
 
 from mlflow.entities import Metric, Param, RunTag
 
+from mdm.platform.runtime.ray_config import RayConfig
 from mdm.platform.tracking.tracker import MAX_PARAM_CHARS, Tracker
+from mdm.platform.tracking.tracking_config import TrackingConfig
+from mdm.platform.tuner.space import SweepSpace
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 SWEEP_TAG = "mdm.sweep"
 ROLE_TAG = "mdm.role"
 TRIAL_TAG = "mdm.trial_id"
 STATUS_TAG = "mdm.trial_status"
+
+
+def connect(tracking: TrackingConfig, ray: RayConfig) -> Optional[Tracker]:
+    """Open the tracking store (None when tracking is off), start or join Ray, and check that every node
+    can reach the store."""
+    from mdm.platform.runtime.ray_runtime import alive_nodes, ensure_ray, is_local_cluster
+    from mdm.platform.tracking.tracker import check_cluster_store
+
+    tracker = Tracker.open(tracking) if tracking.enabled else None
+    ensure_ray(ray)
+    if tracker is not None and not is_local_cluster(ray):
+        check_cluster_store(tracker.uri, alive_nodes())  # trials log from other nodes
+    return tracker
 
 
 def child_tags(parent_id: Optional[str], sweep_name: str, trial_id: str) -> dict[str, str]:
@@ -36,10 +60,12 @@ def child_tags(parent_id: Optional[str], sweep_name: str, trial_id: str) -> dict
     return tags
 
 
-def open_parent(tracker: Tracker, sweep_name: str, params: Mapping[str, Any],
+def open_parent(tracker: Tracker, sweep_name: str, space: SweepSpace, params: Mapping[str, Any],
                 tags: Optional[Mapping[str, str]] = None) -> str:
     """Create the sweep's parent run, or reopen it (same name) when the sweep resumes; returns its id.
-    `tags` (context tags, the description) are set either way."""
+    Its params: the search space as `space.<key>`, then `params`; `tags` (context tags, the description) are
+    set either way."""
+    params = {**{f"space.{k}": v for k, v in space.describe().items()}, **params}
     exp = tracker.experiment_id()
     found = tracker.client.search_runs([exp], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep_name}' and "
                                                           f"tags.`{ROLE_TAG}` = 'parent'",
@@ -61,7 +87,7 @@ def open_parent(tracker: Tracker, sweep_name: str, params: Mapping[str, Any],
     return run_id
 
 
-def children(tracker: Tracker, parent_id: str) -> list[Any]:
+def children(tracker: Tracker, parent_id: str) -> list[Run]:
     """The child runs of `parent_id` (mlflow.entities.Run), oldest first."""
     return tracker.client.search_runs([tracker.experiment_id()],
                                       filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
@@ -85,9 +111,16 @@ def close_children(tracker: Tracker, parent_id: str, statuses: Mapping[str, str]
     return out
 
 
+def parent_status(statuses: Iterable[str]) -> str:
+    """The parent's end status: FINISHED when at least one trial finished, else FAILED."""
+    return "FINISHED" if any(s == "FINISHED" for s in statuses) else "FAILED"
+
+
 def finish_parent(tracker: Tracker, parent_id: str, rows: list[dict[str, Any]], metric: str, mode: str,
-                  artifacts: Iterable[str] = (), status: str = "FINISHED") -> None:
-    """Log the best metric, trial counts and artifacts (table, best config) to the parent; end it."""
+                  artifacts: Iterable[str] = ()) -> None:
+    """Close the children by the rows' statuses ({trial_id, status, metric} each), log the best `metric`
+    (`mode` min|max), trial counts and artifacts (table, best config) to the parent; end it (`parent_status`)."""
+    close_children(tracker, parent_id, {r["trial_id"]: r["status"] for r in rows})
     scored = [r for r in rows if r.get("metric") is not None]
     metrics = [Metric("sweep/trials", float(len(rows)), 0, 0),
                Metric("sweep/trials_finished", float(sum(r["status"] == "FINISHED" for r in rows)), 0, 0)]
@@ -99,7 +132,7 @@ def finish_parent(tracker: Tracker, parent_id: str, rows: list[dict[str, Any]], 
     tracker.client.log_batch(parent_id, metrics=metrics, tags=tags)
     for path in artifacts:
         tracker.client.log_artifact(parent_id, path)
-    tracker.client.set_terminated(parent_id, status=status)
+    tracker.client.set_terminated(parent_id, status=parent_status(r["status"] for r in rows))
 
 
 def rank_rows(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
@@ -110,23 +143,3 @@ def rank_rows(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
             return (1, 0.0)
         return (0, float(v) if mode == "min" else -float(v))
     return sorted(rows, key=key)
-
-
-def format_table(rows: list[dict[str, Any]], metric: str, keys: list[str]) -> str:
-    """A fixed-width text table: trial, run (its display name), status, metric, last step, the swept `keys`."""
-    head = ["trial", "run", "status", metric, "step", *keys]
-    body = []
-    for r in rows:
-        m = r.get("metric")
-        body.append([str(r["trial_id"]), str(r.get("label", r.get("run_name", ""))), r["status"],
-                     "-" if m is None else f"{m:.5g}",
-                     "-" if r.get("step") is None else str(r["step"]),
-                     *[_fmt(r["params"].get(k)) for k in keys]])
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
-    return "\n".join(lines)
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)

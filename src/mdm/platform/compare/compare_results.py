@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from mdm.platform.config_ops import flatten
-from mdm.platform.tune import aggregate as agg
-from mdm.platform.tune.compare_space import MULT_KEY, objective_label, stratum_label
-from mdm.platform.tune.compare_trial import DONE_KEY, TrialInputs, trial_config
+from mdm.platform.compare import aggregate as agg
+from mdm.platform.compare.compare_space import MULT_KEY, objective_label, stratum_label
+from mdm.platform.compare.compare_trial import DONE_KEY, TrialInputs, trial_config
+from mdm.platform.tuner.tuner import trial_outcome
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from ray.tune import ResultGrid
 
 CURVE_METRICS = ("train/loss", "eval/loss")
 # Measured before training (the objective's prepare, logged at step 0): what P-POTS predicts it removes (R),
@@ -25,11 +30,11 @@ DIAG_METRICS = ("ppots/R_star_loss", "ppots/R_fit_loss", "ppots/R_star_grad", "p
                 "diag/mirror_corr_within_t0.5", "diag/mirror_corr_pooled_t0.5")
 
 
-def _numbers(record: Any) -> dict[str, float]:
+def _numbers(record: pd.Series) -> dict[str, float]:
     return {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _first(df: Any, keys: Any) -> dict[str, float]:
+def _first(df: Optional[pd.DataFrame], keys: Iterable[str]) -> dict[str, float]:
     """The first logged value of each of `keys` (those reported once, before training)."""
     out: dict[str, float] = {}
     for k in keys:
@@ -38,7 +43,7 @@ def _first(df: Any, keys: Any) -> dict[str, float]:
     return out
 
 
-def _curve(df: Any) -> list[tuple[int, dict[str, float]]]:
+def _curve(df: Optional[pd.DataFrame]) -> list[tuple[int, dict[str, float]]]:
     curve = []
     if df is not None and "step" in df:
         for _, rec in df.iterrows():
@@ -49,25 +54,22 @@ def _curve(df: Any) -> list[tuple[int, dict[str, float]]]:
     return curve
 
 
-def result_rows(results: Any, inputs: TrialInputs) -> list[dict[str, Any]]:
+def result_rows(results: ResultGrid, inputs: TrialInputs) -> list[dict[str, Any]]:
     """One row per Tune result: {trial_id, run_name, label, group, objective, stratum, control, status, seed,
     metrics (last report), curve, error}; FINISHED when the trial's last report carries the held-out accuracy.
     `objective` is what `compare.baseline` names, `stratum` what a configuration shares with its baseline
     (e.g. the learning rate), `control` marks a positive-control arm."""
     rows = []
     for r in results:
-        trial_id = Path(r.path).name
-        cfg, run_name, label, group = trial_config(inputs, r.config or {}, trial_id)
-        df = r.metrics_dataframe
+        out = trial_outcome(r, DONE_KEY)
+        cfg, run_name, label, group = trial_config(inputs, out.config, out.trial_id)
+        df = out.history
         last = {} if df is None or not len(df) else {**_numbers(df.iloc[-1]), **_first(df, DIAG_METRICS)}
-        done = df is not None and DONE_KEY in df and df[DONE_KEY].notna().any()
-        status = "FAILED" if r.error is not None else "FINISHED" if done else "KILLED"
         flat = flatten(cfg)
-        rows.append({"trial_id": trial_id, "run_name": run_name, "label": label, "group": group,
+        rows.append({"trial_id": out.trial_id, "run_name": run_name, "label": label, "group": group,
                      "objective": objective_label(flat, inputs.space), "stratum": stratum_label(flat, inputs.space),
-                     "control": float(flat.get(MULT_KEY, 1.0)) != 1.0, "status": status,
-                     "seed": cfg.train.seed, "metrics": last, "curve": _curve(df),
-                     "error": None if r.error is None else str(r.error).splitlines()[0][:300]})
+                     "control": float(flat.get(MULT_KEY, 1.0)) != 1.0, "status": out.status,
+                     "seed": cfg.train.seed, "metrics": last, "curve": _curve(df), "error": out.error})
     return sorted(rows, key=lambda x: x["trial_id"])
 
 

@@ -7,7 +7,7 @@
     cell_label(flat, space)                   # the same with the seed: a trial's display name
     swept_keys(space)                         # the grid keys in order, seed last
 
-A comparison is a sweep whose every dimension is a grid (`mdm.platform.tune.space` validates each key and
+A comparison is a sweep whose every dimension is a grid (`mdm.platform.tuner.space` validates each key and
 value against the config schema and drops the cells that differ only by inert keys), so every configuration
 gets the same learning rates and the same seeds and nothing else varies. The batch a cell trains with
 follows `compare.equalize` (see compare_config.py); a cell whose batch cannot be divided evenly is an
@@ -26,7 +26,7 @@ from mdm.platform.config_ops import flatten
 from mdm.platform.fields import ConfigError
 from mdm.platform.registry import get_registry
 from mdm.platform.runs import trial_label
-from mdm.platform.tune.space import SweepSpace, parse_sweep
+from mdm.platform.tuner.space import SweepSpace, parse_sweep
 
 SEED_KEY = "train.seed"
 LR_KEY = "train.lr"

@@ -1,4 +1,4 @@
-"""`compare` section: a comparison of training configurations over seeds (read by `mdm.platform.tune.compare`).
+"""`compare` section: a comparison of training configurations over seeds (read by `mdm.platform.compare.compare`).
 
     compare:
       grid: {train.train_mode: [Normal, MIRROR], train.PPOTS: [false, true], train.p_model: [EPR]}

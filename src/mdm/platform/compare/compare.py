@@ -1,6 +1,6 @@
 """A comparison of training configurations over seeds: one command, one MLflow parent run, one table.
 
-    from mdm.platform.tune.compare import run_comparison
+    from mdm.platform.compare.compare import run_comparison
     res = run_comparison(cfg)                  # the `compare` section says what (compare_config.py)
     print(res.table)                           # per configuration: n, mean ± std, paired Δ vs the baseline
     res.groups, res.rows, res.files            # aggregate.Group per configuration, one row per trial, artifacts
@@ -11,7 +11,9 @@ started or joined, and for `compare.runner: in_process` the training data is val
 once (`train.inprocess.load_memory_data`) and shipped to every trial through the object store. The MLflow
 parent run opens (its description: the command line, the search space and the batch rule; MLflow's context
 tags), then Ray Tune runs one function trial per cell (`compare_trial`), `compare.cpus_per_trial` CPUs each,
-as many at once as the cluster holds, reusing trial processes, with the live table of `reporter.py`.
+as many at once as the cluster holds, reusing trial processes, with the live table of `tuner.reporter`.
+The Tune experiment (restored when interrupted), its trial names, concurrency and status rule, and the
+parent run are the tuner core's (`mdm.platform.tuner`), shared with sweeps.
 
 Why in-process trials: a comparison is many short trials of a small model, and a Ray Train worker group
 per trial costs more than the training (bench/tune_overhead.py measured 78% of a tiny trial outside
@@ -38,22 +40,26 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from mdm.platform.config_ops import flatten, with_overrides
 from mdm.platform.fields import ConfigError
 from mdm.platform.runs import absolute_paths, storage_root, sweep_name
-from mdm.platform.tune import aggregate as agg
-from mdm.platform.tune.compare_results import (diagnostics_lines, group_rows, headline, result_rows,
-                                               write_results)
-from mdm.platform.tune.compare_space import comparison_space, swept_keys
-from mdm.platform.tune.compare_trial import DONE_KEY, TrialInputs, comparison_trial, tune_trial_name
-from mdm.platform.tune.paired_stats import next_seed_count, verdict_lines
+from mdm.platform.compare import aggregate as agg
+from mdm.platform.compare.compare_results import (diagnostics_lines, group_rows, headline, result_rows,
+                                                  write_results)
+from mdm.platform.compare.compare_space import comparison_space, swept_keys
+from mdm.platform.compare.compare_trial import DONE_KEY, TrialInputs, comparison_trial, display_label
+from mdm.platform.compare.paired_stats import next_seed_count, verdict_lines
+from mdm.platform.tracking.tracker import Tracker
+from mdm.platform.tuner.parent_run import connect, finish_parent, open_parent
+from mdm.platform.tuner.tuner import Experiment, TrialNamer, TrialResources, fit
+
+if TYPE_CHECKING:
+    from ray.tune import Callback
 
 
 @dataclass
@@ -76,7 +82,8 @@ class _Setup:
     cfg: Any
     name: str
     inputs: TrialInputs
-    tracker: Any
+    tracker: Optional[Tracker]
+    resources: TrialResources
     concurrent: int
     rule: str
     space_yaml: str
@@ -95,31 +102,22 @@ def _check(cfg: Any) -> None:
         raise ConfigError("train.train_data_path is not set: point it at processed JSONL (`mdm preprocess`)")
 
 
-def _trial_dirname(trial: Any) -> str:
-    return trial.trial_id  # so a result's directory names its trial (Tune pickles this: not a lambda)
-
-
-def _concurrency(cfg: Any) -> int:
-    import ray
-
-    c = cfg.compare
-    per_trial = c.cpus_per_trial if c.runner == "in_process" else \
-        cfg.tune.cpus_per_trial + cfg.ray.num_workers * cfg.ray.cpus_per_worker
-    reserve = 0.0 if c.runner == "in_process" else cfg.tune.reserve_cpus
-    return cfg.tune.max_concurrent_trials or max(1, math.floor(
-        (float(ray.cluster_resources().get("CPU", 1.0)) - reserve) / per_trial + 1e-9))
+def _resources(cfg: Any) -> TrialResources:
+    """An in-process trial holds `compare.cpus_per_trial`; a ray_train one its function and worker group."""
+    if cfg.compare.runner == "in_process":
+        return TrialResources(cpus=cfg.compare.cpus_per_trial)
+    return TrialResources.train_job(cfg.tune, cfg.ray)
 
 
 def _setup(cfg: Any, argv: Optional[Sequence[str]]) -> _Setup:
     """Validate, build the held-out rows and the in-memory data, start Ray and open the parent run."""
-    from mdm.platform.runtime.ray_runtime import ensure_ray
+    import ray
+
     from mdm.platform.tokenizer import load_tokenizer
     from mdm.platform.tracking.context import DESCRIPTION_TAG, context_tags, describe_command
     from mdm.platform.tracking.dataset import describe_dataset
-    from mdm.platform.tracking.tracker import Tracker
     from mdm.platform.train.driver import tokenizer_path
-    from mdm.platform.tune.compare_eval import build_eval_task, held_out_rows
-    from mdm.platform.tune.sweep_tracking import open_parent
+    from mdm.platform.compare.compare_eval import build_eval_task, held_out_rows
 
     _check(cfg)
     space = comparison_space(cfg)
@@ -129,77 +127,59 @@ def _setup(cfg: Any, argv: Optional[Sequence[str]]) -> _Setup:
     tok_path = tokenizer_path(cfg)
     tokenizer = load_tokenizer(tok_path, cfg.model.trust_remote_code)
     eval_rows = held_out_rows(build_eval_task(cfg), tokenizer, c.eval_split, c.eval_limit)
-    tracker = Tracker.open(cfg.tracking) if cfg.tracking.enabled else None
-    ensure_ray(cfg.ray)
+    tracker = connect(cfg.tracking, cfg.ray)
     data = None
     if c.runner == "in_process":
         from mdm.platform.train.inprocess import load_memory_data
 
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         data = load_memory_data(cfg, pad_id=pad, vocab_size=len(tokenizer))
-    concurrent = _concurrency(cfg)
+    need = _resources(cfg)
+    concurrent = need.max_concurrent(ray.cluster_resources(), cfg.tune.max_concurrent_trials)
     n_trials = len(space.trials)
     print(f"mdm compare {name}: {n_trials} trials = {n_trials // len(c.seeds)} configurations x {len(c.seeds)} "
           f"seeds, equal {c.equalize}, runner {c.runner}, up to {concurrent} at once"
           + (f"; data {data.summary}" if data else ""), file=sys.stderr)
     context = context_tags()
-    space_yaml = "\n".join(f"{k}: {v}" for k, v in space.describe().items())
+    space_yaml = space.describe_yaml()
     rule = (f"Batch rule: equal **{c.equalize}** (`compare.equalize`; train.batch_size_per_gpu="
             f"{cfg.train.batch_size_per_gpu}{' sequence-forwards' if c.equalize == 'forwards' else ' sequences'}"
             f" per micro-batch). Runner: {c.runner}. Held-out: {len(eval_rows)} problems of {c.eval_split}. "
             f"Paired by seed against {c.baseline}.")
     parent_id = None
     if tracker is not None:
-        parent_id = open_parent(tracker, name, {
-            **{f"space.{k}": v for k, v in space.describe().items()},
+        parent_id = open_parent(tracker, name, space, {
             **{k: v for k, v in flatten(cfg).items() if k.startswith("compare.")}, "trials": n_trials},
             tags={**context, "mdm.kind": "comparison", "mdm.equalize": c.equalize,
                   DESCRIPTION_TAG: describe_command(f"mdm comparison {name}", space_yaml, rule, argv)})
     dataset = describe_dataset(cfg.train.train_data_path, rows=None if data is None else data.n_train + data.n_eval)
     inputs = TrialInputs(base=cfg, space=space, sweep=name, parent_id=parent_id, tokenizer_path=tok_path,
                          eval_rows=eval_rows, context=context, dataset=dataset, data=data)
-    return _Setup(cfg, name, inputs, tracker, concurrent, rule, space_yaml, argv)
+    return _Setup(cfg, name, inputs, tracker, need, concurrent, rule, space_yaml, argv)
 
 
-def _run_round(setup: _Setup, seeds: list[int], round_no: int, callbacks: Sequence[Any]) -> list[dict[str, Any]]:
+def _run_round(setup: _Setup, seeds: list[int], round_no: int, callbacks: Sequence[Callback]
+               ) -> list[dict[str, Any]]:
     """Train every configuration on `seeds` as one Tune experiment (resumed when interrupted); its rows."""
-    from ray import tune
-
-    from mdm.platform.tune.reporter import legacy_output, trial_reporter
+    from mdm.platform.tuner.reporter import trial_reporter
 
     cfg = with_overrides(setup.cfg, {"compare.seeds": list(seeds)}) if round_no > 1 else setup.cfg
     name = setup.name if round_no == 1 else f"{setup.name}-r{round_no}"
     space = setup.inputs.space if round_no == 1 else comparison_space(cfg)
     inputs = dataclasses.replace(setup.inputs, base=cfg, space=space, sweep=name)
-    c = cfg.compare
-    trainable = tune.with_resources(tune.with_parameters(comparison_trial, inputs=inputs),
-                                    {"CPU": c.cpus_per_trial if c.runner == "in_process" else cfg.tune.cpus_per_trial})
-    exp_path = f"{storage_root(cfg).rstrip('/')}/{name}"
-    param_space = space.param_space("random")
-    if tune.Tuner.can_restore(exp_path):
-        print(f"mdm compare {name}: resuming the interrupted comparison in {exp_path}", file=sys.stderr)
-        tuner = tune.Tuner.restore(exp_path, trainable=trainable, param_space=param_space, resume_unfinished=True,
-                                   resume_errored=True)
-    else:
-        if round_no > 1:
-            print(f"mdm compare {setup.name}: round {round_no}, seeds {seeds}", file=sys.stderr)
-        reporter = trial_reporter(space, {"step": "step", "train/loss": "train loss", "eval/loss": "eval loss",
-                                          DONE_KEY: "accuracy"}, DONE_KEY, "max", keys=swept_keys(space))
-        tuner = tune.Tuner(
-            trainable, param_space=param_space,
-            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=setup.concurrent, reuse_actors=True,
-                                        trial_dirname_creator=_trial_dirname,
-                                        trial_name_creator=functools.partial(tune_trial_name, base=cfg, space=space)),
-            run_config=tune.RunConfig(name=name, storage_path=storage_root(cfg), verbose=1,
-                                      callbacks=list(callbacks), progress_reporter=reporter,
-                                      failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures)))
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # accuracy arrives with the last report only
-    with legacy_output():
-        results = tuner.fit()
+    if round_no > 1:
+        print(f"mdm compare {setup.name}: round {round_no}, seeds {seeds}", file=sys.stderr)
+    reporter = trial_reporter(space, {"step": "step", "train/loss": "train loss", "eval/loss": "eval loss",
+                                      DONE_KEY: "accuracy"}, DONE_KEY, "max", keys=swept_keys(space))
+    exp = Experiment(name, storage_root(cfg), comparison_trial, {"inputs": inputs}, space.param_space("random"),
+                     setup.resources, setup.concurrent, cfg.tune.max_failures,
+                     TrialNamer(space, functools.partial(display_label, flatten(cfg), space)), reporter, callbacks,
+                     {"num_samples": 1, "reuse_actors": True})
+    results, _ = fit(exp, "mdm compare", "comparison")
     return result_rows(results, inputs)
 
 
-def run_comparison(cfg: Any, *, callbacks: Sequence[Any] = (), argv: Optional[Sequence[str]] = None
+def run_comparison(cfg: Any, *, callbacks: Sequence[Callback] = (), argv: Optional[Sequence[str]] = None
                    ) -> ComparisonResult:
     """Run (or resume) the comparison the `compare` section describes; see the module docstring."""
     setup = _setup(cfg, argv)
@@ -222,7 +202,6 @@ def run_comparison(cfg: Any, *, callbacks: Sequence[Any] = (), argv: Optional[Se
 def _finish(setup: _Setup, rows: list[dict[str, Any]], groups: list[agg.Group]) -> ComparisonResult:
     """Write the summary, print it, close the children and the parent run."""
     from mdm.platform.tracking.context import DESCRIPTION_TAG, describe_command, run_link
-    from mdm.platform.tune.sweep_tracking import close_children, finish_parent
 
     cfg, name, tracker, c = setup.cfg, setup.name, setup.tracker, setup.cfg.compare
     parent_id = setup.inputs.parent_id
@@ -241,15 +220,13 @@ def _finish(setup: _Setup, rows: list[dict[str, Any]], groups: list[agg.Group]) 
     for r in failed:
         print(f"  {r['label']} ({r['trial_id']}): {r['status']} {r['error'] or ''}", file=sys.stderr)
     if tracker is not None and parent_id is not None:
-        close_children(tracker, parent_id, {r["trial_id"]: r["status"] for r in rows})
         tracker.client.set_tag(parent_id, DESCRIPTION_TAG, describe_command(
             f"mdm comparison {name}", setup.space_yaml, setup.rule, setup.argv,
             head="Result, mean ± std over seeds, paired differences:\n\n" + agg.markdown_table(groups)
             + ("\n\n" + verdict if verdict else "")))
         scored = [{"trial_id": r["trial_id"], "status": r["status"], "metric": r["metrics"].get(DONE_KEY)}
                   for r in rows]
-        finish_parent(tracker, parent_id, scored, DONE_KEY, "max", artifacts=list(res.files.values()),
-                      status="FINISHED" if len(failed) < len(rows) else "FAILED")
+        finish_parent(tracker, parent_id, scored, DONE_KEY, "max", artifacts=list(res.files.values()))
         res.experiment_id = tracker.experiment_id()
         print(f"MLflow parent run: {run_link(tracker.uri, res.experiment_id, parent_id)}")
     print(f"files: {Path(cfg.train.output_dir) / name}")

@@ -2,12 +2,13 @@
 record it as an MLflow child run of the comparison (tagged with the digests that show it is paired with the
 other configurations of its seed: `mdm.init_digest`, `mdm.data_digest`).
 
-    tune.with_parameters(comparison_trial, inputs=TrialInputs(...))     # built by compare.run_comparison
+    Experiment(name, root, comparison_trial, {"inputs": TrialInputs(...)}, ...)   # compare.run_comparison
 
 `compare.runner: in_process` trains in this (Tune trial) process with `train.inprocess.fit_in_process` on the
 data the driver validated once, with `compare.cpus_per_trial` torch threads, then samples the held-out
 answers with the trained model still in memory (`compare_eval.score_held_out`). `ray_train` runs the cell as a
-Ray Train job (`train_driver`) and scores its export with batch inference (`run_inference`).
+Ray Train job (`tuner.trial.train_job`, as a sweep's trial) and scores its export with batch inference
+(`run_inference`).
 
 Either way the child run is named by its swept values (`MIRROR+PPOTS(EPRS) lr=1e-3 seed=1`, identity
 `<sweep>-<trial id>` in the tag `mdm.run`, trial id in `mdm.trial_id`, configuration in `mdm.group`), logs
@@ -27,13 +28,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from mdm.platform.config_ops import dump_config, flatten, with_overrides
 from mdm.platform.runs import child_run_name, export_dir, tracked_params
-from mdm.platform.tune.compare_space import cell_label, cell_overrides, group_label
-from mdm.platform.tune.space import SweepSpace
-from mdm.platform.tune.sweep_tracking import child_tags
+from mdm.platform.compare.compare_space import cell_label, cell_overrides, group_label
+from mdm.platform.tuner.space import SweepSpace
+from mdm.platform.tuner.parent_run import child_tags
+from mdm.platform.tuner.trial import start_trial, train_job
 
 GROUP_TAG = "mdm.group"
 DONE_KEY = "eval/accuracy"
@@ -63,22 +65,17 @@ def trial_config(inputs: TrialInputs, config: dict[str, Any], trial_id: str) -> 
     return cfg, run_name, cell_label(flat, inputs.space), group_label(flat, inputs.space)
 
 
-def tune_trial_name(trial: Any, *, base: Any, space: SweepSpace) -> str:
-    """Tune's name for a trial (its terminal table's first column): the run's display label."""
-    return cell_label({**flatten(base), **space.overrides_for(trial.config or {})}, space)
+def display_label(base: Mapping[str, Any], space: SweepSpace, params: Mapping[str, Any]) -> str:
+    """A trial's display label from its overrides `params` over the flattened base config `base`: Tune's name
+    for it (`tuner.TrialNamer`, its terminal table's first column)."""
+    return cell_label({**base, **params}, space)
 
 
 def comparison_trial(config: dict[str, Any], *, inputs: TrialInputs) -> None:
     """The Tune function trainable (see the module docstring)."""
-    from ray import tune
-
-    from mdm.platform.registry import auto_import, load_builtins
-
     t_start = time.perf_counter()
     _quiet()
-    load_builtins()
-    auto_import(list(inputs.base.auto_import))
-    trial_id = tune.get_context().get_trial_id()
+    trial_id = start_trial(inputs.base.auto_import)
     cfg, run_name, label, group = trial_config(inputs, config, trial_id)
     tags = {**inputs.context, **child_tags(inputs.parent_id, inputs.sweep, trial_id), GROUP_TAG: group,
             "mdm.equalize": cfg.compare.equalize}
@@ -109,7 +106,7 @@ def _in_process(cfg: Any, inputs: TrialInputs, run_name: str, label: str, tags: 
     from mdm.platform.tracking.system_metrics import start_system_metrics
     from mdm.platform.tracking.tracker import RunLogger, Tracker
     from mdm.platform.train.inprocess import fit_in_process
-    from mdm.platform.tune.compare_eval import build_eval_task, low_noise_eval, score_held_out
+    from mdm.platform.compare.compare_eval import build_eval_task, low_noise_eval, score_held_out
 
     torch.set_num_threads(max(1, int(cfg.compare.cpus_per_trial)))
     tokenizer = load_tokenizer(inputs.tokenizer_path, cfg.model.trust_remote_code)
@@ -184,11 +181,8 @@ def _ray_train(cfg: Any, inputs: TrialInputs, run_name: str, label: str, tags: d
 
     from mdm.platform.infer.generation.job import run_inference
     from mdm.platform.tracking.tracker import RunLogger, Tracker
-    from mdm.platform.train.driver import train_driver
-    from mdm.platform.tune.sweep import report_callback
 
-    result = train_driver(cfg, run_name=run_name, callbacks=[report_callback(cfg.tune.metric, cfg.tune.mode)],
-                          mlflow_tags=tags if cfg.tracking.enabled else None, display_name=label)
+    result = train_job(cfg, run_name, tags, label)
     m = dict(result.metrics or {})
     export = m["export_dir"]
     split = cfg.compare.eval_split

@@ -92,6 +92,10 @@ class SweepSpace:
         out.update({k: f"fixed {json.dumps(v)}" for k, v in self.fixed.items()})
         return out
 
+    def describe_yaml(self) -> str:
+        """`describe()` as YAML lines ("train.lr: loguniform[1e-05, 0.001]"), for a run's description."""
+        return "\n".join(f"{k}: {v}" for k, v in self.describe().items())
+
     def canonicalize(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """`params` with every key whose condition fails reset to the base config's value."""
         return canonicalize(params, self.base, self.conditions)

@@ -1,4 +1,6 @@
-"""`tune` section: Ray Tune sweeps (read by `mdm.platform.tune.sweep`; the search space itself is the sweep file).
+"""`tune` section: Ray Tune sweeps (`mdm.platform.sweep`; the search space itself is the sweep file); comparisons
+(`mdm.platform.compare`) read `name`, `max_concurrent_trials`, `max_failures` and, with compare.runner ray_train,
+`cpus_per_trial`, `reserve_cpus`, `metric` and `mode`.
 
 `metric`/`mode`: what the sweep optimises and ranks by (any metric the trainer reports, `eval/loss` by default).
 `scheduler`: fifo runs every trial to the end; asha stops trials whose metric is behind at a rung

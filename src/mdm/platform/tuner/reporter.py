@@ -3,8 +3,7 @@ starts or ends (and every `every_s` seconds, 5 minutes by default, otherwise), n
 
     reporter = trial_reporter(space, metrics={"eval/loss": "eval loss", "eval/accuracy": "accuracy"},
                               metric="eval/loss", mode="min")
-    with legacy_output():                    # Ray's default (new) output ignores a ProgressReporter
-        tune.Tuner(..., run_config=tune.RunConfig(progress_reporter=reporter, verbose=1)).fit()
+    fit(Experiment(..., reporter=reporter), ...)   # tuner.py: with Tune's classic output, which honours it
 
 Ray Tune's default output infers its columns from the first results (for a sweep: `step`, `epoch`,
 `total_steps`, and the grid as one truncated dict), so the table is Tune's CLIReporter with explicit
@@ -14,13 +13,16 @@ Ray Tune's default output infers its columns from the first results (for a sweep
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
-from typing import Any, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
+
+from mdm.platform.tuner.space import SweepSpace
+
+if TYPE_CHECKING:
+    from ray.tune import ProgressReporter
 
 
-def parameter_columns(space: Any, keys: Optional[list[str]] = None) -> dict[str, str]:
+def parameter_columns(space: SweepSpace, keys: Optional[list[str]] = None) -> dict[str, str]:
     """{"grid/train.train_mode": "train_mode", "sample/train.lr": "lr", ...} for the swept keys."""
     keys = keys or [d.key for d in space.dims]
     where = {d.key: "sample" if d.dist != "grid" else "grid" for d in space.dims}
@@ -28,8 +30,9 @@ def parameter_columns(space: Any, keys: Optional[list[str]] = None) -> dict[str,
     return {f"{where.get(k, 'grid')}/{k}": (t if tails.count(t) == 1 else k) for k, t in zip(keys, tails)}
 
 
-def trial_reporter(space: Any, metrics: Mapping[str, str], metric: Optional[str] = None, mode: Optional[str] = None,
-                   every_s: float = 300.0, keys: Optional[list[str]] = None) -> Any:
+def trial_reporter(space: SweepSpace, metrics: Mapping[str, str], metric: Optional[str] = None,
+                   mode: Optional[str] = None, every_s: float = 300.0,
+                   keys: Optional[list[str]] = None) -> ProgressReporter:
     """A CLIReporter showing `metrics` ({result key: column name}) and the swept keys, sorted by `metric`
     (leave `metric`/`mode` None when the TuneConfig has them: Tune refuses both)."""
     from ray.tune import CLIReporter
@@ -52,17 +55,3 @@ def trial_reporter(space: Any, metrics: Mapping[str, str], metric: Optional[str]
     return _OnChange(metric_columns=dict(metrics), parameter_columns=parameter_columns(space, keys),
                      metric=metric, mode=mode, sort_by_metric=True, max_report_frequency=1,
                      print_intermediate_tables=True, max_column_length=24, max_progress_rows=64)
-
-
-@contextlib.contextmanager
-def legacy_output() -> Iterator[None]:
-    """Tune's classic reporter output for the block (RAY_AIR_NEW_OUTPUT=0), restored afterwards."""
-    old = os.environ.get("RAY_AIR_NEW_OUTPUT")
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
-        else:
-            os.environ["RAY_AIR_NEW_OUTPUT"] = old
