@@ -33,7 +33,7 @@ from mdm.platform.engine_api import inert_keys
 from mdm.platform.registry import get_registry
 
 if TYPE_CHECKING:
-    from mdm.platform.tune.space import SweepSpace
+    from mdm.platform.tuner.space import SweepSpace
     from mdm.platform.config import RunConfig
 
 # Left out of a run's derived name (prefixes of dotted keys).

@@ -23,12 +23,11 @@ one carries `eval/accuracy`, which marks the trial complete.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from mdm.platform.config_ops import dump_config, flatten, with_overrides
 from mdm.platform.runs import child_run_name, export_dir, tracked_params
@@ -36,6 +35,9 @@ from mdm.platform.compare.compare_space import cell_label, cell_overrides, group
 from mdm.platform.tuner.space import SweepSpace
 from mdm.platform.tuner.parent_run import child_tags
 from mdm.platform.tuner.trial import start_trial, train_job
+
+if TYPE_CHECKING:
+    from mdm.platform.config import RunConfig
 
 GROUP_TAG = "mdm.group"
 DONE_KEY = "eval/accuracy"
@@ -96,91 +98,54 @@ def _quiet() -> None:
     hf_logging.disable_progress_bar()
 
 
-def _in_process(cfg: Any, inputs: TrialInputs, run_name: str, label: str, tags: dict[str, str],
+def _in_process(cfg: RunConfig, inputs: TrialInputs, run_name: str, label: str, tags: dict[str, str],
                 t_start: float) -> None:
     import torch
     from ray import tune
 
     from mdm.platform.tokenizer import load_tokenizer
-    from mdm.platform.tracking.dataset import log_dataset
-    from mdm.platform.tracking.system_metrics import start_system_metrics
-    from mdm.platform.tracking.tracker import RunLogger, Tracker
+    from mdm.platform.tracking.session import tracked_run
+    from mdm.platform.tracking.tracker import Tracker
     from mdm.platform.train.inprocess import fit_in_process
     from mdm.platform.compare.compare_eval import build_eval_task, low_noise_eval, score_held_out
 
     torch.set_num_threads(max(1, int(cfg.compare.cpus_per_trial)))
     tokenizer = load_tokenizer(inputs.tokenizer_path, cfg.model.trust_remote_code)
     tracker = Tracker.open(cfg.tracking) if cfg.tracking.enabled else None
-    run_id = logger = None
-    if tracker is not None:
-        run_id = tracker.start_run(run_name, params=tracked_params(cfg), config_yaml=dump_config(cfg), tags=tags,
-                                   display_name=label)
-        if inputs.dataset is not None:
-            log_dataset(tracker.client, run_id, inputs.dataset)
-        logger = RunLogger(tracker.uri, run_id)
-    stop_monitor = start_system_metrics(tracker.uri if tracker else None, run_id,
-                                        cfg.tracking.system_metrics_interval_s)
-
-    def log(step: int, metrics: dict[str, float]) -> None:
-        if logger:
-            logger.metrics(metrics, step=step)
-        tune.report({"step": step, **metrics})
-
-    try:
-        t_fit = time.perf_counter()
-        fit = fit_in_process(cfg, tokenizer, inputs.data, log=log)
-        t_eval = time.perf_counter()
-        task = build_eval_task(cfg)
-        ev, records = score_held_out(fit.model, cfg, tokenizer, task, inputs.eval_rows)
-        low_noise = low_noise_eval(fit.model, cfg, inputs.data.eval, inputs.eval_rows)
-        t_finish = time.perf_counter()
-        out = export_dir(cfg, run_name)
-        fit.model.save_pretrained(out, safe_serialization=True)
-        tokenizer.save_pretrained(out)
-        if tracker is not None:
-            logger.tags(fit.tags)
-            _log_outputs(tracker, run_id, cfg, out, records)
-        step = int(fit.final["step"])
-        now = time.perf_counter()
-        final = {**fit.final, **low_noise, DONE_KEY: ev["accuracy"], "eval/n": ev["n"], "eval/nfe": ev["nfe"],
-                 "time/setup_s": (t_fit - t_start) + fit.timings["setup_s"], "time/train_s": fit.timings["train_s"],
-                 "time/train_cpu_s": fit.timings["train_cpu_s"],
-                 "time/eval_s": fit.timings["eval_s"] + (t_finish - t_eval), "time/finish_s": now - t_finish,
-                 "time/trial_s": now - t_start, "batch_size": cfg.train.batch_size_per_gpu}
-        final["time/outside_frac"] = 1.0 - final["time/train_s"] / final["time/trial_s"]
-        stop_monitor()
-        if logger:
-            logger.metrics({k: v for k, v in final.items() if "/" in k}, step=step)
-            tracker.end_run(run_id, "FINISHED")
-        tune.report({**final, "step": step})
-    except BaseException:
-        stop_monitor()
-        if tracker is not None and run_id is not None:
-            tracker.end_run(run_id, "FAILED")
-        raise
+    with tracked_run(tracker, run_name, params=tracked_params(cfg), config_yaml=dump_config(cfg), tags=tags,
+                     display_name=label, dataset=inputs.dataset) as run:      # FAILED on any exception
+        with run.system_metrics(cfg.tracking.system_metrics_interval_s):
+            t_fit = time.perf_counter()
+            fit = fit_in_process(cfg, tokenizer, inputs.data,
+                                 log=lambda step, m: (run.metrics(m, step=step), tune.report({"step": step, **m})))
+            t_eval = time.perf_counter()
+            ev, records = score_held_out(fit.model, cfg, tokenizer, build_eval_task(cfg), inputs.eval_rows)
+            low_noise = low_noise_eval(fit.model, cfg, inputs.data.eval, inputs.eval_rows)
+            t_finish = time.perf_counter()
+            out = export_dir(cfg, run_name)
+            fit.model.save_pretrained(out, safe_serialization=True)
+            tokenizer.save_pretrained(out)
+            run.tags(fit.tags)
+            run.log_predictions(records, str(Path(out).parent / f"predictions_{cfg.compare.eval_split}.jsonl"))
+            run.log_export(out, dump_config(cfg) if cfg.tracking.log_model else None)
+            step, now = int(fit.final["step"]), time.perf_counter()
+            final = {**fit.final, **low_noise, DONE_KEY: ev["accuracy"], "eval/n": ev["n"], "eval/nfe": ev["nfe"],
+                     "time/setup_s": (t_fit - t_start) + fit.timings["setup_s"],
+                     "time/train_s": fit.timings["train_s"], "time/train_cpu_s": fit.timings["train_cpu_s"],
+                     "time/eval_s": fit.timings["eval_s"] + (t_finish - t_eval), "time/finish_s": now - t_finish,
+                     "time/trial_s": now - t_start, "batch_size": cfg.train.batch_size_per_gpu}
+            final["time/outside_frac"] = 1.0 - final["time/train_s"] / final["time/trial_s"]
+        run.metrics({k: v for k, v in final.items() if "/" in k}, step=step)
+    tune.report({**final, "step": step})  # after the block: the run is FINISHED before the trial completes
 
 
-def _log_outputs(tracker: Any, run_id: str, cfg: Any, export: str, records: list[dict[str, Any]]) -> None:
-    """Predictions (JSONL artifact and MLflow table) and the model (files, and an MLflow model)."""
-    from mdm.platform.tracking.model_log import log_sampler_model
-    from mdm.platform.tracking.predictions import log_predictions
-
-    split = cfg.compare.eval_split
-    preds = Path(export).parent / f"predictions_{split}.jsonl"
-    preds.write_text("".join(json.dumps(r) + "\n" for r in records))
-    tracker.client.log_artifact(run_id, str(preds), "eval")
-    log_predictions(tracker.client, run_id, records, f"eval/predictions_{split}.json")
-    tracker.client.log_artifacts(run_id, export, "final_model")
-    if cfg.tracking.log_model:
-        log_sampler_model(tracker.uri, run_id, export, dump_config(cfg))
-
-
-def _ray_train(cfg: Any, inputs: TrialInputs, run_name: str, label: str, tags: dict[str, str]) -> None:
+def _ray_train(cfg: RunConfig, inputs: TrialInputs, run_name: str, label: str, tags: dict[str, str]) -> None:
     """A Ray Train job for the cell, then batch inference on the held-out split into the same run."""
     from ray import tune
 
     from mdm.platform.infer.generation.job import run_inference
-    from mdm.platform.tracking.tracker import RunLogger, Tracker
+    from mdm.platform.tracking.session import find_run
+    from mdm.platform.tracking.tracker import Tracker
 
     result = train_job(cfg, run_name, tags, label)
     m = dict(result.metrics or {})
@@ -192,9 +157,7 @@ def _ray_train(cfg: Any, inputs: TrialInputs, run_name: str, label: str, tags: d
     final.update({DONE_KEY: float(ev["accuracy"]), "eval/n": float(ev["n"]),
                   "batch_size": float(cfg.train.batch_size_per_gpu)})
     step = int(m.get("step", 0))
-    if cfg.tracking.enabled:
-        tracker = Tracker.open(cfg.tracking)
-        run_id = tracker.find_run(run_name)
-        if run_id is not None:
-            RunLogger(tracker.uri, run_id).metrics({k: v for k, v in final.items() if "/" in k}, step=step)
+    # The run holding the latest attempt (a resumed Train job may have continued in a fresh run).
+    find_run(Tracker.open(cfg.tracking) if cfg.tracking.enabled else None, run_name).metrics(
+        {k: v for k, v in final.items() if "/" in k}, step=step)
     tune.report({**final, "step": step})

@@ -3,7 +3,7 @@
     weights_digest(model)            # "3f2a..." (16 hex): SHA-256 over parameter names, dtypes, shapes, values
     batch_digest(batch)              # the same over the first micro-batch's real (unpadded) token ids
 
-A comparison (`mdm.platform.tune.compare`) trains every configuration of a seed from the same weights on
+A comparison (`mdm.platform.compare.compare`) trains every configuration of a seed from the same weights on
 the same data order; each child run carries these as the tags `mdm.init_digest` and `mdm.data_digest`
 (DIGEST_TAGS), so the pairing is checked from the store, not assumed. Both are computed on the CPU from
 tensors the run already holds, once per run.

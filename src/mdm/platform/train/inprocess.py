@@ -7,7 +7,7 @@ the Ray Train workers (one `trainer.Trainer`), on data validated once and held i
 
 For small models a worker group costs more than the training (bench/tune_overhead.py: ~78% of a tiny
 sweep trial is outside training), so a comparison of many short trials runs each trial here, in its Tune
-trial process (`mdm.platform.tune.compare`). What is the same as on Ray Train, by construction: the
+trial process (`mdm.platform.compare.compare`). What is the same as on Ray Train, by construction: the
 validation and the train/eval split (`ingest.build_datasets`, with the same `data.*` rules and the hash
 split on the base `train.seed`), the model build (`EngineSpec.build_model` after
 `torch.manual_seed(train.seed)`), the step plan (`driver.plan_steps`) and the Trainer itself (objective,
