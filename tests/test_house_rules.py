@@ -4,7 +4,9 @@
 
 - no `_private` name imported from another mdm module (`from mdm.x import _helper`, or a relative import):
   what two modules share is public, in the module that owns it;
-- no module under src/ longer than MAX_LINES lines.
+- no module under src/ longer than MAX_LINES lines, no function longer than MAX_FUNCTION_LINES;
+- one training loop: `objective.loss(` is called in exactly one place (the Trainer);
+- at most MAX_ANY_PARAMS parameters typed `Any` in src/ (signatures name what they take).
 
 Names from outside mdm (Ray, torch) are not ours to rename; dunders (`__version__`) are not private.
 """
@@ -17,6 +19,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ROOTS = ("src", "experiments")
 MAX_LINES = 300
+MAX_FUNCTION_LINES = 80
+MAX_ANY_PARAMS = 40
 
 
 def _py_files(*roots: str) -> list[Path]:
@@ -62,3 +66,57 @@ def test_the_checker_sees_multi_line_relative_and_nested_imports(tmp_path):
     hits = [h.split(" ", 1)[1] for h in private_imports(src, tmp_path)]
     assert hits == ["_c (from mdm.a)", "_d (from .)", "_j (from mdm.i)"]
 
+
+
+def _functions(path: Path) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def test_no_function_over_the_line_limit():
+    over = [f"{p.relative_to(REPO)}:{f.lineno} {f.name}: {f.end_lineno - f.lineno + 1} lines"
+            for p in _py_files("src") for f in _functions(p) if f.end_lineno - f.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not over, f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps):\n  " + "\n  ".join(over)
+
+
+def loss_call_sites(paths: list[Path], root: Path = REPO) -> list[str]:
+    """`file:line` of each call `<something>.objective.loss(...)` or `objective.loss(...)` (code, not text)."""
+    sites = []
+    for p in paths:
+        for node in ast.walk(ast.parse(p.read_text(), filename=str(p))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "loss"
+                    and ast.unparse(node.func.value).split(".")[-1] == "objective"):
+                sites.append(f"{p.relative_to(root)}:{node.lineno}")
+    return sites
+
+
+def test_one_training_loop_calls_the_objective():
+    sites = loss_call_sites(_py_files(*ROOTS))
+    assert [s.split(":")[0] for s in sites] == ["src/mdm/platform/train/trainer.py"], (
+        f"objective.loss is called at {sites}: step the objective through mdm.platform.train.trainer.Trainer")
+
+
+def any_params(paths: list[Path], root: Path = REPO) -> list[str]:
+    """`file:line function(param)` for each parameter (*args and **kwargs too) annotated exactly `Any`."""
+    hits = []
+    for p in paths:
+        for f in _functions(p):
+            a = f.args
+            for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs, *(x for x in (a.vararg, a.kwarg) if x)]:
+                if arg.annotation is not None and ast.unparse(arg.annotation).strip("'\"") == "Any":
+                    hits.append(f"{p.relative_to(root)}:{f.lineno} {f.name}({arg.arg})")
+    return hits
+
+
+def test_few_parameters_typed_any():
+    hits = any_params(_py_files("src"))
+    assert len(hits) <= MAX_ANY_PARAMS, (f"{len(hits)} parameters typed Any (at most {MAX_ANY_PARAMS}; name the "
+                                         f"type: RunConfig, a section, torch.nn.Module, ...):\n  " + "\n  ".join(hits))
+
+
+def test_the_checkers_see_loss_calls_and_any_params(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("from typing import Any\n\ndef f(a: Any, *b: 'Any', c: int = 0, **d: Any):\n"
+                   "    self.objective.loss(m, b, g)\n    objective.loss(m)\n    other.loss(m)\n")
+    assert loss_call_sites([src], tmp_path) == ["m.py:4", "m.py:5"]
+    assert any_params([src], tmp_path) == ["m.py:3 f(a)", "m.py:3 f(b)", "m.py:3 f(d)"]
