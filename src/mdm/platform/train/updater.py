@@ -22,7 +22,7 @@ optimizer; with several workers it averages gradients with one all-reduce per te
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.distributed as dist
