@@ -61,6 +61,8 @@ from mdm.platform.tuner.tuner import Experiment, TrialNamer, TrialResources, fit
 if TYPE_CHECKING:
     from ray.tune import Callback
 
+    from mdm.platform.config import RunConfig
+
 
 @dataclass
 class ComparisonResult:
@@ -79,7 +81,7 @@ class ComparisonResult:
 class _Setup:
     """What every round shares: the config, the comparison's name, the prepared inputs and the parent run."""
 
-    cfg: Any
+    cfg: RunConfig
     name: str
     inputs: TrialInputs
     tracker: Optional[Tracker]
@@ -90,7 +92,7 @@ class _Setup:
     argv: Optional[Sequence[str]]
 
 
-def _check(cfg: Any) -> None:
+def _check(cfg: RunConfig) -> None:
     c = cfg.compare
     if c.runner == "in_process" and cfg.deepspeed.enabled:
         raise ConfigError("compare.runner: in_process trains without a worker group, so without DeepSpeed; set "
@@ -102,14 +104,14 @@ def _check(cfg: Any) -> None:
         raise ConfigError("train.train_data_path is not set: point it at processed JSONL (`mdm preprocess`)")
 
 
-def _resources(cfg: Any) -> TrialResources:
+def _resources(cfg: RunConfig) -> TrialResources:
     """An in-process trial holds `compare.cpus_per_trial`; a ray_train one its function and worker group."""
     if cfg.compare.runner == "in_process":
         return TrialResources(cpus=cfg.compare.cpus_per_trial)
     return TrialResources.train_job(cfg.tune, cfg.ray)
 
 
-def _setup(cfg: Any, argv: Optional[Sequence[str]]) -> _Setup:
+def _setup(cfg: RunConfig, argv: Optional[Sequence[str]]) -> _Setup:
     """Validate, build the held-out rows and the in-memory data, start Ray and open the parent run."""
     import ray
 
@@ -179,7 +181,7 @@ def _run_round(setup: _Setup, seeds: list[int], round_no: int, callbacks: Sequen
     return result_rows(results, inputs)
 
 
-def run_comparison(cfg: Any, *, callbacks: Sequence[Callback] = (), argv: Optional[Sequence[str]] = None
+def run_comparison(cfg: RunConfig, *, callbacks: Sequence[Callback] = (), argv: Optional[Sequence[str]] = None
                    ) -> ComparisonResult:
     """Run (or resume) the comparison the `compare` section describes; see the module docstring."""
     setup = _setup(cfg, argv)

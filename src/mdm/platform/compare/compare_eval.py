@@ -27,13 +27,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from mdm.platform.fields import ConfigError
 from mdm.platform.registry import get_registry
 
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
-def build_eval_task(cfg: Any) -> Any:
+    from mdm.platform.config import RunConfig
+    from mdm.platform.task_api import TaskPack
+
+
+def build_eval_task(cfg: RunConfig) -> TaskPack:
     """The task the comparison scores on, built from the registry with `data.task_data_dir`, `data.source` and
     `compare.task_args` (as batch inference builds it)."""
     name = cfg.eval.task or cfg.train.task
@@ -50,7 +57,7 @@ def build_eval_task(cfg: Any) -> Any:
     return task
 
 
-def held_out_rows(task: Any, tokenizer: Any, split: str, limit: int) -> list[dict[str, Any]]:
+def held_out_rows(task: TaskPack, tokenizer: PreTrainedTokenizerBase, split: str, limit: int) -> list[dict[str, Any]]:
     """The first `limit` examples of `split`: {"id", "prompt", "gold_raw", "prompt_ids"}."""
     examples = list(task.examples(split, limit=limit))
     if not examples:
@@ -60,7 +67,7 @@ def held_out_rows(task: Any, tokenizer: Any, split: str, limit: int) -> list[dic
              "answer_ids": [int(t) for t in ids[plen:]]} for ex, (ids, plen) in zip(examples, encoded)]
 
 
-def score_held_out(model: Any, cfg: Any, tokenizer: Any, task: Any,
+def score_held_out(model: torch.nn.Module, cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, task: TaskPack,
                    rows: list[dict[str, Any]]) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Sample every row's answer with `cfg.sampler` and score it: ({accuracy, n, correct, eval_s}, records)."""
     import torch
@@ -83,7 +90,7 @@ def score_held_out(model: Any, cfg: Any, tokenizer: Any, task: Any,
     return metrics, records
 
 
-def low_noise_eval(model: Any, cfg: Any, eval_arrays: Optional[dict[str, Any]],
+def low_noise_eval(model: torch.nn.Module, cfg: RunConfig, eval_arrays: Optional[dict[str, Any]],
                    rows: list[dict[str, Any]]) -> dict[str, float]:
     """`eval/loss_quad` (+ `_se`) on `eval_arrays` (held-out training rows: input_ids, labels, attention_mask
     [N, L]) and `eval/loglik_per_token` (+ `_se`) on the held-out problems `rows`; a measure the engine or the

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     import pandas as pd
     from ray.tune import ResultGrid
 
+    from mdm.platform.compare.compare import ComparisonResult
+    from mdm.platform.config import RunConfig
+
 CURVE_METRICS = ("train/loss", "eval/loss")
 # Measured before training (the objective's prepare, logged at step 0): what P-POTS predicts it removes (R),
 # what it removes on one batch (realised), and MIRROR's pair correlation within and across sequences.
@@ -73,7 +76,7 @@ def result_rows(results: ResultGrid, inputs: TrialInputs) -> list[dict[str, Any]
     return sorted(rows, key=lambda x: x["trial_id"])
 
 
-def write_results(res: Any, out: Path, cfg: Any, extra: dict[str, Any]) -> dict[str, str]:
+def write_results(res: ComparisonResult, out: Path, cfg: RunConfig, extra: dict[str, Any]) -> dict[str, str]:
     """The summary files of a ComparisonResult under `out`; `extra` goes into summary.json beside the groups."""
     out.mkdir(parents=True, exist_ok=True)
     files = {"summary.txt": str(out / "summary.txt")}
@@ -94,7 +97,7 @@ def write_results(res: Any, out: Path, cfg: Any, extra: dict[str, Any]) -> dict[
     return files
 
 
-def group_rows(cfg: Any, rows: list[dict[str, Any]]) -> list[agg.Group]:
+def group_rows(cfg: RunConfig, rows: list[dict[str, Any]]) -> list[agg.Group]:
     """`aggregate` of the rows, each configuration paired by seed with the baseline of its stratum (the
     configuration whose objective is `compare.baseline` at the same learning rate and other swept values)."""
     c = cfg.compare

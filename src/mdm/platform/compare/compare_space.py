@@ -20,7 +20,7 @@ round(k x its batch) sequences per micro-batch; their label is the baseline's wi
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from mdm.platform.config_ops import flatten
 from mdm.platform.fields import ConfigError
@@ -28,13 +28,16 @@ from mdm.platform.registry import get_registry
 from mdm.platform.runs import trial_label
 from mdm.platform.tuner.space import SweepSpace, parse_sweep
 
+if TYPE_CHECKING:
+    from mdm.platform.config import RunConfig
+
 SEED_KEY = "train.seed"
 LR_KEY = "train.lr"
 BATCH_KEY = "train.batch_size_per_gpu"
 MULT_KEY = "compare.batch_multiplier"
 
 
-def comparison_space(cfg: Any) -> SweepSpace:
+def comparison_space(cfg: RunConfig) -> SweepSpace:
     """`compare.grid` x `compare.lrs` x `compare.seeds` as a validated, deduplicated grid sweep."""
     c = cfg.compare
     grid = grid_keys(c.grid)
@@ -73,7 +76,7 @@ def grid_keys(grid: Mapping[str, Any], prefix: str = "") -> dict[str, list[Any]]
     return out
 
 
-def cell_overrides(cfg: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+def cell_overrides(cfg: RunConfig, params: Mapping[str, Any]) -> dict[str, Any]:
     """`params` plus the batch this cell trains with under `compare.equalize`."""
     out = dict(params)
     spec = get_registry("engines").get(cfg.engine)
@@ -92,7 +95,7 @@ def cell_overrides(cfg: Any, params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def control_trials(cfg: Any, space: SweepSpace) -> list[dict[str, Any]]:
+def control_trials(cfg: RunConfig, space: SweepSpace) -> list[dict[str, Any]]:
     """The baseline's cells again with `compare.batch_multiplier` = k, for each k in
     `compare.control_batch_multipliers` (every seed and learning rate of the baseline)."""
     mults = list(cfg.compare.control_batch_multipliers)

@@ -113,7 +113,7 @@ def paired_difference(base: Mapping[Hashable, float], other: Mapping[Hashable, f
                   sign_flip_p_value(d), mdd)
 
 
-def _finite(v: Any) -> bool:
+def _finite(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 

@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from ray.tune.schedulers import TrialScheduler
     from ray.tune.search import Searcher
 
+    from mdm.platform.config import RunConfig
+
 
 @dataclass
 class SweepResult:
@@ -66,12 +68,12 @@ class SweepResult:
     space: Optional[SweepSpace] = field(default=None, repr=False)
 
 
-def sweep_label(base: Any, space: SweepSpace, params: Mapping[str, Any]) -> str:
+def sweep_label(base: RunConfig, space: SweepSpace, params: Mapping[str, Any]) -> str:
     """A trial's display name: its swept values (`runs.trial_label`)."""
     return trial_label(flatten(with_overrides(base, dict(params))), [d.key for d in space.dims])
 
 
-def _trial(config: dict[str, Any], *, base: Any, plugins: Sequence[str], space: SweepSpace, name: str,
+def _trial(config: dict[str, Any], *, base: RunConfig, plugins: Sequence[str], space: SweepSpace, name: str,
            parent_id: Optional[str], context: Optional[dict[str, str]] = None) -> None:
     """One trial (runs in a Tune actor): the base config + this trial's overrides -> a Ray Train job."""
     trial_id = start_trial(plugins)
@@ -82,7 +84,7 @@ def _trial(config: dict[str, Any], *, base: Any, plugins: Sequence[str], space: 
     train_job(cfg, run_name, tags, sweep_label(base, space, params))
 
 
-def _scheduler(cfg: Any) -> Optional[TrialScheduler]:
+def _scheduler(cfg: RunConfig) -> Optional[TrialScheduler]:
     if cfg.tune.scheduler == "fifo":
         return None
     from ray.tune.schedulers import ASHAScheduler
@@ -92,7 +94,7 @@ def _scheduler(cfg: Any) -> Optional[TrialScheduler]:
                          reduction_factor=cfg.tune.reduction_factor, max_t=max_t)
 
 
-def _searcher(cfg: Any) -> Optional[Searcher]:
+def _searcher(cfg: RunConfig) -> Optional[Searcher]:
     if cfg.tune.searcher == "random":
         return None
     try:
@@ -106,7 +108,8 @@ def _searcher(cfg: Any) -> Optional[Searcher]:
     return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.train.seed))
 
 
-def run_sweep(cfg: Any, sweep: str | Path | Mapping[str, Any], *, callbacks: Sequence[Callback] = ()) -> SweepResult:
+def run_sweep(cfg: RunConfig, sweep: str | Path | Mapping[str, Any], *,
+              callbacks: Sequence[Callback] = ()) -> SweepResult:
     """Run (or resume) the sweep `sweep` over base config `cfg`; see the module docstring.
 
     `callbacks`: extra `ray.tune.Callback`s for a new sweep (a restored one keeps those it was started with)."""

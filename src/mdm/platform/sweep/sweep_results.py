@@ -27,6 +27,8 @@ from mdm.platform.tuner.tuner import last_value, trial_outcome
 if TYPE_CHECKING:
     from ray.tune import ResultGrid
 
+    from mdm.platform.config import RunConfig
+
 COMPLETED_KEY = "export_dir"  # only the trainer's final report carries it: the trial ran to its last step
 
 
@@ -44,7 +46,7 @@ def sweep_rows(results: ResultGrid, space: SweepSpace, name: str, metric: str,
     return rows
 
 
-def report(cfg: Any, name: str, space: SweepSpace, rows: list[dict[str, Any]], tracker: Optional[Tracker],
+def report(cfg: RunConfig, name: str, space: SweepSpace, rows: list[dict[str, Any]], tracker: Optional[Tracker],
            parent_id: Optional[str]) -> Optional[str]:
     """After the trials: write the best config and the table under <output root>/<sweep> (uploaded when that
     is an object store), print them, close the children and finish the parent run. Returns the best config's
@@ -100,5 +102,5 @@ def format_table(rows: list[dict[str, Any]], metric: str, keys: list[str]) -> st
     return "\n".join(lines)
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: object) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)

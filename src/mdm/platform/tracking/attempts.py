@@ -17,9 +17,12 @@ run. Either way the run's tag `mdm.attempt` counts the attempts (1 for a run nev
 from __future__ import annotations
 
 import tempfile
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from mlflow.entities import Metric, Param, RunTag
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 ATTEMPT_TAG = "mdm.attempt"
 SUPERSEDED_BY = "mdm.superseded_by"
@@ -29,7 +32,7 @@ MAX_METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
 _NOT_COPIED = ("mlflow.runName", SUPERSEDED_BY, SUPERSEDED_AFTER, RESUMED_FROM, ATTEMPT_TAG)
 
 
-def current_run(client: Any, run_id: str) -> str:
+def current_run(client: MlflowClient, run_id: str) -> str:
     """Follow `mdm.superseded_by` from `run_id` to the run that holds the latest attempt."""
     seen = {run_id}
     while (nxt := client.get_run(run_id).data.tags.get(SUPERSEDED_BY)) and nxt not in seen:
@@ -38,11 +41,11 @@ def current_run(client: Any, run_id: str) -> str:
     return run_id
 
 
-def _history(client: Any, run_id: str, keys: list[str]) -> dict[str, list[Any]]:
+def _history(client: MlflowClient, run_id: str, keys: list[str]) -> dict[str, list[Any]]:
     return {k: client.get_metric_history(run_id, k) for k in keys}
 
 
-def begin_attempt(client: Any, run_id: str, kept_through: Optional[int]) -> str:
+def begin_attempt(client: MlflowClient, run_id: str, kept_through: Optional[int]) -> str:
     """Start an attempt of the run `run_id` (or of its successor); returns the run id to log it into.
 
     `kept_through`: the step of the checkpoint this attempt restored (its points up to there stay), or None

@@ -17,7 +17,10 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 CHUNK = 1 << 20
 MAX_HASH_BYTES = 1 << 30
@@ -57,7 +60,7 @@ def file_digest(spec: str) -> str:
     return h.hexdigest()[:16]
 
 
-def describe_dataset(path: str, name: Optional[str] = None, **profile: Any) -> DatasetRecord:
+def describe_dataset(path: str, name: Optional[str] = None, **profile: object) -> DatasetRecord:
     """A DatasetRecord for processed data at `path`; `profile` (e.g. rows=840) is shown beside it."""
     local = "://" not in path
     stem = os.path.splitext(os.path.basename(path.split(",")[0].rstrip("/")))[0]
@@ -65,7 +68,7 @@ def describe_dataset(path: str, name: Optional[str] = None, **profile: Any) -> D
                          digest=file_digest(path) if local else "", profile=json.dumps(profile) if profile else None)
 
 
-def log_dataset(client: Any, run_id: str, record: DatasetRecord, context: str = "train") -> None:
+def log_dataset(client: MlflowClient, run_id: str, record: DatasetRecord, context: str = "train") -> None:
     """Log `record` as an input of `run_id` with MLflow's context tag (train, eval, ...)."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 

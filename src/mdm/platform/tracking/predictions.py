@@ -9,7 +9,10 @@ prediction, and the extracted answer and score when the record's meta has them.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 
 def prediction_columns(records: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -26,7 +29,7 @@ def prediction_columns(records: Sequence[dict[str, Any]]) -> dict[str, list[Any]
     return cols
 
 
-def log_predictions(client: Any, run_id: str, records: Sequence[dict[str, Any]], artifact_file: str) -> None:
+def log_predictions(client: MlflowClient, run_id: str, records: Sequence[dict[str, Any]], artifact_file: str) -> None:
     """`mlflow.log_table` of `records` at `artifact_file` (a .json path inside the run's artifacts)."""
     if records:
         client.log_table(run_id, data=prediction_columns(records), artifact_file=artifact_file)

@@ -21,10 +21,13 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+
+if TYPE_CHECKING:
+    from mdm.platform.tracking.tracking_config import TrackingConfig
 
 DEFAULT_URI = "sqlite:///mlruns.db"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
@@ -84,7 +87,7 @@ class Tracker:
     client: MlflowClient
 
     @classmethod
-    def open(cls, tracking_cfg: Any) -> "Tracker":
+    def open(cls, tracking_cfg: TrackingConfig) -> "Tracker":
         uri = resolve_uri(tracking_cfg.tracking_uri)
         check_reachable(uri)
         return cls(uri, tracking_cfg.experiment_name, MlflowClient(tracking_uri=uri))

@@ -21,13 +21,20 @@ import random
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from mdm.platform.train.safe_load import load_plain
+
+if TYPE_CHECKING:
+    from ray.train import Checkpoint
+    from transformers import PreTrainedTokenizerBase
+
+    from mdm.platform.train.trainer import Objective
+    from mdm.platform.train.updater import DeepSpeedUpdater, PlainUpdater
 
 
 @dataclass
@@ -64,8 +71,8 @@ def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(updater: Any, objective: Any, state: TrainState, *, rank: int,
-                    generator: torch.Generator) -> Any:
+def save_checkpoint(updater: PlainUpdater | DeepSpeedUpdater, objective: Objective, state: TrainState, *, rank: int,
+                    generator: torch.Generator) -> Checkpoint:
     """Write this rank's part of a checkpoint to a fresh temp dir; returns it as a ray.train.Checkpoint.
 
     Collective: every rank must call it at the same step. The caller reports the checkpoint and then
@@ -80,12 +87,12 @@ def save_checkpoint(updater: Any, objective: Any, state: TrainState, *, rank: in
     return Checkpoint.from_directory(directory)
 
 
-def cleanup(checkpoint: Any) -> None:
+def cleanup(checkpoint: Checkpoint) -> None:
     shutil.rmtree(checkpoint.path, ignore_errors=True)
 
 
-def restore_checkpoint(checkpoint: Any, updater: Any, objective: Any, *, rank: int,
-                       generator: torch.Generator) -> TrainState:
+def restore_checkpoint(checkpoint: Checkpoint, updater: PlainUpdater | DeepSpeedUpdater, objective: Objective, *,
+                       rank: int, generator: torch.Generator) -> TrainState:
     """Load updater, objective, counters and RNG states from a reported checkpoint (every rank calls it).
 
     Raises CheckpointError naming the file when any of them is not plain data (see the module docstring)."""
@@ -109,7 +116,8 @@ def restore_checkpoint(checkpoint: Any, updater: Any, objective: Any, *, rank: i
     return TrainState(**saved["state"])
 
 
-def export_hf(updater: Any, tokenizer: Any, out_dir: str, *, zero_stage: int, rank: int) -> str:
+def export_hf(updater: PlainUpdater | DeepSpeedUpdater, tokenizer: Optional[PreTrainedTokenizerBase], out_dir: str, *,
+              zero_stage: int, rank: int) -> str:
     """`save_pretrained` the full model (+ tokenizer) into `out_dir` on rank 0; collective under ZeRO-3.
 
     `out_dir` may be a storage URI (`s3://...`): rank 0 writes a local copy on its node, then uploads it.
@@ -140,7 +148,7 @@ def export_hf(updater: Any, tokenizer: Any, out_dir: str, *, zero_stage: int, ra
     return local
 
 
-def _save(module: Any, tokenizer: Any, out_dir: str) -> None:
+def _save(module: torch.nn.Module, tokenizer: Optional[PreTrainedTokenizerBase], out_dir: str) -> None:
     """Write the export beside `out_dir`, then move it into place: a reader (or a crash) never sees half of it."""
     out_dir = out_dir.rstrip("/")
     parent = os.path.dirname(out_dir) or "."

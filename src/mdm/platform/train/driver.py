@@ -30,13 +30,19 @@ from mdm.platform.config_ops import dump_config, with_overrides
 from mdm.platform.runs import export_dir, run_name as derive_name, storage_root
 
 if TYPE_CHECKING:
+    import ray.data
+    from ray.train import Result
+    from ray.train.torch import TorchTrainer
+
+    from mdm.platform.config import RunConfig
+    from mdm.platform.engine_api import BaseTrainConfig
     from mdm.platform.tracking.tracker import Tracker
     from mdm.platform.train.worker import RunInfo
 
 SEED_DATA_PATH = "./data/train/{task}.jsonl"  # the seed's default for an unset train.train_data_path
 
 
-def train_data_path(cfg: Any) -> str:
+def train_data_path(cfg: RunConfig) -> str:
     """`train.train_data_path`, else the seed's `./data/train/<train.task>.jsonl`; ValueError saying how to
     make the file when the default does not exist (with `data.task_data_dir` when set)."""
     if cfg.train.train_data_path:
@@ -53,7 +59,7 @@ def train_data_path(cfg: Any) -> str:
     return path
 
 
-def tokenizer_path(cfg: Any) -> str:
+def tokenizer_path(cfg: RunConfig) -> str:
     if cfg.data.tokenizer:
         return cfg.data.tokenizer
     if cfg.train.model != "tiny":
@@ -62,7 +68,7 @@ def tokenizer_path(cfg: Any) -> str:
                      "preprocessing (a directory or hub id)")
 
 
-def plan_steps(n_train: int, train_cfg: Any, world: int) -> tuple[int, int, int]:
+def plan_steps(n_train: int, train_cfg: BaseTrainConfig, world: int) -> tuple[int, int, int]:
     """(total optimizer steps, steps per epoch, epochs to stream) for `n_train` rows on `world` workers.
 
     A worker gets at least floor(ceil(n_train / batch) / world) micro-batches an epoch (Ray Data may add a few
@@ -79,7 +85,7 @@ def plan_steps(n_train: int, train_cfg: Any, world: int) -> tuple[int, int, int]
     return train_cfg.epochs * per_worker // train_cfg.grad_accum, steps_per_epoch, train_cfg.epochs
 
 
-def previous_result(storage: str, run_name: str) -> Any:
+def previous_result(storage: str, run_name: str) -> Optional[Result]:
     """The `ray.train.Result` of the run's latest reported checkpoint in storage, or None (a new run)."""
     import logging
 
@@ -100,7 +106,7 @@ def previous_result(storage: str, run_name: str) -> Any:
     return result if result.checkpoint is not None else None
 
 
-def _finished(previous: Any, total: int, save_strategy: str, run_name: str, run_dir: str) -> bool:
+def _finished(previous: Optional[Result], total: int, save_strategy: str, run_name: str, run_dir: str) -> bool:
     """True when `previous` ended the run at `total` steps; ValueError when it ended earlier but cannot go on."""
     m = (previous.metrics or {}) if previous is not None else {}
     if "export_dir" not in m:
@@ -119,7 +125,7 @@ def _finished(previous: Any, total: int, save_strategy: str, run_name: str, run_
     return False
 
 
-def _close_finished(tracker: Any, run_name: str, previous: Any) -> Any:
+def _close_finished(tracker: Optional[Tracker], run_name: str, previous: Optional[Result]) -> Optional[Result]:
     """Return the finished run's result; its MLflow run keeps FINISHED (a RUNNING one is made FINISHED)."""
     if tracker is not None and (found := tracker.find_run(run_name)) is not None:
         # We hold the lease, so a RUNNING run of this name is a driver killed after it finished training.
@@ -128,7 +134,7 @@ def _close_finished(tracker: Any, run_name: str, previous: Any) -> Any:
     return previous
 
 
-def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequence[Any] = (),
+def train_driver(cfg: RunConfig, *, run_name: Optional[str] = None, callbacks: Sequence[Any] = (),
                  mlflow_tags: Optional[dict[str, str]] = None, display_name: Optional[str] = None,
                  lease: bool = True) -> Any:
     """Validate, then train with a TorchTrainer; returns the ray.train.Result (raises on failure).
@@ -154,7 +160,7 @@ def train_driver(cfg: Any, *, run_name: Optional[str] = None, callbacks: Sequenc
             held.release()
 
 
-def _train(cfg: Any, run_name: str, callbacks: Sequence[Any], mlflow_tags: Optional[dict[str, str]],
+def _train(cfg: RunConfig, run_name: str, callbacks: Sequence[Any], mlflow_tags: Optional[dict[str, str]],
            display_name: Optional[str], tracker: Optional[Tracker]) -> Any:
     from mdm.platform.runtime.ray_runtime import check_worker_fit, ensure_ray, is_local_cluster
     from mdm.platform.train.ds_config import ds_config_notes
@@ -214,7 +220,8 @@ def _train(cfg: Any, run_name: str, callbacks: Sequence[Any], mlflow_tags: Optio
         return _trainer(cfg, run, datasets, callbacks).fit()
 
 
-def _trainer(cfg: Any, run: RunInfo, datasets: dict[str, Any], callbacks: Sequence[Any]) -> Any:
+def _trainer(cfg: RunConfig, run: RunInfo, datasets: dict[str, ray.data.Dataset],
+             callbacks: Sequence[Any]) -> TorchTrainer:
     """The TorchTrainer of a run: `ray.num_workers` workers running train_fn_per_worker on the `train` (and
     `eval`) datasets, checkpoints under the storage root scored by eval/loss when there is one."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig

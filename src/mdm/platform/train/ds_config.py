@@ -22,9 +22,13 @@ A user's JSON (the seed's `zero2_cpu_offload.json`, say) is used as written, wit
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
+
+if TYPE_CHECKING:
+    from mdm.platform.engine_api import BaseTrainConfig
+    from mdm.platform.train.deepspeed_config import DeepSpeedConfig
 
 HIDDEN_KEYS = ("zero_optimization.reduce_bucket_size", "zero_optimization.stage3_prefetch_bucket_size",
                "zero_optimization.stage3_param_persistence_threshold")
@@ -47,7 +51,7 @@ class _Filler:
     def __init__(self, conf: dict[str, Any], path: str) -> None:
         self.conf, self.path, self.mismatches, self.notes = conf, path, [], []
 
-    def fill(self, dotted: str, value: Any, ours: str, must_match: bool = True, override: bool = False) -> None:
+    def fill(self, dotted: str, value: object, ours: str, must_match: bool = True, override: bool = False) -> None:
         node, key = _node(self.conf, dotted)
         if node is None or key not in node:
             return
@@ -60,13 +64,13 @@ class _Filler:
             self.mismatches.append(f"{dotted}={node[key]} vs {ours}={value}")
 
 
-def _autos(obj: Any, prefix: str = "") -> list[str]:
+def _autos(obj: object, prefix: str = "") -> list[str]:
     if isinstance(obj, dict):
         return [k for key, v in obj.items() for k in _autos(v, f"{prefix}{key}.")]
     return [prefix.rstrip(".")] if obj == "auto" else []
 
 
-def _resolve(conf: dict[str, Any], path: str, ds_cfg: Any, train_cfg: Any, world_size: int,
+def _resolve(conf: dict[str, Any], path: str, ds_cfg: DeepSpeedConfig, train_cfg: BaseTrainConfig, world_size: int,
              total_steps: Optional[int], hidden_size: Optional[int], notes: list[str]) -> None:
     f = _Filler(conf, path)
     batch = train_cfg.batch_size_per_gpu
@@ -124,8 +128,8 @@ def json_precision(conf: dict[str, Any]) -> str:
     return "fp32"
 
 
-def build_ds_config(ds_cfg: Any, train_cfg: Any, world_size: int, *, total_steps: Optional[int] = None,
-                    hidden_size: Optional[int] = None, on_gpu: Optional[bool] = None,
+def build_ds_config(ds_cfg: DeepSpeedConfig, train_cfg: BaseTrainConfig, world_size: int, *,
+                    total_steps: Optional[int] = None, hidden_size: Optional[int] = None, on_gpu: Optional[bool] = None,
                     notes: Optional[list[str]] = None) -> dict[str, Any]:
     """The DeepSpeed config dict for this run (see the module docstring for what wins); `notes` collects
     one line per change made to a user's JSON."""
@@ -169,7 +173,8 @@ def build_ds_config(ds_cfg: Any, train_cfg: Any, world_size: int, *, total_steps
     return conf
 
 
-def ds_config_notes(ds_cfg: Any, train_cfg: Any, world_size: int, *, total_steps: int, on_gpu: bool) -> list[str]:
+def ds_config_notes(ds_cfg: DeepSpeedConfig, train_cfg: BaseTrainConfig, world_size: int, *, total_steps: int,
+                    on_gpu: bool) -> list[str]:
     """Check a user's DeepSpeed JSON on the driver (errors before any worker starts) and return the notes
     to print once; [] when DeepSpeed is off or the config is generated."""
     if not (ds_cfg.enabled and ds_cfg.config_path):

@@ -34,7 +34,7 @@ import math
 import os
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -42,7 +42,7 @@ import ray
 from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.data.datasource import FileBasedDatasource
 
-from mdm.platform.train.data_config import RowSchema, row_schema
+from mdm.platform.train.data_config import DataConfig, RowSchema, row_schema
 
 LINES_PER_BLOCK = 4096
 BLOCK_BYTES = 64 << 20  # a read block of processed JSONL (`read_blocks`)
@@ -205,7 +205,7 @@ class Ingest:
 
     def datasets(self) -> dict[str, Any]:
         """{"train": shuffled micro-batches, "eval" (when any), "prepare": train rows in file order}."""
-        def batched(rows: Any) -> Any:
+        def batched(rows: ray.data.Dataset) -> ray.data.Dataset:
             return rows.map_batches(self.collate, batch_size=self.batch_size, batch_format="numpy")
 
         out = {"train": batched(self.train_rows.random_shuffle(seed=self.seed)), "prepare": batched(self.train_rows)}
@@ -217,7 +217,7 @@ class Ingest:
 EPOCH_SHUFFLE_BUFFER = 32  # micro-batches
 
 
-def shard_batches(shard: Any, prefetch: int = 4, shuffle_seed: Optional[int] = None) -> Any:
+def shard_batches(shard: ray.data.DataIterator, prefetch: int = 4, shuffle_seed: Optional[int] = None) -> Any:
     """A worker's shard as [B, L] micro-batch tensors, in stream order or, with `shuffle_seed`, locally shuffled."""
     shuffle = {} if shuffle_seed is None else {"local_shuffle_buffer_size": EPOCH_SHUFFLE_BUFFER,
                                                "local_shuffle_seed": shuffle_seed}
@@ -225,7 +225,7 @@ def shard_batches(shard: Any, prefetch: int = 4, shuffle_seed: Optional[int] = N
                                     **shuffle)
 
 
-def epoch_batches(shard: Any, epoch: int, seed: int, prefetch: int = 4) -> Any:
+def epoch_batches(shard: ray.data.DataIterator, epoch: int, seed: int, prefetch: int = 4) -> Any:
     """One epoch of a worker's shard as [B, L] tensors, micro-batch order shuffled by (seed, epoch)."""
     return shard_batches(shard, prefetch, shuffle_seed=seed * 1000 + epoch)
 
@@ -251,13 +251,13 @@ def read_blocks(paths: list[str]) -> int:
     return max(1, files, math.ceil(size / BLOCK_BYTES))
 
 
-def _read(paths: list[str], parse: Any) -> Any:
+def _read(paths: list[str], parse: Callable[[pa.Table], pa.Table]) -> ray.data.Dataset:
     ds = ray.data.read_datasource(_JsonlLines(paths), override_num_blocks=read_blocks(paths))
     return ds.map_batches(parse, batch_format="pyarrow", batch_size=LINES_PER_BLOCK)
 
 
-def build_datasets(data_cfg: Any, *, train_path: str | Sequence[str], seed: int, train_ratio: float, max_len: int,
-                   batch_size: int, pad_id: int, vocab_size: Optional[int]) -> Ingest:
+def build_datasets(data_cfg: DataConfig, *, train_path: str | Sequence[str], seed: int, train_ratio: float,
+                   max_len: int, batch_size: int, pad_id: int, vocab_size: Optional[int]) -> Ingest:
     """Validate the processed data (a driver-side pass over it) and describe the lazy datasets."""
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 import torch
@@ -31,7 +31,10 @@ from mdm.platform.train.sources import MemoryBatches
 from mdm.platform.train.trainer import Trainer
 
 if TYPE_CHECKING:
+    import ray.data
     from transformers import PreTrainedTokenizerBase
+
+    from mdm.platform.config import RunConfig
 
 
 @dataclass
@@ -52,7 +55,7 @@ class MemoryData:
         return 0 if self.eval is None else len(self.eval["input_ids"])
 
 
-def load_memory_data(cfg: Any, *, pad_id: int, vocab_size: Optional[int]) -> MemoryData:
+def load_memory_data(cfg: RunConfig, *, pad_id: int, vocab_size: Optional[int]) -> MemoryData:
     """Validate and split `train.train_data_path` as the Ray Train path does, then collate it in memory."""
     from mdm.platform.train.data_config import row_schema
     from mdm.platform.train.ingest import build_datasets
@@ -63,9 +66,9 @@ def load_memory_data(cfg: Any, *, pad_id: int, vocab_size: Optional[int]) -> Mem
                             vocab_size=vocab_size)
     collate = row_schema(cfg.data).collate
 
-    def arrays(rows: Any) -> dict[str, np.ndarray]:
-        rows = [{"input_ids": list(r["input_ids"]), "prompt_length": int(r["prompt_length"])} for r in rows.take_all()]
-        return collate(rows, pad_id=pad_id)
+    def arrays(rows: ray.data.Dataset) -> dict[str, np.ndarray]:
+        plain = [{"input_ids": list(r["input_ids"]), "prompt_length": int(r["prompt_length"])} for r in rows.take_all()]
+        return collate(plain, pad_id=pad_id)
 
     return MemoryData(train=arrays(ingest.train_rows), eval=arrays(ingest.eval_rows) if ingest.n_eval else None,
                       summary=ingest.summary())
@@ -84,7 +87,7 @@ class FitResult:
     tags: dict[str, str] = field(default_factory=dict)      # digests.INIT_TAG / DATA_TAG: what pairs runs
 
 
-def fit_in_process(cfg: Any, tokenizer: PreTrainedTokenizerBase, data: MemoryData, *,
+def fit_in_process(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, data: MemoryData, *,
                    log: Optional[Callable[[int, dict[str, float]], None]] = None) -> FitResult:
     """Train `cfg.train` on `data` on the CPU of this process; `log(step, metrics)` at every logging step."""
     from mdm.platform.registry import get_registry

@@ -21,7 +21,7 @@ import os
 import tempfile
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import ray
 from ray.train.torch import TorchConfig
@@ -38,8 +38,11 @@ def file_rendezvous_backend() -> type:
     """
     from ray.train.torch.config import _set_torch_distributed_env_vars, _setup_torch_process_group, _TorchBackend
 
+    if TYPE_CHECKING:
+        from ray.train._internal.base_worker_group import BaseWorkerGroup
+
     class FileRendezvousBackend(_TorchBackend):
-        def on_start(self, worker_group: Any, backend_config: TorchConfig) -> None:
+        def on_start(self, worker_group: BaseWorkerGroup, backend_config: TorchConfig) -> None:
             backend = backend_config.backend
             if backend is None:
                 backend = "nccl" if worker_group.get_resources_per_worker().get("GPU", 0) > 0 else "gloo"

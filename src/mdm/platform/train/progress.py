@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 
 def quiet_ray_console(level: int = logging.WARNING) -> None:
@@ -34,6 +34,9 @@ def quiet_ray_console(level: int = logging.WARNING) -> None:
             handler.addFilter(keep)
 
 from ray.train.v2.api.callback import UserCallback
+
+if TYPE_CHECKING:
+    from ray.train import Checkpoint
 
 
 def describe(metrics: dict[str, Any]) -> str:
@@ -60,7 +63,8 @@ class ProgressCallback(UserCallback):
         self._bar: Optional[Any] = None
         self._step = 0
 
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+    def after_report(self, run_context: object, metrics: list[dict[str, Any]],
+                     checkpoint: Optional[Checkpoint]) -> None:
         m = metrics[0] if metrics else {}
         if "step" not in m:
             return

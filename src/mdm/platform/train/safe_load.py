@@ -22,9 +22,13 @@ from __future__ import annotations
 
 import pickle
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from deepspeed.runtime.engine import DeepSpeedEngine
+    from torch.serialization import MAP_LOCATION
 
 
 class CheckpointError(RuntimeError):
@@ -53,7 +57,7 @@ def _refusal(path: str, err: Exception) -> CheckpointError:
         f"checkpoints to start the run afresh")
 
 
-def load_plain(path: str, map_location: Any = "cpu", allow: tuple = (), display: str | None = None) -> Any:
+def load_plain(path: str, map_location: MAP_LOCATION = "cpu", allow: tuple = (), display: str | None = None) -> Any:
     """`torch.load(path, weights_only=True)` with `allow` (classes) allow-listed; CheckpointError on refusal.
 
     `display`: the name to put in messages (e.g. the file's address in storage rather than a local copy)."""
@@ -76,7 +80,7 @@ def _deepspeed_allow() -> tuple:
     return tuple(out)
 
 
-def install_safe_deepspeed_loader(engine: Any) -> bool:
+def install_safe_deepspeed_loader(engine: DeepSpeedEngine) -> bool:
     """Make `engine.load_checkpoint` read through `load_plain`; False when the engine uses another writer."""
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
@@ -85,7 +89,7 @@ def install_safe_deepspeed_loader(engine: Any) -> bool:
         return False
     allow = _deepspeed_allow()
 
-    def load(path: str, map_location: Any = None) -> Any:
+    def load(path: str, map_location: MAP_LOCATION = None) -> Any:
         return load_plain(path, map_location=map_location, allow=allow)
 
     ckpt_engine.load = load  # an instance attribute: only this engine, DeepSpeed's class is unchanged

@@ -22,7 +22,7 @@ optimizer; with several workers it averages gradients with one all-reduce per te
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.distributed as dist
@@ -32,6 +32,9 @@ from mdm.platform.train.deepspeed_config import DeepSpeedConfig
 from mdm.platform.train.ds_config import build_ds_config  # noqa: F401  (the DeepSpeed JSON; re-exported)
 from mdm.platform.train.lr_schedule import build_lr_scheduler
 from mdm.platform.train.safe_load import install_safe_deepspeed_loader, load_plain
+
+if TYPE_CHECKING:
+    from torch.optim.optimizer import ParamsT
 
 
 def check_precision(ds_cfg: DeepSpeedConfig, on_gpu: bool) -> None:
@@ -45,7 +48,7 @@ def check_precision(ds_cfg: DeepSpeedConfig, on_gpu: bool) -> None:
         raise ValueError("deepspeed.precision other than fp32 needs deepspeed.enabled: true")
 
 
-def make_optimizer(params: Any, ds_cfg: DeepSpeedConfig, train_cfg: BaseTrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: ParamsT, ds_cfg: DeepSpeedConfig, train_cfg: BaseTrainConfig) -> torch.optim.Optimizer:
     """AdamW (fused on GPU) or DeepSpeedCPUAdam with `train.lr`, `adam_beta1/2`, `adam_epsilon`, `weight_decay`."""
     betas = (train_cfg.adam_beta1, train_cfg.adam_beta2)
     if ds_cfg.enabled and ds_cfg.optimizer == "cpu_adam":

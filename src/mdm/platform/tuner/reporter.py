@@ -40,7 +40,7 @@ def trial_reporter(space: SweepSpace, metrics: Mapping[str, str], metric: Option
     class _OnChange(CLIReporter):
         """Prints when the set of trial statuses changes, at the end, and every `every_s` seconds."""
 
-        def __init__(self, **kw: Any) -> None:
+        def __init__(self, **kw: Any) -> None:  # CLIReporter's keyword arguments, passed on as they are
             super().__init__(**kw)
             self._seen: tuple = ()
             self._printed = 0.0

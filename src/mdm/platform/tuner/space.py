@@ -38,13 +38,16 @@ import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from omegaconf import OmegaConf
 
 from mdm.platform.config_ops import flatten, with_overrides
 from mdm.platform.fields import ConfigError
 from mdm.platform.registry import get_registry
+
+if TYPE_CHECKING:
+    from mdm.platform.config import RunConfig
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 RESERVED = ("conditions",)
@@ -139,7 +142,7 @@ def canonicalize(params: Mapping[str, Any], base: Mapping[str, Any],
     return out
 
 
-def _flatten_spec(node: Any, leaves: set[str], prefix: str = "") -> dict[str, Any]:
+def _flatten_spec(node: object, leaves: set[str], prefix: str = "") -> dict[str, Any]:
     """Nested or dotted YAML -> {dotted key: spec}. A config leaf key, or a mapping whose keys are all
     distribution names, ends the descent (so `train.lr: {normal: ...}` is reported as a bad distribution)."""
     if prefix in leaves or not isinstance(node, dict) or not node or (prefix and set(node) <= set(DISTRIBUTIONS)):
@@ -150,7 +153,7 @@ def _flatten_spec(node: Any, leaves: set[str], prefix: str = "") -> dict[str, An
     return out
 
 
-def _typed(cfg: Any, key: str, value: Any, where: str) -> Any:
+def _typed(cfg: RunConfig, key: str, value: object, where: str) -> Any:
     """`value` applied to `key` of cfg and read back typed; SweepError naming the key if the schema refuses it."""
     try:
         out = with_overrides(cfg, {key: value})
@@ -162,7 +165,7 @@ def _typed(cfg: Any, key: str, value: Any, where: str) -> Any:
     return flat[key]
 
 
-def _parse_dim(cfg: Any, key: str, spec: Any, where: str) -> Dim | None:
+def _parse_dim(cfg: RunConfig, key: str, spec: object, where: str) -> Dim | None:
     if not isinstance(spec, dict):
         return None
     if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
@@ -192,7 +195,7 @@ def _parse_dim(cfg: Any, key: str, spec: Any, where: str) -> Dim | None:
     return Dim(key, dist, [low, high])
 
 
-def parse_sweep(data: Mapping[str, Any], cfg: Any, where: str = "sweep") -> SweepSpace:
+def parse_sweep(data: Mapping[str, Any], cfg: RunConfig, where: str = "sweep") -> SweepSpace:
     """Validate a sweep mapping against `cfg`'s schema and expand + dedupe its grid."""
     data = dict(data)
     extra_cond = data.pop("conditions", None) or {}
@@ -243,7 +246,7 @@ def _expand_grid(space: SweepSpace) -> None:
             space.trials.append(canon)
 
 
-def load_sweep(sweep: str | Path | Mapping[str, Any], cfg: Any) -> SweepSpace:
+def load_sweep(sweep: str | Path | Mapping[str, Any], cfg: RunConfig) -> SweepSpace:
     """Read a sweep YAML (or take a mapping) and validate it against `cfg`; SweepError names file and key."""
     if isinstance(sweep, Mapping):
         return parse_sweep(sweep, cfg, "sweep")

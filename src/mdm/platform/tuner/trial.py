@@ -19,11 +19,13 @@ time, and a retried trial must not wait for its dead predecessor's lease.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 if TYPE_CHECKING:
-    from ray.train import Result
+    from ray.train import Checkpoint, Result
     from ray.tune.integration.ray_train import TuneReportCallback
+
+    from mdm.platform.config import RunConfig
 
 WORST = 1e30                  # what Tune sees instead of a NaN/inf metric (MLflow keeps the real value)
 
@@ -39,7 +41,7 @@ def start_trial(plugins: Sequence[str]) -> str:
     return tune.get_context().get_trial_id()
 
 
-def train_job(cfg: Any, run_name: str, tags: dict[str, str], label: str) -> Result:
+def train_job(cfg: RunConfig, run_name: str, tags: dict[str, str], label: str) -> Result:
     """Train the trial's `cfg` (the root config) as a Ray Train job named `run_name`, shown as `label`, with
     the MLflow `tags` when tracking is on; its reports reach Tune, the metric `tune.metric` (`tune.mode`)
     kept finite. Returns Train's result."""
@@ -54,7 +56,8 @@ def report_callback(metric: str, mode: str) -> TuneReportCallback:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     class _Report(TuneReportCallback):
-        def after_report(self, run_context: Any, metrics: list, checkpoint: Any) -> None:
+        # run_context: Ray's TrainRunContext (a private Ray class, not imported here), passed on to Ray as it came.
+        def after_report(self, run_context: Any, metrics: list, checkpoint: Optional[Checkpoint]) -> None:
             if metrics and metric in metrics[0]:
                 v = metrics[0][metric]
                 if isinstance(v, (int, float)) and not math.isfinite(v):
