@@ -1,7 +1,7 @@
 """The one generation path (`mdm.platform.infer.generation.generate`) and the `mdm generate` CLI, on the
 reference model saved with a local tokenizer.
 
-Run: pytest tests/platform/test_generation.py
+Run: pytest tests/platform/infer/test_generation.py
 """
 
 from __future__ import annotations

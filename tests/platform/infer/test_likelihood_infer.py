@@ -1,7 +1,7 @@
 """`mdm infer` in likelihood mode on real Ray (CPU): a multiple-choice task scored on the actor pool with a tiny
 model trained in this session, checked against the engine hook called in this process on the same items.
 
-Run: pytest tests/platform/test_likelihood_infer.py
+Run: pytest tests/platform/infer/test_likelihood_infer.py
 
 Independent checks: every example's per-choice estimate equals the hook's answer in this process (the engine
 seeds each item from the call's seed and its tokens, so batching and actors must not change it); shards

@@ -1,6 +1,6 @@
 """lm-eval (0.4.x) runs local tasks through the `mdm` model, offline, and agrees with our own scoring.
 
-Run: pytest tests/platform/test_lm_eval.py        (needs the `lm_eval` extra: pip install -e ".[lm_eval]")
+Run: pytest tests/platform/infer/test_lm_eval.py        (needs the `lm_eval` extra: pip install -e ".[lm_eval]")
 
 Three task YAMLs over local JSONL files made from the `arith_mc4` problems (tiny_mc_model.py), with the prompt
 rendered as the task renders it: a `multiple_choice` task (acc, acc_norm), a `generate_until` task (exact_match

@@ -1,6 +1,6 @@
 """The likelihood-bound estimator against the exact bound, enumerated over every mask on the reference model.
 
-Run: pytest tests/engines/llada_plus/test_likelihood.py
+Run: pytest tests/engines/llada_plus/likelihood/test_likelihood.py
 
 Oracle: ../shared/fixtures/llada_reference (the tiny upstream-LLaDA model), loaded as in test_model.py. The
 exact bound enumerates all 2^L - 1 masks of an answer (L <= 8) with plain, unpadded forwards

@@ -1,7 +1,7 @@
 """The engine's likelihood hooks as the platform reaches them (EngineSpec), checked on the reference fixture model
 against the enumerating oracle (likelihood/exact.exact_bound) and a direct forward.
 
-Run: pytest tests/engines/llada_plus/test_likelihood_hooks.py
+Run: pytest tests/engines/llada_plus/likelihood/test_likelihood_hooks.py
 
 Choosing among constructed choices by the estimated bound picks what the exact bound picks whenever the exact
 gap between the best two choices is larger than 4 standard errors of the estimates' difference.

@@ -1,6 +1,6 @@
 """The `llada` and `fast` samplers against the upstream reference cases, plus batching, seeds, schedule, CFG.
 
-Run: pytest tests/engines/llada_plus/test_sampler.py
+Run: pytest tests/engines/llada_plus/sampling/test_sampler.py
 """
 
 from __future__ import annotations

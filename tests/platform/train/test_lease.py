@@ -102,7 +102,7 @@ def test_lease_on_s3(monkeypatch):
     import boto3
 
     # The multi-node suite's moto server: moto 5.2.1's CompleteMultipartUpload answer, corrected for pyarrow.
-    path = Path(__file__).parents[1] / "multinode" / "s3_server.py"
+    path = Path(__file__).parents[2] / "multinode" / "s3_server.py"
     spec = importlib.util.spec_from_file_location("_s3_server", path)
     s3_server = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(s3_server)

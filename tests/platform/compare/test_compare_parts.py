@@ -188,7 +188,7 @@ def test_the_papers_gpu_preset_composes():
     batch 1 per GPU at equal batch (MIRROR is not halved), each a Ray Train job."""
     from pathlib import Path
 
-    configs = Path(__file__).resolve().parents[2] / "experiments" / "configs"
+    configs = Path(__file__).resolve().parents[3] / "experiments" / "configs"
     cfg = load_config([str(configs / f) for f in ("base.yaml", "llada_8b.yaml", "gsm8k.yaml",
                                                   "compare_gsm8k_llada8b.yaml")])
     s = cfg.sampler

@@ -33,7 +33,7 @@ from mdm.platform.train.driver import train_driver  # noqa: E402
 from mdm.platform.train.lease import LEASE_FILE, LeaseError  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
+REPO = HERE.parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ reporter that records what it is given.
 - the digests it tags are those of the initial weights and of the first micro-batch;
 - a reporter that keeps no checkpoints is never offered one.
 
-    pytest tests/platform/test_trainer.py -q          # a few seconds
+    pytest tests/platform/train/test_trainer.py -q          # a few seconds
 """
 
 from __future__ import annotations

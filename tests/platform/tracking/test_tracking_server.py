@@ -1,6 +1,6 @@
 """`mdm tracking-server`: a real MLflow server on 127.0.0.1 that clients log to over HTTP, artifacts proxied.
 
-Run: pytest tests/platform/test_tracking_server.py
+Run: pytest tests/platform/tracking/test_tracking_server.py
 """
 
 from __future__ import annotations
