@@ -85,6 +85,32 @@ def restart_args(eval_cfg: EvalConfig) -> dict[str, int]:
     return {} if args == {"max_restarts": -1, "max_task_retries": -1} else args
 
 
+def model_stage(rows: list[dict], cfg: RunConfig, actor: type, **actor_kwargs: object) -> ray.data.Dataset:
+    """`rows` as a Ray Data dataset, one block per `eval.batch_size` batch, mapped by the model-holding `actor`
+    class (a `model_actor.ModelActor`) on an autoscaling actor pool (`eval.min/max/initial_actors`), with the
+    GPUs, CPUs, device and restart policy the `eval` section asks for. `actor_kwargs` are the actor's own
+    arguments beyond the model's (`model_path`, `engine`, `model_cfg`, `device`, `seed`, `auto_import`,
+    `tracking_uri`, which this fills in)."""
+    import math
+
+    import ray.data
+
+    ev = cfg.eval
+    # One block per batch: a block is the unit Ray Data hands to an actor, so blocks bigger than a batch
+    # would serialise several batches on one actor while others idle.
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / ev.batch_size)))
+    gpus = gpus_per_actor(ev)
+    compute = ray.data.ActorPoolStrategy(min_size=ev.min_actors, max_size=ev.max_actors,
+                                         initial_size=ev.initial_actors,
+                                         max_tasks_in_flight_per_actor=ev.max_tasks_in_flight_per_actor)
+    device = ev.device if gpus > 0 or ev.device != "auto" else "cpu"
+    kwargs = {"engine": cfg.engine, "model_cfg": cfg.model, "device": device, "seed": ev.seed,
+              "auto_import": tuple(cfg.auto_import), "tracking_uri": tracking_uri(cfg), **actor_kwargs}
+    return ds.map_batches(actor, batch_size=ev.batch_size, batch_format="numpy", compute=compute,
+                          fn_constructor_kwargs=kwargs, num_gpus=gpus or None, num_cpus=ev.cpus_per_actor,
+                          **restart_args(ev))
+
+
 def actor_model(src: ModelSource, cfg: RunConfig) -> str:
     """What the sampler actors load: the driver's local path when the cluster is this machine, else what an
     actor can fetch on its own node (`src.remote`: a storage URI or an MLflow runs:/ path)."""

@@ -31,10 +31,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from mdm.platform.infer.model_source import resolve_model
+from mdm.platform.infer.model_source import ModelSource, resolve_model
 from mdm.platform.infer.outputs import OutputFiles, announce_replace, log_evaluation, metric_prefix, write_jsonl
-from mdm.platform.infer.pool import (InferenceError, actor_model, check_complete, collect, gpus_per_actor,
-                                     load_task, load_tokenizer, restart_args, tracking_uri)
+from mdm.platform.infer.pool import (InferenceError, actor_model, check_complete, collect, load_task, load_tokenizer,
+                                     model_stage, restart_args)
 from mdm.platform.registry import auto_import, load_builtins
 
 if TYPE_CHECKING:
@@ -96,21 +96,7 @@ def _build_dataset(rows: list[dict], cfg: RunConfig, model_path: str, task: str)
     ctx.enable_progress_bars = False
     if ev.wait_for_actors_s > 0:
         ctx.wait_for_min_actors_s = ev.wait_for_actors_s
-    # One block per batch: a block is the unit Ray Data hands to an actor, so blocks bigger than a batch
-    # would serialise several batches on one actor while others idle.
-    n_blocks = max(1, math.ceil(len(rows) / ev.batch_size))
-    ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
-    gpus = gpus_per_actor(ev)
-    compute = ray.data.ActorPoolStrategy(min_size=ev.min_actors, max_size=ev.max_actors,
-                                         initial_size=ev.initial_actors,
-                                         max_tasks_in_flight_per_actor=ev.max_tasks_in_flight_per_actor)
-    device = ev.device if gpus > 0 or ev.device != "auto" else "cpu"
-    ds = ds.map_batches(
-        SamplerActor, batch_size=ev.batch_size, batch_format="numpy", compute=compute,
-        fn_constructor_kwargs={"model_path": model_path, "engine": cfg.engine, "model_cfg": cfg.model,
-                               "sampler_cfg": cfg.sampler, "device": device, "seed": ev.seed,
-                               "auto_import": tuple(cfg.auto_import), "tracking_uri": tracking_uri(cfg)},
-        num_gpus=gpus or None, num_cpus=ev.cpus_per_actor, **restart_args(ev))
+    ds = model_stage(rows, cfg, SamplerActor, model_path=model_path, sampler_cfg=cfg.sampler)
     return ds.map_batches(
         Scorer, batch_format="numpy", num_cpus=ev.score_cpus, compute=ray.data.ActorPoolStrategy(size=1),
         fn_constructor_kwargs={"task": task, "data_dir": cfg.data.task_data_dir,

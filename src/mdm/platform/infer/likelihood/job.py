@@ -36,11 +36,12 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from mdm.platform.infer.model_source import ModelSource, resolve_model
 from mdm.platform.infer.outputs import OutputFiles, announce_replace, log_evaluation, metric_prefix, write_jsonl
-from mdm.platform.infer.pool import (InferenceError, actor_model, check_complete, collect, gpus_per_actor,
-                                     load_task, load_tokenizer, restart_args, tracking_uri)
+from mdm.platform.infer.pool import (InferenceError, actor_model, check_complete, collect, load_task, load_tokenizer,
+                                     model_stage)
 from mdm.platform.registry import auto_import, get_registry, load_builtins
 
 if TYPE_CHECKING:
+    import ray.data
     from mdm.platform.config import RunConfig
     from transformers import PreTrainedTokenizerBase
     from mdm.platform.task_api import TaskPack
@@ -86,27 +87,11 @@ def _examples(task: TaskPack, name: str, split: str, limit: Optional[int], token
     return rows
 
 
-def _build_dataset(rows: list[dict], cfg: RunConfig, model_path: str) -> Any:
-    import ray
-    import ray.data
-
+def _build_dataset(rows: list[dict], cfg: RunConfig, model_path: str) -> ray.data.Dataset:
     from mdm.platform.infer.likelihood.actor import LikelihoodActor
 
-    ev = cfg.eval
-    n_blocks = max(1, math.ceil(len(rows) / ev.batch_size))  # one block per batch, as batch.py explains
-    ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
-    gpus = gpus_per_actor(ev)
-    compute = ray.data.ActorPoolStrategy(min_size=ev.min_actors, max_size=ev.max_actors,
-                                         initial_size=ev.initial_actors,
-                                         max_tasks_in_flight_per_actor=ev.max_tasks_in_flight_per_actor)
-    device = ev.device if gpus > 0 or ev.device != "auto" else "cpu"
-    return ds.map_batches(
-        LikelihoodActor, batch_size=ev.batch_size, batch_format="numpy", compute=compute,
-        fn_constructor_kwargs={"model_path": model_path, "engine": cfg.engine, "model_cfg": cfg.model,
-                               "likelihood_cfg": cfg.likelihood, "mc_shards": ev.mc_shards, "device": device,
-                               "seed": ev.seed, "auto_import": tuple(cfg.auto_import),
-                               "tracking_uri": tracking_uri(cfg)},
-        num_gpus=gpus or None, num_cpus=ev.cpus_per_actor, **restart_args(ev))
+    return model_stage(rows, cfg, LikelihoodActor, model_path=model_path, likelihood_cfg=cfg.likelihood,
+                       mc_shards=cfg.eval.mc_shards)
 
 
 def combine_shards(parts: list[list[list[float]]]) -> list[tuple[float, float, int]]:
