@@ -31,6 +31,7 @@ DELEGATED = {
     "preprocess": ("mdm.tasks.preprocess", "task data -> processed JSONL {input_ids, prompt_length}"),
     "generate": ("mdm.platform.commands.generate", "sample from a model: --model DIR --prompt TEXT"),
     "tracking-server": ("mdm.platform.commands.tracking_server", "MLflow server for a cluster head (127.0.0.1)"),
+    "tracking": ("mdm.platform.commands.tracking", "tracking sync RUN_DIR: ship a run's tracking spool"),
     "lm-eval": ("mdm.platform.commands.lm_eval", "lm-eval's CLI with --model mdm registered (extra: lm_eval)"),
 }
 

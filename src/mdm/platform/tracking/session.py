@@ -4,7 +4,8 @@
     with tracked_run(tracker, "gsm8k-ab12cd34", params=tracked_params(cfg), config_yaml=dump_config(cfg),
                      tags=tags, display_name="MIRROR lr=1e-3", dataset=describe_dataset(path)) as run:
         ...                                      # FINISHED on leaving, FAILED on an exception (then re-raised)
-    run = attach_run(uri, run_id)                # the Ray Train rank-0 worker: the run its driver opened
+    run = attach_run(uri, run_id, spool_dir)     # the Ray Train rank-0 worker: the run its driver opened,
+                                                 # logged through a durable spool (spool_logger.py); run.close()
     run = find_run(tracker, "gsm8k-ab12cd34")    # after the fact: the run holding the name's latest attempt
     run.begin_attempt(kept_through=120)          # a resumed attempt never leaves two points for one step
     with run.system_metrics(interval_s=10):      # MLflow's system/... metrics while the block runs
@@ -24,10 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from mdm.platform.tracking.dataset import DatasetRecord, log_dataset
+from mdm.platform.tracking.spool_logger import SpoolLogger
 from mdm.platform.tracking.tracker import RunLogger, Tracker
 
 
@@ -36,7 +39,20 @@ class TrackedRun:
 
     def __init__(self, uri: Optional[str] = None, run_id: Optional[str] = None) -> None:
         self.uri, self.run_id = uri, run_id
-        self.logger = RunLogger(uri, run_id) if uri and run_id else None
+        self.logger: Optional[RunLogger | SpoolLogger] = RunLogger(uri, run_id) if uri and run_id else None
+        self.spool_dir: Optional[str] = None  # set: the run is ended through this spool (spool_logger.end_run)
+        self.flush_timeout_s = 60.0
+
+    def spooled(self, spool_dir: Optional[str], flush_timeout_s: float = 60.0) -> "TrackedRun":
+        """Log through the durable spool at `spool_dir` (spool_logger.py; None: directly); returns self."""
+        self.flush_timeout_s = flush_timeout_s
+        if spool_dir and self.uri and self.run_id:
+            self.logger = SpoolLogger(self.uri, self.run_id, spool_dir)
+        return self
+
+    def close(self) -> bool:
+        """Ship what the spool holds (waiting at most `flush_timeout_s`); False: records are left (said once)."""
+        return self.logger.close(self.flush_timeout_s) if isinstance(self.logger, SpoolLogger) else True
 
     @property
     def enabled(self) -> bool:
@@ -58,7 +74,9 @@ class TrackedRun:
     def begin_attempt(self, kept_through: Optional[int]) -> None:
         """Start an attempt after restoring the checkpoint of step `kept_through` (None: from scratch); the
         session follows the attempt into a fresh run when earlier points past that step must not stay."""
-        if self.logger is not None:
+        if isinstance(self.logger, SpoolLogger):
+            self.run_id = self.logger.begin_attempt(kept_through)
+        elif self.logger is not None:
             from mdm.platform.tracking.attempts import begin_attempt
 
             self.run_id = self.logger.run_id = begin_attempt(self.logger.client, self.run_id, kept_through)
@@ -80,6 +98,10 @@ class TrackedRun:
         if model_config_yaml is not None:
             from mdm.platform.tracking.model_log import log_sampler_model
 
+            if isinstance(self.logger, SpoolLogger) and not self.logger.online:
+                print(f"mdm: tracking is offline: the MLflow model of {local_dir} is not logged (its files are, "
+                      f"as final_model, once the spool is shipped)", file=sys.stderr)
+                return
             log_sampler_model(self.uri, self.run_id, local_dir, model_config_yaml)
 
     def log_predictions(self, records: Sequence[dict[str, Any]], path: str, artifact_dir: str = "eval") -> Path:
@@ -96,7 +118,11 @@ class TrackedRun:
 
     def end(self, status: str = "FINISHED") -> None:
         """End the run that holds the latest attempt with `status` (FINISHED, FAILED, KILLED)."""
-        if self.logger is not None:
+        if self.logger is not None and self.spool_dir and self.uri and self.run_id:
+            from mdm.platform.tracking.spool_logger import end_run
+
+            end_run(self.uri, self.run_id, self.spool_dir, status, self.flush_timeout_s)
+        elif self.logger is not None:
             from mdm.platform.tracking.attempts import current_run
 
             self.logger.client.set_terminated(current_run(self.logger.client, self.run_id), status=status)
@@ -105,9 +131,11 @@ class TrackedRun:
 @contextlib.contextmanager
 def tracked_run(tracker: Optional[Tracker], run_name: str, *, params: Mapping[str, Any], config_yaml: str,
                 tags: Optional[dict[str, str]] = None, display_name: Optional[str] = None,
-                dataset: Optional[DatasetRecord] = None) -> Iterator[TrackedRun]:
+                dataset: Optional[DatasetRecord] = None, spool_dir: Optional[str] = None,
+                flush_timeout_s: float = 60.0) -> Iterator[TrackedRun]:
     """Open or resume the run `run_name` and yield its session; end it when the block ends (see the module
-    docstring). `tracker` None yields a session that logs nothing."""
+    docstring). `tracker` None yields a session that logs nothing. `spool_dir`: the run's tracking spool, through
+    which the end goes (after what rank 0 left in it), so a server down at the end does not fail the run."""
     if tracker is None:
         yield TrackedRun()
         return
@@ -116,6 +144,7 @@ def tracked_run(tracker: Optional[Tracker], run_name: str, *, params: Mapping[st
     if dataset is not None:
         log_dataset(tracker.client, run_id, dataset)
     run = TrackedRun(tracker.uri, run_id)
+    run.spool_dir, run.flush_timeout_s = spool_dir, flush_timeout_s
     try:
         yield run
     except BaseException:
@@ -124,9 +153,11 @@ def tracked_run(tracker: Optional[Tracker], run_name: str, *, params: Mapping[st
     run.end("FINISHED")
 
 
-def attach_run(uri: Optional[str], run_id: Optional[str]) -> TrackedRun:
-    """A session on a run opened elsewhere (the driver's); it never ends the run. None of either: no-op."""
-    return TrackedRun(uri, run_id)
+def attach_run(uri: Optional[str], run_id: Optional[str], spool_dir: Optional[str] = None,
+               flush_timeout_s: float = 60.0) -> TrackedRun:
+    """A session on a run opened elsewhere (the driver's); it never ends the run. None of either: no-op.
+    `spool_dir`: log through the durable spool there (`close()` ships what is left)."""
+    return TrackedRun(uri, run_id).spooled(spool_dir, flush_timeout_s)
 
 
 def find_run(tracker: Optional[Tracker], run_name: str) -> TrackedRun:

@@ -165,7 +165,8 @@ def _train(cfg: RunConfig, run_name: str, callbacks: Sequence[Any], mlflow_tags:
     from mdm.platform.runtime.ray_runtime import check_worker_fit, ensure_ray, is_local_cluster
     from mdm.platform.train.ds_config import ds_config_notes
     from mdm.platform.train.ingest import build_datasets
-    from mdm.platform.runs import tracked_params
+    from mdm.platform.runs import output_root, tracked_params
+    from mdm.platform.tracking.spool import spool_path
     from mdm.platform.tracking.context import context_tags
     from mdm.platform.tracking.dataset import describe_dataset
     from mdm.platform.tracking.session import tracked_run
@@ -207,16 +208,19 @@ def _train(cfg: RunConfig, run_name: str, callbacks: Sequence[Any], mlflow_tags:
         tags = {**({} if mlflow_tags and "mlflow.source.name" in mlflow_tags else context_tags()),
                 **(mlflow_tags or {})}
         dataset = describe_dataset(tcfg.train_data_path, rows=data.n_rows)
+    spool = spool_path(output_root(cfg), run_name) if tracker is not None and cfg.tracking.spool else None
     # The session ends the run FINISHED, or FAILED when fit raises (the run holding the latest attempt: rank 0
-    # may have continued it in a fresh one).
+    # may have continued it in a fresh one); through the run's tracking spool, after what rank 0 left in it.
     with tracked_run(tracker, run_name, params=tracked_params(cfg), config_yaml=dump_config(cfg), tags=tags,
-                     display_name=display_name, dataset=dataset) as session:
+                     display_name=display_name, dataset=dataset, spool_dir=spool,
+                     flush_timeout_s=cfg.tracking.flush_timeout_s) as session:
         run = RunInfo(run_name=run_name,
                       tokenizer=os.path.abspath(tok_path) if os.path.isdir(tok_path) else tok_path,
                       export_dir=export_dir(cfg, run_name), total_steps=total, steps_per_epoch=per_epoch,
                       epochs=epochs, has_eval="eval" in datasets, tracking_uri=session.uri,
                       mlflow_run_id=session.run_id, system_metrics_s=cfg.tracking.system_metrics_interval_s,
-                      model_config_yaml=dump_config(cfg) if cfg.tracking.log_model else None)
+                      model_config_yaml=dump_config(cfg) if cfg.tracking.log_model else None,
+                      spool_dir=spool, flush_timeout_s=cfg.tracking.flush_timeout_s)
         return _trainer(cfg, run, datasets, callbacks).fit()
 
 

@@ -6,7 +6,8 @@ TorchTrainer's `train_loop_config`. Each worker imports the registries' plugins,
 spec, and hands them to the one `trainer.Trainer` with its shards of the datasets (`sources.RayShards`) and a
 `RayTrainReporter`: every logging step goes to Ray Train (metrics averaged over ranks; the `diag/` window is
 rank 0's), with a checkpoint when `train.save_strategy` says so, and on rank 0 into the MLflow run the driver
-opened (`tracking.session.attach_run`: the attempt begins after the restore, system metrics while training).
+opened (`tracking.session.attach_run`: the attempt begins after the restore, system metrics while training),
+through the run's durable tracking spool (`tracking.spool`), so training never waits on the server.
 At the end rank 0 exports the model in Hugging Face format and logs it (with `tracking.log_model`, as an MLflow
 model too), and every rank reports once more with a checkpoint, so `Result.metrics` carries the final metrics.
 All ranks report at the same steps (`ray.train.report` is a barrier).
@@ -61,6 +62,8 @@ class RunInfo:
     mlflow_run_id: Optional[str] = None
     system_metrics_s: float = 0.0            # MLflow system-metrics sampling interval (0: off)
     model_config_yaml: Optional[str] = None  # set: log the export as an MLflow model with this config
+    spool_dir: Optional[str] = None          # set: rank 0 logs through the durable tracking spool there
+    flush_timeout_s: float = 60.0            # how long rank 0 waits at the end for the spool to be shipped
 
 
 class RayTrainReporter:
@@ -120,16 +123,20 @@ def train_fn_per_worker(config: dict[str, Union[WorkerSections, RunInfo]]) -> No
     run: RunInfo = config["run"]  # type: ignore[assignment]
     rank, world, device = _start_worker(sec)
     tokenizer, model, objective = _build(sec, run, device)
-    session = attach_run(run.tracking_uri, run.mlflow_run_id if rank == 0 else None)
+    session = attach_run(run.tracking_uri, run.mlflow_run_id if rank == 0 else None, run.spool_dir,
+                         run.flush_timeout_s)
     reporter = RayTrainReporter(session, rank, run.export_dir)
     source = RayShards(device, epochs=run.epochs, seed=sec.train.seed, has_eval=run.has_eval)
     trainer = Trainer(model, objective, train_cfg=sec.train, ds_cfg=sec.deepspeed, total_steps=run.total_steps,
                       steps_per_epoch=run.steps_per_epoch, source=source, reporter=reporter, device=device,
                       rank=rank, world=world)
-    trainer.start(ray.train.get_checkpoint())
-    with session.system_metrics(run.system_metrics_s):
-        trainer.train()
-    _finish(trainer, reporter, session, tokenizer, sec, run)
+    try:
+        trainer.start(ray.train.get_checkpoint())
+        with session.system_metrics(run.system_metrics_s):
+            trainer.train()
+        _finish(trainer, reporter, session, tokenizer, sec, run)
+    finally:
+        session.close()  # ship what the spool holds, within tracking.flush_timeout_s
 
 
 def _start_worker(sec: WorkerSections) -> tuple[int, int, torch.device]:
