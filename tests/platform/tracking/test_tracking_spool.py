@@ -10,7 +10,7 @@
   (the spool's own records, written by training) advances during the outage, the run finishes, and the server
   holds every step's metrics exactly once.
 
-Run: pytest tests/platform/test_tracking_spool.py
+Run: pytest tests/platform/tracking/test_tracking_spool.py
 """
 
 from __future__ import annotations
