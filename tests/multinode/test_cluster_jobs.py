@@ -2,8 +2,9 @@
 
     python -m pytest -q tests/multinode/test_cluster_jobs.py --durations=0     # needs root; a few minutes
 
-One cluster (head with 0 CPUs, node_a, node_b, S3 on 127.0.0.1:9000, the MLflow tracking server on
-127.0.0.1:5000; see harness.py) serves the module. Everything that crosses nodes goes through the storage root
+The package's one cluster (head with 0 CPUs, node_a, node_b, S3 on 127.0.0.1:9000, the MLflow tracking server
+on 127.0.0.1:5000; see harness.py and conftest.py, which also sets the fast node-death detection the failure
+tests rely on) serves the module. Everything that crosses nodes goes through the storage root
 `s3://mdm/...` (`ray.storage_path`) or the tracking server; the job's working directory and the drivers' files
 stay on the head, hidden from the workers. Every process imports mdm from this checkout (PYTHONPATH), so the
 workers run the code under test, not whatever copy is installed. The node-failure tests come last; one that
@@ -31,15 +32,6 @@ STEPS = 8
 TINY = [f"train.max_steps={STEPS}", "train.save_steps=3", "train.logging_steps=1", "train.warmup_steps=1",
         "eval.limit=6", "eval.batch_size=3", "sampler.steps=8", "sampler.gen_length=16", "sampler.block_length=16",
         "ray.num_workers=2", "ray.cpus_per_worker=0.5", "eval.cpus_per_actor=0.5"]
-
-
-@pytest.fixture(scope="module")
-def cluster_options() -> dict[str, Any]:
-    # The GCS declares a killed node dead after ~3 missed 1 s health checks (Ray's default: ~5 x 3 s, plus a
-    # 10 s timeout), so the node-failure tests wait seconds, not half a minute, for Ray to react.
-    fast_death = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "3000",
-                  "RAY_health_check_failure_threshold": "3"}
-    return {"extra_env": {"PYTHONPATH": str(REPO / "src")}, "head_env": fast_death}
 
 
 def sets(*pairs: str) -> list[str]:
