@@ -15,6 +15,12 @@ from pathlib import Path
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray Train's controller takes at most one report per worker per poll, and polls every
+# RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s); a worker's next `ray.train.report` waits until the previous one
+# is taken (a queue of one). The tests' tiny runs report every step, so at the default they train at one step per
+# 2 s, whatever the model: poll every 0.25 s instead (a 12-step run: ~65 s -> ~43 s on 2 busy cores). Every Ray
+# the tests start inherits it: in this process, embedded in a subprocess, `ray start` heads, the multinode cluster.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 import pytest  # noqa: E402
 from typing import Any, Optional  # noqa: E402

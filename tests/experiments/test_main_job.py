@@ -114,7 +114,8 @@ def _namespaces() -> bool:
 
 
 def _env(home: Path) -> dict[str, str]:
-    drop = (*DROP, "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    # A newcomer's Ray Train polls its workers at Ray's default, not the test suite's (tests/conftest.py).
+    drop = (*DROP, "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
                RAY_USAGE_STATS_ENABLED="0", HOME=str(home))
