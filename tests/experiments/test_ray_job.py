@@ -11,7 +11,8 @@ predictions artifact.
 Stopping the head: `ray stop` kills every Ray process of this user on the machine, which would take down
 the Ray instances of other tests running in parallel. So the test stops only its own node: the processes
 whose command line names its private temp dir (GCS, raylet, dashboard, log monitor, ...) and all their
-descendants (workers, the job supervisor, the job's driver), SIGTERM then SIGKILL.
+descendants (workers, the job supervisor, the job's driver), SIGTERM, then SIGKILL for what is left after a
+short grace period (Ray's processes exit on TERM; one that does not would hold the teardown for nothing).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def _stop_node(temp_dir: str) -> None:
             p.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(list(procs.values()), timeout=15)
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=3)
     for p in alive:
         try:
             p.kill()
