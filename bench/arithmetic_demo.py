@@ -15,7 +15,8 @@ test_arithmetic_demo.py now asks the same of a much smaller run): at 1200 steps 
 not converged, but each sampler's held-out exact match, re-scored here from its predictions file (it must
 agree with the summary), is at least max(0.2, 1.8 x the majority answer's share of the held-out split),
 and at least 90% of its predictions have the layout `a op b = c\n#### c` with the question's operator.
-Measured on 2 CPUs at the CI budget: 0.37-0.49 `llada`, 0.31-0.49 `fast` (majority 0.11), ~370 CPU-seconds.
+Measured on 2 CPUs at the CI budget with the demo's own loop (before the Trainer): 0.37-0.49 `llada`, 0.31-0.49
+`fast` (majority 0.11), ~370 CPU-seconds.
 `--check` exits 1 when the budget's goal is not met.
 """
 

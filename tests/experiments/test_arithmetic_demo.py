@@ -1,6 +1,6 @@
 """experiments/arithmetic.py end to end on a small run that still learns: exact match far above chance.
 
-    pytest tests/experiments/test_arithmetic_demo.py -q          # ~1.5 minutes on 2 CPUs (~55 CPU-seconds)
+    pytest tests/experiments/test_arithmetic_demo.py -q          # ~1.5 minutes on 2 CPUs (~75 CPU-seconds)
 
 The script runs as the demo does (its own tokenizer, training loop, both samplers, the saved model), with the
 CI budget's held-out split size (`--budget ci`: 100 problems) but a smaller problem and model, so that it
@@ -32,11 +32,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL_STEPS, MAX_OPERAND = 800, 6
+SMALL_STEPS, MAX_OPERAND = 1200, 6
 SMALL_RUN = ["--budget", "ci", "--max-operand", str(MAX_OPERAND), "--set", f"train.max_steps={SMALL_STEPS}",
              "--set", "train.warmup_steps=20", "--set", "model.d_model=64", "--set", "model.n_layers=2",
              "--set", "model.mlp_hidden_size=256"]
-MIN_ACCURACY = 0.5  # measured here on the small run: 0.82 llada, 0.78 fast (majority answer 0.17)
+MIN_ACCURACY = 0.5  # measured here on the small run: 0.89 llada, 0.85 fast (majority answer 0.17)
 ANSWER = re.compile(r"^(\d+) ([+\-*]) (\d+) = (\d+)\n#### (\d+)$")
 
 
