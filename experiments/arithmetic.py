@@ -36,7 +36,8 @@ from typing import Any, Optional, Sequence
 import torch
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
-# --budget ci: a reduced run for the test suite (~250-340 CPU-seconds); see tests/experiments/test_arithmetic_demo.py.
+# --budget ci: a reduced run (~250-340 CPU-seconds) whose learning goal `python bench/arithmetic_demo.py --budget ci
+# --check` checks; the test suite runs the demo smaller still (tests/experiments/test_arithmetic_demo.py).
 BUDGETS = {"full": [], "ci": ["train.max_steps=1200", "train.warmup_steps=40"]}
 BUDGET_TEST_SIZE = {"full": 200, "ci": 100}
 
