@@ -113,7 +113,7 @@ def test_multiple_choice_on_the_actor_pool(tmp_path, trained_mc, ray_local) -> N
         acc += float(best == m["gold_index"])
         acc_norm += float(norm == m["gold_index"])
     assert metrics["accuracy"] == pytest.approx(acc / 60) and metrics["acc_norm"] == pytest.approx(acc_norm / 60)
-    assert metrics["accuracy"] >= 0.4, metrics  # chance is 0.25; measured 0.57 (tiny_mc_model.py)
+    assert metrics["accuracy"] >= 0.4, metrics  # chance is 0.25; measured 0.60-0.67 over 4 seeds (tiny_mc_model.py)
     assert score_files("arith_mc4", out)["accuracy"] == pytest.approx(metrics["accuracy"])  # `mdm score`
     logged = MlflowClient(tracking_uri=db).get_run(metrics["mlflow_run_id"]).data.metrics
     for name in ("accuracy", "acc_norm"):  # infer/<task>/[...]/<metric>, whatever batch.py puts between

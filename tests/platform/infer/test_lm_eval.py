@@ -6,14 +6,17 @@ Three task YAMLs over local JSONL files made from the `arith_mc4` problems (tiny
 rendered as the task renders it: a `multiple_choice` task (acc, acc_norm), a `generate_until` task (exact_match
 on the last number) and a `loglikelihood_rolling` task (word perplexity). The model is the tiny LLaDA trained in
 this session. Independent side: our harness on the same items -- the task's choices scored by the engine's
-likelihood hook and picked by `Task.score_choices`; the platform's `generate` with the task's scorer; the
-engine's rolling hook. Also the command line (`mdm lm-eval --model mdm ...`) on the multiple-choice task.
+likelihood hook and picked by `Task.score_choices`; the platform's `generate`, its texts scored by the YAML's
+rule (the last `-?[0-9]+`, string-equal to the task's gold answer; the task's own scorer compares numbers, so
+it differs on texts such as "-0" or "05"); the engine's rolling hook. Also the command line
+(`mdm lm-eval --model mdm ...`) on the multiple-choice task.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -101,9 +104,16 @@ metric_list:
     return {"root": str(root), "task": task, "tok": tok, "examples": exs, "ppl_texts": [r["text"] for r in ppl_rows]}
 
 
+def last_number(text: str) -> str:
+    """The mdm_arith_gen YAML's filter: the last match of `-?[0-9]+` (regex, group_select -1), else lm-eval's
+    fallback "[invalid]"."""
+    found = re.findall(r"-?[0-9]+", text)
+    return found[-1] if found else "[invalid]"
+
+
 @pytest.fixture(scope="module")
 def ours(trained_mc: dict, local_tasks: dict) -> dict:
-    """Our harness on the same items: likelihood argmax (acc, acc_norm) and generation scored by the task."""
+    """Our harness on the same items: likelihood argmax (acc, acc_norm) and generation scored by the YAML's rule."""
     cfg = load_config([], [f"likelihood.mc_num={MC_NUM}", *SAMPLER, *ROLLING, "sampler.batch_size=16"])
     spec = get_registry("engines").get("llada_plus")
     task, tok, exs = local_tasks["task"], local_tasks["tok"], local_tasks["examples"]
@@ -119,7 +129,7 @@ def ours(trained_mc: dict, local_tasks: dict) -> dict:
     rolling = spec.loglikelihood_rolling(model, texts, cfg.likelihood, torch.Generator().manual_seed(0), prefix=[first])
     return {"rolling": [s.value for s in rolling], "rolling_chunks": [s.n_samples for s in rolling],"acc": sum(r["acc"] for r in per) / len(per), "acc_norm": sum(r["acc_norm"] for r in per) / len(per),
             "per": per, "values": [s.value for s in scores], "texts": gen.texts,
-            "gen_acc": sum(task.score(t, e.gold_raw) for t, e in zip(gen.texts, exs)) / N_GEN}
+            "gen_exact": sum(last_number(t) == task.gold(e.gold_raw) for t, e in zip(gen.texts, exs)) / N_GEN}
 
 
 def test_lm_eval_matches_our_scoring(trained_mc, local_tasks, ours, monkeypatch) -> None:
@@ -142,7 +152,7 @@ def test_lm_eval_matches_our_scoring(trained_mc, local_tasks, ours, monkeypatch)
     assert got == pytest.approx(ours["values"], rel=1e-4, abs=1e-4)
     gen = sorted(res["samples"]["mdm_arith_gen"], key=lambda s: s["doc_id"])
     assert [s["resps"][0][0] for s in gen] == ours["texts"]  # the same texts as the platform's generate
-    assert res["results"]["mdm_arith_gen"]["exact_match,last_number"] == pytest.approx(ours["gen_acc"])
+    assert res["results"]["mdm_arith_gen"]["exact_match,last_number"] == pytest.approx(ours["gen_exact"])
     ppl = sorted(res["samples"]["mdm_arith_ppl"], key=lambda s: s["doc_id"])
     assert [float(s["resps"][0][0]) for s in ppl] == pytest.approx(ours["rolling"], rel=1e-4)
     assert min(ours["rolling_chunks"]) >= 2  # the texts were cut into windows

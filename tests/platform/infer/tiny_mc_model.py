@@ -4,9 +4,12 @@
 
 The task `arith_mc4` is `arithmetic_mc` on operands 0-4 (+ and -, seed 0): 160 problems, 60 held out and the
 other 100 trained on (every held-out sum is seen under another phrasing). Training is the offline demo's own
-loop (experiments/arithmetic.py: `train`, responses EOS-padded to the answer window) for 600 steps of 32 on a
-64-wide 2-layer model, ~30-60 s on one thread. Measured on it (mc_num 16): the right answer among 4 is picked on
-57% of the held-out problems and 75% of training problems (chance 25%).
+loop (experiments/arithmetic.py: `train`, the platform's Trainer, responses EOS-padded to the answer window) for
+1200 steps of 32 on a 64-wide 2-layer model, ~60-110 s on one thread. Measured on it (mc_num 16, as the tests
+score it; train.seed 42 as here, and 0, 1, 2 with the same initial weights): the right answer among 4 is picked
+on 60%, 63%, 67%, 62% of the 60 held-out problems and 81-86% of the 100 training problems (chance 25%).
+At 600 steps the held-out figure was seed noise, 32-53% (the old demo loop: 37-55%), too close to the tests'
+40% floor; at 900, 48-72%.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any, Optional
 from mdm.platform.registry import get_registry, load_builtins
 
 TASK = "arith_mc4"
-STEPS = 600
+STEPS = 1200
 
 
 def register_task() -> type:
