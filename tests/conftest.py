@@ -3,11 +3,10 @@ Ray (`ray_local`) for the tests that use one.
 
 `ray_local` is the session's one in-process Ray (2 CPUs, loopback, no dashboard): it starts when a test first
 asks for it and stays up while the tests that follow use it. The modules that use it therefore run one after
-another, after the other modules of their top-level directory (tests/platform, subdirectories included; each
-module keeps its tests' order; `pytest_collection_modifyitems` below), and Ray is shut down before the first
-test of a module that does not use it, and at the end of the session: every other module sees no Ray in this
-process, as it would alone. A test that shuts Ray down (or starts its own) is fine: the next `ray_local` starts
-it again.
+another, after the other modules of their directory (each module keeps its tests' order;
+`pytest_collection_modifyitems` below), and Ray is shut down before the first test of a module that does not
+use it, and at the end of the session: every other module sees no Ray in this process, as it would alone. A test
+that shuts Ray down (or starts its own) is fine: the next `ray_local` starts it again.
 """
 
 import os
@@ -87,9 +86,8 @@ def _module_id(item: pytest.Item) -> str:
     return item.nodeid.split("::", 1)[0]
 
 
-def _top_dir(item: pytest.Item) -> str:
-    """The module's top-level test directory, e.g. `tests/platform` for tests/platform/train/test_train.py."""
-    return "/".join(_module_id(item).split("/")[:-1][:2])
+def _dir_id(item: pytest.Item) -> str:
+    return _module_id(item).rpartition("/")[0]
 
 
 def _stop_local_ray() -> None:
@@ -115,18 +113,17 @@ def ray_local():
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Within each top-level test directory (its subdirectories included), the modules that use ray_local move
-    after the others (stable; every module stays whole and in order), so that one Ray serves them one after
-    another."""
+    """Within each directory, the modules that use ray_local move after the others (stable; every module stays
+    whole and in order), so that one Ray serves them one after another."""
     _ray_modules.clear()
     _ray_modules.update(_module_id(i) for i in items if _uses_ray(i))
     if not _ray_modules:
         return
     out: list[pytest.Item] = []
     i = 0
-    while i < len(items):  # a run of items in one top-level directory
+    while i < len(items):  # a run of items in one directory
         j = i
-        while j < len(items) and _top_dir(items[j]) == _top_dir(items[i]):
+        while j < len(items) and _dir_id(items[j]) == _dir_id(items[i]):
             j += 1
         block = items[i:j]
         out += [t for t in block if _module_id(t) not in _ray_modules]
