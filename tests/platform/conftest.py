@@ -1,6 +1,6 @@
-"""Fixtures for the platform's Ray tests: tiny processed training data and a trained multiple-choice model.
+"""Fixtures for the platform's Ray tests: a small local Ray per module, and tiny processed training data.
 
-`ray_local`, the local Ray these tests share, is in tests/conftest.py.
+`ray_local` is module-scoped (not session) so that modules which start Ray their own way still can.
 `arithmetic_data` writes the arithmetic task's train split as processed JSONL with a BPE tokenizer trained
 on it (the real `mdm.tasks.preprocess` path), once per session.
 """
@@ -12,6 +12,17 @@ import pytest
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield ray
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")
