@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def _make_tiny_model(out_dir: str) -> str:
-    spec = importlib.util.spec_from_file_location("_bi_test", HERE.parent / "platform" / "test_batch_infer.py")
+    spec = importlib.util.spec_from_file_location("_bi_test", HERE.parent / "platform" / "infer" / "test_batch_infer.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.make_tiny_model(out_dir)
