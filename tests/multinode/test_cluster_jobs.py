@@ -7,8 +7,9 @@ on 127.0.0.1:5000; see harness.py and conftest.py, which also sets the fast node
 tests rely on) serves the module. Everything that crosses nodes goes through the storage root
 `s3://mdm/...` (`ray.storage_path`) or the tracking server; the job's working directory and the drivers' files
 stay on the head, hidden from the workers. Every process imports mdm from this checkout (PYTHONPATH), so the
-workers run the code under test, not whatever copy is installed. The node-failure tests come last; one that
-kills a node restarts it when a later test needs both.
+workers run the code under test, not whatever copy is installed. The main job is submitted as the README says,
+from a checkout's root with `--working-dir . --runtime-env cluster/runtime_env.yaml` (its `py_modules` ship
+src/mdm). The node-failure tests come last; one that kills a node restarts it when a later test needs both.
 """
 
 from __future__ import annotations
@@ -39,9 +40,14 @@ def sets(*pairs: str) -> list[str]:
 
 
 def job_dir(tmp_path: Path) -> Path:
-    """The job's working directory (under /tmp: on the head only): the experiment scripts and their configs."""
+    """The job's working directory (under /tmp: on the head only), laid out as the checkout the README submits
+    from: the experiment scripts and configs, `cluster/runtime_env.yaml`, and `src/mdm` (its `py_modules`)."""
     d = tmp_path / "job"
-    shutil.copytree(REPO / "experiments", d / "experiments", ignore=shutil.ignore_patterns("__pycache__"))
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(REPO / "experiments", d / "experiments", ignore=skip)
+    shutil.copytree(REPO / "src" / "mdm", d / "src" / "mdm", ignore=skip)
+    (d / "cluster").mkdir()
+    shutil.copy(REPO / "cluster" / "runtime_env.yaml", d / "cluster" / "runtime_env.yaml")
     return d
 
 
@@ -68,7 +74,13 @@ def files(path=None):
     for e in client.list_artifacts(run_id, path):
         out += files(e.path) if e.is_dir else [e.path]
     return out
-print(json.dumps({"train_nodes": nodes, "metrics": sorted(run.data.metrics), "status": run.info.status,
+exp = client.get_experiment_by_name("gsm8k")
+named = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.runName = '{run.info.run_name}'")
+pred_art = client.download_artifacts(run_id, "infer/gsm8k/test/llada/predictions_test.jsonl")
+rows = [json.loads(line) for line in open(pred_art) if line.strip()]
+print(json.dumps({"train_nodes": nodes, "metrics": run.data.metrics, "status": run.info.status,
+                  "run_name": run.info.run_name, "runs_named": len(named),
+                  "artifact_rows": len(rows), "row_keys": sorted(rows[0]) if rows else [],
                   "artifacts": files(), "model_in_s3": storage.exists(storage.join(model, "model.safetensors")),
                   "preds_in_s3": storage.exists(preds),
                   "n_preds": sum(1 for line in storage.iter_lines(preds) if line.strip())}))
@@ -77,8 +89,10 @@ print(json.dumps({"train_nodes": nodes, "metrics": sorted(run.data.metrics), "st
 
 def gsm8k_job(cluster: MultiNodeCluster, tmp_path: Path, *extra: str, timeout: float = 420) -> dict[str, Any]:
     """`ray job submit -- python experiments/gsm8k.py --preset tiny ...` on the S3 storage root; its summary."""
+    # As the README submits it: from the checkout's root, `--working-dir . --runtime-env cluster/runtime_env.yaml`.
     job = cluster.submit_job(["python", "experiments/gsm8k.py", "--preset", "tiny", "--limit", "64",
-                              *sets(f"ray.storage_path={ROOT}", *TINY, *extra)], working_dir=job_dir(tmp_path),
+                              *sets(f"ray.storage_path={ROOT}", *TINY, *extra)], working_dir=".",
+                             args=["--runtime-env", "cluster/runtime_env.yaml"], cwd=job_dir(tmp_path),
                              timeout=timeout)
     assert job.status == "SUCCEEDED", f"{job.status}\n{job.logs[-8000:]}\n{cluster.diagnostics()}"
     return summary_of(job.logs)
@@ -102,7 +116,13 @@ def test_gsm8k_job_on_the_cluster_then_infer_from_a_fresh_driver(cluster: MultiN
     workers = {cluster.node_ids["node_a"], cluster.node_ids["node_b"]}
     assert out["train_nodes"] and set(out["train_nodes"]) <= workers, (out, cluster.node_ids)
     assert out["status"] == "FINISHED"
-    assert {"train/loss", "train/lr", "infer/gsm8k/test/llada/accuracy"} <= set(out["metrics"]), out["metrics"]
+    assert out["run_name"] == s["run_name"] and out["runs_named"] == 1, out  # one run, in experiment "gsm8k"
+    metrics = out["metrics"]
+    assert {"train/loss", "train/lr", "infer/gsm8k/test/llada/accuracy"} <= set(metrics), sorted(metrics)
+    assert metrics.get("eval/loss", 0) > 0, sorted(metrics)
+    assert 0.0 <= s["accuracy"] <= 1.0 and abs(metrics["infer/gsm8k/test/llada/accuracy"] - s["accuracy"]) < 1e-9
+    assert out["artifact_rows"] == 6, out
+    assert {"task", "prompt", "gold_raw", "prediction", "meta", "id"} <= set(out["row_keys"]), out
     assert "final_model/config.json" in out["artifacts"], out["artifacts"]
     assert "infer/gsm8k/test/llada/predictions_test.jsonl" in out["artifacts"], out["artifacts"]
     assert out["model_in_s3"] and out["preds_in_s3"] and out["n_preds"] == 6, out
