@@ -60,34 +60,3 @@ def s3_endpoint(tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-# pytest-xdist (`-n 2 --dist loadgroup`, see pyproject addopts) runs two test processes side by side: one
-# Ray run keeps about 1.3 of the 2 cores busy (the driver, the Train controller and the worker start one after
-# another, each importing torch on one core). Tests are grouped so that what shares a costly fixture runs in
-# the same process: a module's tests (module-scoped Ray, servers), the multinode package (one 3-node cluster),
-# and the modules that use the session's trained tiny multiple-choice model.
-SHARED_FIXTURE_GROUPS = {"trained_mc": "tiny_mc"}
-
-
-def xdist_groups(items: list[pytest.Item]) -> dict[Path, str]:
-    """{test file: group}: the multinode package is one group; a file with a test that uses a shared session
-    fixture joins that fixture's group; every other file is its own group."""
-    groups: dict[Path, str] = {}
-    for item in items:
-        path = Path(str(item.fspath)).resolve()
-        rel = path.relative_to(REPO / "tests")
-        shared = [g for f, g in SHARED_FIXTURE_GROUPS.items() if f in getattr(item, "fixturenames", ())]
-        if rel.parts[0] == "multinode":
-            groups[path] = "multinode"
-        elif shared:
-            groups[path] = shared[0]
-        else:
-            groups.setdefault(path, str(rel))
-    return groups
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    groups = xdist_groups(items)
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(groups[Path(str(item.fspath)).resolve()]))
