@@ -33,7 +33,7 @@ STEPS = 8
 TINY = [f"train.max_steps={STEPS}", "train.save_steps=3", "train.logging_steps=1", "train.warmup_steps=1",
         "eval.limit=6", "eval.batch_size=3", "sampler.steps=8", "sampler.gen_length=16", "sampler.block_length=16",
         "ray.num_workers=2", "ray.cpus_per_worker=0.5", "eval.cpus_per_actor=0.5",
-        "train.eval_strategy=steps", "train.eval_steps=4"]
+        "train.eval_strategy=steps", "train.eval_steps=4", "train.train_ratio=0.5"]
 
 
 def sets(*pairs: str) -> list[str]:

@@ -4,7 +4,7 @@
   their swept values, with the trials' params (p_model "inert" with PPOTS off, no run_name) and metrics; the
   parent's description holds the search space and the driver's context tags reach the children; each child
   has the worker's diag/ window, system metrics, the dataset input and its export as an MLflow model; the ranking
-  agrees with the metrics the workers logged; the best-config YAML loads and trains;
+  agrees with the metrics the workers logged; the best-config YAML loads and trains (in process);
 - ASHA stops a trial whose learning rate diverges before its last step (trials run one after another, so the
   bad one meets a recorded rung), and its child run ends KILLED, never RUNNING.
 
@@ -65,8 +65,9 @@ def _runs(env, sweep):
 
 
 def test_grid_sweep_parent_children_table_and_best_config(env):
-    from mdm.platform.train.driver import train_driver
     from mdm.platform.sweep.sweep import run_sweep
+    from mdm.platform.tokenizer import load_tokenizer
+    from mdm.platform.train.inprocess import fit_in_process, load_memory_data
 
     cfg = load_config([str(env["base"])], ["tune.name=grid4"])
     res = run_sweep(cfg, {"train.train_mode": {"grid": ["Normal", "MIRROR"]}, "train.PPOTS": {"grid": [False, True]}})
@@ -118,10 +119,13 @@ def test_grid_sweep_parent_children_table_and_best_config(env):
     assert best.train.train_mode == res.rows[0]["params"]["train.train_mode"]
     assert best.train.PPOTS == res.rows[0]["params"]["train.PPOTS"]
     assert best.run_name is None and best.train.max_steps == 4
+    # ... and trains: in this process, on the same Trainer as the Ray Train workers (the trials above were the
+    # Ray Train runs of this config).
     trained = load_config([res.best_config_path], ["train.max_steps=2", "tracking.enabled=false"])
-    out = train_driver(trained, run_name="best-retrain")
-    assert out.metrics["step"] == 2 and math.isfinite(out.metrics["eval/loss"])
-    assert (Path(out.metrics["export_dir"]) / "config.json").is_file()
+    tok = load_tokenizer(trained.data.tokenizer)
+    data = load_memory_data(trained, pad_id=tok.pad_token_id, vocab_size=len(tok))
+    out = fit_in_process(trained, tok, data)
+    assert out.final["step"] == 2 and math.isfinite(out.final["eval/loss"])
 
 
 def test_asha_stops_a_diverging_trial_early(env):

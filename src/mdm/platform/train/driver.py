@@ -68,6 +68,17 @@ def tokenizer_path(cfg: RunConfig) -> str:
                      "preprocessing (a directory or hub id)")
 
 
+def eval_note(n_eval: int, batch_size: int, workers: int) -> Optional[str]:
+    """Why no worker would see an eval micro-batch (Ray Train splits the "eval" micro-batches equally over the
+    workers, dropping the remainder), or None."""
+    batches = -(-n_eval // max(batch_size, 1))
+    if not n_eval or batches >= workers:
+        return None
+    return (f"the eval split's {n_eval} rows make {batches} micro-batch(es) of train.batch_size_per_gpu={batch_size}, "
+            f"fewer than the {workers} workers: no eval loss (eval/loss is NaN); raise the eval split "
+            "(train.train_ratio) or lower the micro-batch")
+
+
 def plan_steps(n_train: int, train_cfg: BaseTrainConfig, world: int) -> tuple[int, int, int]:
     """(total optimizer steps, steps per epoch, epochs to stream) for `n_train` rows on `world` workers.
 
@@ -197,7 +208,9 @@ def _train(cfg: RunConfig, run_name: str, callbacks: Sequence[Any], mlflow_tags:
     datasets = data.datasets()
     print(f"mdm train {run_name}: {data.summary()}; {total} steps ({per_epoch}/epoch) on {rcfg.num_workers} "
           f"worker(s)", file=sys.stderr)
-    for note in ds_config_notes(cfg.deepspeed, tcfg, rcfg.num_workers, total_steps=total, on_gpu=rcfg.use_gpu):
+    short = eval_note(data.n_eval, tcfg.batch_size_per_gpu, rcfg.num_workers) if tcfg.eval_strategy != "no" else None
+    for note in [*ds_config_notes(cfg.deepspeed, tcfg, rcfg.num_workers, total_steps=total, on_gpu=rcfg.use_gpu),
+                 *([short] if short else [])]:
         print(f"mdm train: {note}", file=sys.stderr)
 
     if tcfg.max_steps <= 0 and _finished(previous, total, tcfg.save_strategy, run_name, run_dir):

@@ -107,7 +107,8 @@ def sum_over_ranks(values: list[float], world: int) -> list[float]:
 
 def eval_loss(objective: Objective, model: torch.nn.Module, batches: Iterable[Batch], generator: torch.Generator,
               world: int = 1) -> float:
-    """Mean eval loss over this rank's eval micro-batches, averaged over ranks (every rank calls it)."""
+    """Mean eval loss over this rank's eval micro-batches, averaged over ranks (every rank calls it); NaN when no
+    rank had an eval micro-batch (never a made-up 0)."""
     total, n = 0.0, 0
     model.eval()
     with torch.no_grad():
@@ -117,7 +118,7 @@ def eval_loss(objective: Objective, model: torch.nn.Module, batches: Iterable[Ba
             n += 1
     model.train()
     total, n = sum_over_ranks([total, float(n)], world)
-    return total / max(n, 1.0)
+    return total / n if n else float("nan")
 
 
 @dataclass
