@@ -5,17 +5,24 @@
 - a checkpoint holds the adapter weights as safetensors and the optimizer/scheduler state, nothing of the
   base; a run resumed from it at step 3 logs the same losses at steps 4-6 as the run that went on, and ends
   with the same adapter weights; a checkpoint of another `model.lora` is refused naming the file;
+- under DeepSpeed (ZeRO 0, 2, 3 in bf16; one process on CPU/gloo) the checkpoint's module state holds the
+  adapters only, and a fresh updater loaded from it steps to the same losses as the one that wrote it;
 - the export is PEFT's adapter directory, which `PeftModel.from_pretrained` loads on a freshly built base to
   the same logits; with `export.merge_lora` the merged full model in `<export>/merged` gives the same logits
   without PEFT; `merge_lora` on a model without adapters is an error naming the key.
 
-    pytest tests/platform/train/test_adapters.py -q          # about 20 s
+    pytest tests/platform/train/test_adapters.py -q          # about 40 s
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
+import socket
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -162,3 +169,75 @@ def test_merge_lora_without_adapters_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="export.merge_lora: true, but the model has no adapters"):
         write_export(model, None, str(tmp_path / "final"), merge_lora=True)
     assert not (tmp_path / "final").exists()
+
+
+DEEPSPEED_CHILD = textwrap.dedent("""
+    import json, os, sys, tempfile, torch
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    import torch.distributed as dist
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    from mdm.engines.llada_plus.loss import diffusion_loss
+    from mdm.engines.llada_plus.model_build import build_model
+    from mdm.platform.config import load_config
+    import importlib
+    from mdm.platform.train.safe_load import DEEPSPEED_SAFE_GLOBALS, load_plain
+    from mdm.platform.train.updater import DeepSpeedUpdater
+
+    V = 96
+    TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.mlp_hidden_size=96",
+            f"model.vocab_size={V}", f"model.mask_token_id={V - 1}", "model.eos_token_id=2", "model.pad_token_id=0",
+            "train.batch_size_per_gpu=2", "train.max_len=16", "deepspeed.enabled=true", "deepspeed.precision=bf16",
+            "train.lr=1e-2", "model.lora.r=4"]
+
+    def step(up, seed):
+        ids = torch.randint(3, V - 1, (2, 16), generator=torch.Generator().manual_seed(seed))
+        batch = {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
+        loss, _ = diffusion_loss(up.module, batch, torch.full((2,), 0.5), None, mask_id=V - 1,
+                                 generator=torch.Generator().manual_seed(seed))
+        up.backward(loss)
+        up.step()
+        return float(loss)
+
+    def allow():
+        found = []
+        for module, name in DEEPSPEED_SAFE_GLOBALS:
+            found += [getattr(importlib.import_module(module), name, None)]
+        return tuple(c for c in found if c is not None)
+
+    out = []
+    for stage in (0, 2, 3):
+        cfg = load_config([], TINY + [f"deepspeed.zero_stage={stage}"])
+        def updater():
+            torch.manual_seed(0)
+            return DeepSpeedUpdater(build_model(cfg.model, "tiny"), cfg.deepspeed, cfg.train, total_steps=5,
+                                    world_size=1)
+        a = updater()
+        trained = sorted(n for n, p in a.module.named_parameters() if p.requires_grad)
+        for s in range(2):
+            step(a, s)
+        d = tempfile.mkdtemp()
+        a.save(d, 0)
+        states = [f for f in os.listdir(os.path.join(d, "ds")) if f.endswith("model_states.pt")][0]
+        module = load_plain(os.path.join(d, "ds", states), allow=allow())["module"]
+        went_on = [step(a, s) for s in (2, 3)]
+        b = updater()
+        b.load(d)
+        out.append({"stage": stage, "saved": sorted(module), "trained": trained, "went_on": went_on,
+                    "resumed": [step(b, s) for s in (2, 3)]})
+    print("RESULT " + json.dumps(out))
+    """)
+
+
+@pytest.mark.slow
+def test_deepspeed_checkpoints_hold_the_adapters_and_resume_exactly():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-c", DEEPSPEED_CHILD, str(port)], capture_output=True, text=True,
+                          timeout=600, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[len("RESULT "):])
+    assert [r["stage"] for r in results] == [0, 2, 3]
+    for r in results:
+        assert r["saved"] == r["trained"] and all(".lora_" in n for n in r["saved"]), r["stage"]
+        assert r["resumed"] == r["went_on"], r
