@@ -11,8 +11,8 @@
 
 Names never contain a clock: the same command (the same config) gets the same name again, so Ray Train
 restores the run's last checkpoint from `<ray.storage_path>/<run>` and MLflow logs into the run of that
-name. Keys that say where or how a run is watched, not what is trained, are left out of the hash
-(`RUN_NAME_EXCLUDED`); `ray.num_workers` and `ray.use_gpu` stay in, since they change the global batch and
+name. Keys that say where or how a run is watched or its model written (`export.*`), not what is trained,
+are left out of the hash (`RUN_NAME_EXCLUDED`); `ray.num_workers` and `ray.use_gpu` stay in, since they change the global batch and
 the numerics. `train.output_dir` is left out on purpose: moving the exports elsewhere continues the same
 run (its checkpoints are under `ray.storage_path`), it does not start a new one.
 
