@@ -1,4 +1,4 @@
-"""The `mdm` command line: `mdm train|tune|infer|score|preprocess|generate|lm-eval|list|config ...`.
+"""The `mdm` command line: `mdm train|tune|infer|score|preprocess|generate|lm-eval|plan|list|config ...`.
 
     mdm train --config base.yaml --config overlay.yaml --set train.lr=1e-5 [--dump_config]
     mdm list p_models
@@ -33,6 +33,7 @@ DELEGATED = {
     "tracking-server": ("mdm.platform.commands.tracking_server", "MLflow server for a cluster head (127.0.0.1)"),
     "tracking": ("mdm.platform.commands.tracking", "tracking sync RUN_DIR: ship a run's tracking spool"),
     "lm-eval": ("mdm.platform.commands.lm_eval", "lm-eval's CLI with --model mdm registered (extra: lm_eval)"),
+    "plan": ("mdm.platform.commands.plan", "will it fit? memory per GPU: --config ... --gpu-mem 80|h100 --gpus N"),
 }
 
 

@@ -125,6 +125,44 @@ class LoglikScore:
 
 
 @dataclass(frozen=True)
+class ModelMemory:
+    """An engine's `model_memory` answer, for `mdm plan` (platform/train/memory_plan.py adds sharding):
+
+    `params` / `trainable`: parameters in all / that train (an adapter's only with LoRA); `trainable_tensors`:
+    how many tensors hold them (AdamW keeps a step counter per tensor); `weight_bytes`: bytes per weight (and
+    activation) element on the device, of dtype `weight_dtype`; `trainable_bytes`: bytes per trained weight
+    (PEFT keeps adapters in float32 on a half-precision base unless DeepSpeed casts them); `quantizable`: the frozen base weights a 4-bit
+    base would hold in 4 bits; `largest_unit`: parameters ZeRO-3 gathers at once (a block); `hidden`: the hidden
+    size (DeepSpeed's bucket sizes); `activations_plain` / `activations_checkpointed`: peak bytes of one training
+    micro-batch without / with gradient checkpointing, `checkpointing` the configured one; `other_forwards`:
+    peak bytes of the largest forward outside the training step (`other_what` says which); `rows` / `tokens`:
+    forward rows and tokens of a micro-batch; `notes`: what was assumed."""
+
+    params: int
+    trainable: int
+    trainable_tensors: int
+    weight_bytes: int
+    weight_dtype: str
+    trainable_bytes: int
+    quantizable: int
+    largest_unit: int
+    hidden: int
+    activations_plain: int
+    activations_checkpointed: int
+    checkpointing: bool
+    other_forwards: int
+    other_what: str
+    rows: int
+    tokens: int
+    notes: tuple[str, ...] = ()
+
+    @property
+    def activations(self) -> int:
+        """The training step's activations as configured."""
+        return self.activations_checkpointed if self.checkpointing else self.activations_plain
+
+
+@dataclass(frozen=True)
 class EngineSpec:
     """An engine's sections and hooks.
 
@@ -152,6 +190,11 @@ class EngineSpec:
         item's value must not depend on the other items of the call (seed per item, not per call).
     loglikelihood_rolling(model, texts, likelihood_cfg, generator, prefix=()) -> list[LoglikScore], one per
         text (token ids): log p(text), scored in windows, given `prefix` (e.g. [BOS]).
+    Memory planning (optional; `mdm plan`):
+    model_memory(model_cfg, train_cfg, name_or_path=, vocab_size=, precision=) -> ModelMemory: the model's
+        parameters and activations (`precision`: DeepSpeed's "bf16"/"fp16", else None for the model's dtype).
+    memory_knobs(flat_config) -> [[{key: value}, ...], ...]: engine keys that lower memory, one list per kind,
+        least drastic first (LLaDA+: gradient checkpointing, LoRA ranks); the planner tries them.
     register_auto_classes() (optional): registers the engine's own `model_type`s with transformers' Auto
         classes (imports its model code); `mdm.platform.tokenizer` calls it before reading the tokenizer of a
         model directory whose config.json names a model_type transformers does not know yet.
@@ -172,6 +215,8 @@ class EngineSpec:
     loglikelihood: Optional[Callable[..., list[LoglikScore]]] = None
     loglikelihood_rolling: Optional[Callable[..., list[LoglikScore]]] = None
     register_auto_classes: Optional[Callable[[], None]] = None
+    model_memory: Optional[Callable[..., ModelMemory]] = None
+    memory_knobs: Optional[Callable[[Mapping[str, Any]], list[list[dict[str, Any]]]]] = None
 
     def require_likelihood(self, name: str = "this engine") -> None:
         """Raise ValueError unless the engine can score likelihoods (its hooks and section are set)."""

@@ -11,8 +11,8 @@
 
 Names never contain a clock: the same command (the same config) gets the same name again, so Ray Train
 restores the run's last checkpoint from `<ray.storage_path>/<run>` and MLflow logs into the run of that
-name. Keys that say where or how a run is watched, not what is trained, are left out of the hash
-(`RUN_NAME_EXCLUDED`); `ray.num_workers` and `ray.use_gpu` stay in, since they change the global batch and
+name. Keys that say where or how a run is watched or its model written (`export.*`), not what is trained,
+are left out of the hash (`RUN_NAME_EXCLUDED`); `ray.num_workers` and `ray.use_gpu` stay in, since they change the global batch and
 the numerics. `train.output_dir` is left out on purpose: moving the exports elsewhere continues the same
 run (its checkpoints are under `ray.storage_path`), it does not start a new one.
 
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 RUN_NAME_EXCLUDED = ("run_name", "ray.address", "ray.num_cpus", "ray.cpus_per_worker", "ray.gpus_per_worker",
                      "ray.storage_path", "ray.max_failures", "ray.num_to_keep", "tracking.", "tune.", "eval.",
                      "sampler.", "likelihood.", "train.logging_steps", "train.output_dir", "data.task_data_dir",
-                     "data.source", "china", "train.china")
+                     "data.source", "china", "train.china", "export.")
 # Left out of a sweep's derived name: where and how fast it runs, not what it searches.
 SWEEP_NAME_EXCLUDED = ("run_name", "tracking.", "ray.address", "ray.num_cpus", "tune.max_concurrent_trials",
                        "tune.cpus_per_trial", "tune.reserve_cpus", "tune.max_failures", "likelihood.")

@@ -7,7 +7,8 @@ reporter that records what it is given.
 - the steps it reports, evaluates at and offers a checkpoint at follow `train.logging_steps`,
   `train.eval_strategy` / `eval_steps` and `train.save_strategy` / `save_steps` (a checkpoint's step carries
   an eval loss, evaluated then if none exists yet; the last step reports, evaluates and is never saved);
-- the digests it tags are those of the initial weights and of the first micro-batch;
+- the digests it tags are those of the initial weights and of the first micro-batch, and it logs the
+  parameter counts at step 0;
 - a reporter that keeps no checkpoints is never offered one.
 
     pytest tests/platform/train/test_trainer.py -q          # a few seconds
@@ -145,7 +146,10 @@ def test_first_steps_equal_a_hand_written_objective_plus_adamw_loop():
     assert moved > 1e-3  # the steps did train
     first = next(MemoryBatches(rows(N_TRAIN, 0), None, batch_size=BS, seed=SEED).train())[1]
     assert reporter.tags_seen == {INIT_TAG: weights_digest(initial), DATA_TAG: batch_digest(first)}
-    assert reporter.begun == [None] and reporter.logged == []  # from scratch; nothing to prepare (no P-POTS)
+    n_params = float(sum(p.numel() for p in initial.parameters()))
+    # from scratch; at step 0 only the parameter counts (nothing to prepare: no P-POTS)
+    assert reporter.begun == [None] and reporter.logged == [
+        (0, {"model/params_total": n_params, "model/params_trainable": n_params})]
     assert all(not save for _, save, _ in reporter.reports)
     keys = set(reporter.reports[0][0])
     assert {"step", "epoch", "total_steps", "train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s",

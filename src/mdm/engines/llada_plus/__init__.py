@@ -6,13 +6,13 @@ and its samplers `llada` (sampling/sampler.py) and `fast` (sampling/fast.py). He
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from mdm.engines.llada_plus.config import (CONDITIONS, LABEL_KEYS, LikelihoodConfig, ModelConfig, SamplerConfig,
                                            TrainConfig, forwards_per_sequence, label)
 from mdm.engines.llada_plus.ppots import time_sampling  # noqa: F401  (registers the p_models)
 from mdm.engines.llada_plus.sampling import fast, sampler  # noqa: F401  (they register the samplers)
-from mdm.platform.engine_api import EngineSpec, LoglikScore
+from mdm.platform.engine_api import EngineSpec, LoglikScore, ModelMemory
 from mdm.platform.registry import get_registry
 
 if TYPE_CHECKING:
@@ -25,6 +25,18 @@ def _build_model(*args: object, **kwargs: object) -> torch.nn.Module:
     from mdm.engines.llada_plus.model_build import build_model
 
     return build_model(*args, **kwargs)
+
+
+def _model_memory(*args: object, **kwargs: object) -> ModelMemory:
+    from mdm.engines.llada_plus.memory import model_memory
+
+    return model_memory(*args, **kwargs)
+
+
+def _memory_knobs(flat: Mapping[str, Any]) -> list[list[dict[str, Any]]]:
+    from mdm.engines.llada_plus.memory import memory_knobs
+
+    return memory_knobs(flat)
 
 
 def _register_auto_classes() -> None:
@@ -69,4 +81,4 @@ get_registry("engines").register("llada_plus", EngineSpec(
     build_model=_build_model, build_objective=_build_objective, sample=_sample, end_token_ids=_end_token_ids,
     conditions=CONDITIONS, label=label, label_keys=LABEL_KEYS, forwards_per_sequence=forwards_per_sequence,
     likelihood_config=LikelihoodConfig, loglikelihood=_loglikelihood, loglikelihood_rolling=_loglikelihood_rolling,
-    register_auto_classes=_register_auto_classes))
+    register_auto_classes=_register_auto_classes, model_memory=_model_memory, memory_knobs=_memory_knobs))

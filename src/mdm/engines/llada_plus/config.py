@@ -16,8 +16,8 @@ params) alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from dataclasses import dataclass, field
+from typing import Any, List, Mapping, Optional
 
 from mdm.platform.fields import choice, registry_choice
 from mdm.platform.engine_api import BaseTrainConfig
@@ -78,6 +78,35 @@ class TrainConfig(BaseTrainConfig):
                 raise ValueError(f"train.{key} must be >= 1, got {getattr(self, key)}")
 
 
+# LLaDA's attention and MLP projections, by their names in model.py (LLaDABlock): q/k/v, the attention output,
+# the SwiGLU gate (ff_proj) and up projections and the MLP output (ff_out; the output head of the same name,
+# model.transformer.ff_out, is never adapted).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
+
+
+@dataclass
+class LoRAConfig:
+    """`model.lora`: low-rank adapters through PEFT (lora.py). `r` 0 = off (full fine-tune); `r` > 0 trains
+    only rank-`r` adapters on `target_modules` (names of Linear layers in the LLaDA blocks), scaled by
+    `alpha` / `r`, with `dropout` on their input; the base weights stay frozen."""
+
+    r: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: List[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+    def __post_init__(self) -> None:
+        if self.r < 0:
+            raise ValueError(f"model.lora.r must be >= 0 (0 = off), got {self.r}")
+        if self.alpha <= 0:
+            raise ValueError(f"model.lora.alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.lora.dropout must be in [0, 1), got {self.dropout}")
+        if self.r > 0 and not self.target_modules:
+            raise ValueError("model.lora.target_modules is empty; name at least one module, e.g. "
+                             f"{list(LORA_TARGETS)}")
+
+
 @dataclass
 class ModelConfig:
     """Architecture of `train.model: tiny` (ignored for a checkpoint, whose config.json wins).
@@ -85,6 +114,8 @@ class ModelConfig:
     `vocab_size`, `mask_token_id`, `eos_token_id`, `pad_token_id`: -1 takes them from the tokenizer.
     `trust_remote_code`: off by default; turn on only for other diffusion LMs from a hub whose code you
     trust (their forward must return logits). LLaDA checkpoints load without it.
+    `gradient_checkpointing`: recompute each block's activations in backward (memory for time).
+    `lora`: low-rank adapters (`LoRAConfig`); off by default.
     """
 
     d_model: int = 128
@@ -100,6 +131,7 @@ class ModelConfig:
     dtype: str = choice("float32", ("float32", "bfloat16", "float16"))
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 @dataclass

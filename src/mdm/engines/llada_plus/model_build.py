@@ -6,7 +6,9 @@
 
 `model.trust_remote_code: true` opts in to loading another diffusion LM through AutoModel with its own
 code (its forward must return `.logits`); LLaDA checkpoints never need it. After building,
-`model.config.mask_token_id / eos_token_id / pad_token_id` are always set.
+`model.config.mask_token_id / eos_token_id / pad_token_id` are always set. With `model.lora.r` > 0 the
+model comes back wrapped by PEFT (lora.py): only the adapters train; `model.gradient_checkpointing` is turned
+on before, so PEFT sees it and makes the inputs of the checkpointed blocks carry gradients.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from transformers import AutoModel
 
 from mdm.engines.llada_plus.config import ModelConfig
+from mdm.engines.llada_plus.lora import apply_lora
 from mdm.engines.llada_plus.model import LLaDAConfig, LLaDAModelLM
 
 if TYPE_CHECKING:
@@ -69,7 +72,8 @@ def build_model(model_cfg: ModelConfig, name_or_path: str = "tiny",
                 tokenizer: Optional[PreTrainedTokenizerBase] = None) -> torch.nn.Module:
     """The model for `train.model` = "tiny" (random init from `model_cfg`) or a directory / hub id.
 
-    Returns a PreTrainedModel in `model_cfg.dtype`, with gradient checkpointing when asked."""
+    Returns a PreTrainedModel in `model_cfg.dtype`, with gradient checkpointing when asked, wrapped by PEFT
+    (a PeftModel around it) when `model.lora.r` > 0."""
     from transformers import AutoConfig
 
     if model_cfg.dtype not in DTYPES:
@@ -97,4 +101,6 @@ def build_model(model_cfg: ModelConfig, name_or_path: str = "tiny",
                 setattr(model.config, key, int(value))
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if model_cfg.lora.r > 0:
+        model = apply_lora(model, model_cfg.lora)
     return model

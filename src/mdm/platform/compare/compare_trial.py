@@ -106,6 +106,7 @@ def _in_process(cfg: RunConfig, inputs: TrialInputs, run_name: str, label: str, 
     from mdm.platform.tokenizer import load_tokenizer
     from mdm.platform.tracking.session import tracked_run
     from mdm.platform.tracking.tracker import Tracker
+    from mdm.platform.train.checkpoint import write_export
     from mdm.platform.train.inprocess import fit_in_process
     from mdm.platform.compare.compare_eval import build_eval_task, low_noise_eval, score_held_out
 
@@ -123,8 +124,7 @@ def _in_process(cfg: RunConfig, inputs: TrialInputs, run_name: str, label: str, 
             low_noise = low_noise_eval(fit.model, cfg, inputs.data.eval, inputs.eval_rows)
             t_finish = time.perf_counter()
             out = export_dir(cfg, run_name)
-            fit.model.save_pretrained(out, safe_serialization=True)
-            tokenizer.save_pretrained(out)
+            write_export(fit.model, tokenizer, out, merge_lora=cfg.export.merge_lora)  # the Trainer's export
             run.tags(fit.tags)
             run.log_predictions(records, str(Path(out).parent / f"predictions_{cfg.compare.eval_split}.jsonl"))
             run.log_export(out, dump_config(cfg) if cfg.tracking.log_model else None)

@@ -5,13 +5,21 @@
     ray.train.report(metrics, checkpoint=ckpt)                       # Ray merges all ranks' files in storage
     state = restore_checkpoint(ray.train.get_checkpoint(), updater, objective, rank=r, generator=gen)
     export_hf(updater, tokenizer, "outputs/run/final", zero_stage=2, rank=r)   # save_pretrained (or s3://...)
+    write_export(model, tokenizer, "outputs/trial/final", merge_lora=True)      # one process, a local directory
 
-A checkpoint directory holds the updater's files (DeepSpeed's `ds/` shards, or `plain_updater.pt`), the
+A checkpoint directory holds the updater's files (DeepSpeed's `ds/` shards, or `model.safetensors` with the
+weights that train and `plain_updater.pt` with the optimizer and scheduler state), the
 objective's state (`objective.pt`, the P-POTS fit) and one `worker_<rank>.pt` per rank with its step counter,
 data position and RNG states (torch, numpy, random, and the objective's generator), so the steps after a
 resume replay an uninterrupted run. All of it is plain data (tensors, numbers, strings, lists, dicts: numpy's
 and Python's RNG states are converted) and is read back with `safe_load.load_plain` (`weights_only=True`):
 a file that asks for any other Python object is refused with `CheckpointError` naming it, never unpickled.
+With adapters (LoRA: an engine's `model.lora`) the weights in a checkpoint are the adapters' only (adapters.py).
+
+The export is `save_pretrained` of the trained model with its tokenizer: a full Hugging Face model, or for an
+adapter model PEFT's adapter directory (`adapter_config.json`, `adapter_model.safetensors`; loaded on top of
+the base with `peft.PeftModel.from_pretrained(base, dir)`), plus with `export.merge_lora: true` a full model
+with the adapters merged into the base weights in `<export>/merged` (`adapters.merged_state_dict`).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from mdm.platform.train.adapters import is_adapter_model, merged_state_dict
 from mdm.platform.train.safe_load import load_plain
 
 if TYPE_CHECKING:
@@ -116,9 +125,13 @@ def restore_checkpoint(checkpoint: Checkpoint, updater: PlainUpdater | DeepSpeed
     return TrainState(**saved["state"])
 
 
+MERGED = "merged"  # the subdirectory of an adapter export that holds the merged full model (export.merge_lora)
+
+
 def export_hf(updater: PlainUpdater | DeepSpeedUpdater, tokenizer: Optional[PreTrainedTokenizerBase], out_dir: str, *,
-              zero_stage: int, rank: int) -> str:
-    """`save_pretrained` the full model (+ tokenizer) into `out_dir` on rank 0; collective under ZeRO-3.
+              zero_stage: int, rank: int, merge_lora: bool = False) -> str:
+    """`save_pretrained` the model (+ tokenizer) into `out_dir` on rank 0 (`write_export`); collective under
+    ZeRO-3.
 
     `out_dir` may be a storage URI (`s3://...`): rank 0 writes a local copy on its node, then uploads it.
     Returns the local directory holding the export (on rank 0; `out_dir` itself when it is local)."""
@@ -130,7 +143,7 @@ def export_hf(updater: PlainUpdater | DeepSpeedUpdater, tokenizer: Optional[PreT
         local = os.path.join(tempfile.mkdtemp(prefix="mdm_export_"), "final")
 
     def save() -> None:
-        _save(module, tokenizer, local)
+        write_export(module, tokenizer, local, merge_lora=merge_lora)
         if local != out_dir:
             storage.upload(local, out_dir)
 
@@ -148,15 +161,29 @@ def export_hf(updater: PlainUpdater | DeepSpeedUpdater, tokenizer: Optional[PreT
     return local
 
 
-def _save(module: torch.nn.Module, tokenizer: Optional[PreTrainedTokenizerBase], out_dir: str) -> None:
-    """Write the export beside `out_dir`, then move it into place: a reader (or a crash) never sees half of it."""
+def write_export(module: torch.nn.Module, tokenizer: Optional[PreTrainedTokenizerBase], out_dir: str, *,
+                 merge_lora: bool = False) -> None:
+    """Write the export (see the module docstring) beside the local directory `out_dir`, then move it into
+    place: a reader (or a crash) never sees half of it. ValueError when `merge_lora` is asked of a model
+    without adapters."""
+    adapters = is_adapter_model(module)
+    if merge_lora and not adapters:
+        raise ValueError("export.merge_lora: true, but the model has no adapters to merge (LoRA is off); "
+                         "set export.merge_lora: false")
     out_dir = out_dir.rstrip("/")
     parent = os.path.dirname(out_dir) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
     try:
         state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
-        module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        extra = {"save_embedding_layers": False} if adapters else {}  # PEFT: the adapters only
+        module.save_pretrained(tmp, state_dict=state, safe_serialization=True, **extra)
+        if merge_lora:
+            merged = os.path.join(tmp, MERGED)
+            module.get_base_model().save_pretrained(merged, state_dict=merged_state_dict(module),
+                                                    safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(merged)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; an export is meant to be read

@@ -252,7 +252,7 @@ def _trainer(cfg: RunConfig, run: RunInfo, datasets: dict[str, ray.data.Dataset]
 
     rcfg, tcfg = cfg.ray, cfg.train
     sections = WorkerSections(engine=cfg.engine, auto_import=list(cfg.auto_import), train=tcfg, model=cfg.model,
-                              deepspeed=cfg.deepspeed)
+                              deepspeed=cfg.deepspeed, export=cfg.export)
     resources = {"CPU": rcfg.cpus_per_worker, **({"GPU": rcfg.gpus_per_worker} if rcfg.use_gpu else {})}
     scored = run.has_eval and tcfg.eval_strategy != "no"
     return TorchTrainer(

@@ -7,12 +7,13 @@ in-process comparison trial, the arithmetic demo), with its data source and repo
     trainer.fit()                       # = trainer.start(); trainer.train()
     trainer.start(checkpoint)           # restore a ray.train.Checkpoint (or run the objective's `prepare`)
     trainer.train()                     # step -> maybe_reestimate -> maybe_log (evaluate, save) until total_steps
-    trainer.export(tokenizer, "outputs/run/final", zero_stage=0)      # save_pretrained on rank 0
+    trainer.export(tokenizer, "outputs/run/final", zero_stage=0)      # save_pretrained on rank 0 (checkpoint.py)
 
 The source (sources.py: Ray Data shards or in-memory tensors) gives (epoch, micro-batch) pairs from a data
 position, the eval micro-batches and the rows the objective's `prepare` reads; the reporter
-(reporters.py, worker.py) receives the attempt's start, P-POTS results, digest tags and a metrics dict at
-each logging step, with a thunk that writes a checkpoint when one is due. What the loop does, in order:
+(reporters.py, worker.py) receives the attempt's start, the parameter counts and P-POTS results at step 0
+(`model/params_total`, `model/params_trainable`: with LoRA only the adapters train), digest tags and a
+metrics dict at each logging step, with a thunk that writes a checkpoint when one is due. What the loop does, in order:
 `train.grad_accum` micro-batches per optimizer step through the updater (`updater.py`: DeepSpeed or plain
 torch, AdamW, clipping, `train.lr_scheduler_type`); the objective's re-estimation (P-POTS); and at a
 logging step (every `train.logging_steps`, at an eval or a save, and at the last step) the metrics:
@@ -34,6 +35,7 @@ import torch
 import torch.distributed as dist
 
 from mdm.platform.engine_api import BaseTrainConfig
+from mdm.platform.train.adapters import param_counts
 from mdm.platform.train.checkpoint import TrainState, export_hf, restore_checkpoint, save_checkpoint
 from mdm.platform.train.deepspeed_config import DeepSpeedConfig
 from mdm.platform.train.digests import DATA_TAG, INIT_TAG, batch_digest, weights_digest
@@ -144,6 +146,7 @@ class Trainer:
         self.device, self.rank, self.world = device, rank, world
         model.train()
         self.init_digest = weights_digest(model) if rank == 0 else None  # before DeepSpeed touches the weights
+        self.param_counts = param_counts(model)  # before ZeRO-3 partitions them
         self.updater = build_updater(model, ds_cfg, train_cfg, total_steps=total_steps, world_size=world,
                                      on_gpu=device.type == "cuda")
         self.generator = torch.Generator(device=device).manual_seed(train_cfg.seed + RANK_SEED * rank)
@@ -172,10 +175,10 @@ class Trainer:
             self.prepare()
 
     def prepare(self) -> None:
-        """The objective's estimation before training (P-POTS: fit p(t)); its metrics are logged at step 0."""
+        """The objective's estimation before training (P-POTS: fit p(t)); its metrics and the parameter counts
+        are logged at step 0."""
         metrics = self.objective.prepare(self.module, self.source.prepare_batches(), self.device) or {}
-        if metrics:
-            self.reporter.log(0, metrics)
+        self.reporter.log(0, {**self.param_counts, **metrics})
         if self.init_digest is not None:
             self.reporter.tags({INIT_TAG: self.init_digest})
 
@@ -275,6 +278,9 @@ class Trainer:
         """This rank's checkpoint (updater, objective, counters, RNGs) in a temp dir; collective."""
         return save_checkpoint(self.updater, self.objective, self.state, rank=self.rank, generator=self.generator)
 
-    def export(self, tokenizer: Optional[PreTrainedTokenizerBase], out_dir: str, zero_stage: int) -> str:
-        """`save_pretrained` the model (+ tokenizer) into `out_dir` (or a URI); returns the local copy."""
-        return export_hf(self.updater, tokenizer, out_dir, rank=self.rank, zero_stage=zero_stage)
+    def export(self, tokenizer: Optional[PreTrainedTokenizerBase], out_dir: str, zero_stage: int,
+               merge_lora: bool = False) -> str:
+        """`save_pretrained` the model (+ tokenizer) into `out_dir` (or a URI); returns the local copy. With
+        adapters: PEFT's adapter directory, and with `merge_lora` the merged model in `<out_dir>/merged`."""
+        return export_hf(self.updater, tokenizer, out_dir, rank=self.rank, zero_stage=zero_stage,
+                         merge_lora=merge_lora)

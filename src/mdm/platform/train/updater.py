@@ -15,7 +15,10 @@ The DeepSpeed JSON is generated from the `deepspeed` section plus `train.batch_s
 and `max_grad_norm`, or read from `deepspeed.config_path` with those same train keys filled in over it and
 "auto" resolved as Hugging Face's integration does (`ds_config.py`), so the two never disagree. Optimizer
 (AdamW or DeepSpeedCPUAdam) and LR schedule (`train.lr_scheduler_type` with `train.warmup_steps`) are built
-here unless the JSON names its own. `deepspeed.enabled: false` gives the same interface with a torch
+here unless the JSON names its own; the optimizer gets only the parameters that require grad (with LoRA, the
+adapters: adapters.py), and a checkpoint keeps only those weights (`adapters.trainable_state`; the frozen
+base comes back from where the model is built): the plain updater writes them as `model.safetensors` beside
+the optimizer and scheduler state (`plain_updater.pt`), DeepSpeed leaves frozen parameters out of its files. `deepspeed.enabled: false` gives the same interface with a torch
 optimizer; with several workers it averages gradients with one all-reduce per tensor.
 """
 
@@ -28,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from mdm.platform.engine_api import BaseTrainConfig
+from mdm.platform.train.adapters import load_trainable_state, trainable_state
 from mdm.platform.train.deepspeed_config import DeepSpeedConfig
 from mdm.platform.train.ds_config import build_ds_config  # noqa: F401  (the DeepSpeed JSON; re-exported)
 from mdm.platform.train.lr_schedule import build_lr_scheduler
@@ -48,6 +52,14 @@ def check_precision(ds_cfg: DeepSpeedConfig, on_gpu: bool) -> None:
         raise ValueError("deepspeed.precision other than fp32 needs deepspeed.enabled: true")
 
 
+def trainable_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters that require grad (all of them, or an adapter's); ValueError when there are none."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no parameter that requires grad: nothing to train")
+    return params
+
+
 def make_optimizer(params: ParamsT, ds_cfg: DeepSpeedConfig, train_cfg: BaseTrainConfig) -> torch.optim.Optimizer:
     """AdamW (fused on GPU) or DeepSpeedCPUAdam with `train.lr`, `adam_beta1/2`, `adam_epsilon`, `weight_decay`."""
     betas = (train_cfg.adam_beta1, train_cfg.adam_beta2)
@@ -61,6 +73,9 @@ def make_optimizer(params: ParamsT, ds_cfg: DeepSpeedConfig, train_cfg: BaseTrai
                              weight_decay=train_cfg.weight_decay, fused=fused or None)
 
 
+WEIGHTS_FILE = "model.safetensors"  # the plain updater's trained weights in a checkpoint
+
+
 class PlainUpdater:
     """A torch optimizer step with gradient accumulation and clipping (no DeepSpeed); with several workers
     it averages gradients with one all-reduce per tensor."""
@@ -68,7 +83,7 @@ class PlainUpdater:
     def __init__(self, model: torch.nn.Module, ds_cfg: DeepSpeedConfig, train_cfg: BaseTrainConfig, total_steps: int,
                  world_size: int) -> None:
         self.module = model
-        self.optimizer = make_optimizer(model.parameters(), ds_cfg, train_cfg)
+        self.optimizer = make_optimizer(trainable_params(model), ds_cfg, train_cfg)
         self.scheduler = build_lr_scheduler(self.optimizer, train_cfg, total_steps)
         self.grad_accum, self.max_grad_norm, self.world_size = train_cfg.grad_accum, train_cfg.max_grad_norm, world_size
         self.micro, self.global_step, self.grad_norm = 0, 0, float("nan")
@@ -97,16 +112,27 @@ class PlainUpdater:
         return True
 
     def save(self, directory: str, rank: int) -> None:
+        """The weights that train as safetensors, the optimizer/scheduler state as plain data (rank 0)."""
+        from safetensors.torch import save_file
+
         if rank == 0:  # all ranks hold the same replica
-            torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                        "scheduler": self.scheduler.state_dict(), "global_step": self.global_step},
-                       os.path.join(directory, "plain_updater.pt"))
+            weights = {k: v.detach().to("cpu", copy=True).contiguous()
+                       for k, v in trainable_state(self.module).items()}
+            save_file(weights, os.path.join(directory, WEIGHTS_FILE))
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "global_step": self.global_step}, os.path.join(directory, "plain_updater.pt"))
 
     def load(self, directory: str, display: Optional[str] = None) -> None:
         """Restore from `directory` (`display`: its address in storage, for messages)."""
-        path = os.path.join(directory, "plain_updater.pt")
-        state = load_plain(path, display=f"{display or directory}/plain_updater.pt")
-        self.module.load_state_dict(state["model"])
+        from safetensors.torch import load_file
+
+        where = display or directory
+        state = load_plain(os.path.join(directory, "plain_updater.pt"), display=f"{where}/plain_updater.pt")
+        if "model" in state:  # written by mdm before the weights moved to model.safetensors
+            self.module.load_state_dict(state["model"])
+        else:
+            load_trainable_state(self.module, load_file(os.path.join(directory, WEIGHTS_FILE)),
+                                 where=f"{where}/{WEIGHTS_FILE}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.global_step = state["global_step"]
@@ -127,7 +153,7 @@ class DeepSpeedUpdater:
             getattr(getattr(model, "config", None), "d_model", None)
         conf = build_ds_config(ds_cfg, train_cfg, world_size, total_steps=total_steps, hidden_size=hidden,
                                on_gpu=first.is_cuda)
-        optimizer = None if "optimizer" in conf else make_optimizer(model.parameters(), ds_cfg, train_cfg)
+        optimizer = None if "optimizer" in conf else make_optimizer(trainable_params(model), ds_cfg, train_cfg)
         scheduler = None if optimizer is None or "scheduler" in conf else build_lr_scheduler(optimizer, train_cfg,
                                                                                          total_steps)
         # Ray Train already created the process group (gloo on CPU, nccl on GPU); DeepSpeed reuses it.
@@ -135,6 +161,7 @@ class DeepSpeedUpdater:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=conf, dist_init_required=False)
         install_safe_deepspeed_loader(self.engine)  # DeepSpeed's own loader unpickles (weights_only=False)
         self.module = self.engine.module
+        self.frozen = any(not p.requires_grad for p in model.parameters())  # adapters: the base is not saved
         self.grad_norm = float("nan")
 
     @property
@@ -157,10 +184,11 @@ class DeepSpeedUpdater:
         return boundary
 
     def save(self, directory: str, rank: int) -> None:
-        self.engine.save_checkpoint(directory, tag=self.TAG, save_latest=False)
+        self.engine.save_checkpoint(directory, tag=self.TAG, save_latest=False,
+                                    exclude_frozen_parameters=self.frozen)
 
     def load(self, directory: str, display: Optional[str] = None) -> None:
-        path, _ = self.engine.load_checkpoint(directory, tag=self.TAG)
+        path, _ = self.engine.load_checkpoint(directory, tag=self.TAG, load_module_strict=not self.frozen)
         if path is None:
             raise RuntimeError(f"no DeepSpeed checkpoint (tag {self.TAG!r}) under {directory}")
 

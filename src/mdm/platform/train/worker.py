@@ -8,7 +8,9 @@ spec, and hands them to the one `trainer.Trainer` with its shards of the dataset
 rank 0's), with a checkpoint when `train.save_strategy` says so, and on rank 0 into the MLflow run the driver
 opened (`tracking.session.attach_run`: the attempt begins after the restore, system metrics while training),
 through the run's durable tracking spool (`tracking.spool`), so training never waits on the server.
-At the end rank 0 exports the model in Hugging Face format and logs it (with `tracking.log_model`, as an MLflow
+The parameter counts (all, and those that train: with LoRA the adapters) are logged at step 0.
+At the end rank 0 exports the model in Hugging Face format (with LoRA: PEFT's adapter directory, plus the
+merged model with `export.merge_lora`) and logs it (with `tracking.log_model`, as an MLflow
 model too), and every rank reports once more with a checkpoint, so `Result.metrics` carries the final metrics.
 All ranks report at the same steps (`ray.train.report` is a barrier).
 """
@@ -25,8 +27,10 @@ import torch
 
 from mdm.platform.engine_api import BaseTrainConfig
 from mdm.platform.tracking.session import TrackedRun, attach_run
+from mdm.platform.train.adapters import is_adapter_model
 from mdm.platform.train.checkpoint import cleanup
 from mdm.platform.train.deepspeed_config import DeepSpeedConfig
+from mdm.platform.train.export_config import ExportConfig
 from mdm.platform.train.reporters import tracked
 from mdm.platform.train.sources import RayShards
 from mdm.platform.train.trainer import Metrics, Objective, Trainer
@@ -45,6 +49,7 @@ class WorkerSections:
     train: BaseTrainConfig
     model: Any                    # the engine's own `model` section dataclass (engine_api.EngineSpec.model_config)
     deepspeed: DeepSpeedConfig
+    export: ExportConfig
 
 
 @dataclass
@@ -164,6 +169,9 @@ def _build(sec: WorkerSections, run: RunInfo, device: torch.device
     tokenizer = load_tokenizer(run.tokenizer, sec.model.trust_remote_code)
     torch.manual_seed(sec.train.seed)
     model = spec.build_model(sec.model, sec.train.model, tokenizer).to(device)
+    if sec.export.merge_lora and not is_adapter_model(model):  # said now, not after training
+        raise ValueError("export.merge_lora: true, but the model has no adapters to merge (LoRA is off); "
+                         "set export.merge_lora: false")
     return tokenizer, model, spec.build_objective(sec.train)
 
 
@@ -174,7 +182,7 @@ def _finish(trainer: Trainer, reporter: RayTrainReporter, session: TrackedRun,
     A URI export_dir (the storage root is an object store) is written on this node, then uploaded; the MLflow
     artifacts are logged from the local copy, which is then removed."""
     zero_stage = sec.deepspeed.zero_stage if sec.deepspeed.enabled else 0
-    local_export = trainer.export(tokenizer, run.export_dir, zero_stage=zero_stage)
+    local_export = trainer.export(tokenizer, run.export_dir, zero_stage=zero_stage, merge_lora=sec.export.merge_lora)
     if session.enabled:
         with tempfile.TemporaryDirectory() as tmp:
             save_plot = getattr(trainer.objective, "save_plot", None)
