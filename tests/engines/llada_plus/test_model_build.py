@@ -101,3 +101,13 @@ def test_a_target_that_names_nothing_is_an_error_with_the_valid_names():
     with pytest.raises(ValueError, match=r"model.lora.target_modules: 'qproj' names no Linear layer .*"
                                          r"valid names: attn_out, ff_out, ff_proj, k_proj, q_proj, up_proj, v_proj"):
         model_for(["model.lora.r=4", "model.lora.target_modules=[qproj]"])
+
+
+def test_model_section_from_a_plain_mapping_keeps_a_typed_lora_section():
+    """A logged config's YAML (the MLflow pyfunc model, the sampler actors) rebuilds `model` from a dict."""
+    from mdm.engines.llada_plus.config import LoRAConfig, ModelConfig
+
+    cfg = ModelConfig(**{"d_model": 32, "lora": {"r": 4, "alpha": 8.0}})
+    assert isinstance(cfg.lora, LoRAConfig) and (cfg.lora.r, cfg.lora.alpha) == (4, 8.0)
+    with pytest.raises(ValueError, match="model.lora.r"):
+        ModelConfig(**{"lora": {"r": -1}})

@@ -133,6 +133,10 @@ class ModelConfig:
     trust_remote_code: bool = False
     lora: LoRAConfig = field(default_factory=LoRAConfig)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.lora, Mapping):  # built from a plain mapping (a logged config's YAML, a model actor)
+            self.lora = LoRAConfig(**self.lora)
+
 
 @dataclass
 class SamplerConfig:

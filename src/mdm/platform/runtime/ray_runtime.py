@@ -58,6 +58,15 @@ EMBEDDED_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 WORKER_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "MDM_EMBEDDED_RAY": "1"}
 
 
+def _accelerator_env() -> dict[str, str]:
+    """DeepSpeed picks its accelerator when imported (transformers imports it to save a model) and, finding no
+    GPU, warns on every worker's terminal that it fell back to the CPU. The embedded Ray's workers run on this
+    machine: without a GPU here, name the CPU for it (a user's DS_ACCELERATOR wins)."""
+    import torch
+
+    return {} if torch.cuda.device_count() > 0 and torch.cuda.is_available() else {"DS_ACCELERATOR": "cpu"}
+
+
 def _loopback_interface() -> dict[str, str]:
     """One machine: the collectives' sockets on the loopback interface too (the process group itself meets
     through a file, `mdm.platform.train.local_pg`); gloo and NCCL otherwise bind the hostname's address."""
@@ -139,7 +148,7 @@ def ensure_ray(ray_cfg: RayConfig) -> bool:
     _token_auth()
     _quiet({**QUIET_ENV, **EMBEDDED_ENV})
     worker_env = {k: os.environ.get(k, v) for k, v in
-                  {**WORKER_ENV, **(_loopback_interface() if loopback else {})}.items()}
+                  {**WORKER_ENV, **_accelerator_env(), **(_loopback_interface() if loopback else {})}.items()}
     port = os.environ.get("RAY_GCS_SERVER_PORT")
     if loopback:
         port = port or str(_free_port())
