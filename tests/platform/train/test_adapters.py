@@ -17,12 +17,7 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
-import socket
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -34,6 +29,7 @@ from mdm.platform.train.checkpoint import cleanup, write_export
 from mdm.platform.train.safe_load import CheckpointError, load_plain
 from mdm.platform.train.sources import MemoryBatches
 from mdm.platform.train.trainer import Trainer
+from deepspeed_child import run_child
 from test_trainer import BS, N_TRAIN, SEED, TINY, rows
 
 LORA = ["model.lora.r=4", "model.lora.alpha=8", "train.lr=1e-2", "train.logging_steps=1",
@@ -171,29 +167,13 @@ def test_merge_lora_without_adapters_is_an_error(tmp_path):
     assert not (tmp_path / "final").exists()
 
 
-DEEPSPEED_CHILD = textwrap.dedent("""
-    import json, os, sys, tempfile, torch
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    import torch.distributed as dist
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    from mdm.engines.llada_plus.loss import diffusion_loss
-    from mdm.engines.llada_plus.model_build import build_model
-    from mdm.platform.config import load_config
-    import importlib
+DEEPSPEED_BODY = """
     from mdm.platform.train.safe_load import DEEPSPEED_SAFE_GLOBALS, load_plain
-    from mdm.platform.train.updater import DeepSpeedUpdater
 
-    V = 96
-    TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.mlp_hidden_size=96",
-            f"model.vocab_size={V}", f"model.mask_token_id={V - 1}", "model.eos_token_id=2", "model.pad_token_id=0",
-            "train.batch_size_per_gpu=2", "train.max_len=16", "deepspeed.enabled=true", "deepspeed.precision=bf16",
-            "train.lr=1e-2", "model.lora.r=4"]
+    TINY = TINY + ["deepspeed.precision=bf16", "model.lora.r=4"]
 
     def step(up, seed):
-        ids = torch.randint(3, V - 1, (2, 16), generator=torch.Generator().manual_seed(seed))
-        batch = {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
-        loss, _ = diffusion_loss(up.module, batch, torch.full((2,), 0.5), None, mask_id=V - 1,
-                                 generator=torch.Generator().manual_seed(seed))
+        loss = loss_of(up, seed)
         up.backward(loss)
         up.step()
         return float(loss)
@@ -225,18 +205,12 @@ DEEPSPEED_CHILD = textwrap.dedent("""
         out.append({"stage": stage, "saved": sorted(module), "trained": trained, "went_on": went_on,
                     "resumed": [step(b, s) for s in (2, 3)]})
     print("RESULT " + json.dumps(out))
-    """)
+"""
 
 
 @pytest.mark.slow
 def test_deepspeed_checkpoints_hold_the_adapters_and_resume_exactly():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.run([sys.executable, "-c", DEEPSPEED_CHILD, str(port)], capture_output=True, text=True,
-                          timeout=600, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[len("RESULT "):])
+    results = run_child(DEEPSPEED_BODY)
     assert [r["stage"] for r in results] == [0, 2, 3]
     for r in results:
         assert r["saved"] == r["trained"] and all(".lora_" in n for n in r["saved"]), r["stage"]

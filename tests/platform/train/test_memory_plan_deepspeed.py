@@ -14,29 +14,11 @@ DeepSpeed's bucket buffers (its defaults, declared in memory_plan.py) are not me
 
 from __future__ import annotations
 
-import json
-import socket
-import subprocess
-import sys
-import textwrap
-
 import pytest
+from deepspeed_child import run_child
 
-CHILD = textwrap.dedent("""
-    import json, os, sys, torch
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    import torch.distributed as dist
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    from mdm.engines.llada_plus.loss import diffusion_loss
-    from mdm.engines.llada_plus.model_build import build_model
-    from mdm.platform.config import load_config
+BODY = """
     from mdm.platform.train.memory_plan import plan_memory
-    from mdm.platform.train.updater import DeepSpeedUpdater
-
-    V = 96
-    TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.mlp_hidden_size=96",
-            f"model.vocab_size={V}", f"model.mask_token_id={V - 1}", "model.eos_token_id=2", "model.pad_token_id=0",
-            "train.batch_size_per_gpu=2", "train.max_len=16", "deepspeed.enabled=true", "train.lr=1e-2"]
 
     def nbytes(tensors):
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
@@ -67,10 +49,7 @@ CHILD = textwrap.dedent("""
                 torch.manual_seed(0)
                 up = DeepSpeedUpdater(build_model(cfg.model, "tiny"), cfg.deepspeed, cfg.train, total_steps=3,
                                       world_size=1)
-                ids = torch.randint(3, V - 1, (2, 16), generator=torch.Generator().manual_seed(1))
-                batch = {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
-                loss, _ = diffusion_loss(up.module, batch, torch.full((2,), 0.5), None, mask_id=V - 1,
-                                         generator=torch.Generator().manual_seed(2))
+                loss = loss_of(up, 1, noise_seed=2)
                 up.backward(loss)
                 weights, grads = held(up, stage)
                 assert up.step()
@@ -85,19 +64,12 @@ CHILD = textwrap.dedent("""
                             "held": [weights, grads, optimizer],
                             "planned": [plan.weights, plan.gradients, plan.optimizer]})
     print("RESULT " + json.dumps(out))
-    """)
+"""
 
 
 @pytest.mark.slow
 def test_planned_state_equals_what_deepspeed_holds_at_zero_0_to_3():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(port)], capture_output=True, text=True, timeout=600,
-                          stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    results = json.loads(line[len("RESULT "):])
+    results = run_child(BODY)
     assert len(results) == 16
     wrong = [r for r in results if r["held"] != r["planned"]]
     assert not wrong, wrong

@@ -12,7 +12,7 @@ from mdm.platform.train.lr_schedule import build_lr_scheduler
 from mdm.platform.train.updater import build_ds_config, check_precision
 from mdm.platform.runs import derive_run_name
 from mdm.platform.commands.train import run
-from mdm.platform.train.driver import plan_steps
+from mdm.platform.train.driver import eval_note, plan_steps
 
 
 def test_plan_steps_epochs_and_max_steps():
@@ -96,3 +96,10 @@ def test_run_name_is_derived_from_the_run_defining_keys():
     for change in ("train.lr=0.01", "ray.num_workers=4"):
         assert derive_run_name(load_config([], ["train.train_data_path=data/gsm8k.jsonl", change])) != \
             derive_run_name(a), change
+
+
+def test_eval_note_when_the_eval_split_gives_fewer_micro_batches_than_workers():
+    note = eval_note(12, 16, 2)  # 12 eval rows: one micro-batch of 16, and Ray Train splits them equally over 2
+    assert note and "12 rows make 1 micro-batch" in note and "fewer than the 2 workers" in note
+    assert "train.train_ratio" in note and "eval/loss is NaN" in note
+    assert eval_note(32, 16, 2) is None and eval_note(0, 16, 2) is None

@@ -191,11 +191,7 @@ def test_a_reporter_without_checkpoints_is_never_offered_one():
 
 
 def test_eval_loss_is_nan_when_no_rank_has_an_eval_batch():
-    """No eval micro-batch on any rank gives NaN, never a made-up 0; the driver says why before training."""
-    from mdm.platform.train.driver import eval_note
+    """No eval micro-batch on any rank gives NaN, never a made-up 0 (the driver says why: test_train_plan.py)."""
     from mdm.platform.train.trainer import eval_loss
 
     assert math.isnan(eval_loss(None, torch.nn.Linear(1, 1), [], torch.Generator()))
-    note = eval_note(12, 16, 2)  # 12 rows: one micro-batch of 16 for two workers
-    assert note and "12 rows make 1 micro-batch" in note and "train.train_ratio" in note
-    assert eval_note(32, 16, 2) is None and eval_note(0, 16, 2) is None
