@@ -12,6 +12,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # 2 s, whatever the model: poll every 0.25 s instead (a 12-step run: ~65 s -> ~43 s on 2 busy cores). Every Ray
 # the tests start inherits it: in this process, embedded in a subprocess, `ray start` heads, the multinode cluster.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+# Two Ray Train features the tests have no use for, each a cost on every run of 2 busy cores: the preemption
+# watcher (an actor per run polling for cloud nodes being drained; the product's embedded Ray turns it off too,
+# `runtime.ray_runtime.EMBEDDED_ENV`) and Train's Prometheus metrics (nothing scrapes them here).
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
 
 import pytest  # noqa: E402
 

@@ -1,15 +1,18 @@
 """Sweeps end to end on CPU: real Ray Tune over real tiny training runs (train_driver), real MLflow sqlite store.
 
-- a 4-trial grid (Normal/MIRROR x PPOTS off/on) completes; the store holds 1 parent + 4 children named by
-  their swept values, with the trials' params (p_model "inert" with PPOTS off, no run_name) and metrics; the
-  parent's description holds the search space and the driver's context tags reach the children; each child
-  has the worker's diag/ window, system metrics, the dataset input and its export as an MLflow model; the ranking
+- a 4-trial grid (Normal/MIRROR x PPOTS off/on) driven by `mdm tune` in a subprocess (its own embedded Ray),
+  whose driver is killed once the Tune experiment state records a finished trial; the same sweep run again
+  (here, on this module's Ray) resumes it and runs only the unfinished trials: the finished trials' result
+  files are untouched, every trial ends TERMINATED. Then the store holds 1 parent + 4 children (none
+  duplicated, none left RUNNING; the finished ones with their original end times) named by their swept
+  values, with the trials' params (p_model "inert" with PPOTS off, no run_name) and metrics; the parent's
+  description holds the search space and the driver's context tags reach the children; each child has the
+  worker's diag/ window, system metrics, the dataset input and its export as an MLflow model; the ranking
   agrees with the metrics the workers logged; the best-config YAML loads and trains (in process);
 - ASHA stops a trial whose learning rate diverges before its last step (trials run one after another, so the
   bad one meets a recorded rung), and its child run ends KILLED, never RUNNING.
 
-Resume after a killed driver is in test_tune_resume.py. Data: the arithmetic task's processed rows
-(conftest `arithmetic_data`); no run goes past one epoch.
+Data: the arithmetic task's processed rows (conftest `arithmetic_data`); no run goes past one epoch.
 """
 
 from __future__ import annotations
@@ -19,7 +22,14 @@ import os
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+import glob  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
 import math  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -64,13 +74,68 @@ def _runs(env, sweep):
     return c.search_runs([exp], filter_string=f"tags.`mdm.sweep` = '{sweep}'", max_results=1000)
 
 
-def test_grid_sweep_parent_children_table_and_best_config(env):
+def _trial_states(exp_dir: Path) -> dict[str, str]:
+    """{trial id: status} from the newest Tune experiment state file ({} while none or mid-write)."""
+    files = sorted(glob.glob(str(exp_dir / "experiment_state-*.json")))
+    if not files:
+        return {}
+    try:
+        data = json.loads(Path(files[-1]).read_text())
+        return {t["trial_id"]: t["status"] for t in (json.loads(item[0]) for item in data["trial_data"])}
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def _kill_after_first_finished_trial(env, sweep: Path, log: Path) -> dict[str, str]:
+    """`mdm tune` in a subprocess with its own embedded Ray, SIGKILLed (its process group: the driver and
+    that Ray) once a trial is TERMINATED; the trial states it left."""
+    cmd = [sys.executable, "-m", "mdm", "tune", "--config", str(env["base"]), "--sweep", str(sweep),
+           "--set", "tune.name=grid4"]
+    exp_dir = env["root"] / "ray" / "grid4"
+    with open(log, "w") as out:
+        first = subprocess.Popen(cmd, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.time() + 600
+            while time.time() < deadline and "TERMINATED" not in _trial_states(exp_dir).values():
+                assert first.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.5)
+            states = _trial_states(exp_dir)
+        finally:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    time.sleep(2)  # let the killed Ray's processes go
+    return states
+
+
+def test_grid_sweep_killed_and_resumed_parent_children_table_and_best_config(env, capsys):
     from mdm.platform.sweep.sweep import run_sweep
     from mdm.platform.tokenizer import load_tokenizer
+    from mdm.platform.tracking.attempts import SUPERSEDED_BY
+    from mdm.platform.tracking.context import context_tags
     from mdm.platform.train.inprocess import fit_in_process, load_memory_data
 
-    cfg = load_config([str(env["base"])], ["tune.name=grid4"])
-    res = run_sweep(cfg, {"train.train_mode": {"grid": ["Normal", "MIRROR"]}, "train.PPOTS": {"grid": [False, True]}})
+    sweep = env["root"] / "grid4.yaml"
+    sweep.write_text("train.train_mode: {grid: [Normal, MIRROR]}\ntrain.PPOTS: {grid: [false, true]}\n")
+    states = _kill_after_first_finished_trial(env, sweep, env["root"] / "first.log")
+    done = [t for t, st in states.items() if st == "TERMINATED"]
+    assert 1 <= len(done) < 4, states
+    exp_dir = env["root"] / "ray" / "grid4"
+    before = {t: ((exp_dir / t / "result.json").read_text(), (exp_dir / t / "result.json").stat().st_mtime)
+              for t in done}
+    ended = {r.data.tags["mdm.run"]: r.info.end_time for r in _runs(env, "grid4")
+             if r.data.tags.get("mdm.role") == "trial" and r.data.tags["mdm.run"] in {f"grid4-{t}" for t in done}}
+    assert len(ended) == len(done), (ended, done)
+
+    # The same sweep again (a new driver, here on this module's Ray): it resumes.
+    res = run_sweep(load_config([str(env["base"])], ["tune.name=grid4"]), sweep)
+    printed = capsys.readouterr()
+    assert res.restored and "resuming the interrupted sweep" in printed.err
+    assert "mlflow ui --backend-store-uri" in printed.out and "best_config.yaml" in printed.out
+    after = _trial_states(exp_dir)
+    assert set(after) >= set(states) and len(after) == 4 and set(after.values()) == {"TERMINATED"}, after
+    for t, kept in before.items():  # the finished trials did not run again
+        assert ((exp_dir / t / "result.json").read_text(), (exp_dir / t / "result.json").stat().st_mtime) == kept
     assert [r["status"] for r in res.rows] == ["FINISHED"] * 4
     combos = {(r["params"]["train.train_mode"], r["params"]["train.PPOTS"]) for r in res.rows}
     assert combos == {("Normal", False), ("Normal", True), ("MIRROR", False), ("MIRROR", True)}
@@ -79,9 +144,20 @@ def test_grid_sweep_parent_children_table_and_best_config(env):
 
     runs = _runs(env, "grid4")
     parents = [r for r in runs if r.data.tags.get("mdm.role") == "parent"]
-    kids = [r for r in runs if r.data.tags.get("mdm.role") == "trial"]
-    assert len(parents) == 1 and len(kids) == 4
+    # A trial killed mid-run restarts in a fresh MLflow run of the same name: the killed attempt's run is
+    # folded beneath it, KILLED (tracking.attempts); the UI shows one run per trial.
+    trials = [r for r in runs if r.data.tags.get("mdm.role") == "trial"]
+    kids = [r for r in trials if SUPERSEDED_BY not in r.data.tags]
+    for old in (r for r in trials if SUPERSEDED_BY in r.data.tags):
+        assert old.info.status == "KILLED" and old.data.tags["mlflow.parentRunId"] == old.data.tags[SUPERSEDED_BY]
+        assert old.data.tags["mdm.run"] not in ended  # only unfinished trials ran again
+    seen = [(r.info.run_name, r.data.tags.get("mdm.run"), r.info.status) for r in trials]
+    assert len(parents) == 1 and len(kids) == 4, (len(parents), seen, states)  # none duplicated by the resume
+    assert sorted(r.data.tags["mdm.run"] for r in kids) == sorted(f"grid4-{t}" for t in after)
+    assert {r.data.tags["mdm.run"]: r.info.end_time for r in kids if r.data.tags["mdm.run"] in ended} == ended
     parent = parents[0]
+    assert parent.data.tags["mlflow.source.name"] == context_tags()["mlflow.source.name"]
+    first_source = importlib.util.find_spec("mdm.__main__").origin  # what `python -m mdm` ran
     assert parent.info.run_id == res.parent_run_id and parent.info.status == "FINISHED"
     assert parent.data.params["space.train.PPOTS"] == "grid[false, true]"
     assert parent.data.params["tune.scheduler"] == "fifo"
@@ -100,7 +176,12 @@ def test_grid_sweep_parent_children_table_and_best_config(env):
         assert kid.info.status == "FINISHED" and kid.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert "run_name" not in kid.data.params
         assert kid.data.params["train.p_model"] == ("EPRS" if row["params"]["train.PPOTS"] else "inert")
-        assert kid.data.tags["mlflow.source.name"] == parent.data.tags["mlflow.source.name"]
+        # the context tags of the driver that started the trial: the killed `mdm tune` or this process (which
+        # also gave the parent its own on resuming)
+        if kid.data.tags["mdm.run"] in ended:
+            assert kid.data.tags["mlflow.source.name"] == first_source
+        else:
+            assert kid.data.tags["mlflow.source.name"] in {first_source, parent.data.tags["mlflow.source.name"]}
         # what the Ray Train worker adds: the diag/ window, system metrics, the dataset, the MLflow model
         m = kid.data.metrics
         assert m["diag/grad_norm_mean"] > 0 and ("diag/is_ess_frac" in m) == row["params"]["train.PPOTS"]

@@ -2,8 +2,8 @@
 in-process trial, the scoped environment, and a trial namer that survives
 pickling (Tune pickles it).
 
-Sweeps and comparisons end to end (which run all of it under real Tune) are in test_tune.py and
-test_tune_resume.py; a sweep's concurrency is in test_tune_space.py.
+Sweeps and comparisons end to end (which run all of it under real Tune, a killed and resumed sweep
+included) are in test_tune.py; a sweep's concurrency is in test_tune_space.py.
 """
 
 from __future__ import annotations

@@ -272,5 +272,8 @@ def _trainer(cfg: RunConfig, run: RunInfo, datasets: dict[str, ray.data.Dataset]
             logging_config=LoggingConfig(log_level=TRAIN_LOG_LEVEL),
             callbacks=[ProgressCallback(run.run_name), *callbacks]),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train", "eval"] if run.has_eval else ["train"],
+        # One worker reads each dataset whole: no split, so no coordinator actor per dataset (the same rows in
+        # the same order: the ingest preserves order either way).
+        dataset_config=DataConfig(datasets_to_split=[d for d in ("train", "eval") if d in datasets and
+                                                     rcfg.num_workers > 1],
                                   execution_options=ingest_options(), enable_shard_locality=False))
