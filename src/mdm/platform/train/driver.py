@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from mdm.platform.config import RunConfig
     from mdm.platform.engine_api import BaseTrainConfig
     from mdm.platform.tracking.tracker import Tracker
-    from mdm.platform.train.worker import RunInfo
+    from mdm.platform.train.run_spec import RunInfo
 
 SEED_DATA_PATH = "./data/train/{task}.jsonl"  # the seed's default for an unset train.train_data_path
 
@@ -181,7 +181,7 @@ def _train(cfg: RunConfig, run_name: str, callbacks: Sequence[Any], mlflow_tags:
     from mdm.platform.tracking.context import context_tags
     from mdm.platform.tracking.dataset import describe_dataset
     from mdm.platform.tracking.session import tracked_run
-    from mdm.platform.train.worker import RunInfo
+    from mdm.platform.train.run_spec import RunInfo
     from mdm.platform.tokenizer import load_tokenizer
 
     rcfg, tcfg = cfg.ray, cfg.train
@@ -248,7 +248,8 @@ def _trainer(cfg: RunConfig, run: RunInfo, datasets: dict[str, ray.data.Dataset]
     from mdm.platform.train.ingest import ingest_options
     from mdm.platform.train.local_pg import LocalTorchConfig
     from mdm.platform.train.progress import ProgressCallback
-    from mdm.platform.train.worker import WorkerSections, train_fn_per_worker
+    from mdm.platform.train.run_spec import WorkerSections
+    from mdm.platform.train.worker import train_fn_per_worker
 
     rcfg, tcfg = cfg.ray, cfg.train
     sections = WorkerSections(engine=cfg.engine, auto_import=list(cfg.auto_import), train=tcfg, model=cfg.model,

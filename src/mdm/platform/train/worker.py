@@ -1,7 +1,7 @@
 """The per-worker training function of the Ray Train worker group (`train_fn_per_worker`).
 
-Built by `mdm.platform.train.driver.train_driver`, which passes `{"sections": WorkerSections, "run": RunInfo}` as the
-TorchTrainer's `train_loop_config`. Each worker imports the registries' plugins, builds the tokenizer, the model
+Built by `mdm.platform.train.driver.train_driver`, which passes `{"sections": WorkerSections, "run": RunInfo}`
+(`train.run_spec`) as the TorchTrainer's `train_loop_config`. Each worker imports the registries' plugins, builds the tokenizer, the model
 (after `torch.manual_seed(train.seed)`: the same weights on every rank) and the objective through the engine
 spec, and hands them to the one `trainer.Trainer` with its shards of the datasets (`sources.RayShards`) and a
 `RayTrainReporter`: every logging step goes to Ray Train (metrics averaged over ranks; the `diag/` window is
@@ -20,55 +20,21 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 import torch
 
-from mdm.platform.engine_api import BaseTrainConfig
 from mdm.platform.tracking.session import TrackedRun, attach_run
 from mdm.platform.train.adapters import is_adapter_model
 from mdm.platform.train.checkpoint import cleanup
-from mdm.platform.train.deepspeed_config import DeepSpeedConfig
-from mdm.platform.train.export_config import ExportConfig
 from mdm.platform.train.reporters import tracked
+from mdm.platform.train.run_spec import RunInfo, WorkerSections
 from mdm.platform.train.sources import RayShards
 from mdm.platform.train.trainer import Metrics, Objective, Trainer
 
 if TYPE_CHECKING:
     from ray.train import Checkpoint
     from transformers import PreTrainedTokenizerBase
-
-
-@dataclass
-class WorkerSections:
-    """The config sections a worker reads (never the whole root config)."""
-
-    engine: str
-    auto_import: list[str]
-    train: BaseTrainConfig
-    model: Any                    # the engine's own `model` section dataclass (engine_api.EngineSpec.model_config)
-    deepspeed: DeepSpeedConfig
-    export: ExportConfig
-
-
-@dataclass
-class RunInfo:
-    """What the driver decided: names, paths, and the step plan."""
-
-    run_name: str
-    tokenizer: str
-    export_dir: str
-    total_steps: int
-    steps_per_epoch: int
-    epochs: int
-    has_eval: bool
-    tracking_uri: Optional[str] = None
-    mlflow_run_id: Optional[str] = None
-    system_metrics_s: float = 0.0            # MLflow system-metrics sampling interval (0: off)
-    model_config_yaml: Optional[str] = None  # set: log the export as an MLflow model with this config
-    spool_dir: Optional[str] = None          # set: rank 0 logs through the durable tracking spool there
-    flush_timeout_s: float = 60.0            # how long rank 0 waits at the end for the spool to be shipped
 
 
 class RayTrainReporter:
