@@ -10,6 +10,8 @@ changes that would fit (mdm.platform.train.memory_plan, plan_advice).
 (one GPU per training worker). Nothing is built or downloaded: the architecture comes from the config
 (`train.model: tiny`) or the checkpoint's config.json; a tiny model's vocabulary from `model.vocab_size`, else
 `data.tokenizer`'s length. Exit status: 0 fits, 1 does not fit, 2 a mistake in the arguments or the config.
+`mdm train` prints the same plan in one line before a GPU run and refuses one that does not fit unless
+`--force` (mdm.platform.train.plan_check).
 """
 
 from __future__ import annotations

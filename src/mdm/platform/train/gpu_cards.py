@@ -3,8 +3,8 @@
     card_gib("h100"), card_gib("A100-80G"), card_gib("GeForce-RTX-4090")    # 80.0, 80.0, 24.0; None: unknown
     accelerator_gib(ray.cluster_resources())   # (80.0, "Ray's accelerator_type:A100-80G"), or (None, why)
 
-`mdm plan --gpu-mem` takes the names; `accelerator_gib` reads Ray's `accelerator_type:<NAME>` resources.
-Nothing here imports torch or Ray.
+`mdm plan --gpu-mem` takes the names; `mdm train`'s memory plan (plan_check.py) reads Ray's
+`accelerator_type:<NAME>` resources when it has no other size. Nothing here imports torch or Ray.
 """
 
 from __future__ import annotations
