@@ -1,4 +1,5 @@
-"""`python -m mdm.train --config base.yaml [--config overlay.yaml] [--set k=v] [--dump_config]` (= `mdm train`)."""
+"""`python -m mdm.train --config base.yaml [--config overlay.yaml] [--set k=v] [--dump_config] [--force]`
+(= `mdm train`)."""
 
 import sys
 

@@ -6,7 +6,7 @@ An engine registers one `EngineSpec` in the `engines` registry:
     get_registry("engines").register("llada_plus", EngineSpec(
         train_config=TrainConfig, model_config=ModelConfig, sampler_config=SamplerConfig,
         build_model=..., build_objective=..., sample=..., end_token_ids=...,
-        conditions={"train.p_model": {"train.PPOTS": True}},
+        conditions={"train.p_model": {"train.PPOTS": True}, "model.lora.alpha": {"model.lora.r": Not(0)}},
         likelihood_config=LikelihoodConfig, loglikelihood=..., loglikelihood_rolling=...))   # optional
 
 The platform (config loader, trainer, sweeps, tracking, batch inference, the generation path) reaches the
@@ -174,9 +174,10 @@ class EngineSpec:
     sample(model, prompt_ids, sampler_cfg, generator) -> an object with `.tokens` (per prompt, the generated
         ids, `sampler_cfg.gen_length` each) and `.nfe` (model forward passes)
     end_token_ids(model, sampler_cfg) -> the ids that end a generated text (cut there)
-    conditions: {key: {other_key: value}}: `key` has an effect only when every `other_key` has its `value`
-        (LLaDA+: `train.p_model` only matters when `train.PPOTS` is true). Sweeps deduplicate trials by it,
-        tracking logs such keys as inert, and the engine's own code follows the same rule.
+    conditions: {key: {other_key: value}}: `key` has an effect only when every `other_key` has its `value`,
+        or any value but `v` for a `Not(v)` (LLaDA+: `train.p_model` only matters when `train.PPOTS` is true,
+        `model.lora.alpha` only when `model.lora.r` is not 0). Sweeps deduplicate trials by it, tracking logs
+        such keys as inert, and the engine's own code follows the same rule.
     label(flat_config) -> a short name of the training configuration that `label_keys` describe (LLaDA+:
         "Standard", "MIRROR", "PPOTS(EPR)", "MIRROR+PPOTS(EPR)"), used in run names and comparison tables
         (`mdm.platform.runs.trial_label`); None: those keys are shown as key=value like any other.
@@ -225,7 +226,22 @@ class EngineSpec:
                              f"likelihood_config): it cannot score by likelihood; use generation")
 
 
+@dataclass(frozen=True)
+class Not:
+    """A condition's value that every value but `value` meets: `{"model.lora.r": Not(0)}` (LoRA on)."""
+
+    value: object
+
+    def __str__(self) -> str:  # how a sweep's conditions are digested into its name (runs.sweep_name)
+        return f"not {self.value!r}"
+
+
+def meets(value: object, want: object) -> bool:
+    """Whether a key's `value` meets a condition's `want`: equal to it, or for `Not(v)` anything but v."""
+    return value != want.value if isinstance(want, Not) else value == want
+
+
 def inert_keys(conditions: Mapping[str, Mapping[str, Any]], flat: Mapping[str, Any]) -> set[str]:
     """The keys of `flat` (a flattened config) whose condition fails, i.e. that cannot change the run."""
     return {key for key, cond in conditions.items()
-            if key in flat and any(flat.get(other) != want for other, want in cond.items())}
+            if key in flat and not all(meets(flat.get(other), want) for other, want in cond.items())}

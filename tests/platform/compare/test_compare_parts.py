@@ -3,7 +3,7 @@
 - the grid: compare.grid x lrs x seeds, p_model deduplicated when PPOTS is off, the batch halved for MIRROR at
   equal forwards (and an odd batch refused, naming the keys), seeds in the grid refused;
 - names: `runs.trial_label` ("MIRROR+PPOTS(EPR) lr=1e-3 seed=1"), the configuration label without the seed,
-  `tracked_params` (inert keys, no run_name);
+  `tracked_params` (inert keys: P-POTS' without PPOTS, LoRA's other keys with rank 0; no run_name);
 - aggregation: mean and sample std per configuration against statistics by hand; unfinished trials left out;
   the CSV / JSON / markdown carry the same numbers; the figures are PNG files;
 - paired statistics in the summary: the Δ column, its footer, the JSON "paired" / "paired_all" and the CSV
@@ -79,6 +79,17 @@ def test_labels_and_tracked_params():
     params = tracked_params(plain)
     assert "run_name" not in params and params["train.p_model"] == INERT and params["train.mix_uniform"] == INERT
     assert tracked_params(cfg)["train.p_model"] == "EPRS" and params["train.lr"] == 1e-3
+
+
+def test_lora_keys_are_inert_with_rank_0():
+    lora = ("model.lora.alpha", "model.lora.dropout", "model.lora.target_modules")
+    off = tracked_params(load_config([], ["model.lora.alpha=32"]))
+    assert off["model.lora.r"] == 0 and all(off[k] == INERT for k in lora)
+    on = load_config([], ["model.lora.r=8", "model.lora.alpha=32"])
+    params = tracked_params(on)
+    assert params["model.lora.alpha"] == 32 and params["model.lora.target_modules"] == on.model.lora.target_modules
+    assert trial_label(flatten(load_config([], [])), ["model.lora.r", "model.lora.alpha"]) == "r=0"
+    assert trial_label(flatten(on), ["model.lora.r", "model.lora.alpha"]) == "r=8 alpha=32"
 
 
 def _rows():

@@ -1,7 +1,8 @@
 """Sweep files without Ray: parsing, validation before any trial, dedup of conditional keys, sizing, CLI errors.
 
 The grid dedup is checked against a closed form: Normal/MIRROR x PPOTS{off,on} x p_model{EPR,AP} has
-2 x (1 + 2) = 6 distinct trials (p_model is ignored when PPOTS is off), not the naive 8.
+2 x (1 + 2) = 6 distinct trials (p_model is ignored when PPOTS is off), not the naive 8; LoRA's rank 0 runs once
+whatever its alpha and dropout.
 """
 
 from __future__ import annotations
@@ -48,6 +49,19 @@ def test_fixed_ppots_off_collapses_p_model_grid(cfg):
     space = parse_sweep({"train.PPOTS": False, "train.p_model": {"grid": ["EPR", "AP"]},
                          "train.lr": {"grid": [1e-4, 1e-3]}}, cfg)
     assert len(space.trials) == 2 and {t["train.p_model"] for t in space.trials} == {cfg.train.p_model}
+
+
+def test_lora_grid_runs_rank_0_once(cfg):
+    # r 0 is a full fine-tune: alpha and dropout change nothing, so (0, 8) x alpha (16, 32) x dropout (0, 0.1) = 1 + 4
+    space = parse_sweep({"model.lora.r": {"grid": [0, 8]}, "model.lora.alpha": {"grid": [16.0, 32.0]},
+                         "model.lora.dropout": {"grid": [0.0, 0.1]}}, cfg)
+    assert space.n_grid_raw == 8 and len(space.trials) == 5
+    off = [t for t in space.trials if t["model.lora.r"] == 0]
+    assert off == [{"model.lora.r": 0, "model.lora.alpha": cfg.model.lora.alpha,
+                    "model.lora.dropout": cfg.model.lora.dropout}]
+    assert sweep_name(cfg, space) == sweep_name(cfg, parse_sweep({"model.lora.r": {"grid": [0, 8]},
+                                                                  "model.lora.alpha": {"grid": [16.0, 32.0]},
+                                                                  "model.lora.dropout": {"grid": [0.0, 0.1]}}, cfg))
 
 
 def test_random_draws_of_an_ignored_key_are_canonicalised_in_the_trial(cfg):

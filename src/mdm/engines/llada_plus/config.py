@@ -10,8 +10,8 @@ and each sampled t is weighted by 1/p(t) (capped at `max_is_weight`). The object
 / Var(uniform t) of the fit and of the optimum (ppots/R_fit_*, R_star_*), and the realised ratios from
 `ppots_realised_draws` gradient draws with each sampler on one micro-batch (ppots/realised_*_R; 0 = off;
 at most the last 20M parameters). Those knobs have no effect when
-PPOTS is off: `CONDITIONS` says so once, for the platform's sweeps (deduplication) and tracking (inert
-params) alike.
+PPOTS is off, nor `model.lora.alpha`, `dropout` and `target_modules` when `model.lora.r` is 0: `CONDITIONS`
+says so once, for the platform's sweeps (deduplication) and tracking (inert params) alike.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Optional
 
 from mdm.platform.fields import choice, registry_choice
-from mdm.platform.engine_api import BaseTrainConfig
+from mdm.platform.engine_api import BaseTrainConfig, Not
 
 
 # "KEY only matters when OTHER == VALUE" (the EngineSpec's `conditions`).
@@ -28,6 +28,8 @@ _PPOTS_KNOBS = ("p_model", "num_samples_x0", "num_samples_t", "num_samples_xt", 
                 "mix_uniform", "ppots_reestimate_steps", "ppots_grid", "ppots_target", "ppots_single_token_cap",
                 "ppots_realised_draws")
 CONDITIONS: dict[str, dict[str, Any]] = {f"train.{k}": {"train.PPOTS": True} for k in _PPOTS_KNOBS}
+# LoRA's other keys do nothing with `model.lora.r` 0 (off: a full fine-tune).
+CONDITIONS.update({f"model.lora.{k}": {"model.lora.r": Not(0)} for k in ("alpha", "dropout", "target_modules")})
 # The keys `label` names (the EngineSpec's `label_keys`): the objective being compared.
 LABEL_KEYS = ("train.train_mode", "train.PPOTS", "train.p_model")
 

@@ -5,11 +5,13 @@ changes that would fit (mdm.platform.train.memory_plan, plan_advice).
     mdm plan --config experiments/configs/base.yaml --config experiments/configs/llada_8b.yaml --gpu-mem h100 \\
         --set model.lora.r=16
 
-`--gpu-mem` takes GiB per GPU or a card (`CARDS`: a100-40, a100-80 (a80), h100, h200, l4, l40s, 4090, ...; their
-memory as sold, read as GiB); `--gpus` defaults to `ray.num_workers` (one GPU per training worker). Nothing is
-built or downloaded: the architecture comes from the config (`train.model: tiny`) or the checkpoint's
-config.json; a tiny model's vocabulary from `model.vocab_size`, else `data.tokenizer`'s length. Exit status:
-0 fits, 1 does not fit, 2 a mistake in the arguments or the config.
+`--gpu-mem` takes GiB per GPU or a card (`gpu_cards.CARDS`: a100-40, a100-80 (a80), h100, h200, l4, l40s, 4090,
+...; their memory as sold, read as GiB; Ray's spelling too: A100-80G); `--gpus` defaults to `ray.num_workers`
+(one GPU per training worker). Nothing is built or downloaded: the architecture comes from the config
+(`train.model: tiny`) or the checkpoint's config.json; a tiny model's vocabulary from `model.vocab_size`, else
+`data.tokenizer`'s length. Exit status: 0 fits, 1 does not fit, 2 a mistake in the arguments or the config.
+`mdm train` prints the same plan in one line before a GPU run and refuses one that does not fit unless
+`--force` (mdm.platform.train.plan_check).
 """
 
 from __future__ import annotations
@@ -21,21 +23,18 @@ from typing import TYPE_CHECKING, Optional, Sequence
 from mdm.platform.config_args import add_config_args, config_or_dump
 from mdm.platform.fields import ConfigError
 from mdm.platform.registry import UnknownNameError
+from mdm.platform.train.gpu_cards import CARDS, card_gib
 
 if TYPE_CHECKING:
     from mdm.platform.config import RunConfig
 
-# GPU memory as sold (GB on the box; the usable GiB are close to it for HBM cards).
-CARDS = {"a100-40": 40, "a100-80": 80, "a100": 80, "a80": 80, "h100": 80, "h100-80": 80, "h100-94": 94,
-         "h200": 141, "b200": 180, "l4": 24, "l40s": 48, "a10g": 24, "a10": 24, "t4": 16, "v100-16": 16,
-         "v100-32": 32, "a6000": 48, "3090": 24, "4090": 24, "5090": 32, "mi300x": 192}
-
 
 def gpu_gib(value: str) -> float:
     """`--gpu-mem`: a number of GiB or a card name; argparse.ArgumentTypeError naming the cards otherwise."""
+    card = card_gib(value)
+    if card is not None:
+        return card
     name = value.strip().lower()
-    if name in CARDS:
-        return float(CARDS[name])
     try:
         gib = float(name.removesuffix("gib").removesuffix("gb"))
     except ValueError:

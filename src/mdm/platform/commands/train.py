@@ -1,6 +1,9 @@
 """`mdm train` / `python -m mdm.train`: train on Ray with the seed's flags (see `mdm.platform.train.driver`).
 
-    mdm train --config base.yaml --config overlay.yaml --set train.lr=1e-5 [--dump_config]
+    mdm train --config base.yaml --config overlay.yaml --set train.lr=1e-5 [--dump_config] [--force]
+
+A GPU run prints its memory plan per GPU in one line first and stops with exit status 2 when the plan does
+not fit the GPUs (`mdm plan` lists the changes that would); `--force` trains anyway.
 """
 
 from __future__ import annotations
@@ -19,21 +22,23 @@ if TYPE_CHECKING:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="mdm train", description="Train on Ray (embedded or cluster).")
     add_config_args(parser)
+    parser.add_argument("--force", action="store_true",
+                        help="train even when the memory plan says the run does not fit its GPUs")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     cfg = config_or_dump(args)
     if cfg is None:
         return 0
-    return run(cfg)
+    return run(cfg, force=args.force)
 
 
-def run(cfg: RunConfig) -> int:
+def run(cfg: RunConfig, force: bool = False) -> int:
     """`mdm train`: 0 on success; 2 with a one-line error for mistakes a person can fix."""
     from mdm.platform.train.ingest import DataError
     from mdm.platform.train.lease import LeaseError
     from mdm.platform.tracking.tracker import TrackingError
 
     try:
-        result = train_driver(cfg)
+        result = train_driver(cfg, force=force)
     except (DataError, TrackingError, LeaseError, ValueError, FileNotFoundError) as e:
         print(f"mdm train: error: {e}", file=sys.stderr)
         return 2

@@ -15,7 +15,9 @@ class RayConfig:
     cluster's CPUs before starting (e.g. on a 2-CPU laptop: 2 workers x 0.5 CPU, or 1 worker x 1.0).
     Ray also sets each worker's OMP_NUM_THREADS (torch's thread count) to floor(cpus_per_worker), at least
     1, unless the environment sets it.
-    `storage_path`: checkpoints and run state; a local directory or any pyarrow/fsspec URI (s3://, gs://)."""
+    `storage_path`: checkpoints and run state; a local directory or any pyarrow/fsspec URI (s3://, gs://).
+    `gpu_mem_gib`: memory of one GPU for `mdm train`'s memory plan (train/plan_check.py); None: the driver's
+    CUDA device, else Ray's accelerator type."""
 
     address: Optional[str] = None
     num_cpus: Optional[int] = None
@@ -26,9 +28,12 @@ class RayConfig:
     storage_path: str = "ray_results"
     max_failures: int = 0
     num_to_keep: int = 2
+    gpu_mem_gib: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ValueError(f"ray.num_workers must be >= 1, got {self.num_workers}")
         if self.cpus_per_worker <= 0:
             raise ValueError(f"ray.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        if self.gpu_mem_gib is not None and self.gpu_mem_gib <= 0:
+            raise ValueError(f"ray.gpu_mem_gib must be > 0 GiB (or null: detected), got {self.gpu_mem_gib}")

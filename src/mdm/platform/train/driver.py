@@ -8,7 +8,8 @@
 
 Order of work, so that mistakes surface before any worker starts: precision check, tracking store reachable,
 the run's lease, tokenizer loaded (`model.trust_remote_code` passed), Ray started or joined (ray_runtime),
-worker sizing leaves room for Ray Data, data validated (ingest), MLflow run opened or resumed (tracking),
+worker sizing leaves room for Ray Data, a GPU run's memory plan (one line; refused when it cannot fit unless
+`force`: plan_check.py), data validated (ingest), MLflow run opened or resumed (tracking),
 then `TorchTrainer.fit()`. The run name is `run_name`, else derived from the config (`mdm.platform.runs`: a
 hash of the keys that define the run, never a clock), so re-running the same command resumes: Ray Train
 restores the latest checkpoint under `<ray.storage_path>/<run_name>` and MLflow logs into the run of that name.
@@ -147,13 +148,14 @@ def _close_finished(tracker: Optional[Tracker], run_name: str, previous: Optiona
 
 def train_driver(cfg: RunConfig, *, run_name: Optional[str] = None, callbacks: Sequence[Any] = (),
                  mlflow_tags: Optional[dict[str, str]] = None, display_name: Optional[str] = None,
-                 lease: bool = True) -> Any:
+                 lease: bool = True, force: bool = False) -> Any:
     """Validate, then train with a TorchTrainer; returns the ray.train.Result (raises on failure).
 
     `mlflow_tags` go on the MLflow run (a sweep passes its parent and trial tags, and the context tags it
     resolved on its driver); `display_name` is the run's name in the MLflow UI (default: `run_name`).
     `lease`: hold the run's lease (see the module docstring); a Tune trial passes False, since Tune already
-    runs each trial once at a time and a restarted trial must not wait for its dead predecessor's lease."""
+    runs each trial once at a time and a restarted trial must not wait for its dead predecessor's lease.
+    `force`: train a GPU run whose memory plan does not fit (`mdm train --force`); else PlanError."""
     from mdm.platform.tracking.tracker import Tracker
     from mdm.platform.train.lease import RunLease
     from mdm.platform.train.updater import check_precision
@@ -165,17 +167,18 @@ def train_driver(cfg: RunConfig, *, run_name: Optional[str] = None, callbacks: S
     tracker = Tracker.open(cfg.tracking) if cfg.tracking.enabled else None  # unreachable -> TrackingError now
     held = RunLease.acquire(storage_root(cfg), run_name) if lease else None
     try:
-        return _train(cfg, run_name, callbacks, mlflow_tags, display_name, tracker)
+        return _train(cfg, run_name, callbacks, mlflow_tags, display_name, tracker, force)
     finally:
         if held is not None:
             held.release()
 
 
 def _train(cfg: RunConfig, run_name: str, callbacks: Sequence[Any], mlflow_tags: Optional[dict[str, str]],
-           display_name: Optional[str], tracker: Optional[Tracker]) -> Any:
+           display_name: Optional[str], tracker: Optional[Tracker], force: bool) -> Any:
     from mdm.platform.runtime.ray_runtime import check_worker_fit, ensure_ray, is_local_cluster
     from mdm.platform.train.ds_config import ds_config_notes
     from mdm.platform.train.ingest import build_datasets
+    from mdm.platform.train.plan_check import check_plan
     from mdm.platform.runs import output_root, tracked_params
     from mdm.platform.tracking.spool import spool_path
     from mdm.platform.tracking.context import context_tags
@@ -194,6 +197,7 @@ def _train(cfg: RunConfig, run_name: str, callbacks: Sequence[Any], mlflow_tags:
         return _close_finished(tracker, run_name, previous)
     ensure_ray(rcfg)
     check_worker_fit(rcfg)
+    planned = check_plan(cfg, vocab_size=len(tokenizer), force=force)  # GPU runs: one line, PlanError on no fit
     if tracker is not None and not is_local_cluster(rcfg):
         from mdm.platform.tracking.tracker import check_cluster_store
         from mdm.platform.runtime.ray_runtime import alive_nodes
@@ -224,7 +228,8 @@ def _train(cfg: RunConfig, run_name: str, callbacks: Sequence[Any], mlflow_tags:
     spool = spool_path(output_root(cfg), run_name) if tracker is not None and cfg.tracking.spool else None
     # The session ends the run FINISHED, or FAILED when fit raises (the run holding the latest attempt: rank 0
     # may have continued it in a fresh one); through the run's tracking spool, after what rank 0 left in it.
-    with tracked_run(tracker, run_name, params=tracked_params(cfg), config_yaml=dump_config(cfg), tags=tags,
+    params = {**tracked_params(cfg), **(planned.params() if planned is not None else {})}
+    with tracked_run(tracker, run_name, params=params, config_yaml=dump_config(cfg), tags=tags,
                      display_name=display_name, dataset=dataset, spool_dir=spool,
                      flush_timeout_s=cfg.tracking.flush_timeout_s) as session:
         run = RunInfo(run_name=run_name,

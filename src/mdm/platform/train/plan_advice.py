@@ -27,8 +27,9 @@ MAX_GPUS = 4096
 SHOWN_PAIRS = 4
 
 
-def gib(n: float) -> str:
-    return f"{n / GIB:8.2f}"
+def gib(n: float, width: int = 8) -> str:
+    """Bytes as GiB with two decimals, right-aligned in `width` characters (0: no padding)."""
+    return f"{n / GIB:{width}.2f}"
 
 
 def report(plan: Plan) -> str:
