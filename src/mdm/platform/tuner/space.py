@@ -21,7 +21,8 @@ Nested YAML (`train: {lr: {loguniform: ...}}`) is the same as the dotted form.
 Conditional keys and deduplication: some keys are ignored unless another key has a value; the engine
 declares which (`EngineSpec.conditions`: for LLaDA+, `train.p_model` and the other P-POTS knobs only matter
 when `train.PPOTS` is on; `model.lora.alpha`, `dropout` and `target_modules` only when `model.lora.r` is not
-0). Crossing the grid naively would run PPOTS-off trials once per p_model, all identical. So the grid is expanded here, not by Tune: every combination is canonicalised
+0). Crossing the grid naively would run PPOTS-off trials once per p_model, all identical. So the grid is
+expanded here, not by Tune: every combination is canonicalised
 (an ignored key is reset to the base config's value), duplicates are dropped, and the explicit list of trial
 dicts goes to Tune as one `grid_search` dimension. Random dimensions (`choice`, `uniform`, ...) stay Tune
 domains; an ignored key drawn at random is canonicalised in the trial (`canonicalize`), so its config and
