@@ -65,6 +65,8 @@ def parse_args(argv: Optional[Sequence[str]], parents: Sequence[argparse.Argumen
     p.add_argument("--re-evaluate", action="store_true",
                    help="sample and score again when this run already has its predictions and summary")
     add_config_args(p)
+    p.add_argument("--force", action="store_true",
+                   help="train even when the memory plan says the run does not fit its GPUs (as mdm train --force)")
     return p.parse_args(argv)
 
 
@@ -112,8 +114,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2 if cfg is None else 0
     t0 = time.time()
     print(f"gsm8k: data: {describe_source(cfg)}", flush=True)
+    from mdm.platform.train.plan_check import PlanError
+
     cfg = with_data(cfg, prepare_data(cfg, args))
-    run_name, result = train(cfg)
+    try:
+        run_name, result = train(cfg, force=args.force)
+    except PlanError as e:  # a GPU run whose memory plan does not fit: one line, nothing started
+        print(f"gsm8k: error: {e}", file=sys.stderr)
+        return 2
     summary = evaluate(cfg, args, run_name, result.metrics or {}, t0)
     report(cfg, args, summary)
     return 0
@@ -142,15 +150,16 @@ def with_data(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     return with_overrides(cfg, dict(o.split("=", 1) for o in overrides))
 
 
-def train(cfg: RunConfig) -> tuple[str, Any]:
-    """Train on Ray (joins RAY_ADDRESS / ray.address, else an embedded Ray); a finished run returns at once."""
+def train(cfg: RunConfig, force: bool = False) -> tuple[str, Any]:
+    """Train on Ray (joins RAY_ADDRESS / ray.address, else an embedded Ray); a finished run returns at once.
+    `force`: train a GPU run whose memory plan does not fit (train.plan_check)."""
     from mdm.platform.runs import run_name as derive_name
     from mdm.platform.runtime.ray_runtime import ensure_ray
     from mdm.platform.train.driver import train_driver
 
     ensure_ray(cfg.ray)
     run_name = derive_name(cfg)
-    return run_name, train_driver(cfg, run_name=run_name)
+    return run_name, train_driver(cfg, run_name=run_name, force=force)
 
 
 def evaluate(cfg: RunConfig, args: argparse.Namespace, run_name: str, m: dict[str, Any], t0: float

@@ -42,3 +42,25 @@ def test_re_evaluate_scores_again(tmp_path):
     with pytest.raises(ModelSourceError, match=r"final: no HF model inside"):
         gsm8k.evaluate(cfg, args, "r1", {"export_dir": str(run_dir / "final")}, time.time())
     assert json.loads((run_dir / "summary.json").read_text())["accuracy"] == 0.5  # nothing written on failure
+
+
+def test_a_plan_that_does_not_fit_stops_the_recipe_in_one_line_and_force_reaches_training(monkeypatch, capsys):
+    """The recipe's train step raising the driver's PlanError (a GPU run that does not fit; the check itself is
+    tested in tests/platform/train/test_plan_check.py): exit status 2, one line, nothing evaluated; --force
+    reaches training."""
+    from mdm.platform.train.plan_check import PlanError
+
+    seen = []
+
+    def train(cfg, force=False):
+        seen.append(force)
+        raise PlanError("the memory plan needs 90.00 GiB per GPU, 10.00 GiB more than the 80.00 GiB of ...")
+
+    monkeypatch.setattr(gsm8k, "prepare_data", lambda cfg, args: [])
+    monkeypatch.setattr(gsm8k, "train", train)
+    monkeypatch.setattr(gsm8k, "evaluate", lambda *a: pytest.fail("evaluated after a refused plan"))
+    assert gsm8k.main([]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("gsm8k: error: the memory plan needs 90.00 GiB per GPU")
+    assert gsm8k.main(["--force"]) == 2  # the stand-in refuses either way: what matters is the flag it got
+    assert seen == [False, True]
