@@ -157,7 +157,7 @@ def test_offline_says_so_once_and_keeps_every_record(tmp_path):
     assert mdm_main(["tracking", "sync", str(tmp_path)]) == 1
 
 
-STEPS, KILL_AT, OUTAGE_S = 60, 10, 20.0
+STEPS, KILL_AT, OUTAGE_S = 60, 10, 12.0
 # MLflow's HTTP retry budget in this test's processes (Ray's workers inherit it): about 3 s of retries, so the
 # outage outlasts it several times over (the default, 7 retries with backoff 2, is about 4 minutes).
 RETRY_BUDGET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
