@@ -64,3 +64,29 @@ def test_trial_namer_names_a_trial_by_its_overrides_after_pickling():
     namer = pickle.loads(pickle.dumps(TrialNamer(space, functools.partial(json.dumps, sort_keys=True))))
     assert namer(trial) == '{"train.lr": 0.0003}'
     assert TrialNamer(space, functools.partial(sweep_label, cfg, space))(trial) == "lr=3e-4"
+
+
+def test_a_complete_trial_is_finished_by_its_last_report_when_its_history_file_lacks_the_key(tmp_path):
+    """What a sweep resumed after its driver was killed mid-trial left on disk (seen in test_tune.py's grid): the
+    restarted trial's progress.csv with the killed attempt's header (no `export_dir`, no `eval/loss`) and an
+    empty result.json, while Tune's last report is whole. The row is FINISHED with the last report's values."""
+    import pandas as pd
+    from ray.tune import Result
+
+    from mdm.platform.sweep.sweep_results import COMPLETED_KEY, sweep_rows
+    from mdm.platform.tuner.tuner import trial_outcome
+
+    history = pd.DataFrame({"step": [1, 2, 3, 4], "train/loss": [5.0, 4.9, 4.8, 4.7]})
+    last = {"step": 4, "eval/loss": 4.5, COMPLETED_KEY: "/out/final", "train/loss": 4.7}
+    whole = Result(metrics=last, checkpoint=None, error=None, path=str(tmp_path / "t_00001"),
+                   metrics_dataframe=history)
+    out = trial_outcome(whole, COMPLETED_KEY)
+    assert out.status == "FINISHED" and out.last == last
+    space = parse_sweep({"train.lr": {"grid": [1e-3]}}, load_config([]))
+    row = sweep_rows([whole], space, "s", "eval/loss", lambda params: "x")[0]
+    assert (row["status"], row["metric"], row["step"]) == ("FINISHED", 4.5, 4)
+    # a trial stopped before its last report stays KILLED, with its history's values
+    cut = Result(metrics={"step": 2, "train/loss": 4.9}, checkpoint=None, error=None,
+                 path=str(tmp_path / "t_00002"), metrics_dataframe=history.head(2))
+    assert trial_outcome(cut, COMPLETED_KEY).status == "KILLED"
+    assert sweep_rows([cut], space, "s", "train/loss", lambda params: "x")[0]["metric"] == 4.9

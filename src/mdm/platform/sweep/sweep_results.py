@@ -38,10 +38,13 @@ def sweep_rows(results: ResultGrid, space: SweepSpace, name: str, metric: str,
     rows = []
     for r in results:
         out = trial_outcome(r, COMPLETED_KEY)
-        step = last_value(out.history, "step")
+        # A complete trial's last report holds its final values (its history file may lack later columns)
+        final = out.last if out.status == "FINISHED" else {}
+        step = final.get("step", last_value(out.history, "step"))
+        value = final[metric] if metric in final else last_value(out.history, metric)
         params = space.overrides_for(out.config)
         rows.append({"trial_id": out.trial_id, "run_name": child_run_name(name, out.trial_id),
-                     "status": out.status, "label": label(params), "metric": last_value(out.history, metric),
+                     "status": out.status, "label": label(params), "metric": value,
                      "step": None if step is None else int(step), "params": params, "error": out.error})
     return rows
 

@@ -170,14 +170,19 @@ class TrialOutcome:
     error: Optional[str]
     history: Optional[pd.DataFrame]
     config: dict[str, Any]
+    last: dict[str, Any] = field(default_factory=dict)   # the trial's last report (Tune's Result.metrics)
 
 
 def trial_outcome(result: Result, done_key: str) -> TrialOutcome:
-    """A Tune result as an outcome; `done_key` is the metric that only a complete trial's last report carries."""
-    history = result.metrics_dataframe
-    done = history is not None and done_key in history and bool(history[done_key].notna().any())
+    """A Tune result as an outcome; `done_key` is the metric that only a complete trial's last report carries.
+
+    Complete when the last report or any row of the history carries it: a trial that a resumed sweep ran again
+    from the start can leave a history file without the later columns (measured: an empty result.json and a
+    progress.csv whose header came from the killed attempt's first report), while its last report is whole."""
+    history, last = result.metrics_dataframe, dict(result.metrics or {})
+    done = done_key in last or (history is not None and done_key in history and bool(history[done_key].notna().any()))
     return TrialOutcome(Path(result.path).name, trial_status(result.error, done), error_text(result.error),
-                        history, dict(result.config or {}))
+                        history, dict(result.config or {}), last)
 
 
 def trial_status(error: Optional[BaseException], done: bool) -> str:
