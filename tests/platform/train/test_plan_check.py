@@ -89,6 +89,9 @@ def test_the_size_comes_from_the_key_then_the_driver_then_ray(monkeypatch):
     monkeypatch.setattr(plan_check, "driver_cuda_gib", lambda: (79.19, "the driver's NVIDIA H100 80GB HBM3"))
     assert plan_check.gpu_memory(cfg.ray, no_resources) == \
         (79.19 * 0.5, "the driver's NVIDIA H100 80GB HBM3, x0.5 per worker (ray.gpus_per_worker)")
+    # on a cluster the driver's GPU is not the workers': Ray's accelerator type decides
+    assert plan_check.gpu_memory(cfg.ray, lambda: {"accelerator_type:H200": 2.0}, local=False) == \
+        (141.0 * 0.5, "Ray's accelerator_type:H200, x0.5 per worker (ray.gpus_per_worker)")
     keyed = load_config(LLADA_8B, ["ray.gpu_mem_gib=40"])
     assert plan_check.gpu_memory(keyed.ray, no_resources) == (40.0, "ray.gpu_mem_gib")
     with pytest.raises(Exception, match="ray.gpu_mem_gib must be > 0"):

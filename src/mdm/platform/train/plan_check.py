@@ -4,13 +4,14 @@
     checked.line()      # "memory plan per GPU: 61.23 GiB of 80.00 GiB (...): weights ..., ... -- fits"
     checked.params()    # {"plan/total_gib": 61.23, "plan/gpu_gib": 80.0, "plan/fits": True}: MLflow params
 
-Only runs that train on GPUs (`ray.use_gpu`) are planned, on `ray.num_workers` GPUs (memory_plan.py, the
-same arithmetic as `mdm plan`). The memory of one GPU: `ray.gpu_mem_gib` when set, else this driver's own
-CUDA device 0, else Ray's `accelerator_type:<NAME>` resources (`ray.cluster_resources()`) looked up in
-`gpu_cards.CARDS` (the smallest when the cluster has several; unknown when any is not in the table). A
-worker with a fraction of a GPU (`ray.gpus_per_worker` < 1) has that fraction of its memory. When the size
-is unknown the line has no verdict and says which key sets it. A plan that does not fit raises `PlanError`
-(`mdm train`: exit status 2) unless `force`; the changes that would fit are `mdm plan`'s to list.
+Only runs that train on GPUs (`ray.use_gpu`) are planned, on `ray.num_workers` GPUs (memory_plan.py, the same
+arithmetic as `mdm plan`). The memory of one GPU: `ray.gpu_mem_gib` when set, else this driver's own CUDA
+device 0 when the Ray is this machine, else Ray's `accelerator_type:<NAME>` resources
+(`ray.cluster_resources()`) looked up in `gpu_cards.CARDS` (the smallest when the cluster has several; unknown
+when any is not in the table). A worker with a fraction of a GPU (`ray.gpus_per_worker` < 1) has that fraction
+of its memory. When the size is unknown the line has no verdict and says which key sets it. A plan that does
+not fit raises `PlanError` (`mdm train`: exit status 2) unless `force`; the changes that would fit are `mdm
+plan`'s to list.
 """
 
 from __future__ import annotations
@@ -44,13 +45,15 @@ def driver_cuda_gib() -> tuple[Optional[float], str]:
     return props.total_memory / GIB, f"the driver's {props.name}"
 
 
-def gpu_memory(rcfg: RayConfig, resources: Callable[[], Mapping[str, float]]) -> tuple[Optional[float], str]:
-    """GiB per training worker and where it came from: `ray.gpu_mem_gib`, the driver's CUDA device, Ray's
-    accelerator type (module docstring); (None, why) when unknown."""
+def gpu_memory(rcfg: RayConfig, resources: Callable[[], Mapping[str, float]],
+               local: bool = True) -> tuple[Optional[float], str]:
+    """GiB per training worker and where it came from: `ray.gpu_mem_gib`, the driver's CUDA device when the Ray
+    is this machine (`local`; on a cluster the driver's GPU says nothing of the workers'), Ray's accelerator
+    type (module docstring); (None, why) when unknown."""
     if rcfg.gpu_mem_gib is not None:
         size, source = float(rcfg.gpu_mem_gib), SIZE_KEY
     else:
-        size, source = driver_cuda_gib()
+        size, source = driver_cuda_gib() if local else (None, "a cluster: the driver's GPU is not the workers'")
         if size is None:
             size, why = accelerator_gib(resources())
             source = why if size is not None else f"{source}, {why}"
@@ -110,7 +113,9 @@ def check_plan(cfg: RunConfig, *, vocab_size: Optional[int], force: bool = False
         import ray
 
         resources = ray.cluster_resources
-    gpu_gib, source = gpu_memory(cfg.ray, resources)
+    from mdm.platform.runtime.ray_runtime import is_local_cluster
+
+    gpu_gib, source = gpu_memory(cfg.ray, resources, local=is_local_cluster(cfg.ray))
     try:  # the total does not depend on the GPU size: an unknown one is planned against 1 GiB, no verdict
         plan = plan_memory(cfg, gpus=cfg.ray.num_workers, gpu_gib=gpu_gib or 1.0, vocab_size=vocab_size)
     except (OSError, ValueError) as e:  # e.g. a model that is not LLaDA: training decides, not the planner
