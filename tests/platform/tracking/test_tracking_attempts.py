@@ -12,6 +12,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from mdm.platform.tracking.attempts import begin_attempt, current_run
+from mdm.platform.tracking.dataset import DatasetRecord, log_dataset
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,7 @@ def _run(store, name="gsm8k-ab12"):
     run_id = client.create_run(exp, run_name=name, tags={"mlflow.parentRunId": "sweep-parent", "team": "d"}).info.run_id
     client.log_param(run_id, "train.lr", "0.001")
     client.log_text(run_id, "train: {lr: 0.001}\n", "config.yaml")
+    log_dataset(client, run_id, DatasetRecord(name="train", source="/data/train.jsonl", digest="ab12", profile=None))
     return client, exp, run_id
 
 
@@ -53,6 +55,8 @@ def test_resume_past_lost_points_moves_to_a_clean_run(store):
     assert new.data.tags["team"] == "d" and new.data.tags["mlflow.parentRunId"] == "sweep-parent"
     assert new.data.tags["mdm.attempt"] == "2" and new.data.tags["mdm.resumed_from_step"] == "4"
     assert [a.path for a in client.list_artifacts(second)] == ["config.yaml"]
+    [ds] = new.inputs.dataset_inputs  # the dataset the run trains on stays shown beside it
+    assert (ds.dataset.name, ds.dataset.digest, ds.tags[0].value) == ("train", "ab12", "train")
     # The lost attempt keeps its whole history, renamed, ended and folded under the run that replaced it.
     assert old.info.run_name == "gsm8k-ab12 (attempt 1, superseded)" and old.info.status == "KILLED"
     assert old.data.tags["mdm.superseded_by"] == second and old.data.tags["mlflow.parentRunId"] == second

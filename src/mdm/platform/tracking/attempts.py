@@ -7,7 +7,7 @@
 An attempt killed after its last checkpoint (step S) logged points past S that the resumed attempt logs
 again, and MLflow cannot delete a point. So when the run holds any point past S (any point at all when the
 attempt starts from scratch), the attempt continues in a fresh MLflow run of the same name: it gets the old
-run's params, tags and artifacts and every point up to S (with their original timestamps), and the old run is
+run's params, tags, dataset inputs and artifacts and every point up to S (with their original timestamps), and the old run is
 renamed `<name> (attempt N, superseded)`, ended KILLED, tagged `mdm.superseded_by` / `mdm.superseded_after_step`
 and nested under the new run, so the UI shows one run per name, with one point per step, and the lost work
 folded beneath it. When nothing was lost (killed right after a checkpoint) the attempt continues in the same
@@ -70,6 +70,8 @@ def begin_attempt(client: MlflowClient, run_id: str, kept_through: Optional[int]
     params = [Param(k, v) for k, v in sorted(run.data.params.items())]
     for i in range(0, len(params), 100):
         client.log_batch(new_id, params=params[i:i + 100])
+    if inputs := run.inputs.dataset_inputs:  # "Datasets used" in the UI
+        client.log_inputs(new_id, datasets=list(inputs))
     kept = [Metric(k, m.value, m.timestamp, m.step) for k, points in history.items() for m in points
             if m.step <= limit]
     for i in range(0, len(kept), MAX_METRICS_PER_BATCH):
