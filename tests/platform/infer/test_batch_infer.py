@@ -30,7 +30,7 @@ from mdm.platform.registry import get_registry, load_builtins  # noqa: E402
 SAMPLER = ["sampler.gen_length=16", "sampler.block_length=16", "sampler.steps=8"]
 
 
-def make_tiny_model(out_dir: str) -> str:
+def make_tiny_model(out_dir: str, d_model: int = 32) -> str:
     """A random 1-layer LLaDA + a BPE trained on arithmetic text, saved with save_pretrained (HF dir)."""
     from transformers import AutoTokenizer
 
@@ -40,7 +40,8 @@ def make_tiny_model(out_dir: str) -> str:
     task = get_registry("tasks").get("arithmetic")()
     train_bpe([ex.prompt + " " + ex.response for ex in task.examples("train", 300)], out_dir, vocab_size=200)
     tok = AutoTokenizer.from_pretrained(out_dir)
-    cfg = load_config([], ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.mlp_hidden_size=64"])
+    cfg = load_config([], [f"model.d_model={d_model}", "model.n_layers=1", "model.n_heads=2",
+                           "model.mlp_hidden_size=64"])
     model = get_registry("engines").get("llada_plus").build_model(cfg.model, "tiny", tok)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
@@ -196,3 +197,78 @@ def test_actor_killed_mid_job_every_row_exactly_once(tmp_path, model_dir, ray_lo
     assert m["mlflow_run_id"] == train_run
     logged = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns.db").get_run(train_run).data.metrics
     assert logged["infer/arithmetic/prompts-prompts/fast/rows"] == n
+
+
+# ----------------------------------------------------------------------------- --adapter (a LoRA run's export)
+
+@pytest.fixture(scope="module")
+def lora_export(tmp_path_factory, model_dir) -> Path:
+    from lora_export import make_lora_export
+
+    return make_lora_export(model_dir, tmp_path_factory.mktemp("lora") / "final")
+
+
+def test_adapter_that_is_not_one_or_does_not_fit_fails_before_ray(tmp_path, model_dir, lora_export, capsys):
+    argv = ["--task", "arithmetic", "--out", str(tmp_path / "p.jsonl"), "--set",
+            f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]
+    assert main(argv + ["--model", model_dir, "--adapter", model_dir]) == 2
+    assert f"--adapter {model_dir}: no adapter directory inside" in capsys.readouterr().err
+    other = make_tiny_model(str(tmp_path / "wider"), d_model=48)  # another base: the adapter's shapes differ
+    assert main(argv + ["--model", other, "--adapter", str(lora_export)]) == 2
+    err = capsys.readouterr().err
+    assert f"does not fit the base model {other}: it adapts model.transformer.blocks.0." in err
+    assert f"names {model_dir!r}" in err and not ray.is_initialized()
+    # `mdm generate` loads it in this process: PEFT's own load refuses it, named the same way
+    from mdm.platform.commands.generate import main as generate
+
+    assert generate(["--model", other, "--adapter", str(lora_export), "--prompt", "1+2="]) == 2
+    assert f"mdm generate: error: --adapter {lora_export} does not fit {other}: " in capsys.readouterr().err
+
+
+def _sampled(model_dir: str, records: list[dict]) -> list[str]:
+    """The sampler run here, alone, on the records' prompts (temperature 0, as the actors sample)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    cfg = load_config([], SAMPLER)
+    model = get_registry("engines").get("llada_plus").build_model(cfg.model, model_dir, tok).eval()
+    task = get_registry("tasks").get("arithmetic")()
+    prompts = [task.encode_prompt(tok, r["prompt"]) for r in records]
+    with torch.inference_mode():
+        out = get_registry("samplers").get("llada")(model, prompts, cfg.sampler, mask_id=model.config.mask_token_id,
+                                                    eos_id=model.config.eos_token_id).tokens
+    eos = model.config.eos_token_id
+    return [tok.decode(t[: t.index(eos)] if eos in t else t, skip_special_tokens=True) for t in out]
+
+
+def test_adapter_on_its_base_infers_as_the_merged_model(tmp_path, model_dir, lora_export, ray_local):
+    import torch
+    from mlflow.tracking import MlflowClient
+    from transformers import AutoModel
+
+    from mdm.platform.infer.likelihood.actor import LikelihoodActor
+
+    out = tmp_path / "p.jsonl"
+    sets = SAMPLER + [f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db", "eval.batch_size=4",
+                      "eval.cpus_per_actor=0.5", "eval.progress=false"]
+    # no --model: the base the adapter recorded (model_dir)
+    argv = ["--task", "arithmetic", "--limit", "8", "--out", str(out), "--adapter", str(lora_export)]
+    assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    # The actors merged the adapter with PEFT; the export's merged/ was merged by the trainer's own code
+    # (adapters.merged_state_dict): the same text, and not the base's.
+    assert [r["prediction"] for r in records] == _sampled(str(lora_export / "merged"), records)
+    assert [r["prediction"] for r in records] != _sampled(model_dir, records)
+    run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns.db").get_run(
+        json.loads((tmp_path / "p.metrics.json").read_text())["mlflow_run_id"])
+    assert run.data.params["adapter"] == str(lora_export) and run.data.params["model"] == model_dir
+    # The likelihood path's actor (the same base class) holds the same merged weights.
+    cfg = load_config([], ["model.lora.r=4"])  # a training config's LoRA adds no fresh adapters here
+    actor = LikelihoodActor(model_dir, "llada_plus", cfg.model, cfg.likelihood, device="cpu",
+                            adapter_path=str(lora_export))
+    merged = AutoModel.from_pretrained(str(lora_export / "merged")).state_dict()
+    got = actor.model.state_dict()
+    assert set(got) == set(merged)
+    for k, v in merged.items():
+        torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6)

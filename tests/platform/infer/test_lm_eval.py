@@ -189,3 +189,18 @@ def test_model_args_errors(trained_mc) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="pass --device cpu"):
             MDMLM.create_from_arg_string(f"pretrained={trained_mc['dir']}", {"device": "cuda:0"})
+
+
+def test_adapter_on_the_recorded_base(trained_mc, tmp_path) -> None:
+    from transformers import AutoModel
+
+    from lora_export import make_lora_export
+    from mdm.platform.commands.lm_eval import MDMLM
+
+    out = make_lora_export(trained_mc["dir"], tmp_path / "final")
+    lm = MDMLM.create_from_arg_string(f"adapter={out}", {"device": "cpu"})  # no pretrained: the adapter's base
+    merged = AutoModel.from_pretrained(str(out / "merged")).state_dict()
+    got = lm.model.state_dict()
+    assert set(got) == set(merged)
+    for k, v in merged.items():
+        torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6)

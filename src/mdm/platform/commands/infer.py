@@ -3,6 +3,7 @@
     mdm infer --task gsm8k --model outputs/gsm8k-ab12/final --out preds.jsonl [--split test] [--limit N]
               [--sampler llada|fast] [--config eval.yaml] [--set sampler.steps=64 --set eval.max_actors=8]
     mdm infer --mode likelihood --task arithmetic_mc --model DIR [--set likelihood.mc_num=64]   # likelihood/job.py
+    mdm infer --task gsm8k --model BASE --adapter outputs/gsm8k-lora/final     # a LoRA run's adapter on its base
 
 The seed's `llada.cli.main infer` flags still work: `--model_name` (= --model), `--out_file` (= --out),
 `--steps N` and `--gen_length N` (= --set sampler.steps=N / sampler.gen_length=N, applied after --set).
@@ -27,6 +28,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--task", help="task name (`mdm list tasks`); default eval.task")
     p.add_argument("--model", "--model_name",
                    help="HF dir | run/checkpoint dir | hub id | mlflow:<run_id> | runs:/<id>/<path>")
+    p.add_argument("--adapter", help="PEFT adapter on top of --model (a LoRA run's export), in the same forms; "
+                   "without --model, its recorded base (default eval.adapter)")
     p.add_argument("--out", "--out_file",
                    help="predictions JSONL (default eval.out, else predictions_<task>_<split>.jsonl)")
     p.add_argument("--split", help="split to evaluate (default eval.split = test)")
@@ -41,6 +44,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     args.overrides += [f"sampler.{k}={getattr(args, k)}" for k in ("steps", "gen_length")
                        if getattr(args, k) is not None]
+    if args.adapter:
+        args.overrides.append(f"eval.adapter={args.adapter}")
     try:
         cfg = config_or_dump(args)
         if cfg is None:

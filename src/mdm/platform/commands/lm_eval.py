@@ -12,8 +12,10 @@ that the `@register_model("mdm")` below has run: lm-eval 0.4 finds no third-part
 `lm_eval.simple_evaluate(model="mdm", model_args="pretrained=DIR", ...)`.
 
 `--model_args` of `mdm` (comma-separated key=value, as lm-eval parses them):
-- `pretrained` (required): an exported HF directory, a Ray Train run/checkpoint directory, a hub id or
-  `mlflow:<run_id>` (`mdm infer --model` takes the same);
+- `pretrained` (required unless `adapter` records its base): an exported HF directory, a Ray Train
+  run/checkpoint directory, a hub id or `mlflow:<run_id>` (`mdm infer --model` takes the same);
+- `adapter`: a PEFT adapter (a LoRA run's export) loaded on top of `pretrained` and merged, in the same forms
+  (`mdm infer --adapter`); without `pretrained`, the base the adapter records;
 - `config`: YAML files of this platform's config, `:`-separated, merged in order (the `engine`, `model`,
   `sampler` and `likelihood` sections are used);
 - any dotted config key (`sampler.steps=64`, `likelihood.mc_num=128`, `likelihood.cfg_scale=0.5`), applied last,
@@ -31,7 +33,8 @@ from typing import Any, Optional, Sequence
 
 from mdm.platform.config import load_config
 from mdm.platform.infer.likelihood.lm_eval_model import HarnessModel  # first: says how to install lm-eval when it is missing
-from mdm.platform.infer.model_source import resolve_model
+from mdm.platform.adapter import eval_model
+from mdm.platform.infer.pool import resolve_sources
 from mdm.platform.registry import get_registry
 from mdm.platform.tokenizer import load_tokenizer
 
@@ -60,20 +63,24 @@ def _device(device: Optional[str]) -> str:
 class MDMLM(HarnessModel):
     """The `mdm` model of lm-eval: built from `--model_args` (see the module docstring)."""
 
-    def __init__(self, pretrained: str, config: Optional[str] = None, seed: int = 0, add_bos_token: bool = False,
+    def __init__(self, pretrained: Optional[str] = None, config: Optional[str] = None, adapter: Optional[str] = None,
+                 seed: int = 0, add_bos_token: bool = False,
                  device: Optional[str] = None, batch_size: int | str = 16, max_batch_size: Optional[int] = None,
                  **overrides: object) -> None:
         del max_batch_size  # lm-eval passes it; likelihood.max_tokens_per_forward bounds memory instead
         bad = [k for k in overrides if "." not in k]
         if bad:
-            raise ValueError(f"--model_args: unknown argument(s) {', '.join(bad)} (mdm takes pretrained, config, seed, "
-                             f"add_bos_token and dotted config keys such as sampler.steps or likelihood.mc_num)")
+            raise ValueError(f"--model_args: unknown argument(s) {', '.join(bad)} (mdm takes pretrained, adapter, "
+                             f"config, seed, add_bos_token and dotted config keys such as sampler.steps or likelihood.mc_num)")
         files = [f for f in (str(config).split(":") if config else []) if f]
-        cfg = load_config(files, [_override(k, v) for k, v in overrides.items()])
-        src = resolve_model(str(pretrained), tracking_uri=cfg.tracking.tracking_uri, export_root=cfg.train.output_dir)
+        sets = [_override(k, v) for k, v in overrides.items()]
+        sets += [_override("eval.adapter", adapter)] if adapter else []
+        cfg = load_config(files, sets)
+        src = resolve_sources(cfg, str(pretrained) if pretrained else None)
         spec = get_registry("engines").get(cfg.engine)
         tokenizer = load_tokenizer(src.path, cfg.model.trust_remote_code)
-        model = spec.build_model(cfg.model, src.path, tokenizer).to(_device(device))
+        model = eval_model(spec, cfg.model, src.path, tokenizer, src.adapter.path if src.adapter else None)
+        model = model.to(_device(device))
         size = 16 if batch_size in (None, "auto") or str(batch_size).startswith("auto") else int(batch_size)
         super().__init__(model, tokenizer, spec, cfg.sampler, getattr(cfg, "likelihood", None), seed=int(seed),
                          batch_size=size, add_bos_token=bool(add_bos_token))

@@ -23,7 +23,9 @@ class EvalConfig:
     """Batch inference settings.
 
     `model`: HF directory, Ray Train run/checkpoint directory (its HF export is found inside), hub id,
-    `mlflow:<run_id>` or `runs:/<run_id>/<path>` (`--model` wins). `prompts`: a JSONL of
+    `mlflow:<run_id>` or `runs:/<run_id>/<path>` (`--model` wins). `adapter`: a PEFT adapter (what a LoRA run
+    exports) loaded on top of `model` and merged, in the same forms (`--adapter` wins); without `model`, the
+    base the adapter records. `prompts`: a JSONL of
     {"prompt", "gold_raw"?, "id"?} rows to use instead of the task's split. The task's raw data comes from
     `data.task_data_dir` / `data.source` (the key `eval.data_dir` moved there).
     `min_actors`/`max_actors`/`initial_actors`: the autoscaling sampler actor pool (initial defaults to min;
@@ -51,6 +53,7 @@ class EvalConfig:
     limit: Optional[int] = None
     prompts: Optional[str] = None
     model: Optional[str] = None
+    adapter: Optional[str] = None
     out: Optional[str] = None
     metrics_out: Optional[str] = None
     batch_size: int = 16

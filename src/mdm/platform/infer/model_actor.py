@@ -44,13 +44,16 @@ def pick_device(device: str) -> str:
 
 class ModelActor:
     """Base of the model-holding actors (generation/actors.py's sampler, likelihood/actor.py's scorer): loads the tokenizer
-    and the model once per actor, through the engine's `build_model`."""
+    and the model once per actor, through the engine's `build_model` (`adapter.eval_model`: with `adapter_path`,
+    that adapter merged in)."""
 
     def __init__(self, model_path: str, engine: str, model_cfg: ModelSection, device: str = "auto",
-                 auto_import: tuple[str, ...] = (), tracking_uri: Optional[str] = None) -> None:
+                 auto_import: tuple[str, ...] = (), tracking_uri: Optional[str] = None,
+                 adapter_path: Optional[str] = None) -> None:
         import ray
         import torch
 
+        from mdm.platform.adapter import eval_model
         from mdm.platform.infer.model_source import actor_model_path
         from mdm.platform.registry import auto_import as _auto_import
         from mdm.platform.registry import get_registry, load_builtins
@@ -63,7 +66,8 @@ class ModelActor:
         model_path = actor_model_path(model_path, tracking_uri)  # a URI / runs:/ spec: this node's cached copy
         self.tokenizer = load_tokenizer(model_path, model_cfg.trust_remote_code)
         self.spec = get_registry("engines").get(engine)
-        self.model = self.spec.build_model(model_cfg, model_path, self.tokenizer).to(self.device).eval()
+        adapter = actor_model_path(adapter_path, tracking_uri) if adapter_path else None
+        self.model = eval_model(self.spec, model_cfg, model_path, self.tokenizer, adapter).to(self.device).eval()
         self.load_s = time.perf_counter() - t0
         self.ready_at = time.time()  # wall clock: comparable across actors of one machine/cluster
         ctx = ray.get_runtime_context()

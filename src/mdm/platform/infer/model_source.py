@@ -7,6 +7,7 @@ a hub id, or an MLflow run.
     src = resolve_model("mlflow:0123abcd...")            # the run's logged HF model, downloaded
     src = resolve_model("runs:/0123abcd.../final")        # that artifact path of the run, downloaded
     src = resolve_model("s3://bucket/mdm/outputs/gsm8k-ab12/final")   # a storage URI, cached per node
+    src = resolve_model("outputs/gsm8k-lora/final", adapter=True)  # `--adapter`: PEFT's adapter directory
     actor_model_path(src.remote or src.path, tracking_uri)  # in an actor on any node: a local directory
 
 An HF directory is one with `config.json` and weights (`*.safetensors` or `pytorch_model*.bin`); the
@@ -21,6 +22,8 @@ Everything is resolved on the driver, before any actor starts, so a wrong `--mod
 the weights: every `*.safetensors` header is opened with the `safetensors` library (which checks that the
 tensors it lists exactly cover the file), so a truncated or garbled file is named with its reason here
 rather than in a sampler actor's traceback (`check_weights`).
+With `adapter=True` (`--adapter`) the same forms are resolved to PEFT's adapter directory instead
+(`adapter_config.json` + `adapter_model.safetensors`: what a LoRA run exports), with the same search.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
+
+from mdm.platform.adapter import ADAPTER_CONFIG, is_adapter_dir
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -58,6 +63,7 @@ class ModelSource:
     # What a remote actor loads (`actor_model_path` makes it local on its node): a storage URI, an MLflow
     # `runs:/<run_id>/<artifact>`; None: `path` (a local path is only usable when the cluster is this machine).
     remote: Optional[str] = None
+    adapter: Optional[ModelSource] = None  # `--adapter`: PEFT's adapter directory loaded on top (resolve_sources)
 
 
 def is_hf_dir(path: Path) -> bool:
@@ -96,14 +102,20 @@ def check_weights(path: Path) -> None:
             raise ModelSourceError(f"--model {path}: {index} names shards that are missing: {', '.join(missing)}")
 
 
-def find_hf_dirs(root: Path, max_depth: int = 3) -> list[Path]:
-    """HF model directories under `root` (itself included), breadth first, at most `max_depth` deep."""
+def _flag(adapter: bool) -> str:
+    return "--adapter" if adapter else "--model"
+
+
+def find_hf_dirs(root: Path, max_depth: int = 3, adapter: bool = False) -> list[Path]:
+    """HF model directories (adapter directories with `adapter`) under `root` (itself included), breadth first,
+    at most `max_depth` deep."""
+    wanted = is_adapter_dir if adapter else is_hf_dir
     found: list[Path] = []
     level = [root]
     for _ in range(max_depth + 1):
         nxt: list[Path] = []
         for d in level:
-            if is_hf_dir(d):
+            if wanted(d):
                 found.append(d)
                 continue  # an HF dir's subfolders are not other models
             try:
@@ -114,12 +126,17 @@ def find_hf_dirs(root: Path, max_depth: int = 3) -> list[Path]:
     return found
 
 
-def _pick_export(root: Path, export_root: Optional[str] = None) -> Path:
-    candidates = find_hf_dirs(root)
+def _pick_export(root: Path, export_root: Optional[str] = None, adapter: bool = False) -> Path:
+    candidates = find_hf_dirs(root, adapter=adapter)
     # A Ray Train run directory (<ray.storage_path>/<run_name>) holds only DeepSpeed checkpoints; the
     # trainer exports the HF model of that run to <train.output_dir>/<run_name>/final.
-    if not candidates and export_root and is_hf_dir(Path(export_root) / root.name / "final"):
-        return Path(export_root) / root.name / "final"
+    export = Path(export_root) / root.name / "final" if export_root else None
+    if not candidates and export and (is_adapter_dir(export) if adapter else is_hf_dir(export)):
+        return export
+    if not candidates and adapter:
+        raise ModelSourceError(f"--adapter {root}: no adapter directory inside (looked up to 3 levels deep for "
+                               f"{ADAPTER_CONFIG} with adapter_model.safetensors: what a run with model.lora.r > 0 "
+                               f"exports to <train.output_dir>/<run_name>/final)")
     if not candidates:
         raise ModelSourceError(
             f"--model {root}: no HF model inside (looked up to 3 levels deep for a directory with config.json "
@@ -133,7 +150,7 @@ def _pick_export(root: Path, export_root: Optional[str] = None) -> Path:
 
 
 def _mlflow_download(run_id: str, artifact_path: Optional[str], tracking_uri: Optional[str],
-                     dst: Optional[str]) -> tuple[Path, str]:
+                     dst: Optional[str], adapter: bool = False) -> tuple[Path, str]:
     """(the downloaded folder, its artifact path in the run)."""
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -146,28 +163,31 @@ def _mlflow_download(run_id: str, artifact_path: Optional[str], tracking_uri: Op
         client.get_run(run_id)
     except Exception as e:  # MlflowException: RESOURCE_DOES_NOT_EXIST
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ModelSourceError(f"--model: MLflow run {run_id!r} not found at {uri} ({first})") from None
+        raise ModelSourceError(f"{_flag(adapter)}: MLflow run {run_id!r} not found at {uri} ({first})") from None
     if artifact_path is None:
-        artifact_path = _find_model_artifact(client, run_id)
+        marker = ADAPTER_CONFIG if adapter else "config.json"
+        artifact_path = _find_model_artifact(client, run_id, marker)
         if artifact_path is None:
-            raise ModelSourceError(f"--model mlflow:{run_id}: the run has no logged HF model (an artifact folder "
-                                   f"with config.json) at {uri}; log the export with RunLogger.artifact(dir, 'final') "
-                                   f"or pass runs:/{run_id}/<path>")
+            raise ModelSourceError(f"{_flag(adapter)} mlflow:{run_id}: the run has no logged "
+                                   f"{'adapter' if adapter else 'HF model'} (an artifact folder with {marker}) at "
+                                   f"{uri}; log the export with RunLogger.artifact(dir, 'final') or pass "
+                                   f"runs:/{run_id}/<path>")
     dst = dst or tempfile.mkdtemp(prefix="mdm_model_")
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=dst,
                                                 tracking_uri=uri)
     return Path(local), artifact_path
 
 
-def _find_model_artifact(client: MlflowClient, run_id: str, max_depth: int = 3) -> Optional[str]:
-    """The shallowest artifact folder of the run that holds config.json ("" for the root)."""
+def _find_model_artifact(client: MlflowClient, run_id: str, marker: str = "config.json",
+                         max_depth: int = 3) -> Optional[str]:
+    """The shallowest artifact folder of the run that holds `marker` ("" for the root)."""
     level: list[Optional[str]] = [None]
     for _ in range(max_depth + 1):
         nxt: list[Optional[str]] = []
         for folder in level:
             entries = client.list_artifacts(run_id, folder)
             names = {os.path.basename(e.path) for e in entries if not e.is_dir}
-            if "config.json" in names:
+            if marker in names:
                 return folder or ""
             nxt += [e.path for e in entries if e.is_dir]
         level = nxt
@@ -175,11 +195,15 @@ def _find_model_artifact(client: MlflowClient, run_id: str, max_depth: int = 3) 
 
 
 def resolve_model(spec: str, *, tracking_uri: Optional[str] = None, download_dir: Optional[str] = None,
-                  export_root: Optional[str] = None) -> ModelSource:
+                  export_root: Optional[str] = None, adapter: bool = False) -> ModelSource:
     """Resolve `--model` to something `from_pretrained` loads; raises ModelSourceError when it cannot.
 
     `export_root`: the trainer's `train.output_dir`; a run directory without an HF model inside falls back
-    to `<export_root>/<its name>/final` (the same run's export)."""
+    to `<export_root>/<its name>/final` (the same run's export). `adapter`: resolve `--adapter` (PEFT's
+    adapter directory) instead."""
+    flag, wanted = _flag(adapter), (is_adapter_dir if adapter else is_hf_dir)
+    what = "an adapter directory (adapter_config.json + adapter_model.safetensors)" if adapter else \
+        "an HF model directory (config.json + *.safetensors)"
     if not spec:
         raise ModelSourceError("--model is required (an HF directory, a run directory, a hub id or mlflow:<run_id>)")
     from mdm.platform import storage
@@ -188,10 +212,10 @@ def resolve_model(spec: str, *, tracking_uri: Optional[str] = None, download_dir
         try:
             local = Path(storage.local_copy(spec))
         except (OSError, FileNotFoundError) as e:
-            raise ModelSourceError(f"--model {spec}: cannot download it ({e})") from None
-        if not is_hf_dir(local):
-            raise ModelSourceError(f"--model {spec}: not an HF model directory (config.json + *.safetensors "
-                                   f"expected; the trainer exports to <output root>/<run_name>/final)")
+            raise ModelSourceError(f"{flag} {spec}: cannot download it ({e})") from None
+        if not wanted(local):
+            raise ModelSourceError(f"{flag} {spec}: not {what}; the trainer exports to "
+                                   f"<output root>/<run_name>/final")
         check_weights(local)
         return ModelSource(spec, str(local), "uri", remote=spec)
     if spec.startswith("mlflow:") or spec.startswith("runs:/"):
@@ -201,25 +225,25 @@ def resolve_model(spec: str, *, tracking_uri: Optional[str] = None, download_dir
             run_id, _, artifact = spec[len("runs:/"):].partition("/")
             artifact = artifact.strip("/") or None
         if not run_id:
-            raise ModelSourceError(f"--model {spec}: no run id (expected mlflow:<run_id> or runs:/<run_id>/<path>)")
-        local, artifact = _mlflow_download(run_id, artifact, tracking_uri, download_dir)
-        picked = _pick_export(local)
+            raise ModelSourceError(f"{flag} {spec}: no run id (expected mlflow:<run_id> or runs:/<run_id>/<path>)")
+        local, artifact = _mlflow_download(run_id, artifact, tracking_uri, download_dir, adapter)
+        picked = _pick_export(local, adapter=adapter)
         check_weights(picked)
         inside = "/".join(p for p in (artifact, picked.relative_to(local).as_posix()) if p not in ("", "."))
         return ModelSource(spec, str(picked), "mlflow", run_id, remote=f"runs:/{run_id}/{inside}")
     path = Path(spec).expanduser()
     if path.is_dir():
-        if is_hf_dir(path):
+        if wanted(path):
             check_weights(path)
             return ModelSource(spec, str(path.resolve()), "hf_dir")
-        picked = _pick_export(path, export_root)
+        picked = _pick_export(path, export_root, adapter)
         check_weights(picked)
         return ModelSource(spec, str(picked.resolve()), "run_dir")
     if path.exists():
-        raise ModelSourceError(f"--model {spec}: is a file; expected a model directory (config.json + weights)")
+        raise ModelSourceError(f"{flag} {spec}: is a file; expected {what}")
     looks_local = spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or not HUB_ID.match(spec)
     if looks_local:
-        raise ModelSourceError(f"--model {spec}: no such directory (resolved to {path.resolve()})")
+        raise ModelSourceError(f"{flag} {spec}: no such directory (resolved to {path.resolve()})")
     return ModelSource(spec, spec, "hub")
 
 

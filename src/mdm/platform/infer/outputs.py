@@ -116,23 +116,27 @@ class OutputFiles:
 def log_evaluation(cfg: RunConfig, src: ModelSource, task: str, split: str, metrics: dict, files: list[str],
                    prefix: str, records: Optional[list[dict]] = None) -> Optional[str]:
     """Log an evaluation's metrics under `prefix`, its `files` as artifacts and `records` as a table, into the
-    training run the model came from (`src`: a ModelSource), else into a new eval run; returns the run id."""
+    training run the model came from (`src`: a ModelSource; its adapter's run when it has one), else into a new
+    eval run; returns the run id."""
     from mdm.platform.config_ops import dump_config, flatten
     from mdm.platform.tracking.predictions import log_predictions
     from mdm.platform.tracking.tracker import RunLogger, Tracker
 
     tracker = Tracker.open(cfg.tracking)
-    run_id = src.run_id
-    where = src.spec.rstrip("/") if src.kind == "uri" else src.path
-    if run_id is None and src.kind in ("hf_dir", "run_dir", "uri") and where.rsplit("/", 1)[-1] == "final":
+    trained = src.adapter or src  # what a training run wrote: the adapter, when there is one
+    run_id = trained.run_id
+    where = trained.spec.rstrip("/") if trained.kind == "uri" else trained.path
+    if run_id is None and trained.kind in ("hf_dir", "run_dir", "uri") and where.rsplit("/", 1)[-1] == "final":
         run_id = tracker.find_run(where.rsplit("/", 2)[-2])  # the trainer's <output_dir>/<run_name>/final
     new_run = run_id is None
     if new_run:
-        digest = hashlib.sha1(f"{src.spec}|{task}|{split}".encode()).hexdigest()[:8]
+        adapter = {"adapter": src.adapter.spec} if src.adapter else {}
+        digest = hashlib.sha1(f"{src.spec}|{task}|{split}{'|' + src.adapter.spec if src.adapter else ''}"
+                              .encode()).hexdigest()[:8]
         name = cfg.eval.eval_run_name or f"eval-{task}-{split}-{digest}"
         params = {k: v for k, v in flatten(cfg).items() if k.split(".")[0] in ("eval", "sampler")}
-        run_id = tracker.start_run(name, params={**params, "model": src.spec}, config_yaml=dump_config(cfg),
-                                   tags={"mdm.kind": "eval"})
+        run_id = tracker.start_run(name, params={**params, "model": src.spec, **adapter},
+                                   config_yaml=dump_config(cfg), tags={"mdm.kind": "eval"})
     log = RunLogger(tracker.uri, run_id)
     log.metrics({f"{prefix}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=0)
     for f in files:

@@ -3,10 +3,9 @@ checks made before any actor starts, and the Ray Data actor-pool plumbing around
 
     from mdm.platform.infer.pool import InferenceError, load_task, load_tokenizer, actor_model, collect
     task = load_task("arithmetic", "test", cfg.data, need_split=True)      # InferenceError: no such task/split
-    tokenizer = load_tokenizer(resolve_model(spec, ...), trust_remote_code=False)
-    ds = ds.map_batches(MyActor, compute=..., num_gpus=gpus_per_actor(cfg.eval) or None,
-                        fn_constructor_kwargs={..., "model_path": actor_model(src, cfg),
-                                               "tracking_uri": tracking_uri(cfg)}, **restart_args(cfg.eval))
+    src = resolve_sources(cfg, "--model value or None")   # the model, and the adapter on top (src.adapter)
+    tokenizer = load_tokenizer(src, trust_remote_code=False)
+    ds = model_stage(rows, cfg, MyActor, **actor_paths(src, cfg), my_arg=...)   # the actor pool (ModelActor)
     results = check_complete(collect(ds, len(rows), progress_callback), len(rows))   # sorted by "index"
 
 Every row carries an "index"; `check_complete` insists that each came back exactly once.
@@ -14,10 +13,13 @@ Every row carries an "index"; `check_complete` insists that each came back exact
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from mdm.platform.infer.model_source import ModelSource
+from mdm.platform.adapter import adapter_base, check_fits
+from mdm.platform.infer.model_source import ModelSource, ModelSourceError, resolve_model
 from mdm.platform.registry import get_registry
 
 if TYPE_CHECKING:
@@ -89,7 +91,8 @@ def model_stage(rows: list[dict], cfg: RunConfig, actor: type, **actor_kwargs: o
     """`rows` as a Ray Data dataset, one block per `eval.batch_size` batch, mapped by the model-holding `actor`
     class (a `model_actor.ModelActor`) on an autoscaling actor pool (`eval.min/max/initial_actors`), with the
     GPUs, CPUs, device and restart policy the `eval` section asks for. `actor_kwargs` are the actor's own
-    arguments beyond the model's (`model_path`, `engine`, `model_cfg`, `device`, `seed`, `auto_import`,
+    arguments beyond the model's (`model_path`, `adapter_path`: `actor_paths`; `engine`, `model_cfg`, `device`,
+    `seed`, `auto_import`,
     `tracking_uri`, which this fills in)."""
     import math
 
@@ -111,6 +114,30 @@ def model_stage(rows: list[dict], cfg: RunConfig, actor: type, **actor_kwargs: o
                           **restart_args(ev))
 
 
+def resolve_sources(cfg: RunConfig, model: Optional[str]) -> ModelSource:
+    """`model` (else eval.model) resolved on the driver, with eval.adapter (`--adapter`) resolved as its
+    `adapter`; without a model, the base the adapter records. ModelSourceError when neither names one, or when the
+    adapter does not fit the base (`adapter.check_fits`)."""
+    uri, root = cfg.tracking.tracking_uri, cfg.train.output_dir
+    adapter = resolve_model(cfg.eval.adapter, tracking_uri=uri, export_root=root, adapter=True) \
+        if cfg.eval.adapter else None
+    base = model or cfg.eval.model or (adapter_base(Path(adapter.path)) if adapter and adapter.kind != "hub" else None)
+    src = resolve_model(base or "", tracking_uri=uri, export_root=root)
+    if adapter is None:
+        return src
+    if "hub" not in (src.kind, adapter.kind):
+        try:
+            check_fits(Path(adapter.path), Path(src.path))
+        except ValueError as e:
+            raise ModelSourceError(str(e)) from None
+    return dataclasses.replace(src, adapter=adapter)
+
+
+def actor_paths(src: ModelSource, cfg: RunConfig) -> dict[str, Optional[str]]:
+    """The actors' `model_path` and `adapter_path` (None without an adapter), each as `actor_model` gives it."""
+    return {"model_path": actor_model(src, cfg), "adapter_path": actor_model(src.adapter, cfg) if src.adapter else None}
+
+
 def actor_model(src: ModelSource, cfg: RunConfig) -> str:
     """What the sampler actors load: the driver's local path when the cluster is this machine, else what an
     actor can fetch on its own node (`src.remote`: a storage URI or an MLflow runs:/ path)."""
@@ -118,7 +145,7 @@ def actor_model(src: ModelSource, cfg: RunConfig) -> str:
 
     if src.remote is None or is_local_cluster(cfg.ray):
         if src.kind not in ("hub",) and not is_local_cluster(cfg.ray):
-            print(f"mdm infer: warning: --model {src.spec} is a path on this machine; actors on other nodes "
+            print(f"mdm infer: warning: {src.spec} is a path on this machine; actors on other nodes "
                   f"see it only on a shared mount (give a storage URI or mlflow:<run> otherwise)", file=sys.stderr)
         return src.path
     return src.remote

@@ -4,7 +4,6 @@ them: what trains, what a checkpoint holds, what an export writes.
     param_counts(model)                  # {"model/params_total": 28192.0, "model/params_trainable": 4352.0}
     state = trainable_state(model)       # {name: tensor}: what trains (and buffers); every weight when none is frozen
     load_trainable_state(model, state, where="ckpt/model.safetensors")     # CheckpointError on a mismatch
-    is_adapter_model(model)              # a peft.PeftModel
     merged_state_dict(model)             # the base model's state dict with the adapters merged in (CPU tensors)
 
 The rule is the same with and without adapters: a checkpoint keeps the tensors that change in training (the
@@ -51,15 +50,6 @@ def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor],
                               f"({len(extra)} unexpected, e.g. {extra[:3]}; {len(missing)} missing, e.g. "
                               f"{missing[:3]}): was it written with another model or model.lora section?")
     model.load_state_dict(state, strict=False)
-
-
-def is_adapter_model(model: torch.nn.Module) -> bool:
-    """True for a PEFT model (a frozen base with adapters)."""
-    try:
-        import peft
-    except ImportError:  # without PEFT nothing can have built one
-        return False
-    return isinstance(model, peft.PeftModel)
 
 
 def merged_state_dict(model: peft.PeftModel) -> dict[str, torch.Tensor]:

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from mdm.platform.train.adapters import is_adapter_model, merged_state_dict
+from mdm.platform.adapter import is_adapter_model
+from mdm.platform.train.adapters import merged_state_dict
 from mdm.platform.train.safe_load import load_plain
 
 if TYPE_CHECKING:

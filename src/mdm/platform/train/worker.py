@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Callable, Optional, Union
 
 import torch
 
+from mdm.platform.adapter import is_adapter_model
 from mdm.platform.tracking.session import TrackedRun, attach_run
-from mdm.platform.train.adapters import is_adapter_model
 from mdm.platform.train.checkpoint import cleanup
 from mdm.platform.train.reporters import tracked
 from mdm.platform.train.run_spec import RunInfo, WorkerSections

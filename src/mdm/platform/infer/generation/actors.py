@@ -26,8 +26,9 @@ class SamplerActor(ModelActor):
     """Callable class for `map_batches`: one model per actor, one sampler call per batch."""
 
     def __init__(self, model_path: str, engine: str, model_cfg: ModelSection, sampler_cfg: SamplerSection, device: str = "auto",
-                 seed: int = 0, auto_import: tuple[str, ...] = (), tracking_uri: Optional[str] = None) -> None:
-        super().__init__(model_path, engine, model_cfg, device, auto_import, tracking_uri)
+                 seed: int = 0, auto_import: tuple[str, ...] = (), tracking_uri: Optional[str] = None,
+                 adapter_path: Optional[str] = None) -> None:
+        super().__init__(model_path, engine, model_cfg, device, auto_import, tracking_uri, adapter_path)
         self.sampler_cfg = sampler_cfg
         self.seed = seed
 

@@ -31,10 +31,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from mdm.platform.infer.model_source import ModelSource, resolve_model
+from mdm.platform.infer.model_source import ModelSource
 from mdm.platform.infer.outputs import OutputFiles, announce_replace, log_evaluation, metric_prefix, write_jsonl
-from mdm.platform.infer.pool import (InferenceError, actor_model, check_complete, collect, load_task, load_tokenizer,
-                                     model_stage, restart_args)
+from mdm.platform.infer.pool import (InferenceError, actor_paths, check_complete, collect, load_task, load_tokenizer,
+                                     model_stage, resolve_sources, restart_args)
 from mdm.platform.registry import auto_import, load_builtins
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def _prompt_rows(path: str, limit: Optional[int], task_name: str) -> list[dict[s
 
 # ----------------------------------------------------------------------------- the Ray Data job
 
-def _build_dataset(rows: list[dict], cfg: RunConfig, model_path: str, task: str) -> Any:
+def _build_dataset(rows: list[dict], cfg: RunConfig, paths: dict[str, Optional[str]], task: str) -> Any:
     import ray
     import ray.data
 
@@ -96,7 +96,7 @@ def _build_dataset(rows: list[dict], cfg: RunConfig, model_path: str, task: str)
     ctx.enable_progress_bars = False
     if ev.wait_for_actors_s > 0:
         ctx.wait_for_min_actors_s = ev.wait_for_actors_s
-    ds = model_stage(rows, cfg, SamplerActor, model_path=model_path, sampler_cfg=cfg.sampler)
+    ds = model_stage(rows, cfg, SamplerActor, **paths, sampler_cfg=cfg.sampler)
     return ds.map_batches(
         Scorer, batch_format="numpy", num_cpus=ev.score_cpus, compute=ray.data.ActorPoolStrategy(size=1),
         fn_constructor_kwargs={"task": task, "data_dir": cfg.data.task_data_dir,
@@ -166,8 +166,7 @@ def _inputs(cfg: RunConfig, model: Optional[str], task_name: str, split: str, li
             prompts: Optional[str]) -> tuple[Any, Any, list[dict[str, Any]]]:
     """(task, model source, rows with their prompt ids): everything checked before Ray starts."""
     the_task = load_task(task_name, split, cfg.data, need_split=prompts is None)
-    src = resolve_model(model or cfg.eval.model or "", tracking_uri=cfg.tracking.tracking_uri,
-                        export_root=cfg.train.output_dir)
+    src = resolve_sources(cfg, model)
     tokenizer = load_tokenizer(src, cfg.model.trust_remote_code)
     rows = _prompt_rows(prompts, limit, task_name) if prompts else _task_rows(the_task, split, limit)
     if not rows:
@@ -188,7 +187,7 @@ def _sample_and_score(cfg: RunConfig, rows: list[dict[str, Any]], src: ModelSour
     from mdm.platform.runtime.ray_runtime import ensure_ray
 
     started = ensure_ray(cfg.ray)
-    model_for_actors = actor_model(src, cfg)
+    paths = actor_paths(src, cfg)
     bar = None
     if progress_callback is None and cfg.eval.progress:
         from tqdm import tqdm
@@ -201,7 +200,7 @@ def _sample_and_score(cfg: RunConfig, rows: list[dict[str, Any]], src: ModelSour
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.enable_progress_bars, ctx.wait_for_min_actors_s)  # process-wide: put them back after
     try:
-        ds = _build_dataset(rows, cfg, model_for_actors, task_name)
+        ds = _build_dataset(rows, cfg, paths, task_name)
         t_job = time.perf_counter()
         results = check_complete(collect(ds, len(rows), progress_callback), len(rows))
         return results, time.perf_counter() - t_job

@@ -30,6 +30,7 @@ class SamplerModel(PythonModel):
         import torch
         import yaml
 
+        from mdm.platform.adapter import eval_model
         from mdm.platform.registry import auto_import, get_registry, load_builtins
         from mdm.platform.tokenizer import load_tokenizer
 
@@ -42,7 +43,7 @@ class SamplerModel(PythonModel):
         model_cfg = self.spec.model_config(**cfg.get("model", {}))
         self.sampler_cfg = self.spec.sampler_config(**cfg.get("sampler", {}))
         self.tokenizer = load_tokenizer(path, model_cfg.trust_remote_code)
-        self.model = self.spec.build_model(model_cfg, path, self.tokenizer).eval()
+        self.model = eval_model(self.spec, model_cfg, path, self.tokenizer).eval()
         task = (cfg.get("eval") or {}).get("task") or (cfg.get("train") or {}).get("task")
         self.task = get_registry("tasks").get(task)() if task else None
         self.torch = torch

@@ -44,8 +44,8 @@ class LikelihoodActor(ModelActor):
 
     def __init__(self, model_path: str, engine: str, model_cfg: ModelSection, likelihood_cfg: LikelihoodSection, mc_shards: int = 1,
                  device: str = "auto", seed: int = 0, auto_import: tuple[str, ...] = (),
-                 tracking_uri: Optional[str] = None) -> None:
-        super().__init__(model_path, engine, model_cfg, device, auto_import, tracking_uri)
+                 tracking_uri: Optional[str] = None, adapter_path: Optional[str] = None) -> None:
+        super().__init__(model_path, engine, model_cfg, device, auto_import, tracking_uri, adapter_path)
         self.spec.require_likelihood(engine)
         self.likelihood_cfg, self.mc_shards, self.seed = likelihood_cfg, mc_shards, seed
 

@@ -34,10 +34,10 @@ import math
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from mdm.platform.infer.model_source import ModelSource, resolve_model
+from mdm.platform.infer.model_source import ModelSource
 from mdm.platform.infer.outputs import OutputFiles, announce_replace, log_evaluation, metric_prefix, write_jsonl
-from mdm.platform.infer.pool import (InferenceError, actor_model, check_complete, collect, load_task, load_tokenizer,
-                                     model_stage)
+from mdm.platform.infer.pool import (InferenceError, actor_paths, check_complete, collect, load_task, load_tokenizer,
+                                     model_stage, resolve_sources)
 from mdm.platform.registry import auto_import, get_registry, load_builtins
 
 if TYPE_CHECKING:
@@ -87,10 +87,10 @@ def _examples(task: TaskPack, name: str, split: str, limit: Optional[int], token
     return rows
 
 
-def _build_dataset(rows: list[dict], cfg: RunConfig, model_path: str) -> ray.data.Dataset:
+def _build_dataset(rows: list[dict], cfg: RunConfig, paths: dict[str, Optional[str]]) -> ray.data.Dataset:
     from mdm.platform.infer.likelihood.actor import LikelihoodActor
 
-    return model_stage(rows, cfg, LikelihoodActor, model_path=model_path, likelihood_cfg=cfg.likelihood,
+    return model_stage(rows, cfg, LikelihoodActor, **paths, likelihood_cfg=cfg.likelihood,
                        mc_shards=cfg.eval.mc_shards)
 
 
@@ -179,7 +179,7 @@ def _score_on_pool(cfg: RunConfig, rows: list[dict[str, Any]], src: ModelSource,
         ctx.enable_progress_bars = bool(ev.progress)
         if ev.wait_for_actors_s > 0:
             ctx.wait_for_min_actors_s = ev.wait_for_actors_s
-        ds = _build_dataset(rows, cfg, actor_model(src, cfg))  # a URI / runs:/ path on a cluster
+        ds = _build_dataset(rows, cfg, actor_paths(src, cfg))  # a URI / runs:/ path on a cluster
         t_job = time.perf_counter()
         results = check_complete(collect(ds, len(rows), progress_callback), len(rows))
         return results, time.perf_counter() - t_job
@@ -204,8 +204,7 @@ def run_likelihood(cfg: RunConfig, model: Optional[str] = None, task: Optional[s
     auto_import(list(cfg.auto_import))
     _check_likelihood(cfg, prompts)
     the_task = load_task(task_name, split, cfg.data, need_split=True)
-    src: ModelSource = resolve_model(model or ev.model or "", tracking_uri=cfg.tracking.tracking_uri,
-                                     export_root=cfg.train.output_dir)
+    src: ModelSource = resolve_sources(cfg, model)
     tokenizer = load_tokenizer(src, cfg.model.trust_remote_code)
     examples = _examples(the_task, task_name, split, limit, tokenizer)
     S = ev.mc_shards
