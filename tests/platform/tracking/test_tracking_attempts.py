@@ -82,3 +82,24 @@ def test_restart_from_scratch_keeps_no_point(store):
     second = begin_attempt(client, first, kept_through=None)
     assert second != first and client.get_metric_history(second, "train/loss") == []
     assert client.get_metric_history(second, "ppots/w_mean") == []  # step 0 is the new attempt's to log
+
+
+def test_an_evaluation_of_the_export_lands_in_the_run_that_holds_the_latest_attempt(store, tmp_path):
+    """`mdm infer --model <output_dir>/<run>/final` logs into that training run: after a resume moved it to a
+    fresh MLflow run, into the fresh one (not the KILLED attempt, which still carries the run's name tag)."""
+    from mdm.platform.config import load_config
+    from mdm.platform.infer.model_source import ModelSource
+    from mdm.platform.infer.outputs import log_evaluation
+    from mdm.platform.tracking.tracker import Tracker
+
+    client, root = store
+    cfg = load_config([], [f"tracking.tracking_uri=sqlite:///{root}/mlruns.db", "tracking.experiment_name=evals"])
+    tracker = Tracker.open(cfg.tracking)
+    first = tracker.start_run("r1", params={}, config_yaml="")
+    _log(client, first, range(1, 4), attempt=1)
+    second = begin_attempt(client, first, kept_through=2)
+    export = tmp_path / "out" / "r1" / "final"
+    src = ModelSource(str(export), str(export), "hf_dir")
+    assert log_evaluation(cfg, src, "arithmetic", "test", {"accuracy": 0.5}, [], "infer/arithmetic/test/llada") == second
+    assert client.get_run(second).data.metrics["infer/arithmetic/test/llada/accuracy"] == 0.5
+    assert "infer/arithmetic/test/llada/accuracy" not in client.get_run(first).data.metrics

@@ -5,7 +5,10 @@
 - Two drivers of one run: while the first (another process) holds the run, the second fails at once naming
   it. The first is then SIGKILLed after logging past its last checkpoint; the same command again takes over
   its lease with a note, resumes from that checkpoint, and leaves one MLflow run of that name, FINISHED, with
-  exactly one point per step; the killed attempt's RUNNING run is ended KILLED and folded beneath it. Then a
+  exactly one point per step; the killed attempt's RUNNING run is ended KILLED and folded beneath it. That run
+  is a LoRA fine-tune (`model.lora.r=8`) of a saved base under DeepSpeed ZeRO-2, so it also shows the LoRA
+  path end to end: the resumed step's loss equals the killed attempt's, the trainable parameters are logged,
+  and the export is PEFT's adapter, which moved the adapted weights of its recorded base. Then a
   pickle planted in the checkpoint a further run would resume from is refused naming the file; its payload
   never runs (in the same test, to train one run fewer).
 - The presets checkpoint periodically by default, so an interrupted default run has something to resume.
@@ -39,6 +42,22 @@ REPO = HERE.parents[2]
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("rerun")
+
+
+@pytest.fixture(scope="module")
+def base_model(arithmetic_data, root) -> str:
+    """A tiny random LLaDA saved with the session's arithmetic tokenizer: the base a LoRA run adapts."""
+    from mdm.platform.registry import get_registry, load_builtins
+    from mdm.platform.tokenizer import load_tokenizer
+
+    load_builtins()
+    tok = load_tokenizer(arithmetic_data["tokenizer"])
+    cfg = load_config([], ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.mlp_hidden_size=64"])
+    torch.manual_seed(0)
+    model = get_registry("engines").get("llada_plus").build_model(cfg.model, "tiny", tok)
+    model.save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    return str(root / "base")
 
 
 def _sets(root: Path, data: dict, run_name: str, **extra) -> dict:
@@ -91,6 +110,25 @@ def test_finished_run_with_save_no_is_not_trained_again(ray_local, arithmetic_da
     assert [r.info.status for r in _runs(root, "nosave")] == ["FINISHED"]
 
 
+def _adapter_export_holds_the_training(root: Path, base: str) -> None:
+    """The LoRA run's export is PEFT's adapter on `base` (its recorded base), loaded the way every evaluation path
+    loads it (`eval_model`, what `mdm infer --adapter` runs: tests/platform/infer/test_batch_infer.py); the trained
+    adapters moved the weights they adapt, and only those."""
+    from mdm.platform.adapter import adapter_base, eval_model
+    from mdm.platform.registry import get_registry
+    from mdm.platform.tokenizer import load_tokenizer
+
+    export = root / "out" / "shared" / "final"
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in export.iterdir()}
+    assert adapter_base(export) == base
+    spec, cfg, tok = get_registry("engines").get("llada_plus"), load_config([], []), load_tokenizer(base)
+    before = spec.build_model(cfg.model, base, tok).state_dict()
+    after = eval_model(spec, cfg.model, base, tok, adapter=str(export)).state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(".blocks." in k and k.endswith(("_proj.weight", "attn_out.weight", "ff_out.weight"))
+                         for k in moved), moved  # the block projections; the output head is never adapted
+
+
 class _Payload:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
@@ -100,13 +138,17 @@ class _Payload:
 
 
 @pytest.mark.slow
-def test_second_driver_refused_then_sigkilled_run_resumes_cleanly(ray_local, arithmetic_data, root, capsys):
+def test_second_driver_refused_then_sigkilled_run_resumes_cleanly(ray_local, arithmetic_data, root, base_model,
+                                                                  capsys):
     import ray
 
     from rerun_driver import KILL_AT
 
     sets = _sets(root, arithmetic_data, "shared", **{"train.max_steps": 8, "train.save_steps": 3,
-                                                      "ray.address": ray.get_runtime_context().gcs_address})
+                                                      "ray.address": ray.get_runtime_context().gcs_address,
+                                                      "train.model": base_model, "model.lora.r": 8,
+                                                      "model.lora.alpha": 16, "deepspeed.enabled": True,
+                                                      "deepspeed.zero_stage": 2})
     work = root / "shared_work"
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
@@ -156,6 +198,9 @@ def test_second_driver_refused_then_sigkilled_run_resumes_cleanly(ray_local, ari
     old = client.get_run(killed[0].info.run_id)
     assert old.info.status == "KILLED" and old.info.run_name == "shared (attempt 1, superseded)"
     assert old.data.tags["mdm.superseded_by"] == run.info.run_id
+    assert run.data.params["model.lora.r"] == "8"
+    assert 0 < run.data.metrics["model/params_trainable"] < run.data.metrics["model/params_total"] / 5
+    _adapter_export_holds_the_training(root, base_model)
 
     # Finally (reusing this run's checkpoints rather than training another run): a pickle planted in the
     # checkpoint the next run resumes from is refused, naming the file, and its payload never runs.

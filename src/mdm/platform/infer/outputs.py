@@ -119,6 +119,7 @@ def log_evaluation(cfg: RunConfig, src: ModelSource, task: str, split: str, metr
     training run the model came from (`src`: a ModelSource; its adapter's run when it has one), else into a new
     eval run; returns the run id."""
     from mdm.platform.config_ops import dump_config, flatten
+    from mdm.platform.tracking.attempts import current_run
     from mdm.platform.tracking.predictions import log_predictions
     from mdm.platform.tracking.tracker import RunLogger, Tracker
 
@@ -128,6 +129,8 @@ def log_evaluation(cfg: RunConfig, src: ModelSource, task: str, split: str, metr
     where = trained.spec.rstrip("/") if trained.kind == "uri" else trained.path
     if run_id is None and trained.kind in ("hf_dir", "run_dir", "uri") and where.rsplit("/", 1)[-1] == "final":
         run_id = tracker.find_run(where.rsplit("/", 2)[-2])  # the trainer's <output_dir>/<run_name>/final
+    if run_id is not None:  # a resumed run may have moved on to a fresh MLflow run (tracking.attempts)
+        run_id = current_run(tracker.client, run_id)
     new_run = run_id is None
     if new_run:
         adapter = {"adapter": src.adapter.spec} if src.adapter else {}
