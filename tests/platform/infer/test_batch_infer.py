@@ -86,6 +86,30 @@ def test_task_without_eval_split_fails_before_ray(tmp_path, model_dir, capsys):
     assert not ray.is_initialized()
 
 
+@pytest.fixture(scope="module")
+def lora_export(tmp_path_factory, model_dir) -> Path:
+    from lora_export import make_lora_export
+
+    return make_lora_export(model_dir, tmp_path_factory.mktemp("lora") / "final")
+
+
+def test_adapter_that_is_not_one_or_does_not_fit_fails_before_ray(tmp_path, model_dir, lora_export, capsys):
+    argv = ["--task", "arithmetic", "--out", str(tmp_path / "p.jsonl"), "--set",
+            f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]
+    assert main(argv + ["--model", model_dir, "--adapter", model_dir]) == 2
+    assert f"--adapter {model_dir}: no adapter directory inside" in capsys.readouterr().err
+    other = make_tiny_model(str(tmp_path / "wider"), d_model=48)  # another base: the adapter's shapes differ
+    assert main(argv + ["--model", other, "--adapter", str(lora_export)]) == 2
+    err = capsys.readouterr().err
+    assert f"does not fit the base model {other}: it adapts model.transformer.blocks.0." in err
+    assert f"names {model_dir!r}" in err and not ray.is_initialized()
+    # `mdm generate` loads it in this process: PEFT's own load refuses it, named the same way
+    from mdm.platform.commands.generate import main as generate
+
+    assert generate(["--model", other, "--adapter", str(lora_export), "--prompt", "1+2="]) == 2
+    assert f"mdm generate: error: --adapter {lora_export} does not fit {other}: " in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- real runs (conftest's ray_local)
 
 def test_cli_infers_and_scores_32_arithmetic_problems(tmp_path, model_dir, ray_local, capsys):
@@ -200,30 +224,6 @@ def test_actor_killed_mid_job_every_row_exactly_once(tmp_path, model_dir, ray_lo
 
 
 # ----------------------------------------------------------------------------- --adapter (a LoRA run's export)
-
-@pytest.fixture(scope="module")
-def lora_export(tmp_path_factory, model_dir) -> Path:
-    from lora_export import make_lora_export
-
-    return make_lora_export(model_dir, tmp_path_factory.mktemp("lora") / "final")
-
-
-def test_adapter_that_is_not_one_or_does_not_fit_fails_before_ray(tmp_path, model_dir, lora_export, capsys):
-    argv = ["--task", "arithmetic", "--out", str(tmp_path / "p.jsonl"), "--set",
-            f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db"]
-    assert main(argv + ["--model", model_dir, "--adapter", model_dir]) == 2
-    assert f"--adapter {model_dir}: no adapter directory inside" in capsys.readouterr().err
-    other = make_tiny_model(str(tmp_path / "wider"), d_model=48)  # another base: the adapter's shapes differ
-    assert main(argv + ["--model", other, "--adapter", str(lora_export)]) == 2
-    err = capsys.readouterr().err
-    assert f"does not fit the base model {other}: it adapts model.transformer.blocks.0." in err
-    assert f"names {model_dir!r}" in err and not ray.is_initialized()
-    # `mdm generate` loads it in this process: PEFT's own load refuses it, named the same way
-    from mdm.platform.commands.generate import main as generate
-
-    assert generate(["--model", other, "--adapter", str(lora_export), "--prompt", "1+2="]) == 2
-    assert f"mdm generate: error: --adapter {lora_export} does not fit {other}: " in capsys.readouterr().err
-
 
 def _sampled(model_dir: str, records: list[dict]) -> list[str]:
     """The sampler run here, alone, on the records' prompts (temperature 0, as the actors sample)."""
