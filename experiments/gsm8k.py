@@ -114,6 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2 if cfg is None else 0
     t0 = time.time()
     print(f"gsm8k: data: {describe_source(cfg)}", flush=True)
+    from mdm.platform.train.interrupt import EXIT_STATUS, RunInterrupted
     from mdm.platform.train.plan_check import PlanError
 
     cfg = with_data(cfg, prepare_data(cfg, args))
@@ -122,6 +123,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except PlanError as e:  # a GPU run whose memory plan does not fit: one line, nothing started
         print(f"gsm8k: error: {e}", file=sys.stderr)
         return 2
+    except RunInterrupted as e:  # Ctrl-C / SIGTERM: the run stops KILLED; the same command resumes it
+        print(f"gsm8k: {e}", file=sys.stderr)
+        return EXIT_STATUS
     summary = evaluate(cfg, args, run_name, result.metrics or {}, t0)
     report(cfg, args, summary)
     return 0

@@ -100,6 +100,7 @@ def test_an_evaluation_of_the_export_lands_in_the_run_that_holds_the_latest_atte
     second = begin_attempt(client, first, kept_through=2)
     export = tmp_path / "out" / "r1" / "final"
     src = ModelSource(str(export), str(export), "hf_dir")
-    assert log_evaluation(cfg, src, "arithmetic", "test", {"accuracy": 0.5}, [], "infer/arithmetic/test/llada") == second
+    prefix = "infer/arithmetic/test/llada"
+    assert log_evaluation(cfg, src, "arithmetic", "test", {"accuracy": 0.5}, [], prefix) == second
     assert client.get_run(second).data.metrics["infer/arithmetic/test/llada/accuracy"] == 0.5
     assert "infer/arithmetic/test/llada/accuracy" not in client.get_run(first).data.metrics

@@ -71,7 +71,8 @@ class MDMLM(HarnessModel):
         bad = [k for k in overrides if "." not in k]
         if bad:
             raise ValueError(f"--model_args: unknown argument(s) {', '.join(bad)} (mdm takes pretrained, adapter, "
-                             f"config, seed, add_bos_token and dotted config keys such as sampler.steps or likelihood.mc_num)")
+                             f"config, seed, add_bos_token and dotted config keys such as sampler.steps or "
+                             f"likelihood.mc_num)")
         files = [f for f in (str(config).split(":") if config else []) if f]
         sets = [_override(k, v) for k, v in overrides.items()]
         sets += [_override("eval.adapter", adapter)] if adapter else []

@@ -3,7 +3,8 @@
     mdm train --config base.yaml --config overlay.yaml --set train.lr=1e-5 [--dump_config] [--force]
 
 A GPU run prints its memory plan per GPU in one line first and stops with exit status 2 when the plan does
-not fit the GPUs (`mdm plan` lists the changes that would); `--force` trains anyway.
+not fit the GPUs (`mdm plan` lists the changes that would); `--force` trains anyway. Ctrl-C or SIGTERM stops
+the run (its MLflow run ends KILLED), prints the checkpoint the same command resumes from, and exits 130.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def run(cfg: RunConfig, force: bool = False) -> int:
     """`mdm train`: 0 on success; 2 with a one-line error for mistakes a person can fix."""
     from mdm.platform.train.ingest import DataError
+    from mdm.platform.train.interrupt import EXIT_STATUS, RunInterrupted
     from mdm.platform.train.lease import LeaseError
     from mdm.platform.tracking.tracker import TrackingError
 
@@ -42,6 +44,9 @@ def run(cfg: RunConfig, force: bool = False) -> int:
     except (DataError, TrackingError, LeaseError, ValueError, FileNotFoundError) as e:
         print(f"mdm train: error: {e}", file=sys.stderr)
         return 2
+    except RunInterrupted as e:  # Ctrl-C / SIGTERM during training
+        print(f"mdm train: {e}", file=sys.stderr)
+        return EXIT_STATUS
     m = result.metrics or {}
     print(f"mdm train: done at step {m.get('step')} (eval/loss {m.get('eval/loss')}); model: {m.get('export_dir')}")
     return 0

@@ -3,7 +3,7 @@
     tracker = Tracker.open(cfg.tracking) if cfg.tracking.enabled else None    # None: a session that drops all
     with tracked_run(tracker, "gsm8k-ab12cd34", params=tracked_params(cfg), config_yaml=dump_config(cfg),
                      tags=tags, display_name="MIRROR lr=1e-3", dataset=describe_dataset(path)) as run:
-        ...                                      # FINISHED on leaving, FAILED on an exception (then re-raised)
+        ...                                      # FINISHED on leaving, KILLED on Ctrl-C, else FAILED (re-raised)
     run = attach_run(uri, run_id, spool_dir)     # the Ray Train rank-0 worker: the run its driver opened,
                                                  # logged through a durable spool (spool_logger.py); run.close()
     run = find_run(tracker, "gsm8k-ab12cd34")    # after the fact: the run holding the name's latest attempt
@@ -147,6 +147,9 @@ def tracked_run(tracker: Optional[Tracker], run_name: str, *, params: Mapping[st
     run.spool_dir, run.flush_timeout_s = spool_dir, flush_timeout_s
     try:
         yield run
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM (train.interrupt): stopped, not failed
+        run.end("KILLED")
+        raise
     except BaseException:
         run.end("FAILED")
         raise

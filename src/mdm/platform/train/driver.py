@@ -6,13 +6,14 @@
 
     mdm train --config experiments/gsm8k.yaml --set train.lr=1e-5   # = run(cfg)
 
-Order of work, so that mistakes surface before any worker starts: precision check, tracking store reachable,
-the run's lease, tokenizer loaded (`model.trust_remote_code` passed), Ray started or joined (ray_runtime),
-worker sizing leaves room for Ray Data, a GPU run's memory plan (one line; refused when it cannot fit unless
-`force`: plan_check.py), data validated (ingest), MLflow run opened or resumed (tracking),
-then `TorchTrainer.fit()`. The run name is `run_name`, else derived from the config (`mdm.platform.runs`: a
-hash of the keys that define the run, never a clock), so re-running the same command resumes: Ray Train
-restores the latest checkpoint under `<ray.storage_path>/<run_name>` and MLflow logs into the run of that name.
+Order of work, so that mistakes surface before any worker starts: precision check, tracking store reachable, the
+run's lease, tokenizer loaded (`model.trust_remote_code` passed), Ray started or joined (ray_runtime), worker
+sizing leaves room for Ray Data, a GPU run's memory plan (one line; refused when it cannot fit unless `force`:
+plan_check.py), data validated (ingest), MLflow run opened or resumed (tracking), then `TorchTrainer.fit()`
+(Ctrl-C or SIGTERM there: interrupt.py). The run name is `run_name`, else derived from the config
+(`mdm.platform.runs`: a hash of the keys that define the run, never a clock), so re-running the same command
+resumes: Ray Train restores the latest checkpoint under `<ray.storage_path>/<run_name>` and MLflow logs into the
+run of that name.
 
 Re-runs are safe: the driver holds a lease on the run name (`lease.py`) from before Ray starts until it
 returns, so a second live driver of the same run is refused at once, naming the first; a run that already
@@ -178,6 +179,7 @@ def _train(cfg: RunConfig, run_name: str, callbacks: Sequence[Any], mlflow_tags:
     from mdm.platform.runtime.ray_runtime import check_worker_fit, ensure_ray, is_local_cluster
     from mdm.platform.train.ds_config import ds_config_notes
     from mdm.platform.train.ingest import build_datasets
+    from mdm.platform.train.interrupt import interruptible
     from mdm.platform.train.plan_check import check_plan
     from mdm.platform.runs import output_root, tracked_params
     from mdm.platform.tracking.spool import spool_path
@@ -239,7 +241,19 @@ def _train(cfg: RunConfig, run_name: str, callbacks: Sequence[Any], mlflow_tags:
                       mlflow_run_id=session.run_id, system_metrics_s=cfg.tracking.system_metrics_interval_s,
                       model_config_yaml=dump_config(cfg) if cfg.tracking.log_model else None,
                       spool_dir=spool, flush_timeout_s=cfg.tracking.flush_timeout_s)
-        return _trainer(cfg, run, datasets, callbacks).fit()
+        with interruptible(lambda: resume_line(storage_root(cfg), run_name, tracker is not None)):  # Ctrl-C, SIGTERM
+            return _trainer(cfg, run, datasets, callbacks).fit()
+
+
+def resume_line(storage: str, run_name: str, tracked: bool) -> str:
+    """What an interrupted run says: its latest complete checkpoint, from which the same command resumes."""
+    previous = previous_result(storage, run_name)
+    step = (previous.metrics or {}).get("step") if previous is not None else None
+    said = f"run {run_name} interrupted{'; its MLflow run is ended KILLED' if tracked else ''}"
+    if step is None:
+        return f"{said}; no checkpoint yet: the same command starts it again from step 0"
+    return (f"{said}; the same command resumes it from its latest complete checkpoint, step {step} "
+            f"({previous.checkpoint.path})")
 
 
 def _trainer(cfg: RunConfig, run: RunInfo, datasets: dict[str, ray.data.Dataset],

@@ -1,0 +1,53 @@
+"""Ctrl-C (SIGINT) or SIGTERM to a training driver: the run stops, nothing is left RUNNING, and one line says
+where the same command resumes.
+
+    with interruptible(lambda: resume_line(run_name)):   # around TorchTrainer.fit(), in the driver
+        result = trainer.fit()
+    # RunInterrupted (a KeyboardInterrupt) carries that line; `mdm train` prints it and exits 130
+
+Ray Train's `fit()` registers its own SIGINT handler in the main thread: it aborts the worker group (the
+workers are stopped where they are; what counts is the last complete checkpoint) and then ends the driver
+with a `SystemExit` (1, raised by Ray's core in the interrupted `ray.get`, or 0 from the handler itself), which
+skips every `except Exception` and would leave the MLflow run FAILED. Inside this block that exit (fit raises
+SystemExit for nothing else) and a plain KeyboardInterrupt become `RunInterrupted`, so the tracked MLflow run ends KILLED (tracking.session) with the
+run's spool shipped, the lease is released (driver.train_driver) and the command exits 130. SIGTERM (what
+`kill`, a scheduler or a container stop sends) is turned into SIGINT for the same abort. The signal handlers
+that were there before are put back afterwards (Ray's would otherwise outlive its controller).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Callable, Iterator
+
+EXIT_STATUS = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """The run was stopped by SIGINT/SIGTERM; the message says where the same command resumes."""
+
+
+def _term_as_int(signum: int, frame: object) -> None:
+    signal.raise_signal(signal.SIGINT)
+
+
+@contextlib.contextmanager
+def interruptible(resume_line: Callable[[], str]) -> Iterator[None]:
+    """Turn an interrupt inside the block into RunInterrupted(resume_line()) (see the module docstring)."""
+    main = threading.current_thread() is threading.main_thread()  # signals reach only the main thread
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    if main:
+        signal.signal(signal.SIGTERM, _term_as_int)
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise RunInterrupted(resume_line()) from None
+    except SystemExit:
+        if not main:  # signals reach the main thread only: not an interrupt
+            raise
+        raise RunInterrupted(resume_line()) from None
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
