@@ -91,9 +91,8 @@ def model_stage(rows: list[dict], cfg: RunConfig, actor: type, **actor_kwargs: o
     """`rows` as a Ray Data dataset, one block per `eval.batch_size` batch, mapped by the model-holding `actor`
     class (a `model_actor.ModelActor`) on an autoscaling actor pool (`eval.min/max/initial_actors`), with the
     GPUs, CPUs, device and restart policy the `eval` section asks for. `actor_kwargs` are the actor's own
-    arguments beyond the model's (`model_path`, `adapter_path`: `actor_paths`; `engine`, `model_cfg`, `device`,
-    `seed`, `auto_import`,
-    `tracking_uri`, which this fills in)."""
+    arguments beyond the model's (`model_path` and `adapter_path`, from `actor_paths`; `engine`, `model_cfg`,
+    `device`, `seed`, `auto_import`, `tracking_uri`, which this fills in)."""
     import math
 
     import ray.data
