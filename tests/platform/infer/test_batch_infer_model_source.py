@@ -114,3 +114,16 @@ def test_broken_weights_are_named_before_any_actor(tmp_path, damage):
     # The same check on a run directory whose export is damaged.
     with pytest.raises(ModelSourceError, match="unusable|missing"):
         resolve_model(str(tmp_path))
+
+
+def test_a_truncated_adapter_is_named_as_the_adapter(tmp_path):
+    d = tmp_path / "final"
+    d.mkdir()
+    (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
+    weights = d / "adapter_model.safetensors"
+    save_file({"base_model.model.q_proj.lora_A.weight": torch.zeros(4, 256)}, str(weights))
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    with pytest.raises(ModelSourceError, match=rf"^--adapter {d}: weights file {weights} is unusable: it is shorter"):
+        resolve_model(str(d), adapter=True)
+    with pytest.raises(ModelSourceError, match=rf"^--model {d}: no HF model inside"):  # not a model for --model
+        resolve_model(str(d))

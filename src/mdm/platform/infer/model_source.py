@@ -71,7 +71,7 @@ def is_hf_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and any(any(path.glob(g)) for g in WEIGHT_GLOBS)
 
 
-def check_weights(path: Path) -> None:
+def check_weights(path: Path, flag: str = "--model") -> None:
     """Raise ModelSourceError naming the file when a `*.safetensors` in `path` is not a whole safetensors file.
 
     Reads only the headers (safe_open maps the file; no tensor is loaded); a sharded index must name shards
@@ -88,7 +88,7 @@ def check_weights(path: Path) -> None:
                    if "not fully covered" in text else
                    "its header cannot be read: not a safetensors file, or corrupted"
                    if "header" in text else "it cannot be opened")
-            raise ModelSourceError(f"--model {path}: weights file {f} is unusable: {why} ({text}, "
+            raise ModelSourceError(f"{flag} {path}: weights file {f} is unusable: {why} ({text}, "
                                    f"{f.stat().st_size} bytes); export the model again") from None
     for index in path.glob("*.safetensors.index.json"):
         import json
@@ -96,10 +96,10 @@ def check_weights(path: Path) -> None:
         try:
             shards = set(json.loads(index.read_text())["weight_map"].values())
         except (ValueError, KeyError, TypeError) as e:
-            raise ModelSourceError(f"--model {path}: {index} is not a shard index ({e})") from None
+            raise ModelSourceError(f"{flag} {path}: {index} is not a shard index ({e})") from None
         missing = sorted(s for s in shards if not (path / s).is_file())
         if missing:
-            raise ModelSourceError(f"--model {path}: {index} names shards that are missing: {', '.join(missing)}")
+            raise ModelSourceError(f"{flag} {path}: {index} names shards that are missing: {', '.join(missing)}")
 
 
 def _flag(adapter: bool) -> str:
@@ -216,7 +216,7 @@ def resolve_model(spec: str, *, tracking_uri: Optional[str] = None, download_dir
         if not wanted(local):
             raise ModelSourceError(f"{flag} {spec}: not {what}; the trainer exports to "
                                    f"<output root>/<run_name>/final")
-        check_weights(local)
+        check_weights(local, flag)
         return ModelSource(spec, str(local), "uri", remote=spec)
     if spec.startswith("mlflow:") or spec.startswith("runs:/"):
         if spec.startswith("mlflow:"):
@@ -228,16 +228,16 @@ def resolve_model(spec: str, *, tracking_uri: Optional[str] = None, download_dir
             raise ModelSourceError(f"{flag} {spec}: no run id (expected mlflow:<run_id> or runs:/<run_id>/<path>)")
         local, artifact = _mlflow_download(run_id, artifact, tracking_uri, download_dir, adapter)
         picked = _pick_export(local, adapter=adapter)
-        check_weights(picked)
+        check_weights(picked, flag)
         inside = "/".join(p for p in (artifact, picked.relative_to(local).as_posix()) if p not in ("", "."))
         return ModelSource(spec, str(picked), "mlflow", run_id, remote=f"runs:/{run_id}/{inside}")
     path = Path(spec).expanduser()
     if path.is_dir():
         if wanted(path):
-            check_weights(path)
+            check_weights(path, flag)
             return ModelSource(spec, str(path.resolve()), "hf_dir")
         picked = _pick_export(path, export_root, adapter)
-        check_weights(picked)
+        check_weights(picked, flag)
         return ModelSource(spec, str(picked.resolve()), "run_dir")
     if path.exists():
         raise ModelSourceError(f"{flag} {spec}: is a file; expected {what}")
