@@ -17,6 +17,13 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 # `runtime.ray_runtime.EMBEDDED_ENV`) and Train's Prometheus metrics (nothing scrapes them here).
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+# Under pytest-xdist (`-n 2`, the README's command) each worker process gets its own Ray temp dir: a plain
+# `ray.init()` looks there (ray_current_cluster) for a cluster to join, so one worker's `ray start` heads are never
+# found by the other's tests, and their session folders (logs, sockets) stay apart.
+if os.environ.get("PYTEST_XDIST_WORKER") and "RAY_TMPDIR" not in os.environ:
+    import tempfile
+
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix=f"ray-{os.environ['PYTEST_XDIST_WORKER']}-", dir="/tmp")
 
 import pytest  # noqa: E402
 
