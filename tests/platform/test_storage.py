@@ -68,3 +68,28 @@ def test_missing_and_local_semantics(tmp_path):
         storage.upload(str(tmp_path / "absent"), str(tmp_path / "y"))
     assert not storage.is_uri("outputs/run") and not storage.is_uri("file:///tmp/x") and storage.is_uri("gs://b/x")
     assert storage.join("relative", "x") == os.path.abspath("relative/x")
+
+
+def test_failed_write_is_one_line_naming_the_address_and_the_space(tmp_path):
+    """A full local disk says how much the write needed and how much is free; an object store's failure keeps
+    the client's first line (it names the bucket and key). A worker's StorageError inside Ray Train's
+    TrainingFailedError is what `mdm train` prints (interrupt.storage_failure); any other failure is not."""
+    import errno
+
+    from ray.exceptions import RayTaskError
+    from ray.train import WorkerGroupError
+
+    from mdm.platform.train.interrupt import storage_failure
+
+    full = storage.write_failure(OSError(errno.ENOSPC, "No space left on device"), str(tmp_path / "ray" / "run"),
+                                 3 * 2**20)
+    assert full.startswith(f"no space left on the device holding {tmp_path}/ray/run: it needs about 3.0 MiB, ")
+    assert full.endswith(" MiB is free") and "\n" not in full
+    s3 = storage.write_failure(OSError("When uploading part for key 'r/x' in bucket 'mdm': AWS Error SLOW_DOWN\n"
+                                       "detail"), "s3://mdm/r", 10)
+    assert s3 == "could not write s3://mdm/r: When uploading part for key 'r/x' in bucket 'mdm': AWS Error SLOW_DOWN"
+
+    cause = storage.StorageError("checkpoint of step 8 not saved: could not write s3://mdm/r: ...")
+    wrapped = RayTaskError("train_fn", "Traceback ...", cause).as_instanceof_cause()
+    assert storage_failure(WorkerGroupError("rank 1 failed", {1: wrapped})) == str(cause)
+    assert storage_failure(WorkerGroupError("rank 0 failed", {0: ValueError("bad")})) is None

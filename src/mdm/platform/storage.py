@@ -20,6 +20,7 @@ unpickled here; callers load safetensors and JSON.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -29,6 +30,36 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 _DONE = ".mdm_complete"
+
+
+class StorageError(OSError):
+    """A write to the storage root failed for good (the S3 client retries transient faults first): its message
+    is one line naming the address and what the caller can do."""
+
+
+def tree_size(path: str) -> int:
+    """Bytes in a local file or directory tree."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def write_failure(err: BaseException, dest: str, needed: int) -> str:
+    """One line on a failed write of `needed` bytes to `dest`: on a full local disk, the space free there;
+    else the storage client's own first line (pyarrow's names the bucket and key, after its retries)."""
+    text = str(err).strip()
+    full = getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in text
+    if full and not is_uri(dest):
+        probe = _local(dest)
+        while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+            probe = os.path.dirname(probe)
+        return (f"no space left on the device holding {dest}: it needs about {_mb(needed)}, "
+                f"{_mb(shutil.disk_usage(probe).free)} is free")
+    return f"could not write {dest}: {text.splitlines()[0] if text else type(err).__name__}"
 
 
 def is_uri(path: str) -> bool:

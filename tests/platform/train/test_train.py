@@ -1,8 +1,12 @@
 """End-to-end training on a real local Ray with real DeepSpeed (gloo) and a real MLflow sqlite store.
 
-One uninterrupted reference run (2 workers, ZeRO-2, P-POTS on) is compared with a run whose worker process
-is killed (Ray restarts the group from the latest checkpoint), killed again until it fails, then re-run
-under the same name (it resumes): every step's loss must equal the reference's (CPU fp32).
+One uninterrupted reference run (2 workers, ZeRO-2, P-POTS on, a local storage root) is compared with a run
+on flaky object storage (issue #25, item 2): its data, checkpoints and export live in S3 (the moto server)
+behind a proxy that fails 10% of requests (500, 503, connection resets; this module's Ray starts with every
+S3 client pointed at the proxy). A worker process is killed (Ray restarts the group from the latest
+checkpoint), then storage goes down for longer than the S3 client retries while the next checkpoint is
+written: the run stops with one line naming the address and the latest complete checkpoint, which is intact.
+Re-run under the same name, it resumes from there: every step's loss must equal the reference's (CPU fp32).
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from ray import cloudpickle  # noqa: E402
 from ray.train import TrainingFailedError  # noqa: E402
 from ray.train.v2.api.callback import UserCallback  # noqa: E402
 
+from mdm.platform import storage  # noqa: E402
 from mdm.platform.config import load_config  # noqa: E402
 from mdm.platform.train.driver import train_driver  # noqa: E402
+from mdm.platform.train.interrupt import storage_failure  # noqa: E402
 
 STEPS, SAVE_EVERY = 12, 4
 # The callback below runs in Ray Train's controller, which cannot import this test module: ship it by value.
@@ -33,15 +39,19 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 class StepLog(UserCallback):
     """Appends every reported step to a file; SIGKILLs one Train worker process at the first report of
-    each step in `kill_at`."""
+    each step in `kill_at`; at the first report of `outage_at` writes `outage_flag` (the fault proxy then
+    answers every request 503 for a few seconds)."""
 
-    def __init__(self, path: str, kill_at: tuple[int, ...] = ()) -> None:
-        self.path, self.kill_at = path, list(kill_at)
+    def __init__(self, path: str, kill_at: tuple[int, ...] = (), outage_at: int = -1, outage_flag: str = "") -> None:
+        self.path, self.kill_at, self.outage_at, self.outage_flag = path, list(kill_at), outage_at, outage_flag
 
     def after_report(self, run_context, metrics, checkpoint):
         step = metrics[0].get("step")
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, "checkpoint": checkpoint is not None}) + "\n")
+        if step == self.outage_at:
+            self.outage_at = -1
+            open(self.outage_flag, "w").close()
         if self.kill_at and step == self.kill_at[0]:
             import ray._private.state
 
@@ -80,6 +90,28 @@ def _history(root: Path, run_name: str, key: str) -> list[tuple[int, float]]:
 
 def _steps(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def flaky_s3(s3_endpoint, tmp_path_factory):
+    """The S3 server behind the fault proxy: 10% of requests fail; once its flag file appears, the next
+    checkpoint upload starts a 10 s outage (longer than the S3 client's retries)."""
+    from multinode.fault_proxy import FaultProxy
+
+    flag = str(tmp_path_factory.mktemp("outage") / "down")
+    with FaultProxy(s3_endpoint, fault_rate=0.1, seed=0, outage_flag=flag, outage_match="/checkpoint_",
+                    outage_s=10.0) as proxy:
+        os.environ["AWS_ENDPOINT_URL"] = proxy.url
+        try:
+            yield proxy
+        finally:
+            os.environ["AWS_ENDPOINT_URL"] = s3_endpoint
+
+
+@pytest.fixture(scope="module")
+def ray_local(flaky_s3, ray_local):
+    """This module's Ray, started once AWS_ENDPOINT_URL names the proxy: its workers' S3 clients use it."""
+    return ray_local
 
 
 @pytest.fixture(scope="module")
@@ -125,22 +157,35 @@ def test_export_loads_with_from_pretrained(reference, arithmetic_data):
     assert model(input_ids=ids).logits.shape == (1, ids.shape[1], model.config.vocab_size)
 
 
-def test_killed_worker_restarts_and_rerun_resumes_with_identical_losses(reference, arithmetic_data, tmp_path):
-    """Kill a worker at step 6 (max_failures 1: Ray restarts the group from the step-4 checkpoint), kill one
-    again at step 10 (failures exhausted: the run fails), then re-run the same command: it resumes from the
-    step-8 checkpoint. Every step's loss equals the uninterrupted reference's."""
+def test_flaky_storage_killed_worker_and_outage_then_rerun_resumes_with_identical_losses(reference, arithmetic_data,
+                                                                                      flaky_s3, tmp_path):
+    """On S3 behind the fault proxy: kill a worker at step 6 (max_failures 1: Ray restarts the group from the
+    step-4 checkpoint); at step 7 storage goes down for longer than the S3 client retries, so the step-8
+    checkpoint cannot be written and the run stops (failures exhausted) with one line naming the address and
+    the intact step-4 checkpoint. The same command again resumes from step 4. Every step's loss equals the
+    uninterrupted, fault-free reference's."""
     root = reference[0]
     log = tmp_path / "steps.jsonl"
-    cfg = _cfg(root, arithmetic_data, **{"ray.max_failures": 1})
-    with pytest.raises(TrainingFailedError):
-        train_driver(cfg, run_name="interrupted", callbacks=[StepLog(str(log), kill_at=(6, 10))])
+    data = storage.upload(arithmetic_data["train"], "s3://mdm/flaky/train.jsonl")
+    cfg = _cfg(root, arithmetic_data, **{"ray.max_failures": 1, "ray.storage_path": "s3://mdm/flaky/ray",
+                                         "train.output_dir": "s3://mdm/flaky/out", "train.train_data_path": data})
+    with pytest.raises(TrainingFailedError) as failed:
+        train_driver(cfg, run_name="interrupted",
+                     callbacks=[StepLog(str(log), kill_at=(6,), outage_at=7, outage_flag=flaky_s3.outage_flag)])
+    line = storage_failure(failed.value)
+    assert line is not None and line.startswith("checkpoint of step 8 not saved: could not write "
+                                                "s3://mdm/flaky/ray/interrupted: "), failed.value
+    assert "the latest complete checkpoint, step 4, is intact" in line, line
     first = _steps(log)
-    assert [r["step"] for r in first] == [1, 2, 3, 4, 5, 6] + [5, 6, 7, 8, 9, 10]
-    assert [r["step"] for r in first if r["checkpoint"]] == [4, 8]  # the restart began right after step 4
+    assert [r["step"] for r in first] == [1, 2, 3, 4, 5, 6] + [5, 6, 7]
+    assert [r["step"] for r in first if r["checkpoint"]] == [4]  # the restart began right after step 4
+
     result = train_driver(cfg, run_name="interrupted", callbacks=[StepLog(str(log))])  # the same command again
-    assert [r["step"] for r in _steps(log)[len(first):]] == [9, 10, 11, 12]
+    assert [r["step"] for r in _steps(log)[len(first):]] == list(range(5, STEPS + 1))
     assert result.error is None and result.metrics["step"] == STEPS
     assert result.metrics["optimizer_steps"] == STEPS  # DeepSpeed's own counter, restored from the checkpoint
+    assert result.metrics["export_dir"] == "s3://mdm/flaky/out/interrupted/final"
+    assert storage.exists("s3://mdm/flaky/out/interrupted/final/model.safetensors")
     ref = dict(_history(root, "reference", "train/loss"))
     got = _history(root, "interrupted", "train/loss")
     assert {s for s, _ in got} == set(range(1, STEPS + 1))
@@ -148,3 +193,6 @@ def test_killed_worker_restarts_and_rerun_resumes_with_identical_losses(referenc
         assert value == pytest.approx(ref[step], abs=1e-6), step
     assert dict(_history(root, "interrupted", "eval/loss"))[STEPS] == pytest.approx(
         dict(_history(root, "reference", "eval/loss"))[STEPS], abs=1e-6)
+    counts = flaky_s3.counts  # the faults really happened, of every kind
+    assert counts["requests"] > 150 and min(counts["500"], counts["503"], counts["reset"]) >= 1, counts
+    assert counts["500"] + counts["503"] + counts["reset"] >= 8 and counts["outage"] >= 3, counts

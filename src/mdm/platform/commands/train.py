@@ -35,7 +35,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def run(cfg: RunConfig, force: bool = False) -> int:
     """`mdm train`: 0 on success; 2 with a one-line error for mistakes a person can fix."""
     from mdm.platform.train.ingest import DataError
-    from mdm.platform.train.interrupt import EXIT_STATUS, RunInterrupted
+    from ray.train import TrainingFailedError
+
+    from mdm.platform.train.interrupt import EXIT_STATUS, RunInterrupted, storage_failure
     from mdm.platform.train.lease import LeaseError
     from mdm.platform.tracking.tracker import TrackingError
 
@@ -47,6 +49,12 @@ def run(cfg: RunConfig, force: bool = False) -> int:
     except RunInterrupted as e:  # Ctrl-C / SIGTERM during training
         print(f"mdm train: {e}", file=sys.stderr)
         return EXIT_STATUS
+    except TrainingFailedError as e:
+        line = storage_failure(e)
+        if line is None:
+            raise
+        print(f"mdm train: error: {line}", file=sys.stderr)  # a full disk, storage down: one line, no traceback
+        return 1
     m = result.metrics or {}
     print(f"mdm train: done at step {m.get('step')} (eval/loss {m.get('eval/loss')}); model: {m.get('export_dir')}")
     return 0

@@ -240,7 +240,7 @@ def _train(cfg: RunConfig, run_name: str, callbacks: Sequence[Any], mlflow_tags:
                       epochs=epochs, has_eval="eval" in datasets, tracking_uri=session.uri,
                       mlflow_run_id=session.run_id, system_metrics_s=cfg.tracking.system_metrics_interval_s,
                       model_config_yaml=dump_config(cfg) if cfg.tracking.log_model else None,
-                      spool_dir=spool, flush_timeout_s=cfg.tracking.flush_timeout_s)
+                      spool_dir=spool, flush_timeout_s=cfg.tracking.flush_timeout_s, run_dir=run_dir)
         with interruptible(lambda: resume_line(storage_root(cfg), run_name, tracker is not None)):  # Ctrl-C, SIGTERM
             return _trainer(cfg, run, datasets, callbacks).fit()
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 EXIT_STATUS = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
 
@@ -52,3 +52,16 @@ def interruptible(resume_line: Callable[[], str]) -> Iterator[None]:
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+def storage_failure(err: BaseException) -> Optional[str]:
+    """The one line a worker's `storage.StorageError` carries (a checkpoint the storage root could not take),
+    when that is why `fit` raised TrainingFailedError; None for any other failure."""
+    from mdm.platform.storage import StorageError
+
+    for exc in getattr(err, "worker_failures", {}).values():
+        while exc is not None:
+            if isinstance(exc, StorageError):
+                return str(exc.args[0] if exc.args else exc).strip().splitlines()[0]
+            exc = getattr(exc, "cause", None) or exc.__cause__
+    return None

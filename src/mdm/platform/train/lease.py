@@ -42,6 +42,11 @@ class LeaseError(RuntimeError):
     """Another live driver holds the run; the message names it and says what to do."""
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def _pid_start(pid: int) -> Optional[str]:
     """The process's start time in clock ticks since boot (Linux /proc), to tell a reused pid apart."""
     try:
@@ -125,8 +130,9 @@ class RunLease:
                 return json.loads(f.read().decode())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):  # a torn or foreign file: treat as a lease of an unknown, dead holder
+        except (ValueError, IsADirectoryError):  # a torn or foreign file: a lease of an unknown, dead holder
             return {"host": "?", "pid": -1, "heartbeat": 0}
+        # Any other OSError is the storage failing (after the S3 client's retries): the caller says so.
 
     def _write(self) -> None:
         data = json.dumps(self.holder).encode()
@@ -155,27 +161,48 @@ class RunLease:
         return now is not None and now.get("token") == self.holder["token"]
 
     def _beat(self) -> None:
+        unreachable = False
         while not self._stop.wait(HEARTBEAT_S):
             with self._lock:
                 if self._stop.is_set():
                     return
-                current = self._read()
-                if current is None or current.get("token") != self.holder["token"]:
-                    print(f"mdm: warning: the lease of run {self.run_name} was taken over by "
-                          f"{describe(current) if current else 'someone who deleted it'}", file=sys.stderr)
-                    return
-                self.holder["heartbeat"] = time.time()
-                self._write()
+                try:
+                    current = self._read()
+                    if current is None or current.get("token") != self.holder["token"]:
+                        print(f"mdm: warning: the lease of run {self.run_name} was taken over by "
+                              f"{describe(current) if current else 'someone who deleted it'}", file=sys.stderr)
+                        return
+                    self.holder["heartbeat"] = time.time()
+                    self._write()
+                except OSError as e:  # storage unreachable: training goes on; say so once, beat again later
+                    if not unreachable:
+                        print(f"mdm: warning: could not renew the lease {self.path}: {_first_line(e)}; "
+                              f"retrying every {HEARTBEAT_S:.0f} s", file=sys.stderr)
+                    unreachable = True
+                    continue
+                if unreachable:
+                    print(f"mdm: the lease {self.path} is renewed again", file=sys.stderr)
+                unreachable = False
 
     def release(self) -> None:
+        """Delete the lease (and the run's directory if the run left nothing there). Storage unreachable: one
+        warning, never an error that would hide how the run ended; the lease then goes stale on its own."""
         with self._lock:
             self._stop.set()
-            current = self._read()
-            if current is not None and current.get("token") == self.holder["token"]:
-                try:
-                    self.fs.delete_file(self.path)
-                except FileNotFoundError:
-                    pass
-            directory = self.path.rsplit("/", 1)[0]
-            if self.created_dir and not self.fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True)):
-                self.fs.delete_dir(directory)  # a run that failed before writing anything leaves no trace
+            try:
+                self._delete()
+            except OSError as e:
+                print(f"mdm: warning: could not release the lease {self.path}: {_first_line(e)}; the next run of "
+                      f"{self.run_name} takes it over once its heartbeat is {STALE_AFTER_S:.0f} s old",
+                      file=sys.stderr)
+
+    def _delete(self) -> None:
+        current = self._read()
+        if current is not None and current.get("token") == self.holder["token"]:
+            try:
+                self.fs.delete_file(self.path)
+            except FileNotFoundError:
+                pass
+        directory = self.path.rsplit("/", 1)[0]
+        if self.created_dir and not self.fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True)):
+            self.fs.delete_dir(directory)  # a run that failed before writing anything leaves no trace

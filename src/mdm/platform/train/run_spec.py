@@ -45,3 +45,4 @@ class RunInfo:
     model_config_yaml: Optional[str] = None  # set: log the export as an MLflow model with this config
     spool_dir: Optional[str] = None          # set: rank 0 logs through the durable tracking spool there
     flush_timeout_s: float = 60.0            # how long rank 0 waits at the end for the spool to be shipped
+    run_dir: str = ""                        # the run's directory in the storage root (Ray Train's checkpoints)

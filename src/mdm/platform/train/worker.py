@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Union
 import torch
 
 from mdm.platform.adapter import is_adapter_model
+from mdm.platform.storage import StorageError, tree_size, write_failure
 from mdm.platform.tracking.session import TrackedRun, attach_run
 from mdm.platform.train.checkpoint import cleanup
 from mdm.platform.train.reporters import tracked
@@ -43,10 +44,12 @@ class RayTrainReporter:
 
     keeps_checkpoints = True
 
-    def __init__(self, run: TrackedRun, rank: int, export_dir: str) -> None:
-        self.run, self.rank, self.export_dir = run, rank, export_dir
+    def __init__(self, run: TrackedRun, rank: int, export_dir: str, run_dir: str = "") -> None:
+        self.run, self.rank, self.export_dir, self.run_dir = run, rank, export_dir, run_dir
+        self.saved: Optional[int] = None  # the step of the latest complete checkpoint
 
     def begin(self, kept_through: Optional[int]) -> None:
+        self.saved = kept_through
         self.run.begin_attempt(kept_through)  # points an earlier attempt logged past the restored step must go
 
     def log(self, step: int, metrics: Metrics) -> None:
@@ -82,8 +85,18 @@ class RayTrainReporter:
             return
         try:
             ray.train.report(metrics, checkpoint=checkpoint)
+        except OSError as e:  # the storage root is full or unreachable (after the S3 client's retries)
+            raise StorageError(self.failed_save(int(metrics["step"]), e, tree_size(checkpoint.path))) from e
         finally:
             cleanup(checkpoint)
+        self.saved = int(metrics["step"])
+
+    def failed_save(self, step: int, err: OSError, needed: int) -> str:
+        """One line: where the checkpoint of `step` could not go, and where the same command resumes from."""
+        latest = (f"the latest complete checkpoint, step {self.saved}, is intact" if self.saved is not None
+                  else "there is no complete checkpoint yet")
+        return (f"checkpoint of step {step} not saved: {write_failure(err, self.run_dir or 'storage', needed)}; "
+                f"{latest}: the same command resumes from it once the storage is back")
 
 
 def train_fn_per_worker(config: dict[str, Union[WorkerSections, RunInfo]]) -> None:
@@ -96,7 +109,7 @@ def train_fn_per_worker(config: dict[str, Union[WorkerSections, RunInfo]]) -> No
     tokenizer, model, objective = _build(sec, run, device)
     session = attach_run(run.tracking_uri, run.mlflow_run_id if rank == 0 else None, run.spool_dir,
                          run.flush_timeout_s)
-    reporter = RayTrainReporter(session, rank, run.export_dir)
+    reporter = RayTrainReporter(session, rank, run.export_dir, run.run_dir)
     source = RayShards(device, epochs=run.epochs, seed=sec.train.seed, has_eval=run.has_eval)
     trainer = Trainer(model, objective, train_cfg=sec.train, ds_cfg=sec.deepspeed, total_steps=run.total_steps,
                       steps_per_epoch=run.steps_per_epoch, source=source, reporter=reporter, device=device,
