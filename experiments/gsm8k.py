@@ -114,7 +114,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2 if cfg is None else 0
     t0 = time.time()
     print(f"gsm8k: data: {describe_source(cfg)}", flush=True)
-    from mdm.platform.train.interrupt import EXIT_STATUS, RunInterrupted
+    from ray.train import TrainingFailedError
+
+    from mdm.platform.train.interrupt import RunInterrupted, how_it_stopped
     from mdm.platform.train.plan_check import PlanError
 
     cfg = with_data(cfg, prepare_data(cfg, args))
@@ -123,9 +125,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except PlanError as e:  # a GPU run whose memory plan does not fit: one line, nothing started
         print(f"gsm8k: error: {e}", file=sys.stderr)
         return 2
-    except RunInterrupted as e:  # Ctrl-C / SIGTERM: the run stops KILLED; the same command resumes it
-        print(f"gsm8k: {e}", file=sys.stderr)
-        return EXIT_STATUS
+    except (RunInterrupted, TrainingFailedError) as e:  # Ctrl-C / SIGTERM (KILLED), a full disk, storage down
+        said = how_it_stopped(e)
+        if said is None:
+            raise
+        print(f"gsm8k: {said[0]}", file=sys.stderr)  # one line; the same command resumes the run
+        return said[1]
     summary = evaluate(cfg, args, run_name, result.metrics or {}, t0)
     report(cfg, args, summary)
     return 0

@@ -1,9 +1,14 @@
-"""The embedded Ray, and a training run on it stopped by SIGTERM, in a fresh process (a new user's shell:
-RAY_AUTH_MODE unset, HOME in a temporary directory, where Ray writes the token it makes).
+"""The embedded Ray, and a training run on it that meets a full disk, then (resumed) SIGTERM, each in a fresh
+process (a new user's shell: RAY_AUTH_MODE unset, HOME in a temporary directory, where Ray writes its token).
 
+- A full disk (issue #25, item 4): the storage root is a 64 MiB tmpfs in a private mount namespace (each run
+  enters it with nsenter; the test reads it through /proc/<holder>/root). Once the run holds two checkpoints
+  the disk is filled to half a checkpoint's size free: the run stops at its next checkpoint with exit status 1
+  and one line naming the path, the space needed and free, and the intact previous checkpoint. With the space
+  freed, the same command resumes from that checkpoint (and says so).
 - The embedded Ray starts with token authentication and without Ray's warning about choosing it (issue #23,
   item 9: the main job's terminal holds mdm's lines).
-- `mdm train` on it, sent SIGTERM after its first checkpoints (issue #25, item 5; SIGTERM is turned into Ray
+- That resumed `mdm train`, sent SIGTERM after its next checkpoint (issue #25, item 5; SIGTERM is turned into Ray
   Train's own SIGINT abort, so this covers Ctrl-C too): it exits 130 with one line naming the latest complete
   checkpoint the same command resumes from, its MLflow run ends KILLED (not RUNNING forever, not FAILED), and
   its lease is released.
@@ -17,7 +22,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from mdm.platform.train.lease import LEASE_FILE
@@ -34,12 +41,12 @@ sys.exit(main(sys.argv[1:]))  # on this embedded Ray
 """
 
 
-def _train_args(tmp_path, data) -> list[str]:
+def _train_args(tmp_path, data, storage) -> list[str]:
     sets = {"train.train_data_path": data["train"], "data.tokenizer": data["tokenizer"], "run_name": "stopped",
             "model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2, "model.mlp_hidden_size": 64,
             "train.batch_size_per_gpu": 8, "train.max_len": 64, "train.max_steps": 400, "train.logging_steps": 1,
             "train.save_steps": 2, "train.eval_strategy": "no", "deepspeed.enabled": False, "ray.num_workers": 1,
-            "ray.cpus_per_worker": 0.5, "ray.storage_path": tmp_path / "ray", "train.output_dir": tmp_path / "out",
+            "ray.cpus_per_worker": 0.5, "ray.storage_path": storage, "train.output_dir": tmp_path / "out",
             "tracking.tracking_uri": f"sqlite:///{tmp_path}/mlruns.db", "tracking.experiment_name": "stop"}
     return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
 
@@ -52,31 +59,92 @@ def _wait_for_checkpoints(run_dir, proc, n: int = 2, timeout_s: float = 300) -> 
         time.sleep(0.2)
 
 
-def test_embedded_ray_uses_token_auth_and_a_stopped_run_ends_killed(tmp_path, arithmetic_data):
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
-    env.update(HOME=str(tmp_path), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-c", CODE, *_train_args(tmp_path, arithmetic_data)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MiB tmpfs at tmp_path/disk in a private mount namespace, held by a sleeping process; yields
+    (holder pid, the tmpfs's path, a view of it from this namespace)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    holder = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                               f"mount -t tmpfs -o size=64m tmpfs {disk} && echo ready && exec sleep 3600"],
+                              stdout=subprocess.PIPE, text=True)
     try:
-        _wait_for_checkpoints(tmp_path / "ray" / "stopped", proc)
+        assert holder.stdout.readline().strip() == "ready"
+        yield holder.pid, disk, Path(f"/proc/{holder.pid}/root{disk}")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _train(holder: int, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """The training command in the small disk's mount namespace (nsenter execs it: the pid is the driver's)."""
+    return subprocess.Popen(["nsenter", "-t", str(holder), "-m", "--", sys.executable, "-c", CODE, *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _stop(proc: subprocess.Popen, run_dir: Path, n: int) -> tuple[str, str]:
+    """SIGTERM once the run holds `n` checkpoints; its (stdout, stderr)."""
+    try:
+        _wait_for_checkpoints(run_dir, proc, n)
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
+        return proc.communicate(timeout=120)
     finally:
         proc.kill()
+
+
+def test_embedded_ray_token_auth_a_full_disk_stops_cleanly_and_a_stopped_run_ends_killed(tmp_path, arithmetic_data,
+                                                                                        small_disk):
+    holder, disk, view = small_disk
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    env.update(HOME=str(tmp_path), OMP_NUM_THREADS="1")
+    args = _train_args(tmp_path, arithmetic_data, disk / "ray")
+    run_dir = view / "ray" / "stopped"
+    kept = _fill_the_disk_mid_run(_train(holder, args, env), view, run_dir)
+
+    (view / "filler").unlink()  # space freed: the same command resumes from the intact checkpoint
+    proc = _train(holder, args, env)
+    out, err = _stop(proc, run_dir, len(list(run_dir.glob("checkpoint_*"))) + 1)
     assert out.split()[:4] == ["driver", "token", "worker", "token"], (out, err[-3000:])
     assert (tmp_path / ".ray" / "auth_token").is_file()  # Ray made the token the cluster checks
     assert "mdm: embedded Ray on 127.0.0.1" in err
     assert "Token authentication" not in err, err
+    assert f"; resuming from step {kept} ({disk}/ray/stopped/checkpoint_" in err, err[-3000:]
 
     assert proc.returncode == 130, err[-3000:]
     said = re.search(r"mdm train: run stopped interrupted; its MLflow run is ended KILLED; the same command resumes "
                      r"it from its latest complete checkpoint, step (\d+) \((\S+)\)", err)
     assert said, err[-3000:]
-    assert int(said.group(1)) % 2 == 0 and os.path.isdir(said.group(2)) and "mdm train: done" not in out
+    assert int(said.group(1)) % 2 == 0 and int(said.group(1)) > kept and "mdm train: done" not in out
+    assert said.group(2).startswith(f"{disk}/ray/stopped/") and os.path.isdir(f"/proc/{holder}/root{said.group(2)}")
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns.db")
     exp = client.get_experiment_by_name("stop")
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`mlflow.runName` = 'stopped'")
-    assert [r.info.status for r in runs] == ["KILLED"]
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`mlflow.runName` = 'stopped'",
+                              order_by=["attributes.start_time DESC"])
+    assert runs[0].info.status == "KILLED" and "RUNNING" not in {r.info.status for r in runs}
     steps = {m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")}
     assert int(said.group(1)) <= max(steps) < 400  # stopped part-way, what it logged shipped before the end
-    assert not (tmp_path / "ray" / "stopped" / LEASE_FILE).exists()  # released: the same command may run now
+    assert not (run_dir / LEASE_FILE).exists()  # released: the same command may run now
+
+
+def _fill_the_disk_mid_run(proc: subprocess.Popen, view: Path, run_dir: Path) -> int:
+    """Once the run holds two checkpoints, fill its disk to half a checkpoint's size free: it stops at its next
+    checkpoint with exit status 1 and one line; returns the step of the checkpoint that line calls intact."""
+    try:
+        _wait_for_checkpoints(run_dir, proc, 2)
+        size = max(sum(f.stat().st_size for f in c.rglob("*") if f.is_file()) for c in run_dir.glob("checkpoint_*"))
+        vfs = os.statvfs(view)
+        (view / "filler").write_bytes(b"\0" * (vfs.f_bavail * vfs.f_frsize - size // 2))
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err[-3000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("mdm train: error:")]
+    assert len(lines) == 1 and "Traceback" not in err.split(lines[0])[-1], err[-3000:]
+    said = re.fullmatch(r"mdm train: error: checkpoint of step (\d+) not saved: no space left on the device "
+                        r"holding \S+/ray/stopped: it needs about ([\d.]+) MiB, ([\d.]+) MiB is free; the latest "
+                        r"complete checkpoint, step (\d+), is intact: the same command resumes from it once the "
+                        r"storage is back", lines[0])
+    assert said and float(said.group(2)) > float(said.group(3)), lines[0]
+    assert abs(float(said.group(2)) - size / 2**20) < 0.1 + 0.2 * size / 2**20, (lines[0], size)
+    assert int(said.group(4)) == int(said.group(1)) - 2 >= 4, lines[0]
+    return int(said.group(4))

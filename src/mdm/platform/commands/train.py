@@ -4,7 +4,9 @@
 
 A GPU run prints its memory plan per GPU in one line first and stops with exit status 2 when the plan does
 not fit the GPUs (`mdm plan` lists the changes that would); `--force` trains anyway. Ctrl-C or SIGTERM stops
-the run (its MLflow run ends KILLED), prints the checkpoint the same command resumes from, and exits 130.
+the run (its MLflow run ends KILLED), prints the checkpoint the same command resumes from, and exits 130; a
+checkpoint the storage root cannot take (a full disk, storage down past the S3 client's retries) stops it with
+one line naming the address and the intact checkpoint, exit status 1.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def run(cfg: RunConfig, force: bool = False) -> int:
     from mdm.platform.train.ingest import DataError
     from ray.train import TrainingFailedError
 
-    from mdm.platform.train.interrupt import EXIT_STATUS, RunInterrupted, storage_failure
+    from mdm.platform.train.interrupt import RunInterrupted, how_it_stopped
     from mdm.platform.train.lease import LeaseError
     from mdm.platform.tracking.tracker import TrackingError
 
@@ -46,15 +48,12 @@ def run(cfg: RunConfig, force: bool = False) -> int:
     except (DataError, TrackingError, LeaseError, ValueError, FileNotFoundError) as e:
         print(f"mdm train: error: {e}", file=sys.stderr)
         return 2
-    except RunInterrupted as e:  # Ctrl-C / SIGTERM during training
-        print(f"mdm train: {e}", file=sys.stderr)
-        return EXIT_STATUS
-    except TrainingFailedError as e:
-        line = storage_failure(e)
-        if line is None:
+    except (RunInterrupted, TrainingFailedError) as e:  # Ctrl-C / SIGTERM; a full disk, storage down
+        said = how_it_stopped(e)
+        if said is None:
             raise
-        print(f"mdm train: error: {line}", file=sys.stderr)  # a full disk, storage down: one line, no traceback
-        return 1
+        print(f"mdm train: {said[0]}", file=sys.stderr)
+        return said[1]
     m = result.metrics or {}
     print(f"mdm train: done at step {m.get('step')} (eval/loss {m.get('eval/loss')}); model: {m.get('export_dir')}")
     return 0

@@ -212,8 +212,9 @@ def _train(cfg: RunConfig, run_name: str, callbacks: Sequence[Any], mlflow_tags:
                           vocab_size=len(tokenizer))
     total, per_epoch, epochs = plan_steps(data.n_train, tcfg, rcfg.num_workers)
     datasets = data.datasets()
+    kept = (previous.metrics or {}).get("step") if previous is not None else None
     print(f"mdm train {run_name}: {data.summary()}; {total} steps ({per_epoch}/epoch) on {rcfg.num_workers} "
-          f"worker(s)", file=sys.stderr)
+          f"worker(s)" + (f"; resuming from step {kept} ({previous.checkpoint.path})" if kept else ""), file=sys.stderr)
     short = eval_note(data.n_eval, tcfg.batch_size_per_gpu, rcfg.num_workers) if tcfg.eval_strategy != "no" else None
     for note in [*ds_config_notes(cfg.deepspeed, tcfg, rcfg.num_workers, total_steps=total, on_gpu=rcfg.use_gpu),
                  *([short] if short else [])]:

@@ -65,3 +65,12 @@ def storage_failure(err: BaseException) -> Optional[str]:
                 return str(exc.args[0] if exc.args else exc).strip().splitlines()[0]
             exc = getattr(exc, "cause", None) or exc.__cause__
     return None
+
+
+def how_it_stopped(err: BaseException) -> Optional[tuple[str, int]]:
+    """(the one line to print after the program's name, its exit status) for a run that stopped in a way a
+    person acts on: interrupted (130) or out of storage (1); None for any other failure (let it raise)."""
+    if isinstance(err, RunInterrupted):
+        return str(err), EXIT_STATUS
+    line = storage_failure(err)
+    return (f"error: {line}", 1) if line is not None else None
