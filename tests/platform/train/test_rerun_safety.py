@@ -113,7 +113,7 @@ def test_finished_run_with_save_no_is_not_trained_again(ray_local, arithmetic_da
 def _adapter_export_holds_the_training(root: Path, base: str) -> None:
     """The LoRA run's export is PEFT's adapter on `base` (its recorded base), loaded the way every evaluation path
     loads it (`eval_model`, what `mdm infer --adapter` runs: tests/platform/infer/test_batch_infer.py); the trained
-    adapters moved the weights they adapt, and only those."""
+    adapters moved the weights they adapt, and only those; the run's logged MLflow model holds those weights."""
     from mdm.platform.adapter import adapter_base, eval_model
     from mdm.platform.registry import get_registry
     from mdm.platform.tokenizer import load_tokenizer
@@ -127,6 +127,16 @@ def _adapter_export_holds_the_training(root: Path, base: str) -> None:
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert moved and all(".blocks." in k and k.endswith(("_proj.weight", "attn_out.weight", "ff_out.weight"))
                          for k in moved), moved  # the block projections; the output head is never adapted
+
+    # The run's MLflow model (the adapter, logged as a pyfunc) samples with the same merged weights.
+    import mlflow
+
+    (run,) = _runs(root, "shared")
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns.db")
+    logged = mlflow.pyfunc.load_model(f"models:/{run.outputs.model_outputs[0].model_id}")
+    held = logged.unwrap_python_model().model.state_dict()
+    assert held.keys() == after.keys() and all(torch.equal(held[k], after[k]) for k in after)
+    assert len(logged.predict(["What is 2 plus 3?"])) == 1
 
 
 class _Payload:
