@@ -136,7 +136,8 @@ class ModelMemory:
     size (DeepSpeed's bucket sizes); `activations_plain` / `activations_checkpointed`: peak bytes of one training
     micro-batch without / with gradient checkpointing, `checkpointing` the configured one; `other_forwards`:
     peak bytes of the largest forward outside the training step (`other_what` says which); `rows` / `tokens`:
-    forward rows and tokens of a micro-batch; `notes`: what was assumed."""
+    forward rows and tokens of a micro-batch; `notes`: what was assumed; `four_bit`: the `quantizable` weights
+    are loaded in 4 bits (QLoRA)."""
 
     params: int
     trainable: int
@@ -155,6 +156,7 @@ class ModelMemory:
     rows: int
     tokens: int
     notes: tuple[str, ...] = ()
+    four_bit: bool = False
 
     @property
     def activations(self) -> int:
@@ -196,6 +198,9 @@ class EngineSpec:
         parameters and activations (`precision`: DeepSpeed's "bf16"/"fp16", else None for the model's dtype).
     memory_knobs(flat_config) -> [[{key: value}, ...], ...]: engine keys that lower memory, one list per kind,
         least drastic first (LLaDA+: gradient checkpointing, LoRA ranks); the planner tries them.
+    check_model(model_cfg, name_or_path, use_gpu=, zero_stage=) (optional): ValueError (one line) for a model
+        section that cannot train on this run's hardware (LLaDA+: `model.load_in_4bit` without GPUs or LoRA);
+        `mdm train` calls it before any work.
     register_auto_classes() (optional): registers the engine's own `model_type`s with transformers' Auto
         classes (imports its model code); `mdm.platform.tokenizer` calls it before reading the tokenizer of a
         model directory whose config.json names a model_type transformers does not know yet.
@@ -218,6 +223,7 @@ class EngineSpec:
     register_auto_classes: Optional[Callable[[], None]] = None
     model_memory: Optional[Callable[..., ModelMemory]] = None
     memory_knobs: Optional[Callable[[Mapping[str, Any]], list[list[dict[str, Any]]]]] = None
+    check_model: Optional[Callable[..., None]] = None
 
     def require_likelihood(self, name: str = "this engine") -> None:
         """Raise ValueError unless the engine can score likelihoods (its hooks and section are set)."""

@@ -119,3 +119,22 @@ def test_total_adds_the_parts_and_a_reserve_and_the_verdict_follows():
     assert plan_memory(cfg, gpus=1, gpu_gib=plan.total / GIB * 1.01).fits
     with pytest.raises(ValueError, match="--gpus must be >= 1"):
         plan_memory(cfg, gpus=0, gpu_gib=80)
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_a_4bit_base_holds_its_block_weights_in_nf4(stage):
+    """With `model.load_in_4bit` the plan's weights are the frozen block weights at NF4's 4.5 bits plus the rest at
+    the model's width, and its total is what the LoRA plan's "with a 4-bit base" estimate says."""
+    from mdm.platform.train.memory_plan import NF4_BYTES
+
+    sets = ["model.lora.r=8", "model.d_model=256", "model.n_layers=4", "model.n_heads=4", "model.mlp_hidden_size=512",
+            f"model.vocab_size={V}", "ray.use_gpu=true", f"deepspeed.enabled={stage > 0}", f"deepspeed.zero_stage={stage}"]
+    lora = plan_memory(load_config([], sets), gpus=2, gpu_gib=80)
+    four = plan_memory(load_config([], sets + ["model.load_in_4bit=true"]), gpus=2, gpu_gib=80)
+    m = four.memory
+    assert m.four_bit and not lora.memory.four_bit and m.quantizable > 0
+    frozen = m.params - m.trainable
+    assert four.state.weights == (frozen - m.quantizable) * m.weight_bytes + int(m.quantizable * NF4_BYTES) \
+        + m.trainable * m.trainable_bytes
+    assert four.state.weights < lora.state.weights and four.state.optimizer == lora.state.optimizer
+    assert four.four_bit_total() is None and abs(lora.four_bit_total() - four.total) <= 2

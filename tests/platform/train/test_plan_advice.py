@@ -79,4 +79,4 @@ def test_report_names_every_part_and_the_verdict(lora):
     for part in ("weights", "gradients", "optimizer state", "DeepSpeed buffers", "activations", "reserve",
                  "total", "fits", "ZeRO-3 over 8 GPU(s)"):
         assert part in text, part
-    assert ("4-bit base (declared estimate" in text) == lora
+    assert ("4-bit base (model.load_in_4bit: true" in text) == lora

@@ -9,6 +9,7 @@ Ray's resources are passed in, and the driver's Ray start is replaced by no-ops 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from mdm.platform.config import load_config
 from mdm.platform.train import plan_check
@@ -130,3 +131,32 @@ def test_mdm_train_refuses_before_ray_starts_and_force_reaches_the_driver(monkey
     assert train_cmd.main(["--force"]) == 0 and train_cmd.main([]) == 0
     assert cli_main(["train", "--force"]) == 0  # `mdm train` and `python -m mdm.train`
     assert seen == [True, False, True]
+
+
+def test_a_4bit_base_is_refused_in_one_line_before_any_work(tmp_path, capsys, arithmetic_data):
+    """`model.load_in_4bit` (QLoRA) on a run without GPUs: `mdm train` exits 2 with one line before the lease,
+    the tokenizer or Ray; without adapters, on the tiny model or under ZeRO-3 likewise; and a worker without CUDA
+    (this machine) refuses to load one."""
+    import ray
+
+    from mdm.engines.llada_plus.quantized import quantized_load_kwargs
+    from mdm.platform.commands import train as train_cmd
+    from mdm.platform.train.plan_check import check_runnable
+
+    sets = ["model.load_in_4bit=true", "model.lora.r=8", "train.model=GSAI-ML/LLaDA-8B-Instruct",
+            "tracking.enabled=false", f"ray.storage_path={tmp_path}", f"train.train_data_path={arithmetic_data['train']}",
+            "data.tokenizer=/nonexistent/tokenizer"]
+    assert train_cmd.main([a for s in sets for a in ("--set", s)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "mdm train: error: model.load_in_4bit: true needs CUDA GPUs (bitsandbytes' 4-bit kernels) and this run "
+        "(ray.use_gpu: false) has none: run on GPU workers (ray.use_gpu: true) or set model.load_in_4bit: false")
+    assert not ray.is_initialized() and not list(tmp_path.iterdir())  # no Ray, no lease, nothing written
+    gpu = ["model.load_in_4bit=true", "model.lora.r=8", "train.model=/ckpt/llada", "ray.use_gpu=true"]
+    check_runnable(load_config([], gpu))  # a GPU run with adapters on a pretrained base passes
+    for extra, says in ((["model.lora.r=0"], "set model.lora.r > 0"), (["train.model=tiny"], "set train.model"),
+                        (["deepspeed.enabled=true", "deepspeed.zero_stage=3"], "use deepspeed.zero_stage 0-2")):
+        with pytest.raises(ValueError, match=says):
+            check_runnable(load_config([], gpu + extra))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="this worker has none"):
+            quantized_load_kwargs(load_config([], gpu).model, torch.bfloat16)

@@ -76,9 +76,16 @@ def _loglikelihood_rolling(*args: object, **kwargs: object) -> list[LoglikScore]
     return loglikelihood_rolling(*args, **kwargs)
 
 
+def _check_model(*args: Any, **kwargs: Any) -> None:
+    from mdm.engines.llada_plus.quantized import check_model
+
+    check_model(*args, **kwargs)
+
+
 get_registry("engines").register("llada_plus", EngineSpec(
     train_config=TrainConfig, model_config=ModelConfig, sampler_config=SamplerConfig,
     build_model=_build_model, build_objective=_build_objective, sample=_sample, end_token_ids=_end_token_ids,
     conditions=CONDITIONS, label=label, label_keys=LABEL_KEYS, forwards_per_sequence=forwards_per_sequence,
     likelihood_config=LikelihoodConfig, loglikelihood=_loglikelihood, loglikelihood_rolling=_loglikelihood_rolling,
-    register_auto_classes=_register_auto_classes, model_memory=_model_memory, memory_knobs=_memory_knobs))
+    register_auto_classes=_register_auto_classes, model_memory=_model_memory, memory_knobs=_memory_knobs,
+    check_model=_check_model))

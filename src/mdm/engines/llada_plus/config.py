@@ -118,6 +118,9 @@ class ModelConfig:
     trust (their forward must return logits). LLaDA checkpoints load without it.
     `gradient_checkpointing`: recompute each block's activations in backward (memory for time).
     `lora`: low-rank adapters (`LoRAConfig`); off by default.
+    `load_in_4bit`: QLoRA: load a pretrained base (`train.model`) with its block weights in 4 bits (bitsandbytes
+    NF4, compute in `dtype`, bfloat16 for float32) and train LoRA adapters on it; needs `lora.r` > 0 and a CUDA GPU
+    on every worker (on a machine without one: a one-line error before any work). Not run in this project's CI.
     """
 
     d_model: int = 128
@@ -134,6 +137,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    load_in_4bit: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, Mapping):  # built from a plain mapping (a logged config's YAML, a model actor)

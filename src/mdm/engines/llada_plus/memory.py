@@ -218,7 +218,8 @@ def model_memory(model_cfg: ModelConfig, train_cfg: TrainConfig, *, name_or_path
                        quantizable=counts["quantizable"], largest_unit=counts["block"], hidden=arch.d,
                        activations_plain=plain, activations_checkpointed=ckpt,
                        checkpointing=model_cfg.gradient_checkpointing, other_forwards=other, other_what=what,
-                       rows=rows, tokens=rows * train_cfg.max_len, notes=tuple(notes))
+                       rows=rows, tokens=rows * train_cfg.max_len, notes=tuple(notes),
+                       four_bit=model_cfg.load_in_4bit)
 
 
 def memory_knobs(flat: Mapping[str, Any]) -> list[list[dict[str, Any]]]:

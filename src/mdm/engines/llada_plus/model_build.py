@@ -8,7 +8,8 @@
 code (its forward must return `.logits`); LLaDA checkpoints never need it. After building,
 `model.config.mask_token_id / eos_token_id / pad_token_id` are always set. With `model.lora.r` > 0 the
 model comes back wrapped by PEFT (lora.py): only the adapters train; `model.gradient_checkpointing` is turned
-on before, so PEFT sees it and makes the inputs of the checkpointed blocks carry gradients.
+on before, so PEFT sees it and makes the inputs of the checkpointed blocks carry gradients. With
+`model.load_in_4bit` the base is loaded in NF4 on the worker's GPU first (quantized.py: QLoRA).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from transformers import AutoModel
 from mdm.engines.llada_plus.config import ModelConfig
 from mdm.engines.llada_plus.lora import apply_lora
 from mdm.engines.llada_plus.model import LLaDAConfig, LLaDAModelLM
+from mdm.engines.llada_plus.quantized import prepare_4bit, quantized_load_kwargs
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -80,16 +82,21 @@ def build_model(model_cfg: ModelConfig, name_or_path: str = "tiny",
         raise ValueError(f"model.dtype {model_cfg.dtype!r} unknown; valid: {', '.join(DTYPES)}")
     dtype = DTYPES[model_cfg.dtype]
     if name_or_path == "tiny":
+        if model_cfg.load_in_4bit:
+            raise ValueError("model.load_in_4bit: true quantizes a pretrained base: set train.model to a checkpoint "
+                             "directory or hub id")
         model = LLaDAModelLM(tiny_config(model_cfg, tokenizer)).to(dtype)
     else:
         model_type = _model_type(name_or_path)
         if model_type is None:
             trust = model_cfg.trust_remote_code
             model_type = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust).model_type
+        quant = quantized_load_kwargs(model_cfg, dtype)  # model.load_in_4bit (QLoRA): NF4 on this worker's GPU
         if model_type == "llada":  # our registration, never the checkpoint's remote code
-            model = LLaDAModelLM.from_pretrained(name_or_path, dtype=dtype)
+            model = LLaDAModelLM.from_pretrained(name_or_path, dtype=dtype, **quant)
         elif model_cfg.trust_remote_code:
-            model = AutoModel.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code)
+            model = AutoModel.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code,
+                                              **quant)
         else:
             raise ValueError(f"{name_or_path}: model_type {model_type!r} is not LLaDA; set "
                              "model.trust_remote_code=true to load it with its own code (only if you trust it)")
@@ -101,6 +108,7 @@ def build_model(model_cfg: ModelConfig, name_or_path: str = "tiny",
                 setattr(model.config, key, int(value))
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    model = prepare_4bit(model, model_cfg)
     if model_cfg.lora.r > 0:
         model = apply_lora(model, model_cfg.lora)
     return model

@@ -6,7 +6,7 @@
 
     mdm train --config experiments/gsm8k.yaml --set train.lr=1e-5   # = run(cfg)
 
-Order of work, so that mistakes surface before any worker starts: precision check, tracking store reachable, the
+Order of work, so that mistakes surface before any worker starts: precision and model checks, tracking store reachable, the
 run's lease, tokenizer loaded (`model.trust_remote_code` passed), Ray started or joined (ray_runtime), worker
 sizing leaves room for Ray Data, a GPU run's memory plan (one line; refused when it cannot fit unless `force`:
 plan_check.py), data validated (ingest), MLflow run opened or resumed (tracking), then `TorchTrainer.fit()`
@@ -159,9 +159,9 @@ def train_driver(cfg: RunConfig, *, run_name: Optional[str] = None, callbacks: S
     `force`: train a GPU run whose memory plan does not fit (`mdm train --force`); else PlanError."""
     from mdm.platform.tracking.tracker import Tracker
     from mdm.platform.train.lease import RunLease
-    from mdm.platform.train.updater import check_precision
+    from mdm.platform.train.plan_check import check_runnable
 
-    check_precision(cfg.deepspeed, on_gpu=cfg.ray.use_gpu)
+    check_runnable(cfg)  # precision, the engine's model check (a 4-bit base without GPUs): before any work
     if not cfg.train.train_data_path:  # the seed's default, before the name: the data path is part of it
         cfg = with_overrides(cfg, {"train.train_data_path": train_data_path(cfg)})
     run_name = run_name or derive_name(cfg)

@@ -104,9 +104,10 @@ class Plan:
         return self.total <= self.gpu_bytes
 
     def four_bit_total(self) -> Optional[int]:
-        """The total with the frozen base in 4 bits (a declared estimate; only with adapters), else None."""
+        """The total with the frozen base in 4 bits (a declared estimate; only with adapters and not already
+        4-bit), else None."""
         mem = self.memory
-        if mem.trainable == mem.params:
+        if mem.trainable == mem.params or mem.four_bit:
             return None
         saved = mem.quantizable * (mem.weight_bytes - NF4_BYTES)
         if self.sharding.enabled and self.sharding.stage == 3:
@@ -133,7 +134,8 @@ def sharding_of(ds: DeepSpeedConfig, conf: Optional[dict[str, Any]]) -> Sharding
 def state_bytes(mem: ModelMemory, sh: Sharding, gpus: int) -> StateBytes:
     """Weights, gradients, optimizer state and buffers per GPU (module docstring)."""
     w, tw, p, pt, tensors = mem.weight_bytes, mem.trainable_bytes, mem.params, mem.trainable, mem.trainable_tensors
-    full = (p - pt) * w + pt * tw
+    quant = mem.quantizable if mem.four_bit else 0  # QLoRA: the frozen block weights in NF4
+    full = (p - pt - quant) * w + int(quant * NF4_BYTES) + pt * tw
     if not sh.enabled or sh.stage == 0:
         master = 4 * pt if sh.enabled and sh.mixed else 0
         moments = (8 * pt if master else 2 * pt * tw) + 4 * tensors

@@ -56,7 +56,8 @@ def report(plan: Plan) -> str:
         lines.append(f"on the host (CPU memory, per GPU): {gib(s.host).strip()} GiB offloaded")
     four = plan.four_bit_total()
     if four is not None:
-        lines.append(f"with a 4-bit base (declared estimate; mdm cannot load one yet): total {gib(four).strip()} GiB")
+        lines.append(f"with a 4-bit base (model.load_in_4bit: true, CUDA only; declared estimate): total "
+                     f"{gib(four).strip()} GiB")
     lines += [f"note: {n}" for n in m.notes]
     return "\n".join(lines)
 

@@ -35,6 +35,19 @@ class PlanError(ValueError):
     """A run whose memory plan does not fit its GPUs, refused before any worker starts."""
 
 
+def check_runnable(cfg: RunConfig) -> None:
+    """Before any work (ValueError, one line): the precision DeepSpeed would train in, and the engine's check of
+    the model section on this run's hardware (EngineSpec.check_model: LLaDA+'s `model.load_in_4bit`)."""
+    from mdm.platform.registry import get_registry
+    from mdm.platform.train.updater import check_precision
+
+    check_precision(cfg.deepspeed, on_gpu=cfg.ray.use_gpu)
+    spec = get_registry("engines").get(cfg.engine)
+    if spec.check_model is not None:
+        spec.check_model(cfg.model, cfg.train.model, use_gpu=cfg.ray.use_gpu,
+                         zero_stage=cfg.deepspeed.zero_stage if cfg.deepspeed.enabled else 0)
+
+
 def driver_cuda_gib() -> tuple[Optional[float], str]:
     """The memory of this process's CUDA device 0, and its name; (None, why) without one."""
     import torch
