@@ -16,6 +16,7 @@ process (a new user's shell: RAY_AUTH_MODE unset, HOME in a temporary directory,
 Run: pytest tests/platform/test_embedded_ray_auth.py
 """
 
+import errno
 import os
 import re
 import signal
@@ -126,14 +127,28 @@ def test_embedded_ray_token_auth_a_full_disk_stops_cleanly_and_a_stopped_run_end
     assert not (run_dir / LEASE_FILE).exists()  # released: the same command may run now
 
 
+def _fill(path: Path, leave: int) -> None:
+    """Write zeros to `path` until `leave` bytes are free on its disk, or it is full (the run writes too)."""
+    vfs = os.statvfs(path.parent)
+    todo = vfs.f_bavail * vfs.f_frsize - leave
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        while todo > 0:
+            todo -= os.write(fd, b"\0" * min(todo, 1 << 20))
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+    finally:
+        os.close(fd)
+
+
 def _fill_the_disk_mid_run(proc: subprocess.Popen, view: Path, run_dir: Path) -> int:
     """Once the run holds two checkpoints, fill its disk to half a checkpoint's size free: it stops at its next
     checkpoint with exit status 1 and one line; returns the step of the checkpoint that line calls intact."""
     try:
         _wait_for_checkpoints(run_dir, proc, 2)
         size = max(sum(f.stat().st_size for f in c.rglob("*") if f.is_file()) for c in run_dir.glob("checkpoint_*"))
-        vfs = os.statvfs(view)
-        (view / "filler").write_bytes(b"\0" * (vfs.f_bavail * vfs.f_frsize - size // 2))
+        _fill(view / "filler", leave=size // 2)
         out, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
@@ -143,7 +158,7 @@ def _fill_the_disk_mid_run(proc: subprocess.Popen, view: Path, run_dir: Path) ->
     said = re.fullmatch(r"mdm train: error: checkpoint of step (\d+) not saved: no space left on the device "
                         r"holding \S+/ray/stopped: it needs about ([\d.]+) MiB, ([\d.]+) MiB is free; the latest "
                         r"complete checkpoint, step (\d+), is intact: the same command resumes from it once the "
-                        r"storage is back", lines[0])
+                        r"storage takes writes again", lines[0])
     assert said and float(said.group(2)) > float(said.group(3)), lines[0]
     assert abs(float(said.group(2)) - size / 2**20) < 0.1 + 0.2 * size / 2**20, (lines[0], size)
     assert int(said.group(4)) == int(said.group(1)) - 2 >= 4, lines[0]

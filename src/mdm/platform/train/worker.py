@@ -96,7 +96,7 @@ class RayTrainReporter:
         latest = (f"the latest complete checkpoint, step {self.saved}, is intact" if self.saved is not None
                   else "there is no complete checkpoint yet")
         return (f"checkpoint of step {step} not saved: {write_failure(err, self.run_dir or 'storage', needed)}; "
-                f"{latest}: the same command resumes from it once the storage is back")
+                f"{latest}: the same command resumes from it once the storage takes writes again")
 
 
 def train_fn_per_worker(config: dict[str, Union[WorkerSections, RunInfo]]) -> None:
