@@ -233,3 +233,20 @@ def test_training_goes_on_through_a_server_outage_and_the_server_gets_every_step
     assert [r.info.status for r in runs] == ["FINISHED"]
     for key in ("train/loss", "train/lr", "train/grad_norm"):
         assert _points(server.uri, runs[0].info.run_id, key) == list(range(1, STEPS + 1)), key
+
+
+def test_a_full_spool_disk_is_one_line_and_keeps_what_was_written(tmp_path):
+    """The spool's disk full (its file on /dev/full, which answers every write ENOSPC): a StorageError whose one
+    line names the file, the space and how to ship what the spool holds, which `mdm train` prints
+    (interrupt.storage_failure)."""
+    from mdm.platform.storage import StorageError
+
+    spool = Spool.create(str(tmp_path / "spool"), "sqlite:///unused.db", "run0", "r")
+    spool.records_path.unlink(missing_ok=True)
+    spool.records_path.symlink_to("/dev/full")
+    with pytest.raises(StorageError) as e:
+        spool.append([metric("train/loss", 0.9, step=2)])
+    line = str(e.value)
+    assert "\n" not in line and line.startswith(f"tracking spool not written: no space left on the device holding "
+                                                f"{spool.records_path}: it needs about 0.0 MiB, ")
+    assert f"mdm tracking sync {spool.dir}" in line

@@ -18,6 +18,7 @@ Several processes may append (a restarted worker, the driver's end); one ships a
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -25,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
+
+from mdm.platform.storage import StorageError, write_failure
 
 RECORDS, META, CURSOR, ARTIFACTS = "records.jsonl", "meta.json", "cursor.json", "artifacts"
 SPOOL_DIR = "tracking_spool"  # under a run's output directory
@@ -138,6 +141,12 @@ class Spool:
                 data = b"\n" + data
             os.write(fd, data)
             os.fsync(fd)
+        except OSError as e:  # a full disk: one line (storage.StorageError); a torn line is skipped when read
+            if e.errno != errno.ENOSPC:
+                raise
+            raise StorageError(f"tracking spool not written: {write_failure(e, str(self.records_path), len(data))}; "
+                               f"what it holds is kept (ship it with: mdm tracking sync {self.dir}) and the "
+                               f"checkpoints are not affected: free space, then the same command resumes") from e
         finally:
             os.close(fd)
 
