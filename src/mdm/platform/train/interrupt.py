@@ -14,6 +14,11 @@ ends KILLED (tracking.session) with the run's spool shipped, the lease is releas
 command exits 130. SIGTERM (what `kill`, a scheduler or a container stop sends) is turned into SIGINT for the
 same abort. The signal handlers that were there before are put back afterwards (Ray's would otherwise outlive its
 controller).
+
+The other way a run stops that a person acts on: a worker's `storage.StorageError` (a checkpoint the storage root
+could not take: a full disk, storage unreachable past the S3 client's retries) inside Ray Train's
+TrainingFailedError. `how_it_stopped(err)` gives the one line and exit status both commands print for either
+(interrupted: 130; storage: 1), and None for any other failure, which raises as before.
 """
 
 from __future__ import annotations
