@@ -123,3 +123,41 @@ def test_lease_on_s3(monkeypatch):
         RunLease.acquire(root, "r").release()
     finally:
         server.stop()
+
+
+class _Flaky:
+    """The lease's pyarrow filesystem, failing every call with an I/O error while `down` (storage unreachable)."""
+
+    def __init__(self, fs) -> None:
+        self.fs, self.down = fs, False
+
+    def __getattr__(self, name):
+        attr = getattr(self.fs, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            if self.down:
+                raise OSError("When reading information for key 'x' in bucket 'mdm': AWS Error NETWORK_CONNECTION")
+            return attr(*args, **kwargs)
+        return call
+
+
+def test_storage_outage_warns_once_keeps_beating_and_release_never_raises(tmp_path, monkeypatch, capsys):
+    """Unreachable storage is not a taken-over lease: the heartbeat warns once, beats again when storage is back;
+    a release during an outage warns instead of raising (it would hide how the run ended)."""
+    monkeypatch.setattr(lease_mod, "HEARTBEAT_S", 0.05)
+    held = RunLease.acquire(str(tmp_path), "run-f")
+    held.fs = flaky = _Flaky(held.fs)
+    flaky.down = True
+    time.sleep(0.4)
+    flaky.down = False
+    before = json.loads((tmp_path / "run-f" / LEASE_FILE).read_text())["heartbeat"]
+    time.sleep(0.3)
+    assert json.loads((tmp_path / "run-f" / LEASE_FILE).read_text())["heartbeat"] > before  # beating again
+    flaky.down = True
+    held.release()
+    err = capsys.readouterr().err
+    assert err.count("mdm: warning: could not renew the lease") == 1 and "is renewed again" in err
+    assert "taken over" not in err
+    assert "mdm: warning: could not release the lease" in err and "AWS Error NETWORK_CONNECTION" in err
