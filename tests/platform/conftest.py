@@ -44,7 +44,22 @@ def arithmetic_data(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def trained_mc(tmp_path_factory) -> dict:
-    """A tiny LLaDA trained here on small arithmetic (infer/tiny_mc_model.py) and its task `arith_mc4`: once per session."""
-    from tiny_mc_model import train_tiny_mc
+    """A tiny LLaDA trained here on small arithmetic (infer/tiny_mc_model.py) and its task `arith_mc4`: once per
+    test session. Under pytest-xdist the test processes share one copy (made under a file lock in the session's
+    base temp dir): it is the slowest fixture, and each process would otherwise train its own.
+    {"dir": the model directory, "task", "train_s"}."""
+    import fcntl
+    import json
 
-    return train_tiny_mc(str(tmp_path_factory.mktemp("tiny_mc")))
+    from tiny_mc_model import register_task, train_tiny_mc
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # pytest-N/, above popen-gwK/
+    done = shared / "tiny_mc.json"
+    with open(shared / "tiny_mc.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            made = train_tiny_mc(str(shared / "tiny_mc"))
+            done.write_text(json.dumps({k: made[k] for k in ("dir", "task", "train_s")}))
+    register_task()  # this process's registry holds the task too
+    return json.loads(done.read_text())
