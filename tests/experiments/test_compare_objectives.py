@@ -222,7 +222,7 @@ def _chromium(url: str, profile: Path, *extra: str) -> subprocess.CompletedProce
     return subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                            "--disable-background-networking", "--disable-component-update", "--disable-sync",
                            f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--window-size=1600,1200",
-                           *extra, url], capture_output=True, text=True, timeout=120)
+                           *extra, url], capture_output=True, text=True, timeout=600)
 
 
 def test_browser_shows_child_names_and_the_aggregated_table(run, tmp_path):
