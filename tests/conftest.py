@@ -73,17 +73,3 @@ def s3_endpoint(tmp_path_factory):
             else:
                 os.environ[k] = v
 
-
-def pytest_xdist_make_scheduler(config, log):
-    """Under `--dist loadfile` (the README's command), tests/multinode/ is one unit of work: its modules share one
-    3-node cluster (a package fixture, ~40 s to start), which two test processes would each start."""
-    if config.getoption("dist", None) != "loadfile":
-        return None
-    from xdist.scheduler import LoadFileScheduling
-
-    class OneClusterScheduling(LoadFileScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            scope = super()._split_scope(nodeid)
-            return "tests/multinode" if scope.startswith("tests/multinode/") else scope
-
-    return OneClusterScheduling(config, log)
