@@ -17,6 +17,9 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 # `runtime.ray_runtime.EMBEDDED_ENV`) and Train's Prometheus metrics (nothing scrapes them here).
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+# Every `mlflow server` a test starts would also start MLflow's job runner: six huey consumer processes (~250 MB
+# and a busy start each) for GenAI jobs no test runs. The tracking API and the UI do not need them.
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 # Under pytest-xdist (`-n 2`, the README's command) each worker process gets its own Ray temp dir: a plain
 # `ray.init()` looks there (ray_current_cluster) for a cluster to join, so one worker's `ray start` heads are never
 # found by the other's tests, and their session folders (logs, sockets) stay apart.
