@@ -83,6 +83,9 @@ def test_bad_values_name_key_and_valid_choices(tmp_path):
         load_config([], ["train.lr=-1"])
     with pytest.raises(ConfigError, match=r"bad value 'sometimes' for train.eval_strategy.*valid: epoch, steps, no"):
         load_config([], ["train.eval_strategy=sometimes"])
+    with pytest.raises(ConfigError, match=r"ray.stop_grace_s must be >= 0 seconds \(0: stop at once\), got -5.0 "
+                                          r"\(from --set ray.stop_grace_s=-5\)"):
+        load_config([], ["ray.stop_grace_s=-5"])
 
 
 def test_malformed_inputs_are_named(tmp_path):

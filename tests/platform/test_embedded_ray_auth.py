@@ -8,10 +8,14 @@ process (a new user's shell: RAY_AUTH_MODE unset, HOME in a temporary directory,
   freed, the same command resumes from that checkpoint (and says so).
 - The embedded Ray starts with token authentication and without Ray's warning about choosing it (issue #23,
   item 9: the main job's terminal holds mdm's lines).
-- That resumed `mdm train`, sent SIGTERM after its next checkpoint (issue #25, item 5; SIGTERM is turned into Ray
-  Train's own SIGINT abort, so this covers Ctrl-C too): it exits 130 with one line naming the latest complete
-  checkpoint the same command resumes from, its MLflow run ends KILLED (not RUNNING forever, not FAILED), and
-  its lease is released.
+- That resumed `mdm train`, sent SIGTERM after its next checkpoint (issue #25, item 5; SIGTERM is turned into
+  SIGINT, so this covers Ctrl-C too): the workers train on to their next checkpoint (within `ray.stop_grace_s`,
+  60 s by default), save it and stop there: it exits 130 with one line naming that checkpoint, later than any
+  complete before the signal, as the one the same command resumes from; the MLflow run holds every step through
+  it and none after, and ends KILLED (not RUNNING forever, not FAILED); the lease is released.
+- Run again with no checkpoint due (`train.save_steps` past the end) and `ray.stop_grace_s=1`, SIGTERM: the grace
+  period runs out and Ray Train's abort stops the workers where they are; the same line names the checkpoint
+  the run resumed from, still the latest.
 
 Run: pytest tests/platform/test_embedded_ray_auth.py
 """
@@ -83,14 +87,30 @@ def _train(holder: int, args: list[str], env: dict[str, str]) -> subprocess.Pope
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _stop(proc: subprocess.Popen, run_dir: Path, n: int) -> tuple[str, str]:
-    """SIGTERM once the run holds `n` checkpoints; its (stdout, stderr)."""
+def _latest_step(run_dir: Path) -> int:
+    from mdm.platform.train.driver import previous_result
+
+    return int(previous_result(str(run_dir.parent), run_dir.name).metrics["step"])
+
+
+def _stop(proc: subprocess.Popen, run_dir: Path, n: int) -> tuple[str, str, int]:
+    """SIGTERM once the run holds `n` checkpoints; its (stdout, stderr) and the latest checkpoint's step then."""
     try:
         _wait_for_checkpoints(run_dir, proc, n)
+        before = _latest_step(run_dir)
         proc.send_signal(signal.SIGTERM)
-        return proc.communicate(timeout=120)
+        return *proc.communicate(timeout=120), before
     finally:
         proc.kill()
+
+
+def _stopped_at(err: str, disk: Path, holder: int) -> int:
+    """The step of the checkpoint the interrupted run's one line names (it exists on the small disk)."""
+    said = re.search(r"mdm train: run stopped interrupted; its MLflow run is ended KILLED; the same command resumes "
+                     r"it from its latest complete checkpoint, step (\d+) \((\S+)\)", err)
+    assert said, err[-3000:]
+    assert said.group(2).startswith(f"{disk}/ray/stopped/") and os.path.isdir(f"/proc/{holder}/root{said.group(2)}")
+    return int(said.group(1))
 
 
 def test_embedded_ray_token_auth_a_full_disk_stops_cleanly_and_a_stopped_run_ends_killed(tmp_path, arithmetic_data,
@@ -104,7 +124,7 @@ def test_embedded_ray_token_auth_a_full_disk_stops_cleanly_and_a_stopped_run_end
 
     (view / "filler").unlink()  # space freed: the same command resumes from the intact checkpoint
     proc = _train(holder, args, env)
-    out, err = _stop(proc, run_dir, len(list(run_dir.glob("checkpoint_*"))) + 1)
+    out, err, before = _stop(proc, run_dir, len(list(run_dir.glob("checkpoint_*"))) + 1)
     assert out.split()[:4] == ["driver", "token", "worker", "token"], (out, err[-3000:])
     assert (tmp_path / ".ray" / "auth_token").is_file()  # Ray made the token the cluster checks
     assert "mdm: embedded Ray on 127.0.0.1" in err
@@ -112,19 +132,34 @@ def test_embedded_ray_token_auth_a_full_disk_stops_cleanly_and_a_stopped_run_end
     assert f"; resuming from step {kept} ({disk}/ray/stopped/checkpoint_" in err, err[-3000:]
 
     assert proc.returncode == 130, err[-3000:]
-    said = re.search(r"mdm train: run stopped interrupted; its MLflow run is ended KILLED; the same command resumes "
-                     r"it from its latest complete checkpoint, step (\d+) \((\S+)\)", err)
-    assert said, err[-3000:]
-    assert int(said.group(1)) % 2 == 0 and int(said.group(1)) > kept and "mdm train: done" not in out
-    assert said.group(2).startswith(f"{disk}/ray/stopped/") and os.path.isdir(f"/proc/{holder}/root{said.group(2)}")
+    assert "mdm train: stopping: the workers save their next checkpoint if it comes within 60 s" in err, err[-3000:]
+    step = _stopped_at(err, disk, holder)
+    assert step % 2 == 0 and step > before >= kept and "mdm train: done" not in out, (step, before)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns.db")
     exp = client.get_experiment_by_name("stop")
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`mlflow.runName` = 'stopped'",
                               order_by=["attributes.start_time DESC"])
     assert runs[0].info.status == "KILLED" and "RUNNING" not in {r.info.status for r in runs}
     steps = {m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")}
-    assert int(said.group(1)) <= max(steps) < 400  # stopped part-way, what it logged shipped before the end
+    assert max(steps) == step and set(range(kept + 1, step + 1)) <= steps  # to the checkpoint, shipped
     assert not (run_dir / LEASE_FILE).exists()  # released: the same command may run now
+    assert not list(run_dir.glob("stop-*"))  # the stop request is cleared
+
+    # No checkpoint within the grace period: Ray Train's abort when it runs out.
+    proc = _train(holder, args + ["--set", "train.save_steps=1000", "--set", "ray.stop_grace_s=1"], env)
+    try:
+        deadline = time.time() + 300
+        while max((m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")), default=0) < step + 3:
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "if it comes within 1 s" in err, err[-3000:]
+    assert f"; resuming from step {step} ({disk}/ray/stopped/checkpoint_" in err, err[-3000:]
+    assert _stopped_at(err, disk, holder) == step
+    assert client.get_run(runs[0].info.run_id).info.status == "KILLED" and not (run_dir / LEASE_FILE).exists()
 
 
 def _fill(path: Path, leave: int) -> None:

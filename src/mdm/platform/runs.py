@@ -38,13 +38,14 @@ if TYPE_CHECKING:
 
 # Left out of a run's derived name (prefixes of dotted keys).
 RUN_NAME_EXCLUDED = ("run_name", "ray.address", "ray.num_cpus", "ray.cpus_per_worker", "ray.gpus_per_worker",
-                     "ray.storage_path", "ray.max_failures", "ray.num_to_keep", "ray.gpu_mem_gib", "tracking.",
-                     "tune.", "eval.", "sampler.", "likelihood.", "train.logging_steps", "train.output_dir",
-                     "data.task_data_dir", "data.source", "china", "train.china", "export.")
+                     "ray.storage_path", "ray.max_failures", "ray.num_to_keep", "ray.gpu_mem_gib",
+                     "ray.stop_grace_s", "tracking.", "tune.", "eval.", "sampler.", "likelihood.",
+                     "train.logging_steps", "train.output_dir", "data.task_data_dir", "data.source", "china",
+                     "train.china", "export.")
 # Left out of a sweep's derived name: where and how fast it runs, not what it searches.
 SWEEP_NAME_EXCLUDED = ("run_name", "tracking.", "ray.address", "ray.num_cpus", "ray.gpu_mem_gib",
-                       "tune.max_concurrent_trials", "tune.cpus_per_trial", "tune.reserve_cpus", "tune.max_failures",
-                       "likelihood.")
+                       "ray.stop_grace_s", "tune.max_concurrent_trials", "tune.cpus_per_trial", "tune.reserve_cpus",
+                       "tune.max_failures", "likelihood.")
 # Logged nowhere as params: unique to one run, so they clutter every comparison (the name is a tag).
 RUN_UNIQUE = ("run_name",)
 INERT = "inert"  # the param value of a key that cannot change the run (EngineSpec.conditions)

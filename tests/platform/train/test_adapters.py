@@ -40,6 +40,7 @@ class SavingReporter:
     """Records the losses; takes the checkpoint offered at a save step (kept in `checkpoints`)."""
 
     keeps_checkpoints = True
+    stopping = False
 
     def __init__(self) -> None:
         self.logged, self.losses, self.checkpoints = [], {}, {}

@@ -37,6 +37,8 @@ TINY = ["model.d_model=16", "model.n_layers=1", "model.n_heads=2", "model.mlp_hi
 class ListReporter:
     """Records everything a Trainer reports (and, when it keeps checkpoints, which steps offered a save)."""
 
+    stopping = False
+
     def __init__(self, keeps_checkpoints: bool = True) -> None:
         self.keeps_checkpoints = keeps_checkpoints
         self.begun, self.logged, self.tags_seen, self.reports = [], [], {}, []

@@ -32,14 +32,11 @@ from mdm.platform.config_ops import dump_config, with_overrides
 from mdm.platform.runs import export_dir, run_name as derive_name, storage_root
 
 if TYPE_CHECKING:
-    import ray.data
     from ray.train import Result
-    from ray.train.torch import TorchTrainer
 
     from mdm.platform.config import RunConfig
     from mdm.platform.engine_api import BaseTrainConfig
     from mdm.platform.tracking.tracker import Tracker
-    from mdm.platform.train.run_spec import RunInfo
 
 SEED_DATA_PATH = "./data/train/{task}.jsonl"  # the seed's default for an unset train.train_data_path
 
@@ -186,7 +183,9 @@ def _train(cfg: RunConfig, run_name: str, callbacks: Sequence[Any], mlflow_tags:
     from mdm.platform.tracking.context import context_tags
     from mdm.platform.tracking.dataset import describe_dataset
     from mdm.platform.tracking.session import tracked_run
+    from mdm.platform.train.ray_trainer import build_trainer
     from mdm.platform.train.run_spec import RunInfo
+    from mdm.platform.train.stop import StopRequest
     from mdm.platform.tokenizer import load_tokenizer
 
     rcfg, tcfg = cfg.ray, cfg.train
@@ -235,15 +234,18 @@ def _train(cfg: RunConfig, run_name: str, callbacks: Sequence[Any], mlflow_tags:
     with tracked_run(tracker, run_name, params=params, config_yaml=dump_config(cfg), tags=tags,
                      display_name=display_name, dataset=dataset, spool_dir=spool,
                      flush_timeout_s=cfg.tracking.flush_timeout_s) as session:
+        stop = StopRequest(run_dir, rcfg.stop_grace_s, total)  # Ctrl-C: stop at the next checkpoint (stop.py)
         run = RunInfo(run_name=run_name,
                       tokenizer=os.path.abspath(tok_path) if os.path.isdir(tok_path) else tok_path,
                       export_dir=export_dir(cfg, run_name), total_steps=total, steps_per_epoch=per_epoch,
                       epochs=epochs, has_eval="eval" in datasets, tracking_uri=session.uri,
                       mlflow_run_id=session.run_id, system_metrics_s=cfg.tracking.system_metrics_interval_s,
                       model_config_yaml=dump_config(cfg) if cfg.tracking.log_model else None,
-                      spool_dir=spool, flush_timeout_s=cfg.tracking.flush_timeout_s, run_dir=run_dir)
+                      spool_dir=spool, flush_timeout_s=cfg.tracking.flush_timeout_s, run_dir=run_dir,
+                      stop_marker=stop.marker)
+        trainer = build_trainer(cfg, run, datasets, callbacks, stop)
         with interruptible(lambda: resume_line(storage_root(cfg), run_name, tracker is not None)):  # Ctrl-C, SIGTERM
-            return _trainer(cfg, run, datasets, callbacks).fit()
+            return trainer.fit()
 
 
 def resume_line(storage: str, run_name: str, tracked: bool) -> str:
@@ -255,46 +257,3 @@ def resume_line(storage: str, run_name: str, tracked: bool) -> str:
         return f"{said}; no checkpoint yet: the same command starts it again from step 0"
     return (f"{said}; the same command resumes it from its latest complete checkpoint, step {step} "
             f"({previous.checkpoint.path})")
-
-
-def _trainer(cfg: RunConfig, run: RunInfo, datasets: dict[str, ray.data.Dataset],
-             callbacks: Sequence[Any]) -> TorchTrainer:
-    """The TorchTrainer of a run: `ray.num_workers` workers running train_fn_per_worker on the `train` (and
-    `eval`) datasets, checkpoints under the storage root scored by eval/loss when there is one."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from mdm.platform.runtime.ray_runtime import TRAIN_LOG_LEVEL, is_local_cluster
-    from mdm.platform.train.ingest import ingest_options
-    from mdm.platform.train.local_pg import LocalTorchConfig
-    from mdm.platform.train.progress import ProgressCallback
-    from mdm.platform.train.run_spec import WorkerSections
-    from mdm.platform.train.worker import train_fn_per_worker
-
-    rcfg, tcfg = cfg.ray, cfg.train
-    sections = WorkerSections(engine=cfg.engine, auto_import=list(cfg.auto_import), train=tcfg, model=cfg.model,
-                              deepspeed=cfg.deepspeed, export=cfg.export)
-    resources = {"CPU": rcfg.cpus_per_worker, **({"GPU": rcfg.gpus_per_worker} if rcfg.use_gpu else {})}
-    scored = run.has_eval and tcfg.eval_strategy != "no"
-    return TorchTrainer(
-        train_fn_per_worker,
-        train_loop_config={"sections": sections, "run": run},
-        # On this machine's own Ray the process group meets through a file: torch's TCP store would listen
-        # on every interface (local_pg.py). A cluster keeps Ray's default.
-        torch_config=LocalTorchConfig() if is_local_cluster(rcfg) else None,
-        scaling_config=ScalingConfig(num_workers=rcfg.num_workers, use_gpu=rcfg.use_gpu,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(
-            name=run.run_name, storage_path=storage_root(cfg),
-            checkpoint_config=CheckpointConfig(num_to_keep=rcfg.num_to_keep,
-                                               checkpoint_score_attribute="eval/loss" if scored else None,
-                                               checkpoint_score_order="min"),
-            failure_config=FailureConfig(max_failures=rcfg.max_failures),
-            logging_config=LoggingConfig(log_level=TRAIN_LOG_LEVEL),
-            callbacks=[ProgressCallback(run.run_name), *callbacks]),
-        datasets=datasets,
-        # One worker reads each dataset whole: no split, so no coordinator actor per dataset (the same rows in
-        # the same order: the ingest preserves order either way).
-        dataset_config=DataConfig(datasets_to_split=[d for d in ("train", "eval") if d in datasets and
-                                                     rcfg.num_workers > 1],
-                                  execution_options=ingest_options(), enable_shard_locality=False))

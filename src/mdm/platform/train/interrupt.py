@@ -5,15 +5,15 @@ where the same command resumes.
         result = trainer.fit()
     # RunInterrupted (a KeyboardInterrupt) carries that line; `mdm train` prints it and exits 130
 
-Ray Train's `fit()` registers its own SIGINT handler in the main thread: it aborts the worker group (the workers
-are stopped where they are; what counts is the last complete checkpoint) and then ends the driver with a
-`SystemExit` (1, raised by Ray's core in the interrupted `ray.get`, or 0 from the handler itself), which skips
-every `except Exception` and would leave the MLflow run FAILED. Inside this block that exit (fit raises
-SystemExit for nothing else) and a plain KeyboardInterrupt become `RunInterrupted`, so the tracked MLflow run
-ends KILLED (tracking.session) with the run's spool shipped, the lease is released (driver.train_driver) and the
-command exits 130. SIGTERM (what `kill`, a scheduler or a container stop sends) is turned into SIGINT for the
-same abort. The signal handlers that were there before are put back afterwards (Ray's would otherwise outlive its
-controller).
+Ray Train's `fit()` registers a SIGINT handler in the main thread; the driver's trainer puts the graceful stop
+of `stop.py` there (the workers save their next checkpoint if it comes within `ray.stop_grace_s`, else Ray
+Train's abort stops them where they are), and `fit` then raises KeyboardInterrupt. A third signal ends the driver
+with a `SystemExit` (Ray's rule), which skips every `except Exception` and would leave the MLflow run FAILED.
+Inside this block that exit (fit raises SystemExit for nothing else) and a KeyboardInterrupt become
+`RunInterrupted`, so the tracked MLflow run ends KILLED (tracking.session) with the run's spool shipped, the
+lease is released (driver.train_driver) and the command exits 130. SIGTERM (what `kill`, a scheduler or a
+container stop sends) is turned into SIGINT for the same stop. The signal handlers that were there before are
+put back afterwards (the trainer's would otherwise outlive its controller).
 
 The other way a run stops that a person acts on: a worker's `storage.StorageError` (a checkpoint the storage root
 could not take: a full disk, storage unreachable past the S3 client's retries) inside Ray Train's

@@ -29,6 +29,7 @@ class CallbackReporter:
     keeps the logging steps in `history` and the digest tags in `tags_seen`."""
 
     keeps_checkpoints = False
+    stopping = False
 
     def __init__(self, log: Optional[Callable[[int, Metrics], None]] = None) -> None:
         self.callback = log
@@ -55,6 +56,7 @@ class PrintReporter:
     """`step N  loss L  lr R  Ts` per logging step (T: seconds since the attempt began); keeps `last`."""
 
     keeps_checkpoints = False
+    stopping = False
 
     def __init__(self) -> None:
         self.t0 = time.time()

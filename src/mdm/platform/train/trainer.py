@@ -78,6 +78,7 @@ class Reporter(Protocol):
     """Where a Trainer's results go (reporters.py; the Ray Train worker's in worker.py)."""
 
     keeps_checkpoints: bool          # False: `train.save_strategy` never applies
+    stopping: bool                   # True: stop after this report (a graceful stop: train.stop)
 
     def begin(self, kept_through: Optional[int]) -> None:
         """An attempt starts: from the checkpoint of step `kept_through`, or from scratch (None)."""
@@ -184,9 +185,9 @@ class Trainer:
 
     # -- the steps ----------------------------------------------------------------------------------
     def train(self) -> None:
-        """Step from the current data position until `total_steps`."""
+        """Step from the current data position until `total_steps` (or the reporter says it is stopping)."""
         stream = self.source.train(self.state.epoch, self.state.microbatches)
-        while self.state.step < self.total_steps:
+        while self.state.step < self.total_steps and not self.reporter.stopping:
             self.step(stream)
             self.maybe_reestimate()
             self.maybe_log()

@@ -12,7 +12,8 @@ The parameter counts (all, and those that train: with LoRA the adapters) are log
 At the end rank 0 exports the model in Hugging Face format (with LoRA: PEFT's adapter directory, plus the
 merged model with `export.merge_lora`) and logs it (with `tracking.log_model`, as an MLflow
 model too), and every rank reports once more with a checkpoint, so `Result.metrics` carries the final metrics.
-All ranks report at the same steps (`ray.train.report` is a barrier).
+All ranks report at the same steps (`ray.train.report` is a barrier). After each checkpoint the workers look
+whether the driver asked for a graceful stop (Ctrl-C: `stop.py`); if so they return there, without the export.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from mdm.platform.tracking.session import TrackedRun, attach_run
 from mdm.platform.train.checkpoint import cleanup
 from mdm.platform.train.reporters import tracked
 from mdm.platform.train.run_spec import RunInfo, WorkerSections
+from mdm.platform.train.stop import stop_asked
 from mdm.platform.train.sources import RayShards
 from mdm.platform.train.trainer import Metrics, Objective, Trainer
 
@@ -44,9 +46,12 @@ class RayTrainReporter:
 
     keeps_checkpoints = True
 
-    def __init__(self, run: TrackedRun, rank: int, export_dir: str, run_dir: str = "") -> None:
+    def __init__(self, run: TrackedRun, rank: int, export_dir: str, run_dir: str = "", world: int = 1,
+                 stop_marker: str = "") -> None:
         self.run, self.rank, self.export_dir, self.run_dir = run, rank, export_dir, run_dir
+        self.world, self.stop_marker = world, stop_marker
         self.saved: Optional[int] = None  # the step of the latest complete checkpoint
+        self.stopping = False  # the driver asked for a graceful stop and a checkpoint was just saved
 
     def begin(self, kept_through: Optional[int]) -> None:
         self.saved = kept_through
@@ -77,7 +82,8 @@ class RayTrainReporter:
         return ray.train.Checkpoint.from_directory(ckpt_dir)
 
     def send(self, metrics: dict[str, Union[float, str]], checkpoint: Optional[Checkpoint]) -> None:
-        """`ray.train.report` (a barrier: every rank, same steps); the checkpoint's temp dir is removed after."""
+        """`ray.train.report` (a barrier: every rank, same steps); the checkpoint's temp dir is removed after.
+        After a checkpoint, `stopping` says whether the driver asked for a graceful stop (train.stop)."""
         import ray.train
 
         if checkpoint is None:
@@ -90,6 +96,7 @@ class RayTrainReporter:
         finally:
             cleanup(checkpoint)
         self.saved = int(metrics["step"])
+        self.stopping = stop_asked(self.stop_marker, self.rank, self.world)
 
     def failed_save(self, step: int, err: OSError, needed: int) -> str:
         """One line: where the checkpoint of `step` could not go, and where the same command resumes from."""
@@ -109,7 +116,7 @@ def train_fn_per_worker(config: dict[str, Union[WorkerSections, RunInfo]]) -> No
     tokenizer, model, objective = _build(sec, run, device)
     session = attach_run(run.tracking_uri, run.mlflow_run_id if rank == 0 else None, run.spool_dir,
                          run.flush_timeout_s)
-    reporter = RayTrainReporter(session, rank, run.export_dir, run.run_dir)
+    reporter = RayTrainReporter(session, rank, run.export_dir, run.run_dir, world, run.stop_marker)
     source = RayShards(device, epochs=run.epochs, seed=sec.train.seed, has_eval=run.has_eval)
     trainer = Trainer(model, objective, train_cfg=sec.train, ds_cfg=sec.deepspeed, total_steps=run.total_steps,
                       steps_per_epoch=run.steps_per_epoch, source=source, reporter=reporter, device=device,
@@ -118,7 +125,8 @@ def train_fn_per_worker(config: dict[str, Union[WorkerSections, RunInfo]]) -> No
         trainer.start(ray.train.get_checkpoint())
         with session.system_metrics(run.system_metrics_s):
             trainer.train()
-        _finish(trainer, reporter, session, tokenizer, sec, run)
+        if not reporter.stopping:  # a graceful stop ends at the checkpoint just saved: no export
+            _finish(trainer, reporter, session, tokenizer, sec, run)
     finally:
         session.close()  # ship what the spool holds, within tracking.flush_timeout_s
 
