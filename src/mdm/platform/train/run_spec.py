@@ -46,4 +46,4 @@ class RunInfo:
     spool_dir: Optional[str] = None          # set: rank 0 logs through the durable tracking spool there
     flush_timeout_s: float = 60.0            # how long rank 0 waits at the end for the spool to be shipped
     run_dir: str = ""                        # the run's directory in the storage root (Ray Train's checkpoints)
-    stop_marker: str = ""                    # the driver asks for a graceful stop by writing it (train.stop)
+    stop_marker: str = ""                    # the driver asks for a graceful stop by writing it (stop.py)

@@ -78,7 +78,7 @@ class Reporter(Protocol):
     """Where a Trainer's results go (reporters.py; the Ray Train worker's in worker.py)."""
 
     keeps_checkpoints: bool          # False: `train.save_strategy` never applies
-    stopping: bool                   # True: stop after this report (a graceful stop: train.stop)
+    stopping: bool                   # True: stop after this report (a graceful stop: train/stop.py)
 
     def begin(self, kept_through: Optional[int]) -> None:
         """An attempt starts: from the checkpoint of step `kept_through`, or from scratch (None)."""

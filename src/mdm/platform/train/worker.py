@@ -83,7 +83,7 @@ class RayTrainReporter:
 
     def send(self, metrics: dict[str, Union[float, str]], checkpoint: Optional[Checkpoint]) -> None:
         """`ray.train.report` (a barrier: every rank, same steps); the checkpoint's temp dir is removed after.
-        After a checkpoint, `stopping` says whether the driver asked for a graceful stop (train.stop)."""
+        After a checkpoint, `stopping` says whether the driver asked for a graceful stop (stop.py)."""
         import ray.train
 
         if checkpoint is None:
