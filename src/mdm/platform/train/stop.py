@@ -38,7 +38,10 @@ class StopRequest:
     """The driver's side of a graceful stop of one run (see the module docstring)."""
 
     def __init__(self, run_dir: str, grace_s: float, total_steps: int) -> None:
-        self.marker = storage.join(run_dir, f"stop-{uuid.uuid4().hex}") if run_dir else ""
+        # No marker (so the workers look for none) where no graceful stop can be asked for: no grace period, or
+        # off the main thread (a Tune trial), where no signal handler is registered.
+        graceful = run_dir and grace_s > 0 and threading.current_thread() is threading.main_thread()
+        self.marker = storage.join(run_dir, f"stop-{uuid.uuid4().hex}") if graceful else ""
         self.grace_s, self.total_steps = grace_s, total_steps
         self.asked = threading.Event()
         self._aborted = threading.Event()
@@ -46,7 +49,7 @@ class StopRequest:
     def ask(self) -> bool:
         """Write the marker the workers look for after each checkpoint; False when it could not be written."""
         self.asked.set()
-        if not self.marker or self.grace_s <= 0:
+        if not self.marker:
             return False
         try:
             storage.write_text(self.marker, "stop at the next checkpoint\n")
