@@ -8,9 +8,9 @@
 Every request is forwarded to the upstream server as it came (method, path, headers, body; a chunked body
 stays chunked), except a `fault_rate` fraction, drawn from a seeded generator, which never reaches it and is
 answered, in equal shares, with S3's `500 InternalError`, S3's `503 SlowDown` (throttling), or a connection
-reset (the socket is closed with SO_LINGER 0, so the client reads an RST). These are the transient faults
-an S3 client must retry; because a faulted request never reaches the server, a retry is always safe, as
-it is against real S3 for these answers.
+reset (the socket is closed with SO_LINGER 0, so the client reads an RST); `kinds` picks among them. These
+are the transient faults an S3 client must retry; because a faulted request never reaches the server, a
+retry is always safe, as it is against real S3 for these answers.
 
 An outage: with `outage_flag=PATH`, the first request whose path contains `outage_match` after that file
 appears removes it and starts `outage_s` seconds in which every request is answered 503 (another process,
@@ -37,12 +37,14 @@ _ERRORS = {500: ("InternalError", "We encountered an internal error. Please try 
 
 class FaultProxy:
     def __init__(self, upstream: str, *, fault_rate: float = 0.1, seed: int = 0, outage_flag: str = "",
-                 outage_match: str = "", outage_s: float = 10.0) -> None:
+                 outage_match: str = "", outage_s: float = 10.0,
+                 kinds: tuple[str, ...] = ("500", "503", "reset")) -> None:
         up = urlsplit(upstream)
         self.upstream = (up.hostname, up.port)
         self.fault_rate, self.outage_flag, self.outage_match, self.outage_s = (fault_rate, outage_flag,
                                                                                outage_match, outage_s)
         self.down_until = 0.0
+        self.kinds = kinds  # the faults drawn, in equal shares
         self.counts = {"requests": 0, "500": 0, "503": 0, "reset": 0, "outage": 0}
         self.outage_log: list[str] = []  # "METHOD path" of every request the outage answered
         self._rng = random.Random(seed)
@@ -73,7 +75,7 @@ class FaultProxy:
                 return "503"
             if self._rng.random() >= self.fault_rate:
                 return "forward"
-            kind = self._rng.choice(["500", "503", "reset"])
+            kind = self._rng.choice(self.kinds)
             self.counts[kind] += 1
             return kind
 

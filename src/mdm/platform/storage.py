@@ -16,6 +16,10 @@ the storage root as it always was, on a cluster it must be a mount every node sh
 under a file lock so that concurrent actors on one node download it once; a finished copy carries a marker
 file, so an interrupted download is redone rather than used half-written. Nothing read from storage is ever
 unpickled here; callers load safetensors and JSON.
+
+Reads are retried (`retried`, a few tries) on the faults the S3 client itself does not retry: the AWS SDK
+files an object store's `500 InternalError` to a ranged GET under INTERNAL_FAILURE ("Failed to flush
+response stream": the error body took the place of the data), which pyarrow raises at once.
 """
 
 from __future__ import annotations
@@ -26,10 +30,16 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, TypeVar
 
 _DONE = ".mdm_complete"
+T = TypeVar("T")
+# What pyarrow's S3 client raises for a transient fault its AWS SDK does not retry (Ray Data retries it too:
+# DataContext.retried_io_errors). Throttling and dropped connections the SDK retries itself.
+TRANSIENT_READ_ERRORS = ("AWS Error INTERNAL_FAILURE",)
+READ_TRIES = 5
 
 
 class StorageError(OSError):
@@ -103,10 +113,30 @@ def is_dir(path: str) -> bool:
     return fs.get_file_info(p).type == pafs.FileType.Directory
 
 
+def retried(read: Callable[[], T], tries: int = READ_TRIES) -> T:
+    """`read()`, again after a short pause while it raises one of TRANSIENT_READ_ERRORS (`tries` in all);
+    any other error, or the last try's, is raised as it came. `read` must be safe to repeat (a read, or a
+    download that overwrites)."""
+    for attempt in range(tries):
+        try:
+            return read()
+        except OSError as e:
+            if attempt == tries - 1 or not any(m in str(e) for m in TRANSIENT_READ_ERRORS):
+                raise
+            time.sleep(0.2 * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+def read_file(fs, path: str) -> bytes:
+    """The whole file `path` on the pyarrow filesystem `fs`, retried on transient faults."""
+    def read() -> bytes:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    return retried(read)
+
+
 def read_bytes(path: str) -> bytes:
-    fs, p = resolve(path)
-    with fs.open_input_stream(p) as f:
-        return f.read()
+    return read_file(*resolve(path))
 
 
 def read_text(path: str) -> str:
@@ -168,7 +198,7 @@ def download(src: str, local_path: str) -> str:
         os.makedirs(dst, exist_ok=True)
     else:
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-    pafs.copy_files(p, dst, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    retried(lambda: pafs.copy_files(p, dst, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()))
     return dst
 
 
@@ -203,14 +233,16 @@ def local_copy(path: str, cache: Optional[str] = None,
 
 
 def iter_lines(path: str) -> Iterator[bytes]:
-    """The lines of a (possibly remote) text file as bytes, without their newline, streamed."""
+    """The lines of a (possibly remote) text file as bytes, without their newline, streamed in 1 MiB ranges
+    (each retried on transient faults)."""
     fs, p = resolve(path)
-    with fs.open_input_stream(p) as f:
-        rest = b""
-        while True:
-            chunk = f.read(1 << 20)
+    with fs.open_input_file(p) as f:
+        rest, offset, size = b"", 0, f.size()
+        while offset < size:
+            chunk = retried(lambda: f.read_at(min(1 << 20, size - offset), offset))
             if not chunk:
                 break
+            offset += len(chunk)
             lines = (rest + chunk).split(b"\n")
             rest = lines.pop()
             yield from lines

@@ -32,6 +32,8 @@ from typing import Any, Optional
 
 import pyarrow.fs as pafs
 
+from mdm.platform.storage import read_file
+
 LEASE_FILE = ".mdm_lease.json"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 120.0
@@ -126,8 +128,7 @@ class RunLease:
 
     def _read(self) -> Optional[dict[str, Any]]:
         try:
-            with self.fs.open_input_stream(self.path) as f:
-                return json.loads(f.read().decode())
+            return json.loads(read_file(self.fs, self.path).decode())
         except FileNotFoundError:
             return None
         except (ValueError, IsADirectoryError):  # a torn or foreign file: a lease of an unknown, dead holder
