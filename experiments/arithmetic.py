@@ -83,7 +83,7 @@ def train(model: torch.nn.Module, rows: list[dict], cfg: Any, pad_id: int) -> di
     `train.lr_scheduler_type` schedule, exactly as on Ray) on the rows held in memory (a permutation per
     epoch), one line per logging step on stdout; returns the last logged metrics."""
     from mdm.engines.llada_plus.objective import build_objective
-    from mdm.platform.train.driver import plan_steps
+    from mdm.platform.train.workload import plan_steps
     from mdm.platform.train.reporters import PrintReporter
     from mdm.platform.train.sources import MemoryBatches
     from mdm.platform.train.trainer import Trainer

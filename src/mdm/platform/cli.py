@@ -1,4 +1,4 @@
-"""The `mdm` command line: `mdm train|tune|infer|score|preprocess|generate|lm-eval|plan|list|config ...`.
+"""The `mdm` command line: `mdm train|rl|tune|infer|score|preprocess|generate|lm-eval|plan|list|config ...`.
 
     mdm train --config base.yaml --config overlay.yaml --set train.lr=1e-5 [--dump_config]
     mdm list p_models
@@ -25,6 +25,7 @@ from mdm.platform.registry import KINDS, AutoImportError, UnknownNameError, get_
 # subcommand -> (owning module, help). The module's `main(argv) -> int` parses its own arguments.
 DELEGATED = {
     "train": ("mdm.platform.commands.train", "train LLaDA+ on Ray with DeepSpeed (the seed's flags)"),
+    "rl": ("mdm.platform.commands.rl", "GRPO on verifiable rewards: rollouts on Ray actors, learning on Ray Train"),
     "tune": ("mdm.platform.commands.tune", "run a Ray Tune sweep: --config ... --sweep sweep.yaml"),
     "infer": ("mdm.platform.commands.infer", "batch inference + scoring on Ray Data: --task --model --out"),
     "score": ("mdm.tasks.harness", "score a predictions JSONL: --task --pred [--gt] [--out]"),

@@ -10,7 +10,7 @@ This module adds what a person needs on top: unknown keys and bad values name th
 `--set` that brought them, and the nearest valid name.
 
 The schema is assembled from sections owned by the components that read them: the platform's
-(`data`, `ray`, `deepspeed`, `export`, `tracking`, `tune`, `eval`, `compare`) and the chosen engine's (`train`, `model`,
+(`data`, `ray`, `deepspeed`, `export`, `tracking`, `tune`, `eval`, `compare`, `rl`) and the chosen engine's (`train`, `model`,
 `sampler`, and `likelihood` when it scores likelihoods, from its `EngineSpec` in the `engines` registry). A
 field declares its allowed values with `choice(...)` or `registry_choice(...)` metadata.
 """
@@ -39,11 +39,12 @@ from mdm.platform.train.data_config import DataConfig
 from mdm.platform.train.deepspeed_config import DeepSpeedConfig
 from mdm.platform.train.export_config import ExportConfig
 from mdm.platform.compare.compare_config import CompareConfig
+from mdm.platform.rl.rl_config import RLConfig
 from mdm.platform.tuner.tune_config import TuneConfig
 
 DEFAULT_ENGINE = "llada_plus"
 # The platform's sections (fields of RunConfig); each class lives beside the component that reads it.
-PLATFORM_SECTIONS = ("data", "ray", "deepspeed", "export", "tracking", "tune", "eval", "compare")
+PLATFORM_SECTIONS = ("data", "ray", "deepspeed", "export", "tracking", "tune", "eval", "compare", "rl")
 # Keys that moved: a file or --set that still uses one is told where it went, and why.
 MOVED = {"ray.run_name": ("run_name", "one key names a run"),
          "tracking.run_name": ("run_name", "one key names a run"),
@@ -76,6 +77,7 @@ class RunConfig:
     tune: TuneConfig = field(default_factory=TuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
 
 def schema_for(engine: str) -> type[RunConfig]:

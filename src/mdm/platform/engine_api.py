@@ -201,6 +201,8 @@ class EngineSpec:
     check_model(model_cfg, name_or_path, use_gpu=, zero_stage=) (optional): ValueError (one line) for a model
         section that cannot train on this run's hardware (LLaDA+: `model.load_in_4bit` without GPUs or LoRA);
         `mdm train` calls it before any work.
+    build_rl_objective(rl_cfg, ref_model=None) (optional; `mdm rl`): the GRPO objective, the `build_objective`
+        protocol on rollout micro-batches plus `advantages(rewards)` (see mdm.platform.rl.source).
     register_auto_classes() (optional): registers the engine's own `model_type`s with transformers' Auto
         classes (imports its model code); `mdm.platform.tokenizer` calls it before reading the tokenizer of a
         model directory whose config.json names a model_type transformers does not know yet.
@@ -224,6 +226,7 @@ class EngineSpec:
     model_memory: Optional[Callable[..., ModelMemory]] = None
     memory_knobs: Optional[Callable[[Mapping[str, Any]], list[list[dict[str, Any]]]]] = None
     check_model: Optional[Callable[..., None]] = None
+    build_rl_objective: Optional[Callable[..., Any]] = None
 
     def require_likelihood(self, name: str = "this engine") -> None:
         """Raise ValueError unless the engine can score likelihoods (its hooks and section are set)."""

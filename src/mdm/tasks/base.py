@@ -137,6 +137,12 @@ class Task:
             return 0.0
         return 1.0 if answers.answers_match(pred, gold) else 0.0
 
+    def reward(self, prediction_text: str, gold_raw: str, format_reward: float = 0.0) -> float:
+        """The reinforcement-learning reward of a completion (`mdm rl`): `score` (exact match of the extracted
+        answer), plus `format_reward` when an answer can be extracted at all. A pack may override it."""
+        bonus = format_reward if format_reward and self.extract(prediction_text) is not None else 0.0
+        return self.score(prediction_text, gold_raw) + bonus
+
     # ------------------------------------------------------------------ multiple choice
     def choices(self, example: Example) -> Optional[Choices]:
         """The candidate continuations of `example` and the index of the right one, to score by likelihood;

@@ -12,7 +12,8 @@ from mdm.platform.train.lr_schedule import build_lr_scheduler
 from mdm.platform.train.updater import build_ds_config, check_precision
 from mdm.platform.runs import derive_run_name
 from mdm.platform.commands.train import run
-from mdm.platform.train.driver import eval_note, plan_steps
+from mdm.platform.train.driver import eval_note
+from mdm.platform.train.workload import plan_steps
 
 
 def test_plan_steps_epochs_and_max_steps():

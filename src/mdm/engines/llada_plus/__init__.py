@@ -49,6 +49,12 @@ def _build_objective(*args: object, **kwargs: object) -> LLaDAPlusObjective:
     return build_objective(*args, **kwargs)
 
 
+def _build_rl_objective(*args: Any, **kwargs: Any) -> Any:
+    from mdm.engines.llada_plus.rl.objective import build_rl_objective
+
+    return build_rl_objective(*args, **kwargs)
+
+
 def _sample(model: torch.nn.Module, prompts: list[list[int]], sampler_cfg: SamplerConfig,
             generator: Optional[torch.Generator] = None) -> sampler.SampleOutput:
     """The sampler named `sampler_cfg.name`, with [MASK] and EOS ids from the model's config."""
@@ -88,4 +94,4 @@ get_registry("engines").register("llada_plus", EngineSpec(
     conditions=CONDITIONS, label=label, label_keys=LABEL_KEYS, forwards_per_sequence=forwards_per_sequence,
     likelihood_config=LikelihoodConfig, loglikelihood=_loglikelihood, loglikelihood_rolling=_loglikelihood_rolling,
     register_auto_classes=_register_auto_classes, model_memory=_model_memory, memory_knobs=_memory_knobs,
-    check_model=_check_model))
+    check_model=_check_model, build_rl_objective=_build_rl_objective))

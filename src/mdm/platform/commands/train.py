@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from mdm.platform.config_args import add_config_args, config_or_dump
 from mdm.platform.train.driver import train_driver
@@ -34,8 +34,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return run(cfg, force=args.force)
 
 
-def run(cfg: RunConfig, force: bool = False) -> int:
-    """`mdm train`: 0 on success; 2 with a one-line error for mistakes a person can fix."""
+def run(cfg: RunConfig, force: bool = False, driver: Callable[..., Any] = train_driver, command: str = "train") -> int:
+    """`mdm train` (`mdm rl`: driver=rl_driver): 0 on success; 2 with a one-line error for mistakes a person can
+    fix."""
     from mdm.platform.train.ingest import DataError
     from ray.train import TrainingFailedError
 
@@ -44,16 +45,17 @@ def run(cfg: RunConfig, force: bool = False) -> int:
     from mdm.platform.tracking.tracker import TrackingError
 
     try:
-        result = train_driver(cfg, force=force)
+        result = driver(cfg, force=force)
     except (DataError, TrackingError, LeaseError, ValueError, FileNotFoundError) as e:
-        print(f"mdm train: error: {e}", file=sys.stderr)
+        print(f"mdm {command}: error: {e}", file=sys.stderr)
         return 2
     except (RunInterrupted, TrainingFailedError) as e:  # Ctrl-C / SIGTERM; a full disk, storage down
         said = how_it_stopped(e)
         if said is None:
             raise
-        print(f"mdm train: {said[0]}", file=sys.stderr)
+        print(f"mdm {command}: {said[0]}", file=sys.stderr)
         return said[1]
     m = result.metrics or {}
-    print(f"mdm train: done at step {m.get('step')} (eval/loss {m.get('eval/loss')}); model: {m.get('export_dir')}")
+    score = f"eval/loss {m.get('eval/loss')}" if command == "train" else f"rl/reward {m.get('rl/reward')}"
+    print(f"mdm {command}: done at step {m.get('step')} ({score}); model: {m.get('export_dir')}")
     return 0

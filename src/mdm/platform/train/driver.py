@@ -23,19 +23,18 @@ and how to start afresh, the earlier `ray.train.Result` is returned and its MLfl
 
 from __future__ import annotations
 
-import math
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from mdm.platform.config_ops import dump_config, with_overrides
 from mdm.platform.runs import export_dir, run_name as derive_name, storage_root
+from mdm.platform.train.workload import Workload, sft_workload
 
 if TYPE_CHECKING:
     from ray.train import Result
 
     from mdm.platform.config import RunConfig
-    from mdm.platform.engine_api import BaseTrainConfig
     from mdm.platform.tracking.tracker import Tracker
 
 SEED_DATA_PATH = "./data/train/{task}.jsonl"  # the seed's default for an unset train.train_data_path
@@ -76,23 +75,6 @@ def eval_note(n_eval: int, batch_size: int, workers: int) -> Optional[str]:
     return (f"the eval split's {n_eval} rows make {batches} micro-batch(es) of train.batch_size_per_gpu={batch_size}, "
             f"fewer than the {workers} workers: no eval loss (eval/loss is NaN); raise the eval split "
             "(train.train_ratio) or lower the micro-batch")
-
-
-def plan_steps(n_train: int, train_cfg: BaseTrainConfig, world: int) -> tuple[int, int, int]:
-    """(total optimizer steps, steps per epoch, epochs to stream) for `n_train` rows on `world` workers.
-
-    A worker gets at least floor(ceil(n_train / batch) / world) micro-batches an epoch (Ray Data may add a few
-    partial ones); `train.max_steps` > 0 overrides `train.epochs`, iterating as many epochs as it needs."""
-    per_epoch = math.ceil(n_train / train_cfg.batch_size_per_gpu)
-    per_worker = per_epoch // world  # the equal split drops the remainder
-    steps_per_epoch = per_worker // train_cfg.grad_accum
-    if steps_per_epoch < 1:
-        raise ValueError(f"{n_train} training rows make {per_epoch} micro-batches of train.batch_size_per_gpu="
-                         f"{train_cfg.batch_size_per_gpu}, fewer than one step of train.grad_accum="
-                         f"{train_cfg.grad_accum} on {world} workers")
-    if train_cfg.max_steps > 0:
-        return train_cfg.max_steps, steps_per_epoch, math.ceil(train_cfg.max_steps * train_cfg.grad_accum / per_worker)
-    return train_cfg.epochs * per_worker // train_cfg.grad_accum, steps_per_epoch, train_cfg.epochs
 
 
 def previous_result(storage: str, run_name: str) -> Optional[Result]:
@@ -146,36 +128,39 @@ def _close_finished(tracker: Optional[Tracker], run_name: str, previous: Optiona
 
 def train_driver(cfg: RunConfig, *, run_name: Optional[str] = None, callbacks: Sequence[Any] = (),
                  mlflow_tags: Optional[dict[str, str]] = None, display_name: Optional[str] = None,
-                 lease: bool = True, force: bool = False) -> Any:
+                 lease: bool = True, force: bool = False,
+                 workload: Callable[[RunConfig, Any], Workload] = sft_workload) -> Any:
     """Validate, then train with a TorchTrainer; returns the ray.train.Result (raises on failure).
 
     `mlflow_tags` go on the MLflow run (a sweep passes its parent and trial tags, and the context tags it
     resolved on its driver); `display_name` is the run's name in the MLflow UI (default: `run_name`).
     `lease`: hold the run's lease (see the module docstring); a Tune trial passes False, since Tune already
     runs each trial once at a time and a restarted trial must not wait for its dead predecessor's lease.
-    `force`: train a GPU run whose memory plan does not fit (`mdm train --force`); else PlanError."""
+    `force`: train a GPU run whose memory plan does not fit (`mdm train --force`); else PlanError.
+    `workload(cfg, tokenizer)`: what the run trains on and its per-worker function (workload.py): the processed
+    JSONL by default, rollouts for `mdm rl` (mdm.platform.rl.driver)."""
     from mdm.platform.tracking.tracker import Tracker
     from mdm.platform.train.lease import RunLease
     from mdm.platform.train.plan_check import check_runnable
 
     check_runnable(cfg)  # precision, the engine's model check (a 4-bit base without GPUs): before any work
-    if not cfg.train.train_data_path:  # the seed's default, before the name: the data path is part of it
+    if not cfg.train.train_data_path and workload is sft_workload:  # the seed's default, before the name: the data path is part of it
         cfg = with_overrides(cfg, {"train.train_data_path": train_data_path(cfg)})
     run_name = run_name or derive_name(cfg)
     tracker = Tracker.open(cfg.tracking) if cfg.tracking.enabled else None  # unreachable -> TrackingError now
     held = RunLease.acquire(storage_root(cfg), run_name) if lease else None
     try:
-        return _train(cfg, run_name, callbacks, mlflow_tags, display_name, tracker, force)
+        return _train(cfg, run_name, callbacks, mlflow_tags, display_name, tracker, force, workload)
     finally:
         if held is not None:
             held.release()
 
 
 def _train(cfg: RunConfig, run_name: str, callbacks: Sequence[Any], mlflow_tags: Optional[dict[str, str]],
-           display_name: Optional[str], tracker: Optional[Tracker], force: bool) -> Any:
+           display_name: Optional[str], tracker: Optional[Tracker], force: bool,
+           workload: Callable[[RunConfig, Any], Workload]) -> Any:
     from mdm.platform.runtime.ray_runtime import check_worker_fit, ensure_ray, is_local_cluster
     from mdm.platform.train.ds_config import ds_config_notes
-    from mdm.platform.train.ingest import build_datasets
     from mdm.platform.train.interrupt import interruptible
     from mdm.platform.train.plan_check import check_plan
     from mdm.platform.runs import output_root, tracked_params
@@ -205,16 +190,13 @@ def _train(cfg: RunConfig, run_name: str, callbacks: Sequence[Any], mlflow_tags:
 
         check_cluster_store(tracker.uri, alive_nodes())
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    data = build_datasets(cfg.data, train_path=tcfg.train_data_path, seed=tcfg.seed, train_ratio=tcfg.train_ratio,
-                          max_len=tcfg.max_len, batch_size=tcfg.batch_size_per_gpu, pad_id=pad_id,
-                          vocab_size=len(tokenizer))
-    total, per_epoch, epochs = plan_steps(data.n_train, tcfg, rcfg.num_workers)
-    datasets = data.datasets()
+    work = workload(cfg, tokenizer)
+    total, per_epoch, epochs = work.total, work.per_epoch, work.epochs
     kept = (previous.metrics or {}).get("step") if previous is not None else None
-    print(f"mdm train {run_name}: {data.summary()}; {total} steps ({per_epoch}/epoch) on {rcfg.num_workers} "
+    command = "rl" if cfg.rl.enabled else "train"
+    print(f"mdm {command} {run_name}: {work.summary}; {total} steps ({per_epoch}/epoch) on {rcfg.num_workers} "
           f"worker(s)" + (f"; resuming from step {kept} ({previous.checkpoint.path})" if kept else ""), file=sys.stderr)
-    short = eval_note(data.n_eval, tcfg.batch_size_per_gpu, rcfg.num_workers) if tcfg.eval_strategy != "no" else None
+    short = eval_note(work.n_eval, tcfg.batch_size_per_gpu, rcfg.num_workers) if tcfg.eval_strategy != "no" else None
     for note in [*ds_config_notes(cfg.deepspeed, tcfg, rcfg.num_workers, total_steps=total, on_gpu=rcfg.use_gpu),
                  *([short] if short else [])]:
         print(f"mdm train: {note}", file=sys.stderr)
@@ -226,7 +208,7 @@ def _train(cfg: RunConfig, run_name: str, callbacks: Sequence[Any], mlflow_tags:
     if tracker is not None:
         tags = {**({} if mlflow_tags and "mlflow.source.name" in mlflow_tags else context_tags()),
                 **(mlflow_tags or {})}
-        dataset = describe_dataset(tcfg.train_data_path, rows=data.n_rows)
+        dataset = describe_dataset(tcfg.train_data_path, rows=work.n_rows) if work.n_rows is not None else None
     spool = spool_path(output_root(cfg), run_name) if tracker is not None and cfg.tracking.spool else None
     # The session ends the run FINISHED, or FAILED when fit raises (the run holding the latest attempt: rank 0
     # may have continued it in a fresh one); through the run's tracking spool, after what rank 0 left in it.
@@ -238,12 +220,12 @@ def _train(cfg: RunConfig, run_name: str, callbacks: Sequence[Any], mlflow_tags:
         run = RunInfo(run_name=run_name,
                       tokenizer=os.path.abspath(tok_path) if os.path.isdir(tok_path) else tok_path,
                       export_dir=export_dir(cfg, run_name), total_steps=total, steps_per_epoch=per_epoch,
-                      epochs=epochs, has_eval="eval" in datasets, tracking_uri=session.uri,
+                      epochs=epochs, has_eval=work.has_eval, tracking_uri=session.uri,
                       mlflow_run_id=session.run_id, system_metrics_s=cfg.tracking.system_metrics_interval_s,
                       model_config_yaml=dump_config(cfg) if cfg.tracking.log_model else None,
                       spool_dir=spool, flush_timeout_s=cfg.tracking.flush_timeout_s, run_dir=run_dir,
                       stop_marker=stop.marker)
-        trainer = build_trainer(cfg, run, datasets, callbacks, stop)
+        trainer = build_trainer(cfg, run, work, callbacks, stop)
         with interruptible(lambda: resume_line(storage_root(cfg), run_name, tracker is not None)):  # Ctrl-C, SIGTERM
             return trainer.fit()
 

@@ -10,7 +10,7 @@ sweep trial is outside training), so a comparison of many short trials runs each
 trial process (`mdm.platform.compare.compare`). What is the same as on Ray Train, by construction: the
 validation and the train/eval split (`ingest.build_datasets`, with the same `data.*` rules and the hash
 split on the base `train.seed`), the model build (`EngineSpec.build_model` after
-`torch.manual_seed(train.seed)`), the step plan (`driver.plan_steps`) and the Trainer itself (objective,
+`torch.manual_seed(train.seed)`), the step plan (`workload.plan_steps`) and the Trainer itself (objective,
 updater, eval loss, metrics). What differs: one process (world size 1), no checkpoints, and the data
 source (`sources.MemoryBatches`: a permutation per epoch from `train.seed` and the epoch instead of Ray
 Data's shuffle, each micro-batch cut to its longest row). `FitResult.timings["setup_s"]` is the model
@@ -91,7 +91,7 @@ def fit_in_process(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, data: Mem
                    log: Optional[Callable[[int, dict[str, float]], None]] = None) -> FitResult:
     """Train `cfg.train` on `data` on the CPU of this process; `log(step, metrics)` at every logging step."""
     from mdm.platform.registry import get_registry
-    from mdm.platform.train.driver import plan_steps
+    from mdm.platform.train.workload import plan_steps
 
     t0 = time.perf_counter()
     tcfg = cfg.train

@@ -14,6 +14,7 @@ What a window yields, all under `diag/`:
 - what the objective pools over the window itself (`objective.window_metrics()` when it has one: LLaDA+
   gives P-POTS weight statistics and MIRROR's pair correlation over every sequence of the window), which
   replaces the per-micro-batch mean of the same name.
+A metric named with its own section (`rl/reward`) keeps that name instead of going under `diag/`.
 The Trainer (trainer.py) keeps one per rank; its reports carry rank 0's window.
 """
 
@@ -64,4 +65,4 @@ class StepWindow:
         if callable(pooled):
             out.update({k: v for k, v in pooled().items() if math.isfinite(v)})
         self.__init__()
-        return {PREFIX + k: v for k, v in out.items()}
+        return {(k if "/" in k else PREFIX + k): v for k, v in out.items()}

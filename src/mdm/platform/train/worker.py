@@ -112,8 +112,8 @@ def train_fn_per_worker(config: dict[str, Union[WorkerSections, RunInfo]]) -> No
 
     sec: WorkerSections = config["sections"]  # type: ignore[assignment]
     run: RunInfo = config["run"]  # type: ignore[assignment]
-    rank, world, device = _start_worker(sec)
-    tokenizer, model, objective = _build(sec, run, device)
+    rank, world, device = start_worker(sec)
+    tokenizer, model, objective = build_parts(sec, run, device)
     session = attach_run(run.tracking_uri, run.mlflow_run_id if rank == 0 else None, run.spool_dir,
                          run.flush_timeout_s)
     reporter = RayTrainReporter(session, rank, run.export_dir, run.run_dir, world, run.stop_marker)
@@ -126,12 +126,12 @@ def train_fn_per_worker(config: dict[str, Union[WorkerSections, RunInfo]]) -> No
         with session.system_metrics(run.system_metrics_s):
             trainer.train()
         if not reporter.stopping:  # a graceful stop ends at the checkpoint just saved: no export
-            _finish(trainer, reporter, session, tokenizer, sec, run)
+            finish_run(trainer, reporter, session, tokenizer, sec, run)
     finally:
         session.close()  # ship what the spool holds, within tracking.flush_timeout_s
 
 
-def _start_worker(sec: WorkerSections) -> tuple[int, int, torch.device]:
+def start_worker(sec: WorkerSections) -> tuple[int, int, torch.device]:
     """Quiet Ray's console, load the registries' plugins; this worker's (rank, world size, device)."""
     import ray.train
     import ray.train.torch
@@ -146,7 +146,7 @@ def _start_worker(sec: WorkerSections) -> tuple[int, int, torch.device]:
     return ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device()
 
 
-def _build(sec: WorkerSections, run: RunInfo, device: torch.device
+def build_parts(sec: WorkerSections, run: RunInfo, device: torch.device
            ) -> tuple[PreTrainedTokenizerBase, torch.nn.Module, Objective]:
     """The tokenizer, the model on `device` (the same initial weights on every rank) and the objective."""
     from mdm.platform.registry import get_registry
@@ -162,7 +162,7 @@ def _build(sec: WorkerSections, run: RunInfo, device: torch.device
     return tokenizer, model, spec.build_objective(sec.train)
 
 
-def _finish(trainer: Trainer, reporter: RayTrainReporter, session: TrackedRun,
+def finish_run(trainer: Trainer, reporter: RayTrainReporter, session: TrackedRun,
             tokenizer: PreTrainedTokenizerBase, sec: WorkerSections, run: RunInfo) -> None:
     """Export (collective under ZeRO-3), log it on rank 0, and make the final report.
 
@@ -185,5 +185,5 @@ def _finish(trainer: Trainer, reporter: RayTrainReporter, session: TrackedRun,
                                            "export_dir": run.export_dir}
     if st.eval_loss is not None:
         final["eval/loss"] = st.eval_loss
-    final.update({k: v for k, v in trainer.last.items() if k.startswith("train/")})
+    final.update({k: v for k, v in trainer.last.items() if k.startswith(("train/", "rl/"))})
     reporter.finish(final, trainer.save if sec.train.save_strategy != "no" else None)
