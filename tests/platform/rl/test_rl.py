@@ -6,6 +6,7 @@ Run: pytest tests/platform/rl/test_rl.py
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -85,9 +86,9 @@ def test_rl_run_trains_through_ray_train_and_logs_rewards_versions_and_evals(ray
                                                                              staleness):
     """4 optimizer steps of GRPO (2 prompts x 4 completions a batch): one step behind (staleness 1), batch k
     is sampled with the weights of step k - 1 (the first on-policy); on-policy (0), with those of step k. The
-    MLflow run holds the rewards and KL of every step, held-out exact match at steps 0, 2 and 4, and the
-    export is a loadable model."""
-    cfg = _cfg(tmp_path, arithmetic_data, **{"rl.max_staleness": staleness, "rl.beta": 0.04})
+    MLflow run holds the rewards and KL of every step, held-out exact match at steps 0, 2 and 4, rollout
+    tables at steps 0 and 2, and the export is a directory."""
+    cfg = _cfg(tmp_path, arithmetic_data, **{"rl.max_staleness": staleness, "rl.beta": 0.04, "rl.table_steps": 2})
     result = rl_driver(cfg, run_name="rl")
     assert result.metrics["step"] == 4 and os.path.isdir(result.metrics["export_dir"])
     versions = [v for _, v in _history(tmp_path, "rl/weights_version")]
@@ -98,6 +99,14 @@ def test_rl_run_trains_through_ray_train_and_logs_rewards_versions_and_evals(ray
         assert [s for s, _ in _history(tmp_path, key)] == [1, 2, 3, 4], key
     assert all(0 <= v <= 1 for _, v in _history(tmp_path, "rl/pass_at_k"))
     assert all(v >= 0 for _, v in _history(tmp_path, "rl/kl"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns.db")
+    run_id = client.search_runs([client.get_experiment_by_name("rl").experiment_id])[0].info.run_id
+    tables = sorted(a.path for a in client.list_artifacts(run_id, "rollouts") if a.path.endswith(".jsonl"))
+    assert tables == ["rollouts/step_000000.jsonl", "rollouts/step_000002.jsonl"]
+    rows = [json.loads(line) for line in Path(client.download_artifacts(run_id, tables[1], str(tmp_path)))
+            .read_text().splitlines()]
+    assert len(rows) == 8 and {r["weights_version"] for r in rows} == {1 if staleness else 2}  # batch 2's
+    assert all(r["prompt"] and r["gold"] and r["reward"] == r["score"] for r in rows)
 
 
 def test_rl_config_mistakes_are_one_line_naming_the_key(arithmetic_data, tmp_path):

@@ -52,6 +52,7 @@ class Chunk:
     golds: list[str]
     seed: int
     generations: Optional[int] = None
+    texts: list[str] = field(default_factory=list)  # the prompts as text (rollout tables)
 
 
 @dataclass

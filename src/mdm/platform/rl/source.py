@@ -12,8 +12,9 @@ sends the batch's chunks to the actors, builds the tensors and broadcasts them t
 trains on its contiguous share of the batch's rows (whole groups need not stay on one rank: advantages are
 computed over the whole batch first). With `rl.max_staleness` 1, batch r + 1 is submitted as soon as batch r
 is in, with the weights of that moment, so sampling overlaps learning; with 0 each batch waits for the weights
-of the step that uses it. Each batch gives `rl.num_iterations` optimizer steps of `train.grad_accum`
-micro-batches per rank; a resume inside a batch samples that batch again and runs its remaining iterations.
+of the step that uses it. A batch splits into `train.grad_accum` micro-batches of `train.batch_size_per_gpu`
+rows per rank (the driver checks it: rl.driver.check_rl) and gives `rl.num_iterations` optimizer steps; a
+resume inside a batch samples that batch again and runs its remaining iterations.
 
 Every micro-batch carries the batch's statistics (`stats`: `rl/reward`, `rl/reward_std`, `rl/accuracy`,
 `rl/pass_at_k` (a prompt counts when any of its G completions scores 1), `rl/format`, `rl/completion_len`,
@@ -21,7 +22,8 @@ Every micro-batch carries the batch's statistics (`stats`: `rl/reward`, `rl/rewa
 `rl/weights_version`, `rl/reissued`, `rl/rollout_s`); the objective returns them as metrics, so they reach
 MLflow with the loss. Every `rl.eval_steps` optimizer steps (at step 0 too) rank 0 measures held-out exact
 match (`rl/eval_accuracy`, the first of G samples of `rl.eval_prompts` prompts) with the weights of that step,
-logged at that step.
+logged at that step; every `rl.table_steps` steps the batch's rollout table (prompt, gold, completion, reward,
+score, weights version, sampler, actor per completion) goes to `table`.
 """
 
 from __future__ import annotations
@@ -48,14 +50,38 @@ class Prompt:
 
 @dataclass
 class RolloutBatch:
-    """One rollout batch, as every rank sees it: rows [N, P + T], completion mask [N, T], advantages [N]."""
+    """One rollout batch, as every rank sees it: its rows (`rollout_rows`), advantages [N], statistics."""
 
     index: int
-    seqs: torch.Tensor
-    completion_mask: torch.Tensor
+    rows: dict[str, Any]            # rollout_rows: input_ids, completion_mask, prompt_len (+ padding)
     advantages: torch.Tensor
-    prompt_len: int
     stats: dict[str, float]
+
+
+def rollout_rows(prompts: list[list[int]], completions: list[list[int]], pad_id: int, end_id: int,
+                 gen_length: int) -> dict[str, Any]:
+    """The learner's rows of sampled completions: {"input_ids" [N, P + T], "completion_mask" [N, T],
+    "prompt_len": P, and with padding "attention_mask" and "position_ids" [N, P + T]}. Prompts are left-padded
+    with `pad_id` to the longest, P, laid out as the samplers lay out a padded batch (padding not attended, a
+    row's positions counted from its first real token), so a row is scored as it was sampled; each completion
+    (cut at its end token by the generation path) is followed by `end_id` up to T = `gen_length`, as the
+    sampler filled its window, and its mask covers the completion and its first end token."""
+    plen, t = max(len(p) for p in prompts), gen_length
+    seqs = torch.full((len(completions), plen + t), end_id, dtype=torch.long)
+    mask = torch.zeros((len(completions), t), dtype=torch.float32)
+    lengths = torch.tensor([len(p) for p in prompts])
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        seqs[i, :plen - len(p)] = pad_id
+        seqs[i, plen - len(p):plen] = torch.tensor(p, dtype=torch.long)
+        c = c[:t]
+        seqs[i, plen:plen + len(c)] = torch.tensor(c, dtype=torch.long)
+        mask[i, :min(t, len(c) + 1)] = 1.0
+    rows: dict[str, Any] = {"input_ids": seqs, "completion_mask": mask, "prompt_len": plen}
+    if bool((lengths < plen).any()):
+        real = torch.arange(plen + t)[None, :] >= (plen - lengths)[:, None]
+        rows["attention_mask"] = real.long()
+        rows["position_ids"] = (real.long().cumsum(1) - 1).clamp(min=0)
+    return rows
 
 
 class RolloutSource:
@@ -73,24 +99,20 @@ class RolloutSource:
         self.weights: Optional[Callable[[], tuple[int, dict[str, Any]]]] = None
         self.advantages: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         self.log: Callable[[int, dict[str, float]], None] = lambda step, metrics: None
-        self.last: list[ChunkResult] = []       # rank 0: the latest batch's results (rollout tables)
-        rows = rl_cfg.rollout_size
-        if rows % world or (rows // world) % train_cfg.batch_size_per_gpu or \
-                rows // world // train_cfg.batch_size_per_gpu != train_cfg.grad_accum:
-            raise ValueError(f"rl: a rollout batch of {rows} sequences (rl.prompts_per_step x rl.num_generations) "
-                             f"must split into {world} worker(s) x train.grad_accum ({train_cfg.grad_accum}) "
-                             f"micro-batches x train.batch_size_per_gpu ({train_cfg.batch_size_per_gpu})")
+        self.table: Callable[[int, list[dict[str, Any]]], None] = lambda step, records: None
         if len(prompts) < rl_cfg.prompts_per_step:
             raise ValueError(f"rl: {len(prompts)} prompts in rl.split, fewer than rl.prompts_per_step "
                              f"({rl_cfg.prompts_per_step})")
 
     def bind(self, weights: Callable[[], tuple[int, dict[str, Any]]],
              advantages: Callable[[torch.Tensor], torch.Tensor],
-             log: Optional[Callable[[int, dict[str, float]], None]] = None) -> None:
+             log: Optional[Callable[[int, dict[str, float]], None]] = None,
+             table: Optional[Callable[[int, list[dict[str, Any]]], None]] = None) -> None:
         """`weights()`: (optimizer step, trainable parameters); `advantages(rewards)`: the objective's;
-        `log(step, metrics)`: where rank 0's held-out evaluations go (the reporter's `log`)."""
+        `log(step, metrics)`: where rank 0's held-out evaluations go (the reporter's `log`); `table(step,
+        records)`: where rank 0's rollout tables go (every `rl.table_steps` steps)."""
         self.weights, self.advantages = weights, advantages
-        self.log = log or self.log
+        self.log, self.table = log or self.log, table or self.table
 
     # -- the DataSource protocol (train/trainer.py) -------------------------------------------------------
     def eval_batches(self) -> Iterable[Batch]:
@@ -123,8 +145,8 @@ class RolloutSource:
         k = max(1, -(-len(picked) // self.cfg.rollout_actors))
         parts = [picked[i:i + k] for i in range(0, len(picked), k)]
         return [Chunk(key=c, prompts=[prompts[i].ids for i in part], golds=[prompts[i].gold for i in part],
-                      seed=self.seed(r, 1 + c), generations=None if n is None else 1)
-                for c, part in enumerate(parts)]
+                      seed=self.seed(r, 1 + c), generations=None if n is None else 1,
+                      texts=[prompts[i].text for i in part]) for c, part in enumerate(parts)]
 
     def push(self) -> int:
         step, weights = self.weights()
@@ -143,6 +165,8 @@ class RolloutSource:
         pending = self.pending
         results = self.pool.collect(pending)
         self.pending = None
+        if self.cfg.table_steps and step % self.cfg.table_steps == 0:
+            self.table(step, self.records(pending.chunks, results))
         next_step = (r + 1) * self.cfg.num_iterations
         if self.cfg.max_staleness and next_step < self.total_steps:
             self.pending = self.pool.submit(self.chunks(r + 1, self.prompts))  # with the weights of `step`
@@ -150,8 +174,17 @@ class RolloutSource:
                  "rl/reissued": float(len(pending.reissued)), "rl/rollout_s": time.perf_counter() - t0}
         return results, extra
 
+    def records(self, chunks: list[Chunk], results: list[ChunkResult]) -> list[dict[str, Any]]:
+        """The rollout table of one batch: a row per completion."""
+        g = self.cfg.num_generations
+        return [{"prompt": ch.texts[i // g] if ch.texts else "", "gold": ch.golds[i // g], "completion": text,
+                 "reward": res.rewards[i], "score": res.scores[i], "weights_version": res.version,
+                 "sampler": res.sampler, "actor": res.actor}
+                for ch, res in zip(chunks, results) for i, text in enumerate(res.texts)]
+
     def evaluate(self) -> float:
-        """Rank 0: held-out exact match with the newest pushed weights, one completion per prompt."""
+        """Rank 0: held-out exact match with the newest pushed weights, one completion per prompt (sampled
+        as the rollouts are, with the `sampler` section)."""
         chunks = self.chunks(-1, self.evals, n=self.cfg.eval_prompts)
         results = self.pool.collect(self.pool.submit(chunks))
         scores = [s for res in results for s in res.scores]
@@ -162,7 +195,6 @@ class RolloutSource:
         payload: list[Optional[RolloutBatch]] = [None]
         if self.rank == 0:
             results, extra = self.produce(r)
-            self.last = results
             payload[0] = self.tensors(r, results, extra)
         if self.world > 1 and dist.is_initialized():
             dist.broadcast_object_list(payload, src=0)
@@ -173,32 +205,23 @@ class RolloutSource:
         prompts = [p for ch in self.chunks(r, self.prompts) for p in ch.prompts for _ in range(g)]
         ids = [c for res in results for c in res.ids]
         rewards = torch.tensor([x for res in results for x in res.rewards], dtype=torch.float32)
-        scores = [x for res in results for x in res.scores]
-        plen, t = max(len(p) for p in prompts), self.gen_length
-        seqs = torch.full((len(ids), plen + t), self.end_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), t), dtype=torch.float32)
-        for i, (p, c) in enumerate(zip(prompts, ids)):
-            seqs[i, :plen - len(p)] = self.pad_id
-            seqs[i, plen - len(p):plen] = torch.tensor(p, dtype=torch.long)
-            c = c[:t]
-            seqs[i, plen:plen + len(c)] = torch.tensor(c, dtype=torch.long)
-            mask[i, :min(t, len(c) + 1)] = 1.0  # the completion and its end token
-        grouped = torch.tensor(scores).view(-1, g)
+        grouped = torch.tensor([x for res in results for x in res.scores]).view(-1, g)
+        rows = rollout_rows(prompts, ids, self.pad_id, self.end_id, self.gen_length)
         stats = {"rl/reward": float(rewards.mean()), "rl/reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
                  "rl/accuracy": float(grouped.mean()), "rl/pass_at_k": float((grouped >= 1).any(dim=1).float().mean()),
                  "rl/format": sum(f for res in results for f in res.formatted) / max(1, len(ids)),
                  "rl/completion_len": sum(len(c) for c in ids) / max(1, len(ids)), **extra}
-        return RolloutBatch(index=r, seqs=seqs, completion_mask=mask, advantages=self.advantages(rewards),
-                            prompt_len=plen, stats=stats)
+        return RolloutBatch(index=r, rows=rows, advantages=self.advantages(rewards), stats=stats)
 
     def micro_batches(self, batch: RolloutBatch) -> list[Batch]:
         """This rank's rows of `batch`, in micro-batches of `train.batch_size_per_gpu`."""
-        n = batch.seqs.shape[0] // self.world
+        n = batch.advantages.shape[0] // self.world
         bs, lo = self.train_cfg.batch_size_per_gpu, self.rank * n
+        tensors = {k: v for k, v in batch.rows.items() if isinstance(v, torch.Tensor)}
         out = []
         for s in range(lo, lo + n, bs):
-            cm = batch.completion_mask[s:s + bs].to(self.device)
-            out.append({"input_ids": batch.seqs[s:s + bs].to(self.device), "completion_mask": cm,
-                        "advantages": batch.advantages[s:s + bs].to(self.device), "prompt_len": batch.prompt_len,
-                        "n_tokens": int(cm.sum()), "stats": batch.stats})
+            mb = {k: v[s:s + bs].to(self.device) for k, v in tensors.items()}
+            out.append({**mb, "advantages": batch.advantages[s:s + bs].to(self.device),
+                        "prompt_len": batch.rows["prompt_len"], "n_tokens": int(mb["completion_mask"].sum()),
+                        "stats": batch.stats})
         return out

@@ -6,12 +6,16 @@ its objective is the engine's GRPO objective (`EngineSpec.build_rl_objective`). 
 actors (`rl.rollout_actors`, outside the worker group's placement group) and pushes its trainable weights to
 them through the object store, never through a disk. With `rl.beta` > 0 every rank builds the reference from
 the initial weights (the same seed and source as the policy), unless the model has LoRA adapters (then the
-reference is the model with them disabled). After the last step rank 0 measures held-out exact match once more
+reference is the model with them disabled). Rollout tables go to the MLflow run as `rollouts/step_<N>.jsonl`
+(and the table `rollouts/step_<N>.json`). After the last step rank 0 measures held-out exact match once more
 (`rl/eval_accuracy`, when `rl.eval_steps` > 0) before the export.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
@@ -50,7 +54,10 @@ def rl_fn_per_worker(config: dict[str, Union[WorkerSections, RunInfo, RLSections
     trainer = Trainer(model, objective, train_cfg=sec.train, ds_cfg=sec.deepspeed, total_steps=run.total_steps,
                       steps_per_epoch=run.steps_per_epoch, source=source, reporter=reporter, device=device,
                       rank=rank, world=world)
-    source.bind(lambda: (trainer.state.step, trainable_weights(trainer.module)), objective.advantages, reporter.log)
+    tables = tempfile.mkdtemp(prefix="mdm_rollouts_")
+    source.bind(lambda: (trainer.state.step, trainable_weights(trainer.module)), objective.advantages, reporter.log,
+                lambda step, records: session.log_predictions(records, os.path.join(tables, f"step_{step:06d}.jsonl"),
+                                                              artifact_dir="rollouts"))
     try:
         trainer.start(ray.train.get_checkpoint())
         with session.system_metrics(run.system_metrics_s):
@@ -64,6 +71,7 @@ def rl_fn_per_worker(config: dict[str, Union[WorkerSections, RunInfo, RLSections
         if pool is not None:
             pool.close()
         session.close()
+        shutil.rmtree(tables, ignore_errors=True)
 
 
 def trainable_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -67,3 +67,26 @@ def test_two_inner_iterations_use_the_old_policy_of_the_first_and_the_initial_re
 def test_unknown_estimator_is_named():
     with pytest.raises(ValueError, match="rl.logp_estimator: unknown estimator 'exact'"):
         build_rl_objective(RLConfig(logp_estimator="exact"))
+
+
+def test_a_left_padded_row_is_scored_as_it_was_sampled_alone(model):
+    """Rows of a rollout batch with prompts of different lengths (rl.source.rollout_rows: left padding, the
+    attention mask and position ids the samplers use) get the log-probabilities each row has alone."""
+    from mdm.engines.llada_plus.rl.policy_logp import completion_logps
+    from mdm.platform.rl.source import rollout_rows
+
+    model.eval()
+    prompts, completions = [[5, 6, 7, 8, 9], [10, 11]], [[20, 21, 22], [23]]
+    rows = rollout_rows(prompts, completions, pad_id=0, end_id=3, gen_length=4)
+    assert rows["prompt_len"] == 5 and rows["attention_mask"][1].tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 1]
+    assert rows["completion_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]  # the completion and its end token
+    with torch.no_grad():
+        both = completion_logps(model, rows["input_ids"], prompt_len=5, mask_id=255, p_mask_prompt=0.0,
+                                attention_mask=rows["attention_mask"], position_ids=rows["position_ids"])
+        for i, (p, c) in enumerate(zip(prompts, completions)):
+            alone = rollout_rows([p], [c], pad_id=0, end_id=3, gen_length=4)
+            assert "attention_mask" not in alone  # nothing to pad
+            want = completion_logps(model, alone["input_ids"], prompt_len=len(p), mask_id=255, p_mask_prompt=0.0)
+            assert torch.allclose(both[i], want[0], atol=1e-9), i
+        unpadded = completion_logps(model, rows["input_ids"], prompt_len=5, mask_id=255, p_mask_prompt=0.0)
+    assert not torch.allclose(unpadded[1], both[1], atol=1e-6)  # padding seen: another distribution

@@ -5,7 +5,8 @@
     loss, metrics = objective.loss(model, micro_batch, generator)
 
 A rollout micro-batch (from `mdm.platform.rl.source.RolloutSource`) holds `input_ids` [n, P + T] (prompts
-left-padded to P, then T completion tokens), `completion_mask` [n, T] (the completion up to and including its
+left-padded to P, then T completion tokens; with padding also `attention_mask` and `position_ids`, so that
+each row is scored as the sampler generated it), `completion_mask` [n, T] (the completion up to and including its
 first end token), `advantages` [n], and the scalars `prompt_len`, `iteration` (0 .. `iterations` - 1, mu
 unless a resume lands inside a batch), `mask_seed` and `key` (the micro-batch's place in the rollout stream),
 plus `stats` (the rollout batch's reward statistics, passed on as metrics). Inner iteration j estimates the per-token log-probabilities (policy_logp.py, the
@@ -99,7 +100,8 @@ class GRPOObjective:
         gen = torch.Generator(device=ids.device).manual_seed(seed)
         return completion_logps(model, ids, prompt_len=int(batch["prompt_len"]), mask_id=mask_token_id(model),
                                 estimator=self.cfg.logp_estimator, p_mask_prompt=self.cfg.p_mask_prompt,
-                                stratify_t=self.cfg.stratify_t, generator=gen)
+                                stratify_t=self.cfg.stratify_t, generator=gen,
+                                attention_mask=batch.get("attention_mask"), position_ids=batch.get("position_ids"))
 
     def ref_logps(self, model: torch.nn.Module, batch: dict[str, Any], seed: int) -> torch.Tensor:
         with torch.no_grad(), self.reference(model) as ref:

@@ -22,6 +22,10 @@ one or two forwards with random masks:
   each of N equal bins, in random order): each row's t is still uniform, so the target is the same, and the
   batch's mix of mask ratios is even.
 
+Left-padded prompts: pass the batch's `attention_mask` (0 on padding) and `position_ids` (0 at each row's first
+real token), as the samplers do when they generate a padded batch, so each row is scored as it was sampled,
+as if alone.
+
 Random draws come from `generator` (CPU or the model's device), so the policy, old-policy and reference
 estimates of one inner iteration can share their masks by sharing a seed (grpo.py).
 """
@@ -40,9 +44,10 @@ def _uniform(shape: tuple[int, ...], generator: Optional[torch.Generator], devic
     return torch.rand(shape, generator=generator, device=gen_device).to(device)
 
 
-def _token_logps(model: torch.nn.Module, noisy: torch.Tensor, targets: torch.Tensor, prompt_len: int) -> torch.Tensor:
+def _token_logps(model: torch.nn.Module, noisy: torch.Tensor, targets: torch.Tensor, prompt_len: int,
+                 padding: dict[str, torch.Tensor]) -> torch.Tensor:
     """log p(target_i | noisy) at every completion position, [N, T] float32."""
-    logits = model(noisy).logits[:, prompt_len:].float()
+    logits = model(noisy, **padding).logits[:, prompt_len:].float()
     return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
 
 
@@ -57,7 +62,8 @@ def mask_ratios(n: int, generator: Optional[torch.Generator], device: torch.devi
 
 def completion_logps(model: torch.nn.Module, seqs: torch.Tensor, *, prompt_len: int, mask_id: int,
                      estimator: str = "d1", p_mask_prompt: float = 0.3, stratify_t: bool = False,
-                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                     generator: Optional[torch.Generator] = None, attention_mask: Optional[torch.Tensor] = None,
+                     position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per-token log-probability estimates of the completions `seqs[:, prompt_len:]` (module docstring)."""
     if estimator not in LOGP_ESTIMATORS:
         raise ValueError(f"unknown policy log-probability estimator {estimator!r}; valid: {', '.join(LOGP_ESTIMATORS)}")
@@ -65,6 +71,7 @@ def completion_logps(model: torch.nn.Module, seqs: torch.Tensor, *, prompt_len: 
         raise ValueError(f"prompt_len {prompt_len} must leave prompt and completion tokens in length {seqs.shape[1]}")
     n, length = seqs.shape
     targets = seqs[:, prompt_len:]
+    padding = {k: v for k, v in (("attention_mask", attention_mask), ("position_ids", position_ids)) if v is not None}
     if estimator in ("d1", "mirror"):
         u = _uniform((n, prompt_len), generator, seqs.device)
         masks = [u < p_mask_prompt] + ([u > 1.0 - p_mask_prompt] if estimator == "mirror" else [])
@@ -73,7 +80,7 @@ def completion_logps(model: torch.nn.Module, seqs: torch.Tensor, *, prompt_len: 
             noisy = seqs.clone()
             noisy[:, :prompt_len][m] = mask_id
             noisy[:, prompt_len:] = mask_id
-            out = out + _token_logps(model, noisy, targets, prompt_len)
+            out = out + _token_logps(model, noisy, targets, prompt_len, padding)
         return out / len(masks)
     t = mask_ratios(n, generator, seqs.device, stratify_t)
     first = _uniform((n, length - prompt_len), generator, seqs.device) < t[:, None]  # masked in the first forward
@@ -81,5 +88,5 @@ def completion_logps(model: torch.nn.Module, seqs: torch.Tensor, *, prompt_len: 
     for m in (first, ~first):
         noisy = seqs.clone()
         noisy[:, prompt_len:][m] = mask_id
-        out = out + torch.where(m, _token_logps(model, noisy, targets, prompt_len), 0.0)
+        out = out + torch.where(m, _token_logps(model, noisy, targets, prompt_len, padding), 0.0)
     return out
