@@ -109,7 +109,16 @@ def test_rl_run_trains_through_ray_train_and_logs_rewards_versions_and_evals(ray
     assert all(r["prompt"] and r["gold"] and r["reward"] == r["score"] for r in rows)
 
 
-def test_rl_config_mistakes_are_one_line_naming_the_key(arithmetic_data, tmp_path):
+def test_rl_config_mistakes_are_one_line_naming_the_key(arithmetic_data, tmp_path, capsys):
+    from mdm.platform.commands.rl import main
+
+    sets = {**TINY, "data.tokenizer": arithmetic_data["tokenizer"], "train.task": "arithmetic", "train.max_steps": 4,
+            "rl.prompts_per_step": 4}
+    args = [f"--set={k}={v}" for k, v in sets.items()]
+    assert main(args) == 2  # 4 x 6 = 24 rows on one worker with batch 8: grad_accum must be 3
+    assert capsys.readouterr().err.strip() == (
+        "mdm rl: error: a rollout batch of rl.prompts_per_step x rl.num_generations = 24 sequences on 1 worker(s) "
+        "must be train.grad_accum x train.batch_size_per_gpu per worker; got 1 x 8 (set train.grad_accum=3)")
     with pytest.raises(ValueError, match=r"set train.grad_accum=4"):
         rl_driver(_cfg(tmp_path, arithmetic_data, **{"rl.prompts_per_step": 4}))
     with pytest.raises(ValueError, match=r"train.max_steps \(3\) must be > 0 and a multiple of rl.num_iterations"):
@@ -118,3 +127,5 @@ def test_rl_config_mistakes_are_one_line_naming_the_key(arithmetic_data, tmp_pat
         _cfg(tmp_path, arithmetic_data, **{"rl.max_staleness": 2})
     with pytest.raises(ValueError, match="rl.logp_estimator: unknown estimator 'exact'; valid: d1, mirror"):
         rl_driver(_cfg(tmp_path, arithmetic_data, **{"rl.logp_estimator": "exact"}))
+    with pytest.raises(ValueError, match="train.task is not set"):
+        rl_driver(_cfg(tmp_path, arithmetic_data, **{"train.task": "null"}))

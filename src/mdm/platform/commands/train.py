@@ -22,8 +22,10 @@ if TYPE_CHECKING:
     from mdm.platform.config import RunConfig
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="mdm train", description="Train on Ray (embedded or cluster).")
+def main(argv: Optional[Sequence[str]] = None, *, command: str = "train",
+         description: str = "Train on Ray (embedded or cluster).", driver: Callable[..., Any] = train_driver) -> int:
+    """`mdm train` (and, with its driver, `mdm rl`): the config flags and `--force`, then `run`."""
+    parser = argparse.ArgumentParser(prog=f"mdm {command}", description=description)
     add_config_args(parser)
     parser.add_argument("--force", action="store_true",
                         help="train even when the memory plan says the run does not fit its GPUs")
@@ -31,7 +33,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = config_or_dump(args)
     if cfg is None:
         return 0
-    return run(cfg, force=args.force)
+    return run(cfg, force=args.force, driver=driver, command=command)
 
 
 def run(cfg: RunConfig, force: bool = False, driver: Callable[..., Any] = train_driver, command: str = "train") -> int:

@@ -36,18 +36,18 @@ def check_rl(cfg: RunConfig) -> None:
                          f"be trained with mdm rl")
     spec.build_rl_objective(rl)  # the engine checks its keys (rl.logp_estimator) now, not in the workers
     if not tcfg.task:
-        raise ValueError("mdm rl: set train.task to the task whose prompts and rewards to train on")
+        raise ValueError("train.task is not set: name the task whose prompts and rewards mdm rl trains on")
     if tcfg.max_steps <= 0 or tcfg.max_steps % rl.num_iterations:
-        raise ValueError(f"mdm rl: train.max_steps ({tcfg.max_steps}) must be > 0 and a multiple of "
+        raise ValueError(f"train.max_steps ({tcfg.max_steps}) must be > 0 and a multiple of "
                          f"rl.num_iterations ({rl.num_iterations}): each rollout batch gives that many steps")
     if cfg.deepspeed.enabled and cfg.deepspeed.zero_stage == 3:
-        raise ValueError("mdm rl: deepspeed.zero_stage 3 is not supported yet (the rollout actors take the "
-                         "learner's full weights); use zero_stage 2 or LoRA")
+        raise ValueError("deepspeed.zero_stage 3 is not supported yet (the rollout actors take the "
+                         "learner's full weights); use zero_stage 2 for mdm rl")
     world = cfg.ray.num_workers
     per_rank, rest = divmod(rl.rollout_size, world)
     want = per_rank // max(1, tcfg.batch_size_per_gpu)
     if rest or per_rank % tcfg.batch_size_per_gpu or want != tcfg.grad_accum:
-        raise ValueError(f"mdm rl: a rollout batch of rl.prompts_per_step x rl.num_generations = {rl.rollout_size} "
+        raise ValueError(f"a rollout batch of rl.prompts_per_step x rl.num_generations = {rl.rollout_size} "
                          f"sequences on {world} worker(s) must be train.grad_accum x train.batch_size_per_gpu per "
                          f"worker; got {tcfg.grad_accum} x {tcfg.batch_size_per_gpu}"
                          + (f" (set train.grad_accum={want})" if not rest and not per_rank % tcfg.batch_size_per_gpu
