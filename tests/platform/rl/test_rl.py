@@ -81,14 +81,17 @@ def _history(root: Path, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
 
 
-@pytest.mark.parametrize("staleness", [1, 0])
+@pytest.mark.parametrize("staleness,workers", [(1, 1), (0, 2)])
 def test_rl_run_trains_through_ray_train_and_logs_rewards_versions_and_evals(ray_local, arithmetic_data, tmp_path,
-                                                                             staleness):
-    """4 optimizer steps of GRPO (2 prompts x 4 completions a batch): one step behind (staleness 1), batch k
-    is sampled with the weights of step k - 1 (the first on-policy); on-policy (0), with those of step k. The
+                                                                             staleness, workers):
+    """4 optimizer steps of GRPO (2 prompts x 4 completions a batch): one step behind (staleness 1, one worker),
+    batch k is sampled with the weights of step k - 1 (the first on-policy); on-policy (0; two workers under
+    ZeRO-2, rank 0 broadcasting each batch, 4 rows a rank), with those of step k. The
     MLflow run holds the rewards and KL of every step, held-out exact match at steps 0, 2 and 4, rollout
     tables at steps 0 and 2, and the export is a directory."""
-    cfg = _cfg(tmp_path, arithmetic_data, **{"rl.max_staleness": staleness, "rl.beta": 0.04, "rl.table_steps": 2})
+    cfg = _cfg(tmp_path, arithmetic_data, **{"rl.max_staleness": staleness, "rl.beta": 0.04, "rl.table_steps": 2,
+                                             "ray.num_workers": workers, "train.grad_accum": 2 // workers,
+                                             "deepspeed.zero_stage": 2 if workers > 1 else 0})
     result = rl_driver(cfg, run_name="rl")
     assert result.metrics["step"] == 4 and os.path.isdir(result.metrics["export_dir"])
     versions = [v for _, v in _history(tmp_path, "rl/weights_version")]
