@@ -25,7 +25,6 @@ side by side on one rollout batch.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
 import torch
