@@ -144,7 +144,8 @@ def train_driver(cfg: RunConfig, *, run_name: Optional[str] = None, callbacks: S
     from mdm.platform.train.plan_check import check_runnable
 
     check_runnable(cfg)  # precision, the engine's model check (a 4-bit base without GPUs): before any work
-    if not cfg.train.train_data_path and workload is sft_workload:  # the seed's default, before the name: the data path is part of it
+    # The seed's default data path (SFT only), before the name: the data path is part of it.
+    if not cfg.train.train_data_path and workload is sft_workload:
         cfg = with_overrides(cfg, {"train.train_data_path": train_data_path(cfg)})
     run_name = run_name or derive_name(cfg)
     tracker = Tracker.open(cfg.tracking) if cfg.tracking.enabled else None  # unreachable -> TrackingError now
