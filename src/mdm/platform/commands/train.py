@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 def main(argv: Optional[Sequence[str]] = None, *, command: str = "train",
-         description: str = "Train on Ray (embedded or cluster).", driver: Callable[..., Any] = train_driver) -> int:
+         description: str = "Train on Ray (embedded or cluster).", driver: Optional[Callable[..., Any]] = None) -> int:
     """`mdm train` (and, with its driver, `mdm rl`): the config flags and `--force`, then `run`."""
     parser = argparse.ArgumentParser(prog=f"mdm {command}", description=description)
     add_config_args(parser)
@@ -36,9 +36,10 @@ def main(argv: Optional[Sequence[str]] = None, *, command: str = "train",
     return run(cfg, force=args.force, driver=driver, command=command)
 
 
-def run(cfg: RunConfig, force: bool = False, driver: Callable[..., Any] = train_driver, command: str = "train") -> int:
-    """`mdm train` (`mdm rl`: driver=rl_driver): 0 on success; 2 with a one-line error for mistakes a person can
-    fix."""
+def run(cfg: RunConfig, force: bool = False, driver: Optional[Callable[..., Any]] = None,
+        command: str = "train") -> int:
+    """`mdm train` (`mdm rl`: driver=rl_driver; None: `train_driver`): 0 on success; 2 with a one-line error for
+    mistakes a person can fix."""
     from mdm.platform.train.ingest import DataError
     from ray.train import TrainingFailedError
 
@@ -47,7 +48,7 @@ def run(cfg: RunConfig, force: bool = False, driver: Callable[..., Any] = train_
     from mdm.platform.tracking.tracker import TrackingError
 
     try:
-        result = driver(cfg, force=force)
+        result = (driver or train_driver)(cfg, force=force)
     except (DataError, TrackingError, LeaseError, ValueError, FileNotFoundError) as e:
         print(f"mdm {command}: error: {e}", file=sys.stderr)
         return 2
