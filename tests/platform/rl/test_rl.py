@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from mdm.platform.config import load_config
 from mdm.platform.rl.driver import rl_driver
 from mdm.platform.rl.rollouts import ActorSpec, Chunk, RolloutActor, RolloutPool, RolloutWorker
-from mdm.platform.rl.worker import task_prompts, trainable_weights
+from mdm.platform.rl.worker import learner_weights, task_prompts
 from mdm.platform.rl.rl_config import RLSections
 from mdm.platform.train.digests import weights_digest
 
@@ -55,7 +55,7 @@ def test_weights_reach_the_actors_at_their_version_and_a_dead_actors_chunks_are_
             p.add_(0.01 * torch.randn_like(p))
     pool = RolloutPool(lambda: RolloutActor.options(num_cpus=0.25).remote(spec), 2)
     try:
-        pool.push(3, trainable_weights(learner.model))
+        pool.push(3, learner_weights(learner.model))
         import ray
 
         assert ray.get([a.weights.remote() for a in pool.actors]) == [(3, weights_digest(learner.model))] * 2
@@ -132,3 +132,11 @@ def test_rl_config_mistakes_are_one_line_naming_the_key(arithmetic_data, tmp_pat
         rl_driver(_cfg(tmp_path, arithmetic_data, **{"rl.logp_estimator": "exact"}))
     with pytest.raises(ValueError, match="train.task is not set"):
         rl_driver(_cfg(tmp_path, arithmetic_data, **{"train.task": "null"}))
+    with pytest.raises(ValueError, match=r"sampler.temperature is 0: the rl.num_generations \(4\) completions"):
+        rl_driver(_cfg(tmp_path, arithmetic_data, **{"sampler.temperature": 0}))
+    with pytest.raises(ValueError, match="deepspeed.zero_stage 3 is not supported yet"):
+        rl_driver(_cfg(tmp_path, arithmetic_data, **{"deepspeed.zero_stage": 3}))
+    with pytest.raises(ValueError, match="rl.num_generations must be >= 1, got 0"):
+        _cfg(tmp_path, arithmetic_data, **{"rl.num_generations": 0})
+    with pytest.raises(ValueError, match=r"rl.p_mask_prompt must be in \[0, 1\], got 1.5"):
+        _cfg(tmp_path, arithmetic_data, **{"rl.p_mask_prompt": 1.5})

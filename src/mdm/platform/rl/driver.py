@@ -40,6 +40,9 @@ def check_rl(cfg: RunConfig) -> None:
     if tcfg.max_steps <= 0 or tcfg.max_steps % rl.num_iterations:
         raise ValueError(f"train.max_steps ({tcfg.max_steps}) must be > 0 and a multiple of "
                          f"rl.num_iterations ({rl.num_iterations}): each rollout batch gives that many steps")
+    if getattr(cfg.sampler, "temperature", None) == 0 and rl.num_generations > 1:
+        raise ValueError(f"sampler.temperature is 0: the rl.num_generations ({rl.num_generations}) completions of a "
+                         f"prompt would be the same, so no group has an advantage; sample above 0 (d1: 0.9)")
     if cfg.deepspeed.enabled and cfg.deepspeed.zero_stage == 3:
         raise ValueError("deepspeed.zero_stage 3 is not supported yet (the rollout actors take the "
                          "learner's full weights); use zero_stage 2 for mdm rl")

@@ -16,7 +16,6 @@ second actor dies too fails the batch.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -69,7 +68,6 @@ class ChunkResult:
     version: int
     sampler: str
     actor: str
-    seconds: float
 
 
 class RolloutWorker:
@@ -94,12 +92,11 @@ class RolloutWorker:
         self.name = f"rollout-{actor_id[:8]}" if actor_id else "local"
 
     def set_weights(self, version: int, weights: dict[str, Any]) -> int:
-        """Load the learner's trainable parameters (a state_dict subset) of optimizer step `version`."""
-        missing = set(weights) - set(dict(self.model.named_parameters()))
-        if missing:
-            raise KeyError(f"rollout actor: the learner sent parameters this model does not have: "
-                           f"{sorted(missing)[:3]}")
-        self.model.load_state_dict(weights, strict=False)
+        """Load the learner's trainable state (`adapters.trainable_state`) of optimizer step `version`; an error
+        naming the version when it holds other tensors than this model trains."""
+        from mdm.platform.train.adapters import load_trainable_state
+
+        load_trainable_state(self.model, weights, where=f"(the learner's weights of step {version})")
         self.version = version
         return version
 
@@ -108,7 +105,6 @@ class RolloutWorker:
 
         import torch
 
-        t0 = time.perf_counter()
         g = chunk.generations or self.spec.num_generations
         repeated = [p for p in chunk.prompts for _ in range(g)]
         golds = [gold for gold in chunk.golds for _ in range(g)]
@@ -122,8 +118,7 @@ class RolloutWorker:
                            rewards=[float(self.task.reward(t, gold, fr)) for t, gold in zip(texts, golds)],
                            scores=[float(self.task.score(t, gold)) for t, gold in zip(texts, golds)],
                            formatted=[self.task.extract(t) is not None for t in texts], version=self.version,
-                           sampler=str(self.spec.sampler_cfg.name), actor=self.name,
-                           seconds=time.perf_counter() - t0)
+                           sampler=str(self.spec.sampler_cfg.name), actor=self.name)
 
     def weights(self) -> tuple[int, str]:
         """(the weights version, `digests.weights_digest` of the model): what the learner's weights became here."""

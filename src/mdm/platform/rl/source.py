@@ -1,7 +1,7 @@
 """The Trainer's data source in `mdm rl`: rollout batches from the actor pool, as GRPO micro-batches.
 
     source = RolloutSource(cfg.rl, cfg.train, prompts, evals, pool=pool if rank == 0 else None, ...)
-    source.bind(lambda: (trainer.state.step, trainable_weights(trainer.module)), objective.advantages)
+    source.bind(lambda: trainer.state.step, lambda: learner_weights(trainer.module), objective.advantages)
     Trainer(model, objective, source=source, ...).train()         # the one training loop (train/trainer.py)
 
 Rollout batch r is `rl.prompts_per_step` prompts drawn from the prompt list by a generator seeded with
@@ -21,7 +21,7 @@ Every micro-batch carries the batch's statistics (`stats`: `rl/reward`, `rl/rewa
 `rl/staleness` (optimizer steps between the weights that sampled it and the step training on it),
 `rl/weights_version`, `rl/reissued`, `rl/rollout_s`); the objective returns them as metrics, so they reach
 MLflow with the loss. Every `rl.eval_steps` optimizer steps (at step 0 too) rank 0 measures held-out exact
-match (`rl/eval_accuracy`, the first of G samples of `rl.eval_prompts` prompts) with the weights of that step,
+match (`rl/eval_accuracy`, one sample for each of `rl.eval_prompts` prompts) with the weights of that step,
 logged at that step; every `rl.table_steps` steps the batch's rollout table (prompt, gold, completion, reward,
 score, weights version, sampler, actor per completion) goes to `table`.
 """
@@ -96,7 +96,8 @@ class RolloutSource:
         self.device, self.rank, self.world = device, rank, world
         self.pad_id, self.end_id, self.gen_length, self.total_steps = pad_id, end_id, gen_length, total_steps
         self.pending: Optional[Pending] = None
-        self.weights: Optional[Callable[[], tuple[int, dict[str, Any]]]] = None
+        self.step: Optional[Callable[[], int]] = None
+        self.weights: Optional[Callable[[], dict[str, Any]]] = None
         self.advantages: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         self.log: Callable[[int, dict[str, float]], None] = lambda step, metrics: None
         self.table: Callable[[int, list[dict[str, Any]]], None] = lambda step, records: None
@@ -104,14 +105,15 @@ class RolloutSource:
             raise ValueError(f"rl: {len(prompts)} prompts in rl.split, fewer than rl.prompts_per_step "
                              f"({rl_cfg.prompts_per_step})")
 
-    def bind(self, weights: Callable[[], tuple[int, dict[str, Any]]],
+    def bind(self, step: Callable[[], int], weights: Callable[[], dict[str, Any]],
              advantages: Callable[[torch.Tensor], torch.Tensor],
              log: Optional[Callable[[int, dict[str, float]], None]] = None,
              table: Optional[Callable[[int, list[dict[str, Any]]], None]] = None) -> None:
-        """`weights()`: (optimizer step, trainable parameters); `advantages(rewards)`: the objective's;
+        """`step()`: the learner's optimizer step; `weights()`: its trainable state (copied only when the
+        actors need a new version); `advantages(rewards)`: the objective's;
         `log(step, metrics)`: where rank 0's held-out evaluations go (the reporter's `log`); `table(step,
         records)`: where rank 0's rollout tables go (every `rl.table_steps` steps)."""
-        self.weights, self.advantages = weights, advantages
+        self.step, self.weights, self.advantages = step, weights, advantages
         self.log, self.table = log or self.log, table or self.table
 
     # -- the DataSource protocol (train/trainer.py) -------------------------------------------------------
@@ -149,9 +151,9 @@ class RolloutSource:
                       texts=[prompts[i].text for i in part]) for c, part in enumerate(parts)]
 
     def push(self) -> int:
-        step, weights = self.weights()
+        step = self.step()
         if self.pool.version != step:
-            self.pool.push(step, weights)
+            self.pool.push(step, self.weights())
         return step
 
     def produce(self, r: int) -> tuple[list[ChunkResult], dict[str, float]]:

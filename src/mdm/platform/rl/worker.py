@@ -25,6 +25,7 @@ from mdm.platform.rl.rl_config import RLSections
 from mdm.platform.rl.rollouts import ActorSpec, RolloutActor, RolloutPool
 from mdm.platform.rl.source import Prompt, RolloutSource
 from mdm.platform.tracking.session import attach_run
+from mdm.platform.train.adapters import trainable_state
 from mdm.platform.train.run_spec import RunInfo, WorkerSections
 from mdm.platform.train.trainer import Trainer
 from mdm.platform.train.worker import RayTrainReporter, build_parts, finish_run, start_worker
@@ -55,7 +56,7 @@ def rl_fn_per_worker(config: dict[str, Union[WorkerSections, RunInfo, RLSections
                       steps_per_epoch=run.steps_per_epoch, source=source, reporter=reporter, device=device,
                       rank=rank, world=world)
     tables = tempfile.mkdtemp(prefix="mdm_rollouts_")
-    source.bind(lambda: (trainer.state.step, trainable_weights(trainer.module)), objective.advantages, reporter.log,
+    source.bind(lambda: trainer.state.step, lambda: learner_weights(trainer.module), objective.advantages, reporter.log,
                 lambda step, records: session.log_predictions(records, os.path.join(tables, f"step_{step:06d}.jsonl"),
                                                               artifact_dir="rollouts"))
     try:
@@ -74,10 +75,10 @@ def rl_fn_per_worker(config: dict[str, Union[WorkerSections, RunInfo, RLSections
         shutil.rmtree(tables, ignore_errors=True)
 
 
-def trainable_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters that train (all of them; with LoRA the adapters), as CPU tensors named as in the model."""
-    inner = module.module if hasattr(module, "module") and not hasattr(module, "disable_adapter") else module
-    return {n: p.detach().to("cpu", copy=True) for n, p in inner.named_parameters() if p.requires_grad}
+def learner_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What the actors take of the learner (`Trainer.module`, unwrapped): its trainable state
+    (`adapters.trainable_state`: all parameters, with LoRA the adapters, plus buffers) as CPU copies."""
+    return {n: t.detach().to("cpu", copy=True) for n, t in trainable_state(module).items()}
 
 
 def reference(spec: Any, sec: WorkerSections, tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module,

@@ -9,13 +9,14 @@ left-padded to P, then T completion tokens; with padding also `attention_mask` a
 each row is scored as the sampler generated it), `completion_mask` [n, T] (the completion up to and including its
 first end token), `advantages` [n], and the scalars `prompt_len`, `iteration` (0 .. `iterations` - 1, mu
 unless a resume lands inside a batch), `mask_seed` and `key` (the micro-batch's place in the rollout stream),
-plus `stats` (the rollout batch's reward statistics, passed on as metrics). Inner iteration j estimates the per-token log-probabilities (policy_logp.py, the
-estimator `rl.logp_estimator`) with the masks of seed `mask_seed + j`, for the policy, the old policy and the
-reference alike, as d1 does. The old policy's estimates for iterations 1 .. mu-1 are taken at iteration 0,
+plus `stats` (the rollout batch's reward statistics, passed on as metrics). Inner iteration j estimates the
+per-token log-probabilities (policy_logp.py, the estimator `rl.logp_estimator`) with the masks of seed
+`mask_seed + j`, for the policy, the old policy and the reference alike, as d1 does. The old policy's estimates for iterations 1 .. mu-1 are taken at iteration 0,
 before the first update (mu - 1 extra forwards, without gradients); at iteration 0 they equal the policy's own
 (detached), so the ratio is 1.
 
-The reference (beta > 0) is the model as training starts: with LoRA the same model with its adapters
+`model` is the Trainer's module (DeepSpeed's and DDP's wrappers already taken off: updater.py). The reference
+(beta > 0) is the model as training starts: with LoRA the same model with its adapters
 disabled (no copy), else a frozen copy made when the caller passes none. A caller that restores a checkpoint
 must pass the reference it built from the initial weights (`ref_model=`), or the copy would be of the
 restored weights.
@@ -36,12 +37,6 @@ from mdm.engines.llada_plus.rl.policy_logp import LOGP_ESTIMATORS, completion_lo
 Metrics = dict[str, float]
 
 
-def _inner(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module") and not hasattr(model, "disable_adapter"):
-        model = model.module
-    return model
-
-
 class GRPOObjective:
     """See the module docstring. `rl_cfg`: the platform's `rl` section (mdm.platform.rl.rl_config.RLConfig)."""
 
@@ -55,8 +50,8 @@ class GRPOObjective:
 
     # -- the Objective protocol (mdm.platform.train.trainer.Objective) ----------------------------------
     def prepare(self, model: torch.nn.Module, batches: Iterable[Any], device: torch.device) -> Optional[Metrics]:
-        if self.cfg.beta and self.ref_model is None and not hasattr(_inner(model), "disable_adapter"):
-            self.ref_model = copy.deepcopy(_inner(model)).eval().requires_grad_(False)
+        if self.cfg.beta and self.ref_model is None and not hasattr(model, "disable_adapter"):
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         return None
 
     def maybe_reestimate(self, step: int, model: torch.nn.Module, batches: Iterable[Any],
@@ -112,11 +107,10 @@ class GRPOObjective:
         if self.ref_model is not None:
             yield self.ref_model
             return
-        inner = _inner(model)
-        if not hasattr(inner, "disable_adapter"):
+        if not hasattr(model, "disable_adapter"):
             raise RuntimeError("rl.beta > 0 needs the reference model: call prepare() first or pass ref_model")
-        with inner.disable_adapter():
-            yield inner
+        with model.disable_adapter():
+            yield model
 
 
 def build_rl_objective(rl_cfg: Any, ref_model: Optional[torch.nn.Module] = None) -> GRPOObjective:
