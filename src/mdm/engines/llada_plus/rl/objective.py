@@ -11,9 +11,9 @@ first end token), `advantages` [n], and the scalars `prompt_len`, `iteration` (0
 unless a resume lands inside a batch), `mask_seed` and `key` (the micro-batch's place in the rollout stream),
 plus `stats` (the rollout batch's reward statistics, passed on as metrics). Inner iteration j estimates the
 per-token log-probabilities (policy_logp.py, the estimator `rl.logp_estimator`) with the masks of seed
-`mask_seed + j`, for the policy, the old policy and the reference alike, as d1 does. The old policy's estimates for iterations 1 .. mu-1 are taken at iteration 0,
-before the first update (mu - 1 extra forwards, without gradients); at iteration 0 they equal the policy's own
-(detached), so the ratio is 1.
+`mask_seed + j`, for the policy, the old policy and the reference alike, as d1 does. The old policy's
+estimates for iterations 1 .. mu-1 are taken at iteration 0, before the first update (mu - 1 extra forwards,
+without gradients); at iteration 0 they equal the policy's own (detached), so the ratio is 1.
 
 `model` is the Trainer's module (DeepSpeed's and DDP's wrappers already taken off: updater.py). The reference
 (beta > 0) is the model as training starts: with LoRA the same model with its adapters
