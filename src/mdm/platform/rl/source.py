@@ -13,8 +13,10 @@ trains on its contiguous share of the batch's rows (whole groups need not stay o
 computed over the whole batch first). With `rl.max_staleness` 1, batch r + 1 is submitted as soon as batch r
 is in, with the weights of that moment, so sampling overlaps learning; with 0 each batch waits for the weights
 of the step that uses it. A batch splits into `train.grad_accum` micro-batches of `train.batch_size_per_gpu`
-rows per rank (the driver checks it: rl.driver.check_rl) and gives `rl.num_iterations` optimizer steps; a
-resume inside a batch samples that batch again and runs its remaining iterations.
+rows per rank (the driver checks it: rl.driver.check_rl) and gives `rl.num_iterations` optimizer steps. A
+checkpoint holds the batches already sampled (`state_dict`: the newest one, and the one submitted ahead of it,
+collected then), so a resumed learner trains on the rollout stream of an uninterrupted run: a resume inside a
+batch runs its remaining iterations on it as it was, and a batch sampled one step behind keeps its samples.
 
 Every micro-batch carries the batch's statistics (`stats`: `rl/reward`, `rl/reward_std`, `rl/accuracy`,
 `rl/pass_at_k` (a prompt counts when any of its G completions scores 1), `rl/format`, `rl/completion_len`,
@@ -28,6 +30,7 @@ score, weights version, sampler, actor per completion) goes to `table`.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from dataclasses import dataclass
@@ -95,7 +98,10 @@ class RolloutSource:
         self.cfg, self.train_cfg, self.prompts, self.evals, self.pool = rl_cfg, train_cfg, prompts, evals, pool
         self.device, self.rank, self.world = device, rank, world
         self.pad_id, self.end_id, self.gen_length, self.total_steps = pad_id, end_id, gen_length, total_steps
-        self.pending: Optional[Pending] = None
+        self.pending: Optional[Pending] = None  # the next batch, submitted ahead (rl.max_staleness 1)
+        self.last: Optional[tuple[int, list[ChunkResult], dict[str, float]]] = None  # the newest batch produced
+        self.ahead: dict[int, tuple[list[ChunkResult], int, list[int]]] = {}  # sampled, not yet trained on
+        self.restored: dict[int, tuple[list[ChunkResult], dict[str, float]]] = {}  # from a checkpoint
         self.step: Optional[Callable[[], int]] = None
         self.weights: Optional[Callable[[], dict[str, Any]]] = None
         self.advantages: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
@@ -157,24 +163,58 @@ class RolloutSource:
         return step
 
     def produce(self, r: int) -> tuple[list[ChunkResult], dict[str, float]]:
-        """Rank 0: batch r's results (sampled now, or submitted with the previous batch) and its statistics."""
+        """Rank 0: batch r's results (sampled now, submitted with the previous batch, or restored from a
+        checkpoint) and its statistics."""
+        if r in self.restored:  # a resume inside batch r: the batch as it was trained on
+            results, extra = self.restored.pop(r)
+            self.last = (r, results, extra)
+            return results, extra
         t0 = time.perf_counter()
         step = self.push()
         if self.cfg.eval_steps and step % self.cfg.eval_steps == 0:
             self.log(step, {"rl/eval_accuracy": self.evaluate()})  # at the step of the weights it measures
-        if self.pending is None:
-            self.pending = self.pool.submit(self.chunks(r, self.prompts))
-        pending = self.pending
-        results = self.pool.collect(pending)
-        self.pending = None
+        results, version, reissued = self.sampled(r)
         if self.cfg.table_steps and step % self.cfg.table_steps == 0:
-            self.table(step, self.records(pending.chunks, results))
+            self.table(step, self.records(self.chunks(r, self.prompts), results))
         next_step = (r + 1) * self.cfg.num_iterations
         if self.cfg.max_staleness and next_step < self.total_steps:
             self.pending = self.pool.submit(self.chunks(r + 1, self.prompts))  # with the weights of `step`
-        extra = {"rl/staleness": float(step - pending.version), "rl/weights_version": float(pending.version),
-                 "rl/reissued": float(len(pending.reissued)), "rl/rollout_s": time.perf_counter() - t0}
+        extra = {"rl/staleness": float(step - version), "rl/weights_version": float(version),
+                 "rl/reissued": float(len(reissued)), "rl/rollout_s": time.perf_counter() - t0}
+        self.last = (r, results, extra)
         return results, extra
+
+    def sampled(self, r: int) -> tuple[list[ChunkResult], int, list[int]]:
+        """Batch r's results, weights version and re-issued chunk keys: collected from the actors (submitted
+        now, or with the previous batch), or restored from a checkpoint."""
+        if r in self.ahead:
+            return self.ahead.pop(r)
+        if self.pending is None:
+            self.pending = self.pool.submit(self.chunks(r, self.prompts))
+        pending, self.pending = self.pending, None
+        return self.pool.collect(pending), pending.version, pending.reissued
+
+    # -- checkpoints (rank 0; train/checkpoint.py saves and restores them with the objective's state) ------
+    def state_dict(self) -> dict[str, Any]:
+        """The sampled batches a resumed run must train on unchanged, so that it sees the rollout stream of an
+        uninterrupted run: the newest batch (a checkpoint inside it resumes there) and the one submitted ahead
+        of it (`rl.max_staleness` 1: sampled with the previous weights; collected now)."""
+        if self.pending is not None:
+            r = self.last[0] + 1 if self.last else 0
+            pending, self.pending = self.pending, None
+            self.ahead[r] = (self.pool.collect(pending), pending.version, pending.reissued)
+        last = None if self.last is None else {"index": self.last[0], "extra": self.last[2],
+                                               "results": [dataclasses.asdict(x) for x in self.last[1]]}
+        ahead = [{"index": r, "version": v, "reissued": list(k), "results": [dataclasses.asdict(x) for x in res]}
+                 for r, (res, v, k) in self.ahead.items()]
+        return {"last": last, "ahead": ahead}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("last"):
+            last = state["last"]
+            self.restored[last["index"]] = ([ChunkResult(**x) for x in last["results"]], last["extra"])
+        for a in state.get("ahead", []):
+            self.ahead[a["index"]] = ([ChunkResult(**x) for x in a["results"]], a["version"], a["reissued"])
 
     def records(self, chunks: list[Chunk], results: list[ChunkResult]) -> list[dict[str, Any]]:
         """The rollout table of one batch: a row per completion."""

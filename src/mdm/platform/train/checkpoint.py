@@ -9,7 +9,8 @@
 
 A checkpoint directory holds the updater's files (DeepSpeed's `ds/` shards, or `model.safetensors` with the
 weights that train and `plain_updater.pt` with the optimizer and scheduler state), the
-objective's state (`objective.pt`, the P-POTS fit) and one `worker_<rank>.pt` per rank with its step counter,
+objective's state (`objective.pt`, the P-POTS fit), the data source's (`source.pt`, when it has one: `mdm rl`'s
+sampled rollouts) and one `worker_<rank>.pt` per rank with its step counter,
 data position and RNG states (torch, numpy, random, and the objective's generator), so the steps after a
 resume replay an uninterrupted run. All of it is plain data (tensors, numbers, strings, lists, dicts: numpy's
 and Python's RNG states are converted) and is read back with `safe_load.load_plain` (`weights_only=True`):
@@ -82,7 +83,7 @@ def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
 
 
 def save_checkpoint(updater: PlainUpdater | DeepSpeedUpdater, objective: Objective, state: TrainState, *, rank: int,
-                    generator: torch.Generator) -> Checkpoint:
+                    generator: torch.Generator, source: Any = None) -> Checkpoint:
     """Write this rank's part of a checkpoint to a fresh temp dir; returns it as a ray.train.Checkpoint.
 
     Collective: every rank must call it at the same step. The caller reports the checkpoint and then
@@ -94,6 +95,8 @@ def save_checkpoint(updater: PlainUpdater | DeepSpeedUpdater, objective: Objecti
     torch.save({"state": state.__dict__, "rng": _rng_state(generator)}, os.path.join(directory, f"worker_{rank}.pt"))
     if rank == 0 and hasattr(objective, "state_dict"):
         torch.save(objective.state_dict(), os.path.join(directory, "objective.pt"))
+    if rank == 0 and hasattr(source, "state_dict"):  # plain data (mdm rl: the sampled rollouts)
+        torch.save(source.state_dict(), os.path.join(directory, "source.pt"))
     return Checkpoint.from_directory(directory)
 
 
@@ -102,7 +105,7 @@ def cleanup(checkpoint: Checkpoint) -> None:
 
 
 def restore_checkpoint(checkpoint: Checkpoint, updater: PlainUpdater | DeepSpeedUpdater, objective: Objective, *,
-                       rank: int, generator: torch.Generator) -> TrainState:
+                       rank: int, generator: torch.Generator, source: Any = None) -> TrainState:
     """Load updater, objective, counters and RNG states from a reported checkpoint (every rank calls it).
 
     Raises CheckpointError naming the file when any of them is not plain data (see the module docstring)."""
@@ -118,9 +121,12 @@ def restore_checkpoint(checkpoint: Checkpoint, updater: PlainUpdater | DeepSpeed
         # position is then approximate: shards are re-cut for the new world size).
         saved = load(own if same_rank else "worker_0.pt")
         objective_state = load("objective.pt") if os.path.exists(os.path.join(directory, "objective.pt")) else None
+        source_state = load("source.pt") if rank == 0 and os.path.exists(os.path.join(directory, "source.pt")) else None
         updater.load(directory, display=where)
         if objective_state is not None and hasattr(objective, "load_state_dict"):
             objective.load_state_dict(objective_state)
+        if source_state is not None and hasattr(source, "load_state_dict"):
+            source.load_state_dict(source_state)
     if same_rank:
         _set_rng_state(saved["rng"], generator)
     return TrainState(**saved["state"])

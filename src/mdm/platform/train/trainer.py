@@ -170,7 +170,7 @@ class Trainer:
         """Restore `checkpoint` (counters, data position, RNGs, updater, objective), else run `prepare`."""
         if checkpoint is not None:
             self.state = restore_checkpoint(checkpoint, self.updater, self.objective, rank=self.rank,
-                                            generator=self.generator)
+                                            generator=self.generator, source=self.source)
         self.reporter.begin(self.state.step if checkpoint is not None else None)
         if checkpoint is None:
             self.prepare()
@@ -276,8 +276,10 @@ class Trainer:
         return self.state.eval_loss
 
     def save(self) -> Checkpoint:
-        """This rank's checkpoint (updater, objective, counters, RNGs) in a temp dir; collective."""
-        return save_checkpoint(self.updater, self.objective, self.state, rank=self.rank, generator=self.generator)
+        """This rank's checkpoint (updater, objective, counters, RNGs, the source's state) in a temp dir;
+        collective."""
+        return save_checkpoint(self.updater, self.objective, self.state, rank=self.rank, generator=self.generator,
+                               source=self.source)
 
     def export(self, tokenizer: Optional[PreTrainedTokenizerBase], out_dir: str, zero_stage: int,
                merge_lora: bool = False) -> str:
