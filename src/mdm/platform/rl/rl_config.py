@@ -5,7 +5,8 @@
 `mdm rl` is `mdm train` with `rl.enabled: true`: the same driver, worker group, Trainer, checkpoints, MLflow
 run and faults, with rollouts in place of the JSONL data and the engine's GRPO objective in place of its SFT
 one. `train.max_steps` counts optimizer steps (each rollout batch gives `num_iterations` of them); prompts come
-from `train.task`'s `rl.split`. The defaults are d1's (`diffu-grpo/`: num_generations 6, beta 0.04, epsilon
+from `train.task`'s `rl.split`, the task built with `rl.task_args` (e.g. {max_operand: 12} for `arithmetic`;
+its held-out `rl.eval_split` too). The defaults are d1's (`diffu-grpo/`: num_generations 6, beta 0.04, epsilon
 0.2, num_iterations 1, p_mask_prompt 0.3, advantages not divided by the group's std).
 
 - num_generations (G): completions per prompt; a group's advantages are its rewards minus their mean.
@@ -28,8 +29,8 @@ from `train.task`'s `rl.split`. The defaults are d1's (`diffu-grpo/`: num_genera
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
 
 from mdm.platform.fields import ConfigError
 
@@ -38,6 +39,7 @@ from mdm.platform.fields import ConfigError
 class RLConfig:
     enabled: bool = False
     split: str = "train"
+    task_args: Dict[str, Any] = field(default_factory=dict)
     num_generations: int = 6
     prompts_per_step: int = 4
     num_iterations: int = 1

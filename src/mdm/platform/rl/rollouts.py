@@ -39,6 +39,7 @@ class ActorSpec:
     num_generations: int
     format_reward: float
     seed: int
+    task_args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -83,7 +84,7 @@ class RolloutWorker:
         auto_import(spec.auto_import)
         self.spec = spec
         self.engine = get_registry("engines").get(spec.engine)
-        self.task = get_registry("tasks").get(spec.task)(data_dir=spec.data_dir)
+        self.task = get_registry("tasks").get(spec.task)(data_dir=spec.data_dir, **spec.task_args)
         self.tokenizer = load_tokenizer(spec.tokenizer, spec.model_cfg.trust_remote_code)
         torch.manual_seed(spec.seed)
         self.model = self.engine.build_model(spec.model_cfg, spec.model, self.tokenizer).eval()

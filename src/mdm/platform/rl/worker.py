@@ -98,7 +98,7 @@ def start_pool(sec: WorkerSections, run: RunInfo, rls: RLSections) -> RolloutPoo
     actor = ActorSpec(engine=sec.engine, auto_import=list(sec.auto_import), model_cfg=sec.model,
                       model=sec.train.model, tokenizer=run.tokenizer, sampler_cfg=rls.sampler, task=rls.task,
                       data_dir=rls.data_dir, num_generations=rls.rl.num_generations,
-                      format_reward=rls.rl.format_reward, seed=sec.train.seed)
+                      format_reward=rls.rl.format_reward, seed=sec.train.seed, task_args=dict(rls.rl.task_args))
     options = RolloutActor.options(num_cpus=rls.rl.actor_cpus, num_gpus=rls.rl.actor_gpus,
                                    scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
     return RolloutPool(lambda: options.remote(actor), rls.rl.rollout_actors)
@@ -109,7 +109,7 @@ def task_prompts(rls: RLSections, tokenizer: PreTrainedTokenizerBase, split: str
     """The task's `split` as prompts laid out as training lays them out (`Task.encode_prompts`)."""
     from mdm.platform.registry import get_registry
 
-    task = get_registry("tasks").get(rls.task)(data_dir=rls.data_dir)
+    task = get_registry("tasks").get(rls.task)(data_dir=rls.data_dir, **rls.rl.task_args)
     examples = list(task.examples(split, limit=limit))
     ids = task.encode_prompts(tokenizer, [e.prompt for e in examples])
     return [Prompt(ids=i, gold=e.gold_raw, text=e.prompt) for i, e in zip(ids, examples)]
