@@ -4,6 +4,7 @@ against SFT from the same model for the same wall time, over seeds.
     python experiments/arithmetic.py --budget ci --out outputs/arithmetic-ci          # the base (~6 min)
     python experiments/rl_arithmetic.py --base outputs/arithmetic-ci/model --seeds 0,1,2
     python experiments/rl_arithmetic.py --base ... --seeds 0 --set train.max_steps=100 --no-sft   # quicker
+    python experiments/rl_arithmetic.py --base ... --compare d1,coupled --seeds 1,2,3   # estimators, paired
 
 The base was trained on operands 0-12; RL and SFT both train on the `arithmetic` task's default space
 (operands 0-20, 2,000 training problems) and are scored on its 200 held-out problems (none of them in that
@@ -13,6 +14,11 @@ learner worker and one rollout actor, `experiments/configs/rl_arithmetic.yaml`) 
 and its wall time is measured; SFT then trains a copy of the base on the same training split (responses, the
 demo's in-process Trainer) until the same wall time has passed. Writes `<out>/summary.json` with the base's,
 RL's and SFT's exact match per seed and the paired differences (mean, 95% t interval over seeds).
+
+`--compare EST,EST,...` runs a comparison instead (`mdm.platform.compare`: `compare.grid` over
+`rl.logp_estimator`, each cell an `mdm rl` job from the base, scored greedy by batch inference on the same
+held-out problems, paired by seed against the first estimator, reward curves per configuration; one MLflow
+parent run, its table printed and written under `<out>/rl/<comparison>/`).
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                    help="config override for the RL run (repeatable)")
     p.add_argument("--no-sft", action="store_true", help="skip the SFT baseline")
+    p.add_argument("--compare", default=None, metavar="EST,EST",
+                   help="compare these rl.logp_estimator values over --seeds instead (paired against the first)")
     p.add_argument("--out", default="outputs/rl_arithmetic")
     return p.parse_args(argv)
 
@@ -115,15 +123,38 @@ def sft_for(seconds: float, base: str, cfg: Any, task: Any, out: Path) -> tuple[
         trainer.state.step
 
 
-def run_seed(seed: int, args: argparse.Namespace, task: Any, out: Path) -> dict[str, Any]:
+def rl_config(args: argparse.Namespace, out: Path, extra: Sequence[str]) -> Any:
     from mdm.platform.config import load_config
-    from mdm.platform.rl.driver import rl_driver
 
     files = [str(CONFIGS / f) for f in ("base.yaml", "arithmetic.yaml", "rl_arithmetic.yaml")]
-    sets = [f"train.model={args.base}", f"data.tokenizer={args.base}", f"train.seed={seed}",
-            f"ray.storage_path={out / 'ray'}", f"train.output_dir={out / 'rl'}",
-            f"tracking.tracking_uri=sqlite:///{out.resolve()}/mlruns.db", *args.overrides]
-    cfg = load_config(files, sets)
+    return load_config(files, [f"train.model={args.base}", f"data.tokenizer={args.base}",
+                               f"ray.storage_path={out / 'ray'}", f"train.output_dir={out / 'rl'}",
+                               f"tracking.tracking_uri=sqlite:///{out.resolve()}/mlruns.db", *extra, *args.overrides])
+
+
+def compare(args: argparse.Namespace, out: Path) -> int:
+    """`--compare`: the estimators as a comparison over the seeds (see the module docstring)."""
+    from mdm.platform.compare.compare import run_comparison
+    from mdm.platform.config_ops import flatten, with_overrides
+    from mdm.platform.registry import get_registry
+
+    ests = args.compare.split(",")
+    # One cell at a time on 2 CPUs: the trial's function (0.1), the learner (0.9) and the actor (1).
+    cfg = rl_config(args, out, ["tune.cpus_per_trial=0.1", "ray.cpus_per_worker=0.9",
+                                "compare.runner=ray_train", "compare.equalize=batch", f"compare.seeds=[{args.seeds}]",
+                                f"compare.grid={{rl.logp_estimator: [{', '.join(ests)}]}}",
+                                "compare.paired_metrics=[eval/accuracy]", "tracking.experiment_name=rl_compare"])
+    first = with_overrides(cfg, {"rl.logp_estimator": ests[0]})
+    res = run_comparison(with_overrides(cfg, {"compare.baseline": get_registry("engines").get(cfg.engine).label(
+        flatten(first))}), argv=["rl_arithmetic.py", *(args.argv or [])])
+    print(res.table)
+    return 0 if all(r["status"] == "FINISHED" for r in res.rows) else 1
+
+
+def run_seed(seed: int, args: argparse.Namespace, task: Any, out: Path) -> dict[str, Any]:
+    from mdm.platform.rl.driver import rl_driver
+
+    cfg = rl_config(args, out, [f"train.seed={seed}"])
     t0 = time.time()
     result = rl_driver(cfg, run_name=f"rl-seed{seed}")
     rl_s = time.time() - t0
@@ -137,11 +168,14 @@ def run_seed(seed: int, args: argparse.Namespace, task: Any, out: Path) -> dict[
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     from mdm.platform.config import load_config
     from mdm.tasks.arithmetic import Arithmetic
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.compare:
+        return compare(args, out)
     task = Arithmetic()  # what `train.task: arithmetic` gives the RL run: operands 0-20, 200 held out
     cfg = load_config([str(CONFIGS / "base.yaml"), str(CONFIGS / "arithmetic.yaml")], [])
     base = score(args.base, cfg, task, out)

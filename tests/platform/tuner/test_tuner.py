@@ -47,6 +47,17 @@ def test_in_process_trials_reserve_nothing_and_ignore_gpus():
     assert need.max_concurrent({"CPU": 8.0}, fixed=2) == 2
 
 
+def test_an_rl_trial_counts_its_rollout_actors_and_a_trial_too_big_is_named():
+    cfg = load_config([], ["rl.enabled=true", "rl.rollout_actors=2", "rl.actor_cpus=1", "ray.num_workers=1",
+                           "ray.cpus_per_worker=1", "tune.cpus_per_trial=0.1", "tune.reserve_cpus=0"])
+    need = TrialResources.train_job(cfg.tune, cfg.ray, cfg.rl)
+    assert need.group_cpus == 3.0 and need.too_big({"CPU": 4.0}) is None
+    assert need.too_big({"CPU": 3.0}).startswith("one trial needs 3.1 CPUs (tune.cpus_per_trial 0.1 + its worker "
+                                                 "group and rollout actors 3) and the cluster has 3 free")
+    sft = TrialResources.train_job(cfg.tune, cfg.ray, load_config().rl)  # rl.enabled false: no actors
+    assert sft.group_cpus == 1.0
+
+
 def test_environ_sets_then_restores_and_removes():
     os.environ["MDM_TEST_KEEP"] = "old"
     os.environ.pop("MDM_TEST_NEW", None)

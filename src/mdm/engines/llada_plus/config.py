@@ -31,11 +31,14 @@ CONDITIONS: dict[str, dict[str, Any]] = {f"train.{k}": {"train.PPOTS": True} for
 # LoRA's other keys do nothing with `model.lora.r` 0 (off: a full fine-tune).
 CONDITIONS.update({f"model.lora.{k}": {"model.lora.r": Not(0)} for k in ("alpha", "dropout", "target_modules")})
 # The keys `label` names (the EngineSpec's `label_keys`): the objective being compared.
-LABEL_KEYS = ("train.train_mode", "train.PPOTS", "train.p_model")
+LABEL_KEYS = ("train.train_mode", "train.PPOTS", "train.p_model", "rl.logp_estimator", "rl.stratify_t")
 
 
 def label(flat: Mapping[str, Any]) -> str:
-    """The objective's short name from a flattened config: Standard, MIRROR, PPOTS(EPR), MIRROR+PPOTS(EPR)."""
+    """The objective's short name from a flattened config: Standard, MIRROR, PPOTS(EPR), MIRROR+PPOTS(EPR); with
+    `rl.enabled`, GRPO and its policy log-probability estimator: GRPO(d1), GRPO(coupled+strat)."""
+    if flat.get("rl.enabled"):
+        return f"GRPO({flat.get('rl.logp_estimator', 'd1')}{'+strat' if flat.get('rl.stratify_t') else ''})"
     parts = ["MIRROR"] if flat.get("train.train_mode") == "MIRROR" else []
     if flat.get("train.PPOTS"):
         parts.append(f"PPOTS({flat.get('train.p_model')})")

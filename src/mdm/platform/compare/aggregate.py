@@ -33,6 +33,8 @@ from mdm.platform.compare.paired_stats import POWER, Paired, format_delta, forma
 # What a comparison reports per configuration: held-out exact match, the held-out losses (one time-sample, by
 # quadrature over t), the held-out log-likelihood bound per token, then the final training loss.
 METRICS = ("eval/accuracy", "eval/loss", "eval/loss_quad", "eval/loglik_per_token", "train/loss")
+# An RL comparison (rl.enabled): greedy held-out exact match, then the rollout statistics of the last step.
+RL_METRICS = ("eval/accuracy", "rl/reward", "rl/pass_at_k", "rl/kl")
 # Compared by seed against the baseline, the first one the primary (the tables' Δ column, the JSON's "paired").
 PAIRED_METRICS = ("eval/accuracy", "eval/loss_quad", "eval/loglik_per_token", "eval/loss", "train/loss")
 

@@ -50,7 +50,7 @@ from mdm.platform.fields import ConfigError
 from mdm.platform.runs import absolute_paths, storage_root, sweep_name
 from mdm.platform.compare import aggregate as agg
 from mdm.platform.compare.compare_results import (diagnostics_lines, group_rows, headline, result_rows,
-                                                  write_results)
+                                                  table_metrics, write_results)
 from mdm.platform.compare.compare_space import comparison_space, swept_keys
 from mdm.platform.compare.compare_trial import DONE_KEY, TrialInputs, comparison_trial, display_label
 from mdm.platform.compare.paired_stats import next_seed_count, verdict_lines
@@ -94,21 +94,36 @@ class _Setup:
 
 def _check(cfg: RunConfig) -> None:
     c = cfg.compare
+    if cfg.rl.enabled:
+        _check_rl(cfg)
+    elif not cfg.train.train_data_path:
+        raise ConfigError("train.train_data_path is not set: point it at processed JSONL (`mdm preprocess`)")
     if c.runner == "in_process" and cfg.deepspeed.enabled:
         raise ConfigError("compare.runner: in_process trains without a worker group, so without DeepSpeed; set "
                           "deepspeed.enabled: false, or compare.runner: ray_train")
     if c.runner == "ray_train" and c.task_args:
         raise ConfigError("compare.task_args: batch inference (compare.runner: ray_train) builds the task from the "
                           "registry with data.task_data_dir only; leave compare.task_args empty or use runner in_process")
-    if not cfg.train.train_data_path:
-        raise ConfigError("train.train_data_path is not set: point it at processed JSONL (`mdm preprocess`)")
+
+
+def _check_rl(cfg: RunConfig) -> None:
+    """A comparison of RL configurations (`rl.enabled`): each cell is an `mdm rl` job, whose batch is the
+    rollout batch (rl.prompts_per_step x rl.num_generations), not a number the comparison may rescale."""
+    c = cfg.compare
+    if c.runner != "ray_train":
+        raise ConfigError("rl.enabled: an RL cell needs its rollout actors and Ray Train worker group; set "
+                          "compare.runner: ray_train")
+    if c.equalize != "batch" or c.control_batch_multipliers:
+        raise ConfigError("rl.enabled: the batch of an RL cell is its rollout batch (rl.prompts_per_step x "
+                          "rl.num_generations); set compare.equalize: batch and leave "
+                          "compare.control_batch_multipliers empty")
 
 
 def _resources(cfg: RunConfig) -> TrialResources:
     """An in-process trial holds `compare.cpus_per_trial`; a ray_train one its function and worker group."""
     if cfg.compare.runner == "in_process":
         return TrialResources(cpus=cfg.compare.cpus_per_trial)
-    return TrialResources.train_job(cfg.tune, cfg.ray)
+    return TrialResources.train_job(cfg.tune, cfg.ray, cfg.rl)
 
 
 def _setup(cfg: RunConfig, argv: Optional[Sequence[str]]) -> _Setup:
@@ -138,6 +153,9 @@ def _setup(cfg: RunConfig, argv: Optional[Sequence[str]]) -> _Setup:
         data = load_memory_data(cfg, pad_id=pad, vocab_size=len(tokenizer))
     need = _resources(cfg)
     concurrent = need.max_concurrent(ray.cluster_resources(), cfg.tune.max_concurrent_trials)
+    too_big = need.too_big(ray.cluster_resources())
+    if too_big:
+        print(f"mdm compare: warning: {too_big}", file=sys.stderr)
     n_trials = len(space.trials)
     print(f"mdm compare {name}: {n_trials} trials = {n_trials // len(c.seeds)} configurations x {len(c.seeds)} "
           f"seeds, equal {c.equalize}, runner {c.runner}, up to {concurrent} at once"
@@ -154,7 +172,8 @@ def _setup(cfg: RunConfig, argv: Optional[Sequence[str]]) -> _Setup:
             **{k: v for k, v in flatten(cfg).items() if k.startswith("compare.")}, "trials": n_trials},
             tags={**context, "mdm.kind": "comparison", "mdm.equalize": c.equalize,
                   DESCRIPTION_TAG: describe_command(f"mdm comparison {name}", space_yaml, rule, argv)})
-    dataset = describe_dataset(cfg.train.train_data_path, rows=None if data is None else data.n_train + data.n_eval)
+    dataset = None if cfg.rl.enabled else describe_dataset(  # RL: prompts from the task, no dataset
+        cfg.train.train_data_path, rows=None if data is None else data.n_train + data.n_eval)
     inputs = TrialInputs(base=cfg, space=space, sweep=name, parent_id=parent_id, tokenizer_path=tok_path,
                          eval_rows=eval_rows, context=context, dataset=dataset, data=data)
     return _Setup(cfg, name, inputs, tracker, need, concurrent, rule, space_yaml, argv)
@@ -210,7 +229,8 @@ def _finish(setup: _Setup, rows: list[dict[str, Any]], groups: list[agg.Group]) 
     controls = sorted({r["group"] for r in rows if r["control"]})
     verdict = "\n".join(verdict_lines(*headline(groups), controls, target=c.target_halfwidth)
                         + ["before training (mean over seeds): " + d for d in diagnostics_lines(groups)])
-    res = ComparisonResult(name, rows, groups, agg.format_table(groups) + ("\n" + verdict if verdict else ""),
+    columns = table_metrics(cfg)
+    res = ComparisonResult(name, rows, groups, agg.format_table(groups, columns) + ("\n" + verdict if verdict else ""),
                            parent_run_id=parent_id, tracking_uri=tracker.uri if tracker else None, verdict=verdict)
     res.files = write_results(res, Path(cfg.train.output_dir) / name, cfg,
                               {"baseline": c.baseline, "paired_metric": c.paired_metrics[0], "verdict": verdict,
@@ -224,7 +244,7 @@ def _finish(setup: _Setup, rows: list[dict[str, Any]], groups: list[agg.Group]) 
     if tracker is not None and parent_id is not None:
         tracker.client.set_tag(parent_id, DESCRIPTION_TAG, describe_command(
             f"mdm comparison {name}", setup.space_yaml, setup.rule, setup.argv,
-            head="Result, mean ± std over seeds, paired differences:\n\n" + agg.markdown_table(groups)
+            head="Result, mean ± std over seeds, paired differences:\n\n" + agg.markdown_table(groups, columns)
             + ("\n\n" + verdict if verdict else "")))
         scored = [{"trial_id": r["trial_id"], "status": r["status"], "metric": r["metrics"].get(DONE_KEY)}
                   for r in rows]

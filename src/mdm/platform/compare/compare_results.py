@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from mdm.platform.compare.compare import ComparisonResult
     from mdm.platform.config import RunConfig
 
-CURVE_METRICS = ("train/loss", "eval/loss")
+CURVE_METRICS = ("train/loss", "eval/loss", "rl/reward", "rl/kl")
 # Measured before training (the objective's prepare, logged at step 0): what P-POTS predicts it removes (R),
 # what it removes on one batch (realised), and MIRROR's pair correlation within and across sequences.
 DIAG_METRICS = ("ppots/R_star_loss", "ppots/R_fit_loss", "ppots/R_star_grad", "ppots/R_fit_grad",
@@ -82,14 +82,15 @@ def write_results(res: ComparisonResult, out: Path, cfg: RunConfig, extra: dict[
     files = {"summary.txt": str(out / "summary.txt")}
     Path(files["summary.txt"]).write_text(res.table + "\n")
     files["summary.csv"] = agg.write_csv(res.groups, str(out / "summary.csv"))
-    metrics = list(dict.fromkeys([*agg.METRICS, *cfg.compare.paired_metrics]))
+    metrics = list(dict.fromkeys([*table_metrics(cfg), *cfg.compare.paired_metrics]))
     files["summary.json"] = agg.write_json(res.groups, str(out / "summary.json"), extra={
         "sweep": res.name, "equalize": cfg.compare.equalize, "runner": cfg.compare.runner, **extra,
         "trials": [{k: r[k] for k in ("trial_id", "label", "group", "seed", "status")} |
                    {"metrics": {m: r["metrics"].get(m) for m in metrics}} for r in res.rows]})
     title = f"{res.name} (equal {cfg.compare.equalize})"
     files["accuracy.png"] = agg.bar_chart(res.groups, "eval/accuracy", str(out / "accuracy.png"), title)
-    files["eval_loss.png"] = agg.bar_chart(res.groups, "eval/loss", str(out / "eval_loss.png"), title)
+    if not cfg.rl.enabled:  # an RL cell has no held-out loss
+        files["eval_loss.png"] = agg.bar_chart(res.groups, "eval/loss", str(out / "eval_loss.png"), title)
     for m in CURVE_METRICS:
         if any(m in v for r in res.rows for _, v in r["curve"]):
             path = str(out / f"curves_{m.replace('/', '_')}.png")
@@ -97,11 +98,16 @@ def write_results(res: ComparisonResult, out: Path, cfg: RunConfig, extra: dict[
     return files
 
 
+def table_metrics(cfg: RunConfig) -> tuple[str, ...]:
+    """The table's columns: SFT's held-out metrics, or with `rl.enabled` the RL ones (aggregate.RL_METRICS)."""
+    return agg.RL_METRICS if cfg.rl.enabled else agg.METRICS
+
+
 def group_rows(cfg: RunConfig, rows: list[dict[str, Any]]) -> list[agg.Group]:
     """`aggregate` of the rows, each configuration paired by seed with the baseline of its stratum (the
     configuration whose objective is `compare.baseline` at the same learning rate and other swept values)."""
     c = cfg.compare
-    metrics = list(dict.fromkeys([*agg.METRICS, *c.paired_metrics, *DIAG_METRICS]))
+    metrics = list(dict.fromkeys([*table_metrics(cfg), *c.paired_metrics, *DIAG_METRICS]))
     groups: list[agg.Group] = []
     for stratum in dict.fromkeys(r["stratum"] for r in rows):
         sub = [r for r in rows if r["stratum"] == stratum]

@@ -55,6 +55,10 @@ def comparison_space(cfg: RunConfig) -> SweepSpace:
         sweep[LR_KEY] = {"grid": list(c.lrs)}
     sweep[SEED_KEY] = {"grid": list(c.seeds)}
     space = parse_sweep(sweep, cfg, "compare")
+    labels = sorted({objective_label({**space.base, **t}, space) for t in space.trials})
+    if c.baseline not in labels:
+        raise ConfigError(f"compare.baseline {c.baseline!r} is not a configuration of compare.grid (nothing would be "
+                          f"paired against it, and it has no control arms); its configurations: {', '.join(labels)}")
     space.trials += control_trials(cfg, space)
     for trial in space.trials:
         cell_overrides(cfg, trial)  # every cell's batch divides evenly, or fail now
@@ -102,11 +106,6 @@ def control_trials(cfg: RunConfig, space: SweepSpace) -> list[dict[str, Any]]:
     if not mults:
         return []
     base = [t for t in space.trials if objective_label({**space.base, **t}, space) == cfg.compare.baseline]
-    if not base:
-        labels = sorted({objective_label({**space.base, **t}, space) for t in space.trials})
-        raise ConfigError(f"compare.control_batch_multipliers: the baseline {cfg.compare.baseline!r} "
-                          f"(compare.baseline) is not a configuration of compare.grid; its configurations: "
-                          f"{', '.join(labels)}")
     return [{**t, MULT_KEY: float(k)} for k in mults for t in base]
 
 

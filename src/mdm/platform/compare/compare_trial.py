@@ -34,6 +34,7 @@ from mdm.platform.runs import child_run_name, export_dir, tracked_params
 from mdm.platform.compare.compare_space import cell_label, cell_overrides, group_label
 from mdm.platform.tuner.space import SweepSpace
 from mdm.platform.tuner.parent_run import child_tags
+from mdm.platform.rl.driver import driver_for
 from mdm.platform.tuner.trial import start_trial, train_job
 
 if TYPE_CHECKING:
@@ -147,17 +148,20 @@ def _ray_train(cfg: RunConfig, inputs: TrialInputs, run_name: str, label: str, t
     from mdm.platform.tracking.session import find_run
     from mdm.platform.tracking.tracker import Tracker
 
-    result = train_job(cfg, run_name, tags, label)
+    result = train_job(cfg, run_name, tags, label, driver=driver_for(cfg))
     m = dict(result.metrics or {})
     export = m["export_dir"]
     split = cfg.compare.eval_split
-    ev = run_inference(cfg, model=export, task=cfg.eval.task or cfg.train.task, split=split,
+    # An RL cell samples its rollouts above temperature 0; its held-out answers are greedy, as the SFT cells'.
+    scored = with_overrides(cfg, {"sampler.temperature": 0.0}) if cfg.rl.enabled else cfg
+    ev = run_inference(scored, model=export, task=cfg.eval.task or cfg.train.task, split=split,
                        limit=cfg.compare.eval_limit, out=str(Path(export).parent / f"predictions_{split}.jsonl"))
     final = {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and "/" in k}
     final.update({DONE_KEY: float(ev["accuracy"]), "eval/n": float(ev["n"]),
                   "batch_size": float(cfg.train.batch_size_per_gpu)})
     step = int(m.get("step", 0))
     # The run holding the latest attempt (a resumed Train job may have continued in a fresh run).
+    # The training metrics are in the run already (the workers logged them): only the score joins them.
     find_run(Tracker.open(cfg.tracking) if cfg.tracking.enabled else None, run_name).metrics(
-        {k: v for k, v in final.items() if "/" in k}, step=step)
+        {DONE_KEY: final[DONE_KEY], "eval/n": final["eval/n"]}, step=step)
     tune.report({**final, "step": step})

@@ -13,7 +13,7 @@ for `mdm train` (the `rl` keys are part of it), so the same command resumes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from mdm.platform.config_ops import with_overrides
 from mdm.platform.rl.rl_config import RLSections
@@ -37,6 +37,10 @@ def check_rl(cfg: RunConfig) -> None:
     spec.build_rl_objective(rl)  # the engine checks its keys (rl.logp_estimator) now, not in the workers
     if not tcfg.task:
         raise ValueError("train.task is not set: name the task whose prompts and rewards mdm rl trains on")
+    try:  # the task as the workers and actors build it: its arguments are checked now
+        get_registry("tasks").get(tcfg.task)(data_dir=cfg.data.task_data_dir, **rl.task_args)
+    except TypeError as e:
+        raise ValueError(f"rl.task_args {dict(rl.task_args)} do not fit task {tcfg.task!r}: {e}") from None
     if tcfg.max_steps <= 0 or tcfg.max_steps % rl.num_iterations:
         raise ValueError(f"train.max_steps ({tcfg.max_steps}) must be > 0 and a multiple of "
                          f"rl.num_iterations ({rl.num_iterations}): each rollout batch gives that many steps")
@@ -69,6 +73,14 @@ def rl_workload(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> Workload:
                f"{rl.rollout_actors} actor(s), staleness <= {rl.max_staleness})")
     return Workload(total=total, per_epoch=total, epochs=1, summary=summary, train_fn=rl_fn_per_worker,
                     loop_config={"rl": sections})
+
+
+def driver_for(cfg: RunConfig) -> Callable[..., Any]:
+    """The driver that trains `cfg`: `rl_driver` when `rl.enabled`, else `train_driver` (what a sweep's or a
+    comparison's trial runs, so both sweep RL keys as they sweep SFT ones)."""
+    from mdm.platform.train.driver import train_driver
+
+    return rl_driver if cfg.rl.enabled else train_driver
 
 
 def rl_driver(cfg: RunConfig, *, run_name: Optional[str] = None, **kwargs: Any) -> Any:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from mdm.platform.config_ops import flatten, with_overrides
 from mdm.platform.fields import ConfigError
+from mdm.platform.rl.driver import driver_for
 from mdm.platform.runs import absolute_paths, child_run_name, storage_root, sweep_name, trial_label
 from mdm.platform.sweep.sweep_results import report, sweep_rows
 from mdm.platform.tuner.parent_run import child_tags, connect, open_parent, rank_rows
@@ -81,7 +82,7 @@ def _trial(config: dict[str, Any], *, base: RunConfig, plugins: Sequence[str], s
     params = space.overrides_for(config)
     cfg = with_overrides(base, {**params, "run_name": run_name})
     tags = {**(context or {}), **child_tags(parent_id, name, trial_id)}
-    train_job(cfg, run_name, tags, sweep_label(base, space, params))
+    train_job(cfg, run_name, tags, sweep_label(base, space, params), driver=driver_for(cfg))
 
 
 def _scheduler(cfg: RunConfig) -> Optional[TrialScheduler]:
@@ -122,8 +123,11 @@ def run_sweep(cfg: RunConfig, sweep: str | Path | Mapping[str, Any], *,
     cfg = absolute_paths(cfg)
     name, tcfg, root = sweep_name(cfg, space), cfg.tune, storage_root(cfg)
     tracker = connect(cfg.tracking, cfg.ray)
-    need = TrialResources.train_job(tcfg, cfg.ray)
+    need = TrialResources.train_job(tcfg, cfg.ray, cfg.rl)
     concurrent = need.max_concurrent(ray.cluster_resources(), tcfg.max_concurrent_trials)
+    too_big = need.too_big(ray.cluster_resources())
+    if too_big:
+        print(f"mdm tune: warning: {too_big}", file=sys.stderr)
     print(f"mdm tune {name}: {len(space.trials)} grid trial(s) (from {space.n_grid_raw} before dedup of ignored "
           f"keys) x {tcfg.num_samples} sample(s); {tcfg.scheduler}/{tcfg.searcher}; up to {concurrent} at once; "
           f"experiment {experiment_path(root, name)}", file=sys.stderr)

@@ -19,7 +19,7 @@ time, and a retried trial must not wait for its dead predecessor's lease.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 if TYPE_CHECKING:
     from ray.train import Checkpoint, Result
@@ -41,13 +41,15 @@ def start_trial(plugins: Sequence[str]) -> str:
     return tune.get_context().get_trial_id()
 
 
-def train_job(cfg: RunConfig, run_name: str, tags: dict[str, str], label: str) -> Result:
+def train_job(cfg: RunConfig, run_name: str, tags: dict[str, str], label: str,
+              driver: Optional[Callable[..., Result]] = None) -> Result:
     """Train the trial's `cfg` (the root config) as a Ray Train job named `run_name`, shown as `label`, with
     the MLflow `tags` when tracking is on; its reports reach Tune, the metric `tune.metric` (`tune.mode`)
-    kept finite. Returns Train's result."""
+    kept finite. `driver`: `train_driver` (None) or another with its signature (`rl.driver.rl_driver`).
+    Returns Train's result."""
     from mdm.platform.train.driver import train_driver
 
-    return train_driver(cfg, run_name=run_name, callbacks=[report_callback(cfg.tune.metric, cfg.tune.mode)],
+    return (driver or train_driver)(cfg, run_name=run_name, callbacks=[report_callback(cfg.tune.metric, cfg.tune.mode)],
                         mlflow_tags=tags if cfg.tracking.enabled else None, display_name=label, lease=False)
 
 

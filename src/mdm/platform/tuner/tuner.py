@@ -61,11 +61,28 @@ class TrialResources:
     reserve_cpus: float = 0.0     # kept free for Ray Data's tasks, which the worker groups' ingest needs
 
     @classmethod
-    def train_job(cls, tune: TuneConfig, ray: RayConfig) -> TrialResources:
-        """A trial that runs a Ray Train job: `tune.cpus_per_trial` plus the `ray` section's worker group."""
-        return cls(cpus=tune.cpus_per_trial, group_cpus=ray.num_workers * ray.cpus_per_worker,
-                   group_gpus=ray.num_workers * ray.gpus_per_worker if ray.use_gpu else 0.0,
+    def train_job(cls, tune: TuneConfig, ray: RayConfig, rl: Any = None) -> TrialResources:
+        """A trial that runs a Ray Train job: `tune.cpus_per_trial` plus the `ray` section's worker group, and
+        with `rl.enabled` (the `rl` section) its rollout actors."""
+        actors = rl.rollout_actors if rl is not None and rl.enabled else 0
+        gpus = ray.num_workers * ray.gpus_per_worker if ray.use_gpu else 0.0
+        return cls(cpus=tune.cpus_per_trial,
+                   group_cpus=ray.num_workers * ray.cpus_per_worker + (actors * rl.actor_cpus if actors else 0.0),
+                   group_gpus=gpus + (actors * rl.actor_gpus if actors else 0.0),
                    reserve_cpus=tune.reserve_cpus)
+
+    def too_big(self, cluster: Mapping[str, float]) -> Optional[str]:
+        """Why no trial can start on `cluster` as it is now (an autoscaling one may still grow); None if one fits."""
+        cpus = float(cluster.get("CPU", 0.0)) - self.reserve_cpus
+        if self.cpus + self.group_cpus > cpus + 1e-9:
+            return (f"one trial needs {self.cpus + self.group_cpus:g} CPUs (tune.cpus_per_trial {self.cpus:g} + its "
+                    f"worker group and rollout actors {self.group_cpus:g}) and the cluster has {cpus:g} free of "
+                    f"tune.reserve_cpus now: no trial starts until it grows; lower tune.cpus_per_trial, "
+                    f"ray.cpus_per_worker or rl.actor_cpus to run on it as it is")
+        if self.group_gpus > float(cluster.get("GPU", 0.0)) + 1e-9:
+            return (f"one trial needs {self.group_gpus:g} GPUs and the cluster has {cluster.get('GPU', 0.0):g} now: "
+                    f"no trial starts until it grows")
+        return None
 
     def max_concurrent(self, cluster: Mapping[str, float], fixed: Optional[int] = None) -> int:
         """Trials that fit at once: (CPUs - reserve) / per-trial CPUs, capped by GPUs; at least 1. `fixed`
