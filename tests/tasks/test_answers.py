@@ -41,6 +41,7 @@ def test_gsm8k_gold_is_a_number_for_every_test_answer():
     ("", None),
     ("#### \n but 8 later", "8"),                                   # empty hash answer falls back
     ("\\boxed{} and 4", "4"),
+    ("7 - 0 =\x1f88", "88"),                                        # a control character that \\s matches
 ])
 def test_extract_numeric(text, expected):
     assert answers.extract_numeric(text) == expected
@@ -57,6 +58,17 @@ def test_hash_takes_precedence_over_boxed_and_last_number():
 ])
 def test_answers_match(pred, gold, ok):
     assert answers.answers_match(pred, gold) is ok
+
+
+def test_scoring_never_raises_on_what_a_model_may_emit():
+    """Rewards in `mdm rl` score whatever a sampler emits: control characters and odd digits included."""
+    import random
+
+    rng = random.Random(0)
+    alphabet = "0123456789.,$-# \n\t\x1f\x0b\x1c\u00a0\u2009\u0663\u00b2abc"
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        answers.answers_match(answers.extract_numeric(text) or text, "88")
 
 
 def test_gsm8k_score():

@@ -24,7 +24,7 @@ def normalize_number(text: str) -> Optional[str]:
     m = _NUMBER.search(text)
     if not m:
         return None
-    s = m.group(0).replace(",", "").replace("$", "").replace(" ", "")
+    s = re.sub(r"[\s,$]", "", m.group(0))  # any whitespace \s matched (a model may emit "\x1f88")
     neg = s.startswith("-")
     s = s.lstrip("-")
     if "." in s:
