@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -55,8 +56,9 @@ def test_weights_reach_the_actors_at_their_version_and_a_dead_actors_chunks_are_
         ray_local, arithmetic_data, tmp_path):
     """Two actors; the learner's weights (perturbed) pushed as version 3 arrive bit for bit; then actor 0 is
     killed with chunks 0 and 2 queued on it: it is replaced, each of its chunks is sampled once more with the
-    version-3 weights, and every chunk has exactly one result, equal to what a live actor samples for it."""
-    cfg = _cfg(tmp_path, arithmetic_data)
+    version-3 weights, and every chunk has exactly one result, equal to what a live actor samples for it. The
+    prompts come from the task built with `rl.task_args` (operands 0-3)."""
+    cfg = _cfg(tmp_path, arithmetic_data, **{"rl.task_args": "{max_operand: 3, n_train: null, n_test: 4}"})
     spec = _spec(cfg, arithmetic_data)
     learner = RolloutWorker(spec)  # the same model build as the actors and the Ray Train workers
     with torch.no_grad():
@@ -70,6 +72,7 @@ def test_weights_reach_the_actors_at_their_version_and_a_dead_actors_chunks_are_
         assert ray.get([a.weights.remote() for a in pool.actors]) == [(3, weights_digest(learner.model))] * 2
         prompts = task_prompts(RLSections(rl=cfg.rl, sampler=cfg.sampler, task="arithmetic", data_dir=None),
                                learner.tokenizer, "train", limit=4)
+        assert all(int(n) <= 3 for p in prompts for n in re.findall(r"\d+", p.text))  # rl.task_args reached the task
         chunks = [Chunk(key=k, prompts=[p.ids], golds=[p.gold], seed=100 + k) for k, p in enumerate(prompts)]
         ray.get(pool.actors[0].pid.remote())
         ray.kill(pool.actors[0], no_restart=True)

@@ -64,7 +64,9 @@ class Objective(Protocol):
 
 
 class DataSource(Protocol):
-    """Where a Trainer's micro-batches come from (sources.py)."""
+    """Where a Trainer's micro-batches come from (sources.py; `mdm rl`'s rollouts, rl/source.py). A source
+    whose stream is not a function of the position alone also has `state_dict()` / `load_state_dict(state)`
+    (plain data), saved in rank 0's checkpoint beside the objective's (checkpoint.py)."""
 
     has_eval: bool
 
