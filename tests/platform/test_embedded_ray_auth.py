@@ -21,6 +21,7 @@ Run: pytest tests/platform/test_embedded_ray_auth.py
 """
 
 import errno
+import json
 import os
 import re
 import signal
@@ -46,19 +47,35 @@ sys.exit(main(sys.argv[1:]))  # on this embedded Ray
 """
 
 
+SAVE_EVERY = 2  # train.save_steps of these runs
+
+
 def _train_args(tmp_path, data, storage) -> list[str]:
     sets = {"train.train_data_path": data["train"], "data.tokenizer": data["tokenizer"], "run_name": "stopped",
             "model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2, "model.mlp_hidden_size": 64,
             "train.batch_size_per_gpu": 8, "train.max_len": 64, "train.max_steps": 400, "train.logging_steps": 1,
-            "train.save_steps": 2, "train.eval_strategy": "no", "deepspeed.enabled": False, "ray.num_workers": 1,
-            "ray.cpus_per_worker": 0.5, "ray.storage_path": storage, "train.output_dir": tmp_path / "out",
+            "train.save_steps": SAVE_EVERY, "train.eval_strategy": "no", "deepspeed.enabled": False,
+            "ray.num_workers": 1, "ray.cpus_per_worker": 0.5, "ray.storage_path": storage, "train.output_dir": tmp_path / "out",
+            # every checkpoint kept: deleting an old one would free the space the full-disk test takes away
+            "ray.num_to_keep": 1000,
             "tracking.tracking_uri": f"sqlite:///{tmp_path}/mlruns.db", "tracking.experiment_name": "stop"}
     return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
 
 
+def _recorded_step(run_dir) -> int:
+    """The step of the latest checkpoint Ray Train has recorded as complete (its snapshot; a checkpoint directory
+    may still be being written), 0 before the first."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+        return int(snapshot["latest_checkpoint_result"]["metrics"]["step"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):  # not there yet, or mid-write
+        return 0
+
+
 def _wait_for_checkpoints(run_dir, proc, n: int = 2, timeout_s: float = 300) -> None:
+    """Until the run's n-th checkpoint (every SAVE_EVERY steps) is recorded complete."""
     deadline = time.time() + timeout_s
-    while len(list(run_dir.glob("checkpoint_*"))) < n or not (run_dir / "checkpoint_manager_snapshot.json").exists():
+    while _recorded_step(run_dir) < n * SAVE_EVERY:
         assert proc.poll() is None, f"the run ended early:\n{proc.communicate()[1][-3000:]}"
         assert time.time() < deadline, "no checkpoint in time"
         time.sleep(0.2)
