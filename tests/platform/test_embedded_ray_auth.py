@@ -55,7 +55,8 @@ def _train_args(tmp_path, data, storage) -> list[str]:
             "model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2, "model.mlp_hidden_size": 64,
             "train.batch_size_per_gpu": 8, "train.max_len": 64, "train.max_steps": 400, "train.logging_steps": 1,
             "train.save_steps": SAVE_EVERY, "train.eval_strategy": "no", "deepspeed.enabled": False,
-            "ray.num_workers": 1, "ray.cpus_per_worker": 0.5, "ray.storage_path": storage, "train.output_dir": tmp_path / "out",
+            "ray.num_workers": 1, "ray.cpus_per_worker": 0.5, "ray.storage_path": storage,
+            "train.output_dir": tmp_path / "out",
             # every checkpoint kept: deleting an old one would free the space the full-disk test takes away
             "ray.num_to_keep": 1000,
             "tracking.tracking_uri": f"sqlite:///{tmp_path}/mlruns.db", "tracking.experiment_name": "stop"}
