@@ -1,7 +1,8 @@
 """`mdm train`'s memory plan (mdm.platform.train.plan_check): one line before a GPU run, its numbers those of
 `plan_memory`; a plan that does not fit refused (exit status 2) unless `--force`; the GPU size from
-`ray.gpu_mem_gib`, the driver's CUDA device or Ray's accelerator type; nothing on CPU runs. No Ray is started:
-Ray's resources are passed in, and the driver's Ray start is replaced by no-ops where the driver runs.
+`ray.gpu_mem_gib`, the driver's CUDA device or Ray's accelerator type; CPU runs print nothing (their plan is
+only logged). No Ray is started: Ray's resources are passed in, and the driver's Ray start is replaced by no-ops
+where the driver runs.
 
     pytest tests/platform/train/test_plan_check.py -q      # a few seconds
 """
@@ -99,10 +100,14 @@ def test_the_size_comes_from_the_key_then_the_driver_then_ray(monkeypatch):
         load_config([], ["ray.gpu_mem_gib=0"])
 
 
-def test_cpu_runs_print_nothing(capsys):
-    cfg = load_config([], ["ray.use_gpu=false", "ray.gpu_mem_gib=0.5"])
-    assert check_plan(cfg, vocab_size=None, resources=no_resources) is None
+def test_cpu_runs_print_nothing_and_log_the_plan(capsys):
+    cfg = load_config([], ["ray.use_gpu=false", "ray.gpu_mem_gib=0.5", "model.lora.r=8", "ray.num_workers=2"])
+    checked = check_plan(cfg, vocab_size=None, resources=no_resources)
     assert capsys.readouterr() == ("", "")
+    plan = plan_memory(cfg, gpus=2, gpu_gib=1)  # never judged against the (GPU) size
+    assert checked.plan == plan and checked.fits is None
+    assert checked.params() == {"plan/total_gib": round(plan.total / GIB, 2), "plan/gpu_gib": "cpu",
+                                "plan/fits": "cpu"}
 
 
 def test_mdm_train_refuses_before_ray_starts_and_force_reaches_the_driver(monkeypatch, tmp_path, capsys,

@@ -7,9 +7,9 @@
   its lease with a note, resumes from that checkpoint, and leaves one MLflow run of that name, FINISHED, with
   exactly one point per step; the killed attempt's RUNNING run is ended KILLED and folded beneath it. That run
   is a LoRA fine-tune (`model.lora.r=8`) of a saved base under DeepSpeed ZeRO-2, so it also shows the LoRA
-  path end to end: the resumed step's loss equals the killed attempt's, the trainable parameters are logged,
-  and the export is PEFT's adapter, which moved the adapted weights of its recorded base. Then a
-  pickle planted in the checkpoint a further run would resume from is refused naming the file; its payload
+  path end to end: the resumed step's loss equals the killed attempt's, the trainable parameters and the
+  memory plan are logged, and the export is PEFT's adapter, which moved the adapted weights of its recorded
+  base. Then a pickle planted in the checkpoint a further run would resume from is refused naming the file; its payload
   never runs (in the same test, to train one run fewer).
 - The presets checkpoint periodically by default, so an interrupted default run has something to resume.
 """
@@ -210,6 +210,7 @@ def test_second_driver_refused_then_sigkilled_run_resumes_cleanly(ray_local, ari
     assert old.data.tags["mdm.superseded_by"] == run.info.run_id
     assert run.data.params["model.lora.r"] == "8"
     assert 0 < run.data.metrics["model/params_trainable"] < run.data.metrics["model/params_total"] / 5
+    assert run.data.params["plan/gpu_gib"] == "cpu" and float(run.data.params["plan/total_gib"]) > 0  # the plan
     _adapter_export_holds_the_training(root, base_model)
 
     # Finally (reusing this run's checkpoints rather than training another run): a pickle planted in the

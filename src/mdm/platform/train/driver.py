@@ -184,7 +184,7 @@ def _train(cfg: RunConfig, run_name: str, callbacks: Sequence[Any], mlflow_tags:
         return _close_finished(tracker, run_name, previous)
     ensure_ray(rcfg)
     check_worker_fit(rcfg)
-    planned = check_plan(cfg, vocab_size=len(tokenizer), force=force)  # GPU runs: one line, PlanError on no fit
+    planned = check_plan(cfg, vocab_size=len(tokenizer), force=force)  # GPU: a line, PlanError on no fit
     if tracker is not None and not is_local_cluster(rcfg):
         from mdm.platform.tracking.tracker import check_cluster_store
         from mdm.platform.runtime.ray_runtime import alive_nodes

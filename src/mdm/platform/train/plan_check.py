@@ -1,11 +1,12 @@
 """The memory plan `mdm train` checks before any worker starts: one line, and a refusal when it cannot fit.
 
-    checked = check_plan(cfg, vocab_size=len(tokenizer), force=False)   # None on CPU runs; PlanError: no fit
+    checked = check_plan(cfg, vocab_size=len(tokenizer), force=False)   # PlanError: no fit
     checked.line()      # "memory plan per GPU: 61.23 GiB of 80.00 GiB (...): weights ..., ... -- fits"
     checked.params()    # {"plan/total_gib": 61.23, "plan/gpu_gib": 80.0, "plan/fits": True}: MLflow params
 
-Only runs that train on GPUs (`ray.use_gpu`) are planned, on `ray.num_workers` GPUs (memory_plan.py, the same
-arithmetic as `mdm plan`). The memory of one GPU: `ray.gpu_mem_gib` when set, else this driver's own CUDA
+Every run is planned on `ray.num_workers` devices (memory_plan.py, the same arithmetic as `mdm plan`). A run
+that trains on GPUs (`ray.use_gpu`) prints the plan's line and is checked against the GPU's size; a CPU run
+prints nothing and only logs the plan (its per-worker total, `plan/gpu_gib` and `plan/fits` "cpu"). The memory of one GPU: `ray.gpu_mem_gib` when set, else this driver's own CUDA
 device 0 when the Ray is this machine, else Ray's `accelerator_type:<NAME>` resources
 (`ray.cluster_resources()`) looked up in `gpu_cards.CARDS` (the smallest when the cluster has several; unknown
 when any is not in the table). A worker with a fraction of a GPU (`ray.gpus_per_worker` < 1) has that fraction
@@ -86,6 +87,8 @@ class PlanCheck:
     gpu_gib: Optional[float]
     source: str
 
+    on_cpu: bool = False  # a CPU run: planned for the record, never judged
+
     @property
     def fits(self) -> Optional[bool]:
         return None if self.gpu_gib is None else self.plan.fits
@@ -109,19 +112,31 @@ class PlanCheck:
                 f"{parts}; {setup} -- {verdict}" + ("; --force: training anyway" if force and not self.fits else ""))
 
     def params(self) -> dict[str, Union[float, bool, str]]:
-        """The plan as MLflow params (`plan/*`; "unknown" without a GPU size)."""
+        """The plan as MLflow params (`plan/*`; "unknown" without a GPU size, "cpu" on a CPU run)."""
+        if self.on_cpu:
+            return {"plan/total_gib": round(self.plan.total / GIB, 2), "plan/gpu_gib": "cpu", "plan/fits": "cpu"}
         return {"plan/total_gib": round(self.plan.total / GIB, 2),
                 "plan/gpu_gib": "unknown" if self.gpu_gib is None else round(self.gpu_gib, 2),
                 "plan/fits": "unknown" if self.fits is None else self.fits}
 
 
+def cpu_plan(cfg: RunConfig, vocab_size: Optional[int]) -> Optional[PlanCheck]:
+    """The plan of a CPU run, per worker, without a verdict or a word; None when the planner cannot plan it."""
+    try:
+        plan = plan_memory(cfg, gpus=cfg.ray.num_workers, gpu_gib=1.0, vocab_size=vocab_size)
+    except (OSError, ValueError):
+        return None
+    return PlanCheck(plan, None, "a CPU run", on_cpu=True)
+
+
 def check_plan(cfg: RunConfig, *, vocab_size: Optional[int], force: bool = False,
                resources: Optional[Callable[[], Mapping[str, float]]] = None) -> Optional[PlanCheck]:
-    """Plan a GPU run, print its line (stderr) and raise PlanError when it does not fit and not `force`; None
-    for a CPU run (nothing printed) or an engine or model the planner cannot plan (a note printed).
-    `resources`: Ray's cluster resources, asked only when the GPU size is not known otherwise."""
+    """Plan a GPU run, print its line (stderr) and raise PlanError when it does not fit and not `force`; a CPU
+    run is planned silently, for its MLflow params. None for an engine or model the planner cannot plan (a note
+    printed on GPU runs). `resources`: Ray's cluster resources, asked only when the GPU size is not known
+    otherwise."""
     if not cfg.ray.use_gpu:
-        return None
+        return cpu_plan(cfg, vocab_size)
     if resources is None:
         import ray
 
