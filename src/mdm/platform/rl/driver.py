@@ -47,9 +47,6 @@ def check_rl(cfg: RunConfig) -> None:
     if getattr(cfg.sampler, "temperature", None) == 0 and rl.num_generations > 1:
         raise ValueError(f"sampler.temperature is 0: the rl.num_generations ({rl.num_generations}) completions of a "
                          f"prompt would be the same, so no group has an advantage; sample above 0 (d1: 0.9)")
-    if cfg.deepspeed.enabled and cfg.deepspeed.zero_stage == 3:
-        raise ValueError("deepspeed.zero_stage 3 is not supported yet (the rollout actors take the "
-                         "learner's full weights); use zero_stage 2 for mdm rl")
     world = cfg.ray.num_workers
     per_rank, rest = divmod(rl.rollout_size, world)
     want = per_rank // max(1, tcfg.batch_size_per_gpu)

@@ -104,6 +104,7 @@ class RolloutSource:
         self.restored: dict[int, tuple[list[ChunkResult], dict[str, float]]] = {}  # from a checkpoint
         self.step: Optional[Callable[[], int]] = None
         self.weights: Optional[Callable[[], dict[str, Any]]] = None
+        self.collective = False  # weights() gathers partitioned parameters (ZeRO-3): every rank calls it
         self.advantages: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         self.log: Callable[[int, dict[str, float]], None] = lambda step, metrics: None
         self.table: Callable[[int, list[dict[str, Any]]], None] = lambda step, records: None
@@ -114,13 +115,15 @@ class RolloutSource:
     def bind(self, step: Callable[[], int], weights: Callable[[], dict[str, Any]],
              advantages: Callable[[torch.Tensor], torch.Tensor],
              log: Optional[Callable[[int, dict[str, float]], None]] = None,
-             table: Optional[Callable[[int, list[dict[str, Any]]], None]] = None) -> None:
+             table: Optional[Callable[[int, list[dict[str, Any]]], None]] = None, collective: bool = False) -> None:
         """`step()`: the learner's optimizer step; `weights()`: its trainable state (copied only when the
-        actors need a new version); `advantages(rewards)`: the objective's;
+        actors need a new version; with `collective`, a call every rank makes at once, as DeepSpeed ZeRO-3's
+        gathering of partitioned parameters is); `advantages(rewards)`: the objective's;
         `log(step, metrics)`: where rank 0's held-out evaluations go (the reporter's `log`); `table(step,
         records)`: where rank 0's rollout tables go (every `rl.table_steps` steps)."""
         self.step, self.weights, self.advantages = step, weights, advantages
         self.log, self.table = log or self.log, table or self.table
+        self.collective = collective
 
     # -- the DataSource protocol (train/trainer.py) -------------------------------------------------------
     def eval_batches(self) -> Iterable[Batch]:
@@ -156,11 +159,20 @@ class RolloutSource:
                       seed=self.seed(r, 1 + c), generations=None if n is None else 1,
                       texts=[prompts[i].text for i in part]) for c, part in enumerate(parts)]
 
-    def push(self) -> int:
+    def publish(self, r: Optional[int] = None) -> None:
+        """Every rank: the learner's weights to the actors (rank 0 pushes them) when they hold an older version
+        and batch `r` (None: a held-out evaluation) is not restored from a checkpoint. Rank 0 decides; with
+        `collective` weights it tells the other ranks, which take part in gathering them."""
         step = self.step()
-        if self.pool.version != step:
-            self.pool.push(step, self.weights())
-        return step
+        need = self.rank == 0 and r not in self.restored and self.pool.version != step
+        if self.collective and self.world > 1 and dist.is_initialized():
+            flag = [need]
+            dist.broadcast_object_list(flag, src=0)
+            need = bool(flag[0])
+        if need:
+            weights = self.weights()
+            if self.rank == 0:
+                self.pool.push(step, weights)
 
     def produce(self, r: int) -> tuple[list[ChunkResult], dict[str, float]]:
         """Rank 0: batch r's results (sampled now, submitted with the previous batch, or restored from a
@@ -170,7 +182,7 @@ class RolloutSource:
             self.last = (r, results, extra)
             return results, extra
         t0 = time.perf_counter()
-        step = self.push()
+        step = self.step()  # the actors hold its weights (`publish`, before)
         if self.cfg.eval_steps and step % self.cfg.eval_steps == 0:
             self.log(step, {"rl/eval_accuracy": self.evaluate()})  # at the step of the weights it measures
         results, version, reissued = self.sampled(r)
@@ -235,6 +247,7 @@ class RolloutSource:
     def batch(self, r: int) -> RolloutBatch:
         """Batch r on every rank (collective: rank 0 samples and broadcasts)."""
         payload: list[Optional[RolloutBatch]] = [None]
+        self.publish(r)
         if self.rank == 0:
             results, extra = self.produce(r)
             payload[0] = self.tensors(r, results, extra)

@@ -4,7 +4,8 @@ Like `train.worker.train_fn_per_worker` (the same start, model build, reporter, 
 graceful stop and export), except that the Trainer's source is a `RolloutSource` over the task's prompts and
 its objective is the engine's GRPO objective (`EngineSpec.build_rl_objective`). Rank 0 starts the rollout
 actors (`rl.rollout_actors`, outside the worker group's placement group) and pushes its trainable weights to
-them through the object store, never through a disk. With `rl.beta` > 0 every rank builds the reference from
+them through the object store, never through a disk (under DeepSpeed ZeRO-3 every rank first takes part in
+gathering them). With `rl.beta` > 0 every rank builds the reference from
 the initial weights (the same seed and source as the policy), unless the model has LoRA adapters (then the
 reference is the model with them disabled). Rollout tables go to the MLflow run as `rollouts/step_<N>.jsonl`
 (and the table `rollouts/step_<N>.json`). After the last step rank 0 measures held-out exact match once more
@@ -58,14 +59,16 @@ def rl_fn_per_worker(config: dict[str, Union[WorkerSections, RunInfo, RLSections
     tables = tempfile.mkdtemp(prefix="mdm_rollouts_")
     source.bind(lambda: trainer.state.step, lambda: learner_weights(trainer.module), objective.advantages, reporter.log,
                 lambda step, records: session.log_predictions(records, os.path.join(tables, f"step_{step:06d}.jsonl"),
-                                                              artifact_dir="rollouts"))
+                                                              artifact_dir="rollouts"),
+                collective=partitioned(trainer.module))
     try:
         trainer.start(ray.train.get_checkpoint())
         with session.system_metrics(run.system_metrics_s):
             trainer.train()
         if not reporter.stopping:
+            if rls.rl.eval_steps:
+                source.publish()  # every rank: gathering ZeRO-3's partitioned weights takes them all
             if pool is not None and rls.rl.eval_steps:
-                source.push()
                 session.metrics({"rl/eval_accuracy": source.evaluate()}, step=trainer.state.step)
             finish_run(trainer, reporter, session, tokenizer, sec, run)
     finally:
@@ -75,10 +78,22 @@ def rl_fn_per_worker(config: dict[str, Union[WorkerSections, RunInfo, RLSections
         shutil.rmtree(tables, ignore_errors=True)
 
 
+def partitioned(module: torch.nn.Module) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitions the module's parameters over the ranks (each holds a shard)."""
+    return any(hasattr(p, "ds_id") for p in module.parameters())
+
+
 def learner_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """What the actors take of the learner (`Trainer.module`, unwrapped): its trainable state
-    (`adapters.trainable_state`: all parameters, with LoRA the adapters, plus buffers) as CPU copies."""
-    return {n: t.detach().to("cpu", copy=True) for n, t in trainable_state(module).items()}
+    (`adapters.trainable_state`: all parameters, with LoRA the adapters, plus buffers) as CPU copies. Under
+    ZeRO-3 the partitioned parameters are gathered first: a collective call, on every rank at once."""
+    state = trainable_state(module)
+    if not partitioned(module):
+        return {n: t.detach().to("cpu", copy=True) for n, t in state.items()}
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([t for t in state.values() if hasattr(t, "ds_id")]):
+        return {n: t.detach().to("cpu", copy=True) for n, t in state.items()}
 
 
 def reference(spec: Any, sec: WorkerSections, tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module,
