@@ -55,6 +55,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--n-test", type=int, default=None, help="held-out problems (default: by budget)")
     p.add_argument("--max-operand", type=int, default=12, help="operands in [0, N]")
     p.add_argument("--ops", default="+,-", help="operations, a subset of +,-,*")
+    p.add_argument("--label-noise", type=float, default=0.0, metavar="Q",
+                   help="train on noisy demonstrations: each response states the answer + 1 with probability Q "
+                        "(the held-out gold answers stay right; the base of experiments/rl_arithmetic.py)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     p.add_argument("--out", default="outputs/arithmetic", help="where the tokenizer, predictions, summary go")
     p.add_argument("--dump_config", action="store_true", help="print the merged config and exit")
@@ -147,7 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     n_test = args.n_test or BUDGET_TEST_SIZE[args.budget]
     ops = tuple(args.ops.split(","))
     task = Arithmetic(seed=cfg.train.seed, n_train=args.n_train, n_test=n_test, max_operand=args.max_operand,
-                      ops=ops)
+                      ops=ops, label_noise=args.label_noise)
 
     texts = [f"{ex.prompt}\n{ex.response}" for ex in task.examples("train")]
     tok = load_tokenizer(train_bpe(texts, str(out / "tokenizer"), vocab_size=320))
@@ -175,6 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                "train_s": train_s, "total_s": time.time() - t_start, "cpu_s": time.process_time(),
                "n_params": n_params,
                "seed": cfg.train.seed, "max_operand": args.max_operand, "ops": list(ops),
+               "label_noise": args.label_noise,
                "n_train": len(train_rows), "n_test": len(test_examples), "threads": torch.get_num_threads(),
                "samplers": results}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

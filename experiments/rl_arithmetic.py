@@ -6,13 +6,21 @@ against SFT from the same model for the same wall time, over seeds.
     python experiments/rl_arithmetic.py --base ... --seeds 0 --set train.max_steps=100 --no-sft   # quicker
     python experiments/rl_arithmetic.py --base ... --compare d1,coupled --seeds 1,2,3   # estimators, paired
 
-The base was trained on operands 0-12; RL and SFT both train on the `arithmetic` task's default space
-(operands 0-20, 2,000 training problems) and are scored on its 200 held-out problems (none of them in that
-training split; the ones with both operands <= 12 may have been in the base's), greedy (`sampler.temperature
-0`, the demo's sampler), exactly as the demo scores. Per seed: RL runs `rl_driver` (an embedded Ray: one
-learner worker and one rollout actor, `experiments/configs/rl_arithmetic.yaml`) for `train.max_steps` steps
-and its wall time is measured; SFT then trains a copy of the base on the same training split (responses, the
-demo's in-process Trainer) until the same wall time has passed. Writes `<out>/summary.json` with the base's,
+    # Noisy demonstrations: a base trained on responses whose answer is off by one 60% of the time
+    python experiments/arithmetic.py --budget ci --label-noise 0.6 --samplers llada --out outputs/arithmetic-noisy
+    python experiments/rl_arithmetic.py --base outputs/arithmetic-noisy/model --seeds 1,2,3 \
+        --set 'rl.task_args={max_operand: 12, n_train: null, n_test: 100, seed: 42, label_noise: 0.6}' \
+        --set train.max_steps=100 --set rl.eval_steps=0
+
+RL and SFT train on the task `rl.task_args` builds and are scored on its held-out problems. By default that is
+the `arithmetic` task's default space (operands 0-20, 2,000 training problems, 200 held out), while the base
+was trained on operands 0-12 (held-out problems with both operands <= 12 may have been in the base's training
+split). With the base's own split and its `label_noise` (the second pair of commands), SFT continues on the
+same noisy demonstrations the base learned from, while RL's reward is the right answer. Scoring is greedy
+(`sampler.temperature 0`, the demo's sampler), exactly as the demo scores. Per seed: RL runs `rl_driver` (an
+embedded Ray: one learner worker and one rollout actor, `experiments/configs/rl_arithmetic.yaml`) for
+`train.max_steps` steps and its wall time is measured; SFT then trains a copy of the base on the same training
+split (responses, the demo's in-process Trainer) until the same wall time has passed. Writes `<out>/summary.json` with the base's,
 RL's and SFT's exact match per seed and the paired differences (mean, 95% t interval over seeds).
 
 `--compare EST,EST,...` runs a comparison instead (`mdm.platform.compare`: `compare.grid` over
@@ -176,10 +184,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.compare:
         return compare(args, out)
-    task = Arithmetic()  # what `train.task: arithmetic` gives the RL run: operands 0-20, 200 held out
+    task = Arithmetic(**rl_config(args, out, []).rl.task_args)  # the RL run's task (rl.task_args): scored, SFT's
     cfg = load_config([str(CONFIGS / "base.yaml"), str(CONFIGS / "arithmetic.yaml")], [])
     base = score(args.base, cfg, task, out)
-    print(f"base: exact match {base:.3f} on {task.n_test} held-out problems (operands 0-{task.max_operand})")
+    print(f"base: exact match {base:.3f} on {task.n_test} held-out problems (operands 0-{task.max_operand})",
+          flush=True)
     rows = [run_seed(int(s), args, task, out) for s in args.seeds.split(",")]
     summary: dict[str, Any] = {"base": base, "seeds": rows,
                                "rl_minus_base": interval([r["rl"] - base for r in rows])}

@@ -69,3 +69,24 @@ def test_too_large_request_is_a_clear_error():
         Arithmetic(max_operand=3, n_train=1000)
     with pytest.raises(ValueError, match="ops"):
         Arithmetic(ops=("/",))
+
+
+def test_label_noise_corrupts_training_demonstrations_only():
+    """label_noise q: about q of the training responses state the answer + 1 (an independent parse of the
+    question gives the right one); gold answers, scoring and the test split stay right; q = 0 is the task."""
+    clean, noisy = Arithmetic(seed=5, max_operand=12, n_train=None, n_test=100), \
+        Arithmetic(seed=5, max_operand=12, n_train=None, n_test=100, label_noise=0.6)
+    pairs = list(zip(clean.examples("train"), noisy.examples("train")))
+    assert [c.prompt for c, _ in pairs] == [n.prompt for _, n in pairs]
+    assert all(c.gold_raw == n.gold_raw == c.response for c, n in pairs)  # the gold answer never changes
+    wrong = [n for _, n in pairs if n.response != n.gold_raw]
+    assert 0.55 < len(wrong) / len(pairs) < 0.65
+    for n in wrong:
+        right = int(noisy.gold(n.gold_raw))
+        assert n.response.endswith(f"= {right + 1}\n#### {right + 1}") and noisy.score(n.response, n.gold_raw) == 0
+    assert [(e.response, e.gold_raw) for e in noisy.examples("test")] == \
+        [(e.response, e.gold_raw) for e in clean.examples("test")]
+    assert [e.response for e in Arithmetic(seed=5, max_operand=12, n_train=None, n_test=100,
+                                           label_noise=0.6).examples("train")] == [n.response for _, n in pairs]
+    with pytest.raises(ValueError, match=r"label_noise must be in \[0, 1\], got 1.5"):
+        Arithmetic(label_noise=1.5)

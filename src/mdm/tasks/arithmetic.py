@@ -9,14 +9,21 @@ Problems are (template, operation, a, b) tuples drawn without replacement from t
 so the two never share a problem and the test split does not change when `n_train` does (`n_train=None`:
 every problem the test split leaves). Subtraction keeps a >= b and multiplication caps operands at 12, so
 answers are small non-negative integers. Responses use the GSM8K style (`#### N`), so extraction and scoring are GSM8K's. No data_dir and no network needed.
+
+`label_noise` q: noisy demonstrations. Each training problem's response states the answer plus one (in both
+places, `a + b = c+1\n#### c+1`) with probability q, drawn per problem from `Random(f"{seed}-noise")`; its gold
+answer (`gold_raw`, what scoring and RL rewards read) stays right, and the test split is never noisy. A model
+trained on them learns the error (the systematic kind: the same for every problem) that only a verifier, not
+more of the same demonstrations, can correct (experiments/rl_arithmetic.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any, Iterator, Optional, Sequence
 
-from mdm.tasks.base import register_task
+from mdm.tasks.base import Example, register_task
 from mdm.tasks.gsm8k import GSM8K
 
 TEMPLATES = {
@@ -36,7 +43,8 @@ class Arithmetic(GSM8K):
     splits = ("train", "test")
 
     def __init__(self, data_dir: Optional[str] = None, seed: int = 0, n_train: Optional[int] = 2000, n_test: int = 200,
-                 max_operand: int = 20, ops: Sequence[str] = ("+", "-"), source: str = "auto") -> None:
+                 max_operand: int = 20, ops: Sequence[str] = ("+", "-"), source: str = "auto",
+                 label_noise: float = 0.0) -> None:
         super().__init__(data_dir=None, keep_calculator=True)
         del data_dir, source  # generated: a data_dir or the hub has nothing to offer
         bad = [o for o in ops if o not in TEMPLATES]
@@ -44,6 +52,9 @@ class Arithmetic(GSM8K):
             raise ValueError(f"arithmetic ops must be a non-empty subset of {list(TEMPLATES)}, got {list(ops)}")
         if max_operand < 1 or (n_train is not None and n_train < 0) or n_test < 0:
             raise ValueError("arithmetic needs max_operand >= 1 and n_train, n_test >= 0")
+        if not 0.0 <= label_noise <= 1.0:
+            raise ValueError(f"arithmetic label_noise must be in [0, 1], got {label_noise}")
+        self.label_noise = label_noise
         self.max_operand, self.ops = max_operand, tuple(ops)
         self._facts = [(op, self._fact_count(op)) for op in self.ops]
         self._n_templates = len(TEMPLATES["+"])
@@ -110,7 +121,17 @@ class Arithmetic(GSM8K):
 
     def load_split(self, split: str) -> Iterator[dict[str, Any]]:
         self.check_split(split)
+        noise = random.Random(f"{self.seed}-noise") if split == "train" and self.label_noise else None
         for k, idx in enumerate(self._indices(split)):
             question, op, a, b, ans = self.problem(idx)
-            yield {"question": question, "answer": f"{a} {op} {b} = {ans}\n#### {ans}",
+            row = {"question": question, "answer": f"{a} {op} {b} = {ans}\n#### {ans}",
                    "id": f"{self.name}-{split}-{k}"}
+            if noise is not None and noise.random() < self.label_noise:
+                row["shown"] = f"{a} {op} {b} = {ans + 1}\n#### {ans + 1}"  # the demonstration; the answer stays right
+            yield row
+
+    def to_example(self, raw: dict[str, Any], index: int) -> Example:
+        example = super().to_example(raw, index)
+        if "shown" in raw:  # label_noise: a wrong demonstration of a problem whose gold answer stays right
+            example = dataclasses.replace(example, response=str(raw["shown"]))
+        return example
