@@ -6,13 +6,13 @@
 
 Every run is planned on `ray.num_workers` devices (memory_plan.py, the same arithmetic as `mdm plan`). A run
 that trains on GPUs (`ray.use_gpu`) prints the plan's line and is checked against the GPU's size; a CPU run
-prints nothing and only logs the plan (its per-worker total, `plan/gpu_gib` and `plan/fits` "cpu"). The memory of one GPU: `ray.gpu_mem_gib` when set, else this driver's own CUDA
-device 0 when the Ray is this machine, else Ray's `accelerator_type:<NAME>` resources
-(`ray.cluster_resources()`) looked up in `gpu_cards.CARDS` (the smallest when the cluster has several; unknown
-when any is not in the table). A worker with a fraction of a GPU (`ray.gpus_per_worker` < 1) has that fraction
-of its memory. When the size is unknown the line has no verdict and says which key sets it. A plan that does
-not fit raises `PlanError` (`mdm train`: exit status 2) unless `force`; the changes that would fit are `mdm
-plan`'s to list.
+prints nothing and only logs the plan (its per-worker total, `plan/gpu_gib` and `plan/fits` "cpu"). The
+memory of one GPU: `ray.gpu_mem_gib` when set, else this driver's own CUDA device 0 when the Ray is this
+machine, else Ray's `accelerator_type:<NAME>` resources (`ray.cluster_resources()`) looked up in
+`gpu_cards.CARDS` (the smallest when the cluster has several; unknown when any is not in the table). A worker
+with a fraction of a GPU (`ray.gpus_per_worker` < 1) has that fraction of its memory. When the size is unknown
+the line has no verdict and says which key sets it. A plan that does not fit raises `PlanError` (`mdm train`:
+exit status 2) unless `force`; the changes that would fit are `mdm plan`'s to list.
 """
 
 from __future__ import annotations
