@@ -1,5 +1,5 @@
-"""RL on CPU that learns: GRPO (`mdm rl`, through Ray) from the arithmetic demo's model on larger operands,
-against SFT from the same model for the same wall time, over seeds.
+"""RL on CPU that learns: GRPO (`mdm rl`, through Ray) from an arithmetic demo model (on larger operands, or
+trained on noisy demonstrations), against SFT from the same model for the same wall time, over seeds.
 
     python experiments/arithmetic.py --budget ci --out outputs/arithmetic-ci          # the base (~6 min)
     python experiments/rl_arithmetic.py --base outputs/arithmetic-ci/model --seeds 0,1,2
