@@ -228,6 +228,9 @@ def test_rl_config_mistakes_are_one_line_naming_the_key(arithmetic_data, tmp_pat
         _cfg(tmp_path, arithmetic_data, **{"rl.num_generations": 0})
     with pytest.raises(ValueError, match=r"rl.task_args \{'bogus': 1\} do not fit task 'arithmetic': .*'bogus'"):
         rl_driver(_cfg(tmp_path, arithmetic_data, **{"rl.task_args": "{bogus: 1}"}))
+    with pytest.raises(ValueError, match=r"rl.task_args \{'label_noise': 1.5\} do not fit task 'arithmetic': "
+                                         r"arithmetic label_noise must be in \[0, 1\], got 1.5"):
+        rl_driver(_cfg(tmp_path, arithmetic_data, **{"rl.task_args": "{label_noise: 1.5}"}))
     from mdm.platform.compare.compare import run_comparison
 
     grid = {"compare.grid": "{rl.logp_estimator: [d1, coupled]}", "compare.baseline": "GRPO(d1)", "rl.enabled": True}

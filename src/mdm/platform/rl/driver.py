@@ -39,7 +39,7 @@ def check_rl(cfg: RunConfig) -> None:
         raise ValueError("train.task is not set: name the task whose prompts and rewards mdm rl trains on")
     try:  # the task as the workers and actors build it: its arguments are checked now
         get_registry("tasks").get(tcfg.task)(data_dir=cfg.data.task_data_dir, **rl.task_args)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # an unknown argument, or a value the task refuses
         raise ValueError(f"rl.task_args {dict(rl.task_args)} do not fit task {tcfg.task!r}: {e}") from None
     if tcfg.max_steps <= 0 or tcfg.max_steps % rl.num_iterations:
         raise ValueError(f"train.max_steps ({tcfg.max_steps}) must be > 0 and a multiple of "

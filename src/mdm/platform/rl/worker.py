@@ -14,6 +14,7 @@ reference is the model with them disabled). Rollout tables go to the MLflow run 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -68,8 +69,8 @@ def rl_fn_per_worker(config: dict[str, Union[WorkerSections, RunInfo, RLSections
         if not reporter.stopping:
             if rls.rl.eval_steps:
                 source.publish()  # every rank: gathering ZeRO-3's partitioned weights takes them all
-            if pool is not None and rls.rl.eval_steps:
-                session.metrics({"rl/eval_accuracy": source.evaluate()}, step=trainer.state.step)
+                if pool is not None:
+                    session.metrics({"rl/eval_accuracy": source.evaluate()}, step=trainer.state.step)
             finish_run(trainer, reporter, session, tokenizer, sec, run)
     finally:
         if pool is not None:
@@ -88,11 +89,12 @@ def learner_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     (`adapters.trainable_state`: all parameters, with LoRA the adapters, plus buffers) as CPU copies. Under
     ZeRO-3 the partitioned parameters are gathered first: a collective call, on every rank at once."""
     state = trainable_state(module)
-    if not partitioned(module):
-        return {n: t.detach().to("cpu", copy=True) for n, t in state.items()}
-    import deepspeed
+    gathered = contextlib.nullcontext()
+    if partitioned(module):
+        import deepspeed
 
-    with deepspeed.zero.GatheredParameters([t for t in state.values() if hasattr(t, "ds_id")]):
+        gathered = deepspeed.zero.GatheredParameters([t for t in state.values() if hasattr(t, "ds_id")])
+    with gathered:
         return {n: t.detach().to("cpu", copy=True) for n, t in state.items()}
 
 
